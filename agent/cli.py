@@ -1,0 +1,185 @@
+"""The ``medloop`` command line.
+
+Exit codes: 0 success, 2 bad input (one line naming the problem on stderr), 1 internal error.
+Progress goes to stderr so ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from tools.errors import IngestError, MedloopError
+
+DISCLAIMER = "medloop is research software, not a medical device; do not use it for diagnosis."
+
+
+class BadInput(Exception):
+    """A problem with what the user passed; reported in one line with exit code 2."""
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(_human(data) + "\n")
+
+
+def _human(data: Any) -> str:
+    if isinstance(data, dict) and "answer" in data:
+        lines = [str(data["answer"]), ""]
+        lines.append(f"confidence {data['confidence']:.2f}" + ("  (abstained)" if data["abstained"] else ""))
+        for f in data["findings"]:
+            lines.append(f"- {f['statement']} [{', '.join(f['evidence_ids'])}]")
+        for e in data["evidence"]:
+            lines.append(f"  {e['id']} {e['tool']} ({e['status']}): {e['summary']}")
+        for c in data.get("contradictions") or []:
+            lines.append(f"! {c}")
+        lines.append(f"thread {data['thread']}  ·  {DISCLAIMER}")
+        return "\n".join(lines)
+    return json.dumps(data, indent=2, default=str)
+
+
+def _progress(event: dict[str, Any]) -> None:
+    for node, update in event.items():
+        if not isinstance(update, dict):
+            continue
+        for step in update.get("trace") or []:
+            if step.get("step") == "think":
+                calls = ", ".join(step.get("calls") or []) or "a reply"
+                msg = f"think  round {step.get('round')}: {calls} ({step.get('elapsed_s', 0):.1f} s)"
+            elif step.get("step") == "act":
+                msg = f"act    {step['tool']} → {step['status']} ({step.get('elapsed_s', 0):.2f} s)"
+            elif step.get("step") == "rethink":
+                msg = f"rethink {step.get('decision')}: {len(step.get('problems') or [])} problem(s)"
+            else:
+                msg = str(step.get("step") or node)
+            sys.stderr.write(f"[medloop] {msg}\n")
+            sys.stderr.flush()
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Run the agent once and print its answer."""
+    from agent.build import build_graph
+    from agent.checkpoint import check_spec
+    from agent.context import AgentContext
+    from agent.llm import parse_spec
+
+    if len(args.items) < 2:
+        raise BadInput("ask needs at least one IMAGE and a QUESTION")
+    *images, question = args.items
+    if not question.strip():
+        raise BadInput("the question is empty")
+    try:
+        parse_spec(args.llm)
+        check_spec(args.checkpoint)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint=args.checkpoint)
+    graph = build_graph(ctx)
+    thread = args.thread or uuid.uuid4().hex[:12]
+    config = {"configurable": {"thread_id": thread}}
+    t0 = time.perf_counter()
+    if not args.quiet:
+        sys.stderr.write(f"[medloop] thinking with {args.llm} …\n")
+    for event in graph.stream({"messages": [("user", question)], "images": images}, config,
+                              stream_mode="updates"):
+        if not args.quiet:
+            _progress(event)
+    state = graph.get_state(config).values
+    answer = state["answer"]
+    turn = state.get("turn")
+    out = {
+        "answer": answer.text,
+        "confidence": round(answer.confidence, 4),
+        "abstained": answer.abstained,
+        "findings": [f.model_dump() for f in answer.findings],
+        "contradictions": answer.contradictions,
+        "budget_exhausted": answer.budget_exhausted,
+        "evidence": [e.model_dump(mode="json") for e in state.get("evidence") or []],
+        "images": [r.model_dump(mode="json") for r in state.get("image_refs") or []],
+        "trace": [t for t in state.get("trace") or [] if t.get("turn") == turn],
+        "thread": thread,
+        "llm": args.llm,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    _emit(out, args.json)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Load an image the way the agent does and print what it sees."""
+    from tools.loader import load_image
+    from tools.store import make_ref
+
+    img = load_image(args.image)
+    ref = make_ref(img.content_id(), img)
+    out = {
+        "id": ref.id,
+        "source_format": img.source_format,
+        "modality": ref.modality,
+        "shape": list(img.pixels.shape),
+        "display_shape": list(img.display.shape),
+        "dtype": str(img.pixels.dtype),
+        "spacing_mm": list(img.spacing_mm) if img.spacing_mm else None,
+        "spacing_source": img.spacing_source,
+        "metadata": img.meta,
+        "notes": img.notes,
+        "summary": ref.summary,
+    }
+    _emit(out, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="medloop", description=f"Medical image Q&A agent. {DISCLAIMER}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a question about one or more images")
+    ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION")
+    ask.add_argument("--llm", default="embedded",
+                     help="embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | hf:ID_OR_PATH")
+    ask.add_argument("--thread", help="continue this conversation thread")
+    ask.add_argument("--max-rounds", type=int, default=5)
+    ask.add_argument("--checkpoint", default="sqlite",
+                     help="sqlite | sqlite:PATH | memory | none | postgresql://DSN")
+    ask.add_argument("--json", action="store_true", help="print JSON")
+    ask.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    ask.set_defaults(func=cmd_ask)
+
+    ins = sub.add_parser("inspect", help="load an image and print its de-identified summary")
+    ins.add_argument("image")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medloop`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (BadInput, IngestError, FileNotFoundError) as exc:
+        sys.stderr.write(f"medloop: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("medloop: interrupted\n")
+        return 130
+    except Exception as exc:  # exit code 1 is the contract for internal errors
+        if os.environ.get("MEDLOOP_DEBUG"):
+            traceback.print_exc()
+        kind = "" if isinstance(exc, MedloopError) else f"internal error ({type(exc).__name__}): "
+        sys.stderr.write(f"medloop: {kind}{exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

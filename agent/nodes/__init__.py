@@ -1,0 +1,1 @@
+"""The graph's nodes: ingest → think → act → rethink → answer, one module each."""

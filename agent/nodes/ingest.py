@@ -1,0 +1,46 @@
+"""*ingest*: turn the images a turn brings into store ids, and open a new turn.
+
+Paths are loaded once (de-identified metadata only), stored by content id, and dropped from the
+state: the checkpoint keeps ids, never paths (a file name can hold a patient's name) or pixels.
+A file that cannot be loaded raises its ``IngestError``: that is the user's problem to fix, not
+the planner's, so the run stops with the message rather than reasoning around a missing image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.context import AgentContext
+from agent.state import AgentState
+from tools.image import ImageRef
+
+
+def make_ingest(default: AgentContext):  # type: ignore[no-untyped-def]
+    """Build the ingest node bound to the default context."""
+    from langgraph.runtime import Runtime
+
+    def ingest(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+        from tools.loader import load_image  # pydicom and Pillow load only when a path comes in
+
+        ctx = runtime.context or default
+        store = ctx.store
+        refs: list[ImageRef] = []
+        for item in state.get("images") or []:
+            if item in store:
+                refs.append(store.ref(item))
+            else:
+                refs.append(store.put(load_image(item)))
+        turn = int(state.get("turn") or 0) + 1
+        return {
+            "images": [],
+            "image_refs": refs,
+            "turn": turn,
+            "round": 0,
+            "proposal": None,
+            "feedback": [],
+            "answer": None,
+            "budget_exhausted": False,
+            "trace": [{"turn": turn, "step": "ingest", "images": [r.id for r in refs]}],
+        }
+
+    return ingest

@@ -1,0 +1,140 @@
+"""*think*: the planner reads the question, the images and the evidence, and acts or proposes.
+
+The model sees a compact prompt rebuilt every round — the system prompt with the image
+summaries, the numbered evidence and rethink's feedback, then the conversation's earlier
+questions and answers, then the current question — rather than the raw tool-call transcript.
+Small models keep their footing, every backend gets the same view, and the transcript stays in
+the state for the UI.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+from langgraph.types import Command
+
+from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
+from agent.context import AgentContext
+from agent.llm import make_chat_model
+from agent.llm.toolcalls import parse_tool_calls
+from agent.offer import offered_tools
+from agent.state import AgentState
+from prompts import load_prompt
+
+
+def resolve_llm(ctx: AgentContext) -> BaseChatModel:
+    """The context's chat model: a given instance, or the backend its spec names."""
+    if isinstance(ctx.llm, BaseChatModel):
+        return ctx.llm
+    return make_chat_model(ctx.llm)
+
+
+def split_turns(messages: list[AnyMessage]) -> tuple[list[AnyMessage], str]:
+    """Earlier turns' questions and final answers, and the current question."""
+    question = ""
+    last_human = -1
+    for i, m in enumerate(messages):
+        if isinstance(m, HumanMessage):
+            last_human = i
+    if last_human >= 0:
+        question = str(messages[last_human].content)
+    history: list[AnyMessage] = []
+    for m in messages[: max(last_human, 0)]:
+        if isinstance(m, HumanMessage):
+            history.append(HumanMessage(content=str(m.content)))
+        elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+            history.append(AIMessage(content=str(m.content)))
+    return history, question
+
+
+def build_prompt(state: AgentState, ctx: AgentContext) -> list[AnyMessage]:
+    """The messages the planner reads this round."""
+    refs = state.get("image_refs") or []
+    evidence = state.get("evidence") or []
+    feedback = state.get("feedback") or []
+    history, question = split_turns(list(state.get("messages") or []))
+    system = load_prompt("think").render(
+        images="\n".join(r.for_prompt() for r in refs) or "(none)",
+        evidence="\n".join(e.for_prompt() for e in evidence) or "(none yet)",
+        feedback="\n".join(feedback),
+        rounds_left=ctx.max_rounds - int(state.get("round") or 0),
+    )
+    return [SystemMessage(content=system), *history, HumanMessage(content=question)]
+
+
+def _with_parsed_calls(ai: AIMessage, tools: list[dict[str, Any]]) -> AIMessage:
+    """Recover tool calls a model wrote as JSON text instead of calling natively."""
+    if ai.tool_calls or ai.invalid_tool_calls or not isinstance(ai.content, str):
+        return ai
+    parsed = parse_tool_calls(ai.content, tools)
+    if not parsed.calls and not parsed.invalid:
+        return ai
+    return AIMessage(
+        content=ai.content,
+        tool_calls=parsed.calls,
+        invalid_tool_calls=parsed.invalid,
+        id=ai.id,
+        response_metadata=ai.response_metadata,
+    )
+
+
+def _ensure_ids(ai: AIMessage) -> AIMessage:
+    """Every tool call needs an id for its ToolMessage; some servers omit them."""
+    if all(tc.get("id") for tc in ai.tool_calls):
+        return ai
+    calls = [{**tc, "id": tc.get("id") or f"call_{uuid.uuid4().hex[:12]}"} for tc in ai.tool_calls]
+    return ai.model_copy(update={"tool_calls": calls})
+
+
+Next = Literal["act", "rethink", "answer", "think"]
+
+
+def make_think(default: AgentContext, tools: list[Any]):  # type: ignore[no-untyped-def]
+    """Build the think node for a fixed tool list."""
+
+    def think(state: AgentState, runtime: Runtime[AgentContext]) -> Command[Next]:
+        ctx = runtime.context or default
+        rnd = int(state.get("round") or 0)
+        turn = int(state.get("turn") or 0)
+        if rnd >= ctx.max_rounds:
+            return Command(goto="answer", update={"budget_exhausted": True})
+        offer = offered_tools(tools, state.get("image_refs") or [], state.get("evidence") or [])
+        t0 = time.perf_counter()
+        reply = resolve_llm(ctx).bind_tools(offer).invoke(build_prompt(state, ctx))
+        elapsed = time.perf_counter() - t0
+        ai = reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply.content))
+        ai = _ensure_ids(_with_parsed_calls(ai, offer))
+        step: dict[str, Any] = {"turn": turn, "round": rnd + 1, "step": "think",
+                                "elapsed_s": round(elapsed, 4),
+                                "calls": [tc["name"] for tc in ai.tool_calls]}
+        base: dict[str, Any] = {"round": rnd + 1, "messages": [ai]}
+
+        finals = [tc for tc in ai.tool_calls if tc["name"] == FINAL_ANSWER_TOOL]
+        actions = [tc for tc in ai.tool_calls if tc["name"] != FINAL_ANSWER_TOOL]
+        if actions:
+            if finals:  # look first; the answer is proposed again once the results are in
+                ai = ai.model_copy(update={"tool_calls": actions})
+                base["messages"] = [ai]
+            return Command(goto="act", update={**base, "trace": [step]})
+        if finals:
+            try:
+                proposal = FinalAnswerArgs.model_validate(finals[0]["args"])
+            except ValueError as exc:
+                fb = [f"your final_answer arguments were invalid: {exc}".splitlines()[0]]
+                step["error"] = fb[0]
+                return Command(goto="think", update={**base, "feedback": fb, "trace": [step]})
+            return Command(goto="rethink", update={**base, "proposal": proposal, "trace": [step]})
+        if ai.invalid_tool_calls:
+            errors = [f"your tool call was malformed: {c.get('error')}" for c in ai.invalid_tool_calls]
+            step["error"] = "; ".join(errors)
+            return Command(goto="think", update={**base, "feedback": errors, "trace": [step]})
+        # Plain text: a proposal with no cited claims; rethink asks for evidence.
+        proposal = FinalAnswerArgs(answer=str(ai.content)[:1200], claims=[], confidence=0.5)
+        return Command(goto="rethink", update={**base, "proposal": proposal, "trace": [step]})
+
+    return think

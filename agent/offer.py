@@ -1,0 +1,81 @@
+"""Which tool schemas the planner is offered this round.
+
+The schemas are the tools' own (pydantic → OpenAI function format) with the ids that exist
+right now written in as ``enum`` values: ``image_id`` may only name a loaded image and
+``evidence_ids`` only an evidence item that succeeded. A constrained decoder (the embedded
+model) then cannot produce an id that does not exist, and a larger model is told exactly what
+it may cite. ``final_answer`` is withheld until there is evidence when images are attached:
+the agent looks before it speaks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
+from tools.evidence import Evidence
+from tools.image import ImageRef
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Resolve local ``$ref``s so every backend sees a self-contained schema."""
+    defs = schema.pop("$defs", {}) or schema.pop("definitions", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
+                return walk(copy.deepcopy(defs[ref.rsplit("/", 1)[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+def _set_enum(params: dict[str, Any], key: str, values: list[str], *, array: bool) -> None:
+    prop = params.get("properties", {}).get(key)
+    if prop is None or not values:
+        return
+    if array:
+        prop["items"] = {"type": "string", "enum": values}
+        prop["minItems"] = 1
+    else:
+        prop.clear()
+        prop.update({"type": "string", "enum": values})
+
+
+def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
+    """The ``final_answer`` tool in OpenAI format, citing only ``evidence_ids``."""
+    spec = convert_to_openai_tool(FinalAnswerArgs)
+    spec["function"]["name"] = FINAL_ANSWER_TOOL
+    params = _inline_refs(spec["function"]["parameters"])
+    claim = params["properties"]["claims"]["items"]
+    _set_enum(claim, "evidence_ids", evidence_ids, array=True)
+    params["required"] = ["answer", "claims", "confidence"]
+    spec["function"]["parameters"] = params
+    return spec
+
+
+def offered_tools(
+    tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence]
+) -> list[dict[str, Any]]:
+    """OpenAI-format tool dicts for this round, ids constrained to what exists."""
+    image_ids = [r.id for r in images]
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        spec = convert_to_openai_tool(tool)
+        params = _inline_refs(spec["function"].get("parameters", {}))
+        _set_enum(params, "image_id", image_ids, array=False)
+        spec["function"]["parameters"] = params
+        out.append(spec)
+    ok_ids = [e.id for e in evidence if e.status == "ok"]
+    if ok_ids or not images:
+        out.append(final_answer_schema(ok_ids))
+    return out

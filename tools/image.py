@@ -1,0 +1,67 @@
+"""The in-memory form of a loaded image, and the reference the graph state keeps instead.
+
+``LoadedImage`` is what a loader returns: the pixels, a display rendering, spacing and the
+de-identified metadata. ``ImageRef`` is the small, JSON-able handle (id + summary) that goes into
+graph state, prompts and checkpoints; the pixels stay in the ``ImageStore``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image.
+
+    Attributes:
+        pixels: modality values. 2D ``(H, W)`` grey, ``(H, W, 3)`` RGB, or ``(F, H, W)`` frames
+            / slices. CT is in Hounsfield units (rescale slope/intercept applied).
+        display: ``uint8`` rendering of the representative 2D frame, ``(H, W)`` or ``(H, W, 3)``,
+            with the file's VOI LUT / window applied and MONOCHROME1 inverted, so bright means
+            dense everywhere.
+        spacing_mm: ``(row, col)`` mm per pixel of ``display``, or None when unknown. Never
+            invented: a missing spacing stays None and measurements fall back to pixels.
+        spacing_source: the DICOM attribute the spacing came from, or None.
+        meta: de-identified metadata only (modality, body part, sizes...), safe to show a model.
+        source_format: "dicom", "png", "jpeg", ...
+        notes: caveats worth telling the user (e.g. projection-radiograph magnification).
+    """
+
+    pixels: np.ndarray
+    display: np.ndarray
+    spacing_mm: tuple[float, float] | None = None
+    spacing_source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    source_format: str = "unknown"
+    notes: list[str] = field(default_factory=list)
+
+    def content_id(self) -> str:
+        """A stable id from the pixel content: the same image always gets the same id."""
+        h = hashlib.sha256()
+        h.update(str(self.pixels.shape).encode())
+        h.update(str(self.pixels.dtype).encode())
+        h.update(np.ascontiguousarray(self.pixels).tobytes())
+        return "img-" + h.hexdigest()[:12]
+
+
+class ImageRef(BaseModel):
+    """What graph state and prompts know about an image: an id and a de-identified summary."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    modality: str = "unknown"
+    shape: tuple[int, ...] = ()
+    spacing_mm: tuple[float, float] | None = None
+    source_format: str = "unknown"
+    summary: str = ""
+
+    def for_prompt(self) -> str:
+        """One line describing the image to the planner."""
+        return f"{self.id}: {self.summary}"
