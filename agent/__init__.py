@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent.answer import Answer, Claim
-from agent.context import AgentContext
 from agent.build import build_graph
+from agent.context import AgentContext
 
 __all__ = ["AgentContext", "Answer", "Claim", "build_graph", "graph"]
 

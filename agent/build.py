@@ -48,7 +48,11 @@ def build_graph(
         from agent.toolset import default_tools
 
         tools = default_tools(ctx.store)
-    saver = make_checkpointer(ctx.checkpoint, ctx.home_dir) if checkpointer == "from-context" else checkpointer
+    saver = (
+        make_checkpointer(ctx.checkpoint, ctx.home_dir)
+        if checkpointer == "from-context"
+        else checkpointer
+    )
 
     builder = StateGraph(AgentState, context_schema=AgentContext, input_schema=InputState)
     builder.add_node("ingest", make_ingest(ctx))

@@ -1,4 +1,4 @@
-"""What *rethink* checks: is each claim backed by evidence, and do the tools agree?
+"""What *rethink* checks: whether each claim is backed by evidence and the tools agree.
 
 Pure functions over the proposal and the evidence list, so the rules are testable without a
 graph. A claim is supported when it cites at least one existing, successful evidence item and
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from agent.answer import Claim, FinalAnswerArgs, ProposedClaim
 from tools.evidence import Evidence
 
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"(?<![\w.])(?<!\w-)[-+]?\d+(?:\.\d+)?")
 _REL_TOL = 0.05
 
 
@@ -115,7 +115,9 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence]) -> ReviewRes
         why = check_claim(claim, by_id)
         if why is None:
             result.supported.append(
-                Claim(statement=claim.statement, evidence_ids=list(dict.fromkeys(claim.evidence_ids)))
+                Claim(
+                    statement=claim.statement, evidence_ids=list(dict.fromkeys(claim.evidence_ids))
+                )
             )
         else:
             result.problems.append(why)

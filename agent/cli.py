@@ -10,13 +10,16 @@ import argparse
 import json
 import os
 import sys
-import traceback
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.errors import IngestError, MedloopError
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
 
 DISCLAIMER = "medloop is research software, not a medical device; do not use it for diagnosis."
 
@@ -35,7 +38,9 @@ def _emit(data: Any, as_json: bool) -> None:
 def _human(data: Any) -> str:
     if isinstance(data, dict) and "answer" in data:
         lines = [str(data["answer"]), ""]
-        lines.append(f"confidence {data['confidence']:.2f}" + ("  (abstained)" if data["abstained"] else ""))
+        lines.append(
+            f"confidence {data['confidence']:.2f}" + ("  (abstained)" if data["abstained"] else "")
+        )
         for f in data["findings"]:
             lines.append(f"- {f['statement']} [{', '.join(f['evidence_ids'])}]")
         for e in data["evidence"]:
@@ -54,11 +59,15 @@ def _progress(event: dict[str, Any]) -> None:
         for step in update.get("trace") or []:
             if step.get("step") == "think":
                 calls = ", ".join(step.get("calls") or []) or "a reply"
-                msg = f"think  round {step.get('round')}: {calls} ({step.get('elapsed_s', 0):.1f} s)"
+                msg = (
+                    f"think  round {step.get('round')}: {calls} ({step.get('elapsed_s', 0):.1f} s)"
+                )
             elif step.get("step") == "act":
                 msg = f"act    {step['tool']} → {step['status']} ({step.get('elapsed_s', 0):.2f} s)"
             elif step.get("step") == "rethink":
-                msg = f"rethink {step.get('decision')}: {len(step.get('problems') or [])} problem(s)"
+                msg = (
+                    f"rethink {step.get('decision')}: {len(step.get('problems') or [])} problem(s)"
+                )
             else:
                 msg = str(step.get("step") or node)
             sys.stderr.write(f"[medloop] {msg}\n")
@@ -85,12 +94,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint=args.checkpoint)
     graph = build_graph(ctx)
     thread = args.thread or uuid.uuid4().hex[:12]
-    config = {"configurable": {"thread_id": thread}}
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
     t0 = time.perf_counter()
     if not args.quiet:
         sys.stderr.write(f"[medloop] thinking with {args.llm} …\n")
-    for event in graph.stream({"messages": [("user", question)], "images": images}, config,
-                              stream_mode="updates"):
+    for event in graph.stream(
+        {"messages": [("user", question)], "images": images}, config, stream_mode="updates"
+    ):
         if not args.quiet:
             _progress(event)
     state = graph.get_state(config).values
@@ -138,19 +148,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """Start the Gradio app (same as ``python app.py``)."""
+    import app
+
+    app.main([*(["--port", str(args.port)] if args.port else []), "--llm", args.llm])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    p = argparse.ArgumentParser(prog="medloop", description=f"Medical image Q&A agent. {DISCLAIMER}")
+    p = argparse.ArgumentParser(
+        prog="medloop", description=f"Medical image Q&A agent. {DISCLAIMER}"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about one or more images")
     ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION")
-    ask.add_argument("--llm", default="embedded",
-                     help="embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | hf:ID_OR_PATH")
+    ask.add_argument(
+        "--llm",
+        default="embedded",
+        help="embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | hf:ID_OR_PATH",
+    )
     ask.add_argument("--thread", help="continue this conversation thread")
     ask.add_argument("--max-rounds", type=int, default=5)
-    ask.add_argument("--checkpoint", default="sqlite",
-                     help="sqlite | sqlite:PATH | memory | none | postgresql://DSN")
+    ask.add_argument(
+        "--checkpoint",
+        default="sqlite",
+        help="sqlite | sqlite:PATH | memory | none | postgresql://DSN",
+    )
     ask.add_argument("--json", action="store_true", help="print JSON")
     ask.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     ask.set_defaults(func=cmd_ask)
@@ -159,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("image")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
+
+    web = sub.add_parser("app", help="start the web app on http://127.0.0.1:7860")
+    web.add_argument("--port", type=int)
+    web.add_argument("--llm", default="embedded")
+    web.set_defaults(func=cmd_app)
     return p
 
 

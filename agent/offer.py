@@ -36,7 +36,8 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
             return [walk(v) for v in node]
         return node
 
-    return walk(schema)  # type: ignore[no-any-return]
+    out: dict[str, Any] = walk(schema)
+    return out
 
 
 def _set_enum(params: dict[str, Any], key: str, values: list[str], *, array: bool) -> None:

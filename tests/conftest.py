@@ -27,13 +27,23 @@ def store(medloop_home) -> ImageStore:
     return ImageStore(medloop_home / "store")
 
 
-def phantom(h: int = 64, w: int = 80, spacing: tuple[float, float] | None = (0.5, 0.5),
-            value: float = 100.0, seed: int = 0) -> LoadedImage:
+def phantom(
+    h: int = 64,
+    w: int = 80,
+    spacing: tuple[float, float] | None = (0.5, 0.5),
+    value: float = 100.0,
+    seed: int = 0,
+) -> LoadedImage:
     """A synthetic grey image with a bright square, at known spacing."""
     rng = np.random.default_rng(seed)
     px = rng.normal(10, 1, (h, w)).astype(np.float32)
     px[h // 4 : h // 2, w // 4 : w // 2] = value
     disp = np.clip(px / px.max() * 255, 0, 255).astype(np.uint8)
-    return LoadedImage(pixels=px, display=disp, spacing_mm=spacing,
-                       spacing_source="PixelSpacing" if spacing else None,
-                       meta={"modality": "OT"}, source_format="synthetic")
+    return LoadedImage(
+        pixels=px,
+        display=disp,
+        spacing_mm=spacing,
+        spacing_source="PixelSpacing" if spacing else None,
+        meta={"modality": "OT"},
+        source_format="synthetic",
+    )

@@ -29,8 +29,14 @@ def ai(*calls: dict[str, Any], content: str = "") -> AIMessage:
 
 def final(answer: str, claims: list[tuple[str, list[str]]], confidence: float = 0.8) -> AIMessage:
     """An AIMessage calling final_answer."""
-    return ai(call("final_answer", answer=answer, confidence=confidence,
-                   claims=[{"statement": s, "evidence_ids": ids} for s, ids in claims]))
+    return ai(
+        call(
+            "final_answer",
+            answer=answer,
+            confidence=confidence,
+            claims=[{"statement": s, "evidence_ids": ids} for s, ids in claims],
+        )
+    )
 
 
 class ScriptedChatModel(GenericFakeChatModel):
@@ -40,7 +46,9 @@ class ScriptedChatModel(GenericFakeChatModel):
     offered: list[list[dict[str, Any]]] = []
 
     @classmethod
-    def of(cls, script: Iterable[AIMessage | Callable[[list[BaseMessage]], AIMessage]]) -> ScriptedChatModel:
+    def of(
+        cls, script: Iterable[AIMessage | Callable[[list[BaseMessage]], AIMessage]]
+    ) -> ScriptedChatModel:
         """Build from a finite or infinite script."""
         steps = iter(script)
         model = cls(messages=_Placeholder())
@@ -58,8 +66,9 @@ class ScriptedChatModel(GenericFakeChatModel):
         self.offered.append(list(tools))
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         self.seen.append(list(messages))
         step = next(self._steps)  # type: ignore[attr-defined]
         msg = step(messages) if callable(step) else step

@@ -20,8 +20,9 @@ class LoadedImage:
     """A decoded image.
 
     Attributes:
-        pixels: modality values. 2D ``(H, W)`` grey, ``(H, W, 3)`` RGB, or ``(F, H, W)`` frames
-            / slices. CT is in Hounsfield units (rescale slope/intercept applied).
+        pixels: modality values. 2D ``(H, W)`` grey, ``(H, W, 3)`` RGB, ``(F, H, W)`` grey
+            frames / slices, or ``(F, H, W, 3)`` colour frames. Grey and colour are told apart
+            by ``display.ndim``. CT is in Hounsfield units (rescale slope/intercept applied).
         display: ``uint8`` rendering of the representative 2D frame, ``(H, W)`` or ``(H, W, 3)``,
             with the file's VOI LUT / window applied and MONOCHROME1 inverted, so bright means
             dense everywhere.
@@ -40,6 +41,14 @@ class LoadedImage:
     meta: dict[str, Any] = field(default_factory=dict)
     source_format: str = "unknown"
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        """Number of frames / slices (1 for a single 2D image)."""
+        colour = self.display.ndim == 3
+        if self.pixels.ndim == 4 or (self.pixels.ndim == 3 and not colour):
+            return int(self.pixels.shape[0])
+        return 1
 
     def content_id(self) -> str:
         """A stable id from the pixel content: the same image always gets the same id."""

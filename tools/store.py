@@ -32,7 +32,7 @@ _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def default_home() -> Path:
-    """medloop's data folder: ``$MEDLOOP_HOME``, else ``~/.cache/medloop``."""
+    """Medloop's data folder: ``$MEDLOOP_HOME``, else ``~/.cache/medloop``."""
     env = os.environ.get("MEDLOOP_HOME")
     return Path(env) if env else Path.home() / ".cache" / "medloop"
 
@@ -89,7 +89,9 @@ class ImageStore:
         image = LoadedImage(
             pixels=np.load(folder / "pixels.npy", allow_pickle=False),
             display=np.load(folder / "display.npy", allow_pickle=False),
-            spacing_mm=tuple(meta["spacing_mm"]) if meta["spacing_mm"] else None,  # type: ignore[arg-type]
+            spacing_mm=(float(meta["spacing_mm"][0]), float(meta["spacing_mm"][1]))
+            if meta["spacing_mm"]
+            else None,
             spacing_source=meta["spacing_source"],
             meta=meta["meta"],
             source_format=meta["source_format"],
@@ -99,9 +101,11 @@ class ImageStore:
         return image
 
     def __contains__(self, image_id: object) -> bool:
-        return isinstance(image_id, str) and bool(_ID.match(image_id)) and (
-            self.root / image_id / "meta.json"
-        ).exists()
+        return (
+            isinstance(image_id, str)
+            and bool(_ID.match(image_id))
+            and (self.root / image_id / "meta.json").exists()
+        )
 
     def ref(self, image_id: str) -> ImageRef:
         """The state-safe reference for a stored image."""
@@ -139,8 +143,8 @@ def make_ref(image_id: str, img: LoadedImage) -> ImageRef:
     if img.meta.get("body_part"):
         parts.append(str(img.meta["body_part"]).lower())
     parts.append(f"{w}x{h} px")
-    if img.pixels.ndim == 3 and img.pixels.shape[-1] not in (3, 4):
-        parts.append(f"{img.pixels.shape[0]} frames")
+    if img.frames > 1:
+        parts.append(f"{img.frames} frames")
     if img.spacing_mm:
         parts.append(f"spacing {img.spacing_mm[0]:.3g}x{img.spacing_mm[1]:.3g} mm")
     else:

@@ -56,7 +56,7 @@ def _register_missing_ops() -> None:
 
     if _LIB is not None:
         return
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - defining a namespace
+    lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.impl("nms", nms_reference, "CompositeExplicitAutograd")

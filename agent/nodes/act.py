@@ -15,10 +15,11 @@ import contextvars
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
 from langgraph.types import Command
@@ -32,7 +33,7 @@ from tools.evidence import Evidence
 
 @dataclass
 class _Job:
-    call: dict[str, Any]
+    call: ToolCall
     tool: BaseTool
     done: threading.Event = field(default_factory=threading.Event)
     value: Evidence | None = None
@@ -72,11 +73,70 @@ def describe_error(exc: BaseException, tool: str) -> str:
     return f"{tool} crashed ({type(exc).__name__}: {exc}). Try another tool."
 
 
-def _key(call: dict[str, Any]) -> str:
+def _key(call: ToolCall | dict[str, Any]) -> str:
     return call["name"] + json.dumps(call.get("args") or {}, sort_keys=True, default=str)
 
 
-def make_act(default: AgentContext, tools: list[BaseTool]):  # type: ignore[no-untyped-def]
+def _failed(call: ToolCall, summary: str, elapsed: float = 0.0) -> Evidence:
+    return Evidence(
+        tool=call["name"],
+        status="error",
+        args=call.get("args") or {},
+        summary=summary,
+        elapsed_s=round(elapsed, 4),
+    )
+
+
+def plan_jobs(
+    calls: list[ToolCall], by_name: dict[str, BaseTool], evidence: list[Evidence]
+) -> list[_Job | Evidence]:
+    """A job per call to run, or the error evidence for a call that must not run."""
+    done_before = {_key({"name": e.tool, "args": e.args}): e for e in evidence if e.status == "ok"}
+    jobs: list[_Job | Evidence] = []
+    for call in calls:
+        tool = by_name.get(call["name"])
+        if tool is None:
+            names = ", ".join(sorted(by_name)) or "(none)"
+            jobs.append(_failed(call, f"unknown tool {call['name']!r}; available: {names}"))
+        elif _key(call) in done_before:
+            prev = done_before[_key(call)].id
+            jobs.append(
+                _failed(call, f"already done: see {prev}. Use it, or call a different tool.")
+            )
+        else:
+            jobs.append(_Job(call=call, tool=tool))
+    return jobs
+
+
+def run_jobs(jobs: list[_Job], max_parallel: int, timeout_s: float) -> None:
+    """Run at most ``max_parallel`` at a time; each waits no longer than its own deadline."""
+    for i in range(0, len(jobs), max_parallel):
+        batch = jobs[i : i + max_parallel]
+        for job in batch:
+            _start(job)
+        for job in batch:
+            job.done.wait(max(0.0, job.started + timeout_s - time.perf_counter()))
+
+
+def job_evidence(job: _Job, timeout_s: float) -> Evidence:
+    """What a finished (or abandoned) job observed, as evidence."""
+    name = job.tool.name
+    if not job.done.is_set():
+        return _failed(
+            job.call,
+            f"{name} timed out after {timeout_s:g} s. Try a cheaper call or answer without it.",
+            timeout_s,
+        )
+    if job.error is not None:
+        return _failed(job.call, describe_error(job.error, name), job.elapsed)
+    if not isinstance(job.value, Evidence):
+        return _failed(job.call, f"{name} returned no evidence (internal error)", job.elapsed)
+    return job.value.model_copy(
+        update={"args": job.call.get("args") or {}, "elapsed_s": round(job.elapsed, 4)}
+    )
+
+
+def make_act(default: AgentContext, tools: list[BaseTool]) -> Callable[..., Any]:
     """Build the act node for a fixed tool list."""
     by_name = {t.name: t for t in tools}
 
@@ -85,63 +145,44 @@ def make_act(default: AgentContext, tools: list[BaseTool]):  # type: ignore[no-u
         last = state["messages"][-1]
         calls = list(last.tool_calls) if isinstance(last, AIMessage) else []
         evidence = state.get("evidence") or []
-        done_before = {_key({"name": e.tool, "args": e.args}): e for e in evidence if e.status == "ok"}
-        next_n = len(evidence) + 1
         turn, rnd = int(state.get("turn") or 0), int(state.get("round") or 0)
 
-        jobs: list[_Job | Evidence] = []
-        for call in calls:
-            tool = by_name.get(call["name"])
-            if tool is None:
-                names = ", ".join(sorted(by_name)) or "(none)"
-                jobs.append(Evidence(tool=call["name"], status="error", args=call.get("args") or {},
-                                     summary=f"unknown tool {call['name']!r}; available: {names}"))
-            elif _key(call) in done_before:
-                prev = done_before[_key(call)]
-                jobs.append(Evidence(tool=call["name"], status="error", args=call.get("args") or {},
-                                     summary=f"already done: see {prev.id}. Use it, or call a different tool."))
-            else:
-                jobs.append(_Job(call=call, tool=tool))
-
-        # Run at most max_parallel_tools at a time, each with its own deadline.
-        pending = [j for j in jobs if isinstance(j, _Job)]
-        for i in range(0, len(pending), ctx.max_parallel_tools):
-            batch = pending[i : i + ctx.max_parallel_tools]
-            for job in batch:
-                _start(job)
-            for job in batch:
-                job.done.wait(max(0.0, job.started + ctx.tool_timeout_s - time.perf_counter()))
+        jobs = plan_jobs(calls, by_name, evidence)
+        run_jobs(
+            [j for j in jobs if isinstance(j, _Job)], ctx.max_parallel_tools, ctx.tool_timeout_s
+        )
 
         messages: list[ToolMessage] = []
         new_evidence: list[Evidence] = []
         trace: list[dict[str, Any]] = []
-        for call, job in zip(calls, jobs, strict=True):
-            if isinstance(job, Evidence):
-                ev = job
-            elif not job.done.is_set():
-                ev = Evidence(tool=job.tool.name, status="error", args=call.get("args") or {},
-                              elapsed_s=ctx.tool_timeout_s,
-                              summary=f"{job.tool.name} timed out after {ctx.tool_timeout_s:g} s. "
-                                      "Try a cheaper call or answer without it.")
-            elif job.error is not None:
-                ev = Evidence(tool=job.tool.name, status="error", args=call.get("args") or {},
-                              elapsed_s=job.elapsed, summary=describe_error(job.error, job.tool.name))
-            elif isinstance(job.value, Evidence):
-                ev = job.value.model_copy(update={"args": call.get("args") or {},
-                                                  "elapsed_s": round(job.elapsed, 4)})
-            else:
-                ev = Evidence(tool=job.tool.name, status="error", args=call.get("args") or {},
-                              summary=f"{job.tool.name} returned no evidence (internal error)")
-            ev = ev.model_copy(update={"id": f"E{next_n}"})
-            next_n += 1
+        for n, (call, job) in enumerate(zip(calls, jobs, strict=True), start=len(evidence) + 1):
+            ev = job if isinstance(job, Evidence) else job_evidence(job, ctx.tool_timeout_s)
+            ev = ev.model_copy(update={"id": f"E{n}"})
             new_evidence.append(ev)
-            messages.append(ToolMessage(content=ev.for_prompt(), tool_call_id=call["id"],
-                                        name=call["name"],
-                                        status="success" if ev.status == "ok" else "error"))
-            trace.append({"turn": turn, "round": rnd, "step": "act", "tool": call["name"],
-                          "args": call.get("args") or {}, "status": ev.status,
-                          "evidence_id": ev.id, "elapsed_s": ev.elapsed_s, "summary": ev.summary})
-        return Command(goto="think", update={"messages": messages, "evidence": new_evidence,
-                                             "feedback": [], "trace": trace})
+            messages.append(
+                ToolMessage(
+                    content=ev.for_prompt(),
+                    tool_call_id=call["id"],
+                    name=call["name"],
+                    status="success" if ev.status == "ok" else "error",
+                )
+            )
+            trace.append(
+                {
+                    "turn": turn,
+                    "round": rnd,
+                    "step": "act",
+                    "tool": call["name"],
+                    "args": call.get("args") or {},
+                    "status": ev.status,
+                    "evidence_id": ev.id,
+                    "elapsed_s": ev.elapsed_s,
+                    "summary": ev.summary,
+                }
+            )
+        return Command(
+            goto="think",
+            update={"messages": messages, "evidence": new_evidence, "feedback": [], "trace": trace},
+        )
 
     return act

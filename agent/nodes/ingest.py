@@ -8,6 +8,7 @@ the planner's, so the run stops with the message rather than reasoning around a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.context import AgentContext
@@ -15,13 +16,11 @@ from agent.state import AgentState
 from tools.image import ImageRef
 
 
-def make_ingest(default: AgentContext):  # type: ignore[no-untyped-def]
+def make_ingest(default: AgentContext) -> Callable[..., Any]:
     """Build the ingest node bound to the default context."""
     from langgraph.runtime import Runtime
 
     def ingest(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        from tools.loader import load_image  # pydicom and Pillow load only when a path comes in
-
         ctx = runtime.context or default
         store = ctx.store
         refs: list[ImageRef] = []
@@ -29,6 +28,8 @@ def make_ingest(default: AgentContext):  # type: ignore[no-untyped-def]
             if item in store:
                 refs.append(store.ref(item))
             else:
+                from tools.loader import load_image  # pydicom/Pillow only when a path comes in
+
                 refs.append(store.put(load_image(item)))
         turn = int(state.get("turn") or 0) + 1
         return {

@@ -8,6 +8,7 @@ the supported claims.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, ToolMessage
@@ -22,7 +23,8 @@ from prompts import load_prompt
 
 
 def _final_call_id(state: AgentState) -> str | None:
-    last = (state.get("messages") or [None])[-1]
+    messages = state.get("messages") or []
+    last = messages[-1] if messages else None
     if isinstance(last, AIMessage):
         for tc in last.tool_calls:
             if tc["name"] == FINAL_ANSWER_TOOL:
@@ -30,34 +32,55 @@ def _final_call_id(state: AgentState) -> str | None:
     return None
 
 
-def make_rethink(default: AgentContext):  # type: ignore[no-untyped-def]
+def make_rethink(default: AgentContext) -> Callable[..., Any]:
     """Build the rethink node."""
 
-    def rethink(state: AgentState, runtime: Runtime[AgentContext]) -> Command[Literal["think", "answer"]]:
+    def rethink(
+        state: AgentState, runtime: Runtime[AgentContext]
+    ) -> Command[Literal["think", "answer"]]:
         ctx = runtime.context or default
         proposal = state.get("proposal") or FinalAnswerArgs(answer="", claims=[], confidence=0.0)
         result = review(proposal, state.get("evidence") or [])
         rnd, turn = int(state.get("round") or 0), int(state.get("turn") or 0)
-        step: dict[str, Any] = {"turn": turn, "round": rnd, "step": "rethink",
-                                "supported": len(result.supported), "problems": result.problems,
-                                "contradictions": result.contradictions}
+        step: dict[str, Any] = {
+            "turn": turn,
+            "round": rnd,
+            "step": "rethink",
+            "supported": len(result.supported),
+            "problems": result.problems,
+            "contradictions": result.contradictions,
+        }
         call_id = _final_call_id(state)
         if result.ok or rnd >= ctx.max_rounds:
             msgs = []
             if call_id:
-                msgs.append(ToolMessage(content="accepted" if result.ok else
-                                        "budget spent; answering with the supported claims",
-                                        tool_call_id=call_id, name=FINAL_ANSWER_TOOL))
+                msgs.append(
+                    ToolMessage(
+                        content="accepted"
+                        if result.ok
+                        else "budget spent; answering with the supported claims",
+                        tool_call_id=call_id,
+                        name=FINAL_ANSWER_TOOL,
+                    )
+                )
             step["decision"] = "answer"
-            return Command(goto="answer", update={"messages": msgs, "trace": [step],
-                                                  "budget_exhausted": not result.ok})
-        feedback = load_prompt("rethink").render(problems="\n".join(f"- {p}" for p in result.problems))
+            return Command(
+                goto="answer",
+                update={"messages": msgs, "trace": [step], "budget_exhausted": not result.ok},
+            )
+        feedback = load_prompt("rethink").render(
+            problems="\n".join(f"- {p}" for p in result.problems)
+        )
         msgs = []
         if call_id:
-            msgs.append(ToolMessage(content=feedback, tool_call_id=call_id, name=FINAL_ANSWER_TOOL,
-                                    status="error"))
+            msgs.append(
+                ToolMessage(
+                    content=feedback, tool_call_id=call_id, name=FINAL_ANSWER_TOOL, status="error"
+                )
+            )
         step["decision"] = "think"
-        return Command(goto="think", update={"messages": msgs, "feedback": [feedback],
-                                             "trace": [step]})
+        return Command(
+            goto="think", update={"messages": msgs, "feedback": [feedback], "trace": [step]}
+        )
 
     return rethink

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -94,7 +95,7 @@ def _ensure_ids(ai: AIMessage) -> AIMessage:
 Next = Literal["act", "rethink", "answer", "think"]
 
 
-def make_think(default: AgentContext, tools: list[Any]):  # type: ignore[no-untyped-def]
+def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
     """Build the think node for a fixed tool list."""
 
     def think(state: AgentState, runtime: Runtime[AgentContext]) -> Command[Next]:
@@ -109,9 +110,13 @@ def make_think(default: AgentContext, tools: list[Any]):  # type: ignore[no-unty
         elapsed = time.perf_counter() - t0
         ai = reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply.content))
         ai = _ensure_ids(_with_parsed_calls(ai, offer))
-        step: dict[str, Any] = {"turn": turn, "round": rnd + 1, "step": "think",
-                                "elapsed_s": round(elapsed, 4),
-                                "calls": [tc["name"] for tc in ai.tool_calls]}
+        step: dict[str, Any] = {
+            "turn": turn,
+            "round": rnd + 1,
+            "step": "think",
+            "elapsed_s": round(elapsed, 4),
+            "calls": [tc["name"] for tc in ai.tool_calls],
+        }
         base: dict[str, Any] = {"round": rnd + 1, "messages": [ai]}
 
         finals = [tc for tc in ai.tool_calls if tc["name"] == FINAL_ANSWER_TOOL]
@@ -130,7 +135,9 @@ def make_think(default: AgentContext, tools: list[Any]):  # type: ignore[no-unty
                 return Command(goto="think", update={**base, "feedback": fb, "trace": [step]})
             return Command(goto="rethink", update={**base, "proposal": proposal, "trace": [step]})
         if ai.invalid_tool_calls:
-            errors = [f"your tool call was malformed: {c.get('error')}" for c in ai.invalid_tool_calls]
+            errors = [
+                f"your tool call was malformed: {c.get('error')}" for c in ai.invalid_tool_calls
+            ]
             step["error"] = "; ".join(errors)
             return Command(goto="think", update={**base, "feedback": errors, "trace": [step]})
         # Plain text: a proposal with no cited claims; rethink asks for evidence.

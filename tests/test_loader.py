@@ -1,0 +1,367 @@
+"""tools.loader: real DICOM files from pydicom / pydicom-data, and PNG/JPEG made here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID
+
+from tools.errors import IngestError, NotAnImageError, UnsupportedImageError
+from tools.image import LoadedImage
+from tools.loader import load_image
+from tools.store import make_ref
+
+# Every key the loader may put in meta: a whitelist, so a new key has to be added on purpose.
+ALLOWED_META = {
+    "modality", "body_part", "view_position", "laterality", "patient_orientation",
+    "photometric", "rows", "columns", "frames", "samples_per_pixel", "bits_allocated",
+    "bits_stored", "pixel_representation", "pixel_spacing", "imager_pixel_spacing",
+    "slice_thickness", "window_center", "window_width", "rescale_slope", "rescale_intercept",
+    "transfer_syntax", "units",
+}
+
+
+def sample(name: str) -> str:
+    path = get_testdata_file(name)
+    assert path is not None, f"pydicom sample {name} missing"
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def chest() -> LoadedImage:
+    """RG1_UNCI: CR chest PA, MONOCHROME1, 15-bit (loaded once: 1955x1841 px)."""
+    return load_image(sample("RG1_UNCI.dcm"))
+
+
+def modified(name: str, tmp_path: Path, **changes: object) -> Path:
+    """A copy of a sample with some attributes set (None deletes), saved under tmp_path."""
+    ds = pydicom.dcmread(sample(name))
+    for keyword, value in changes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    out = tmp_path / f"modified-{name}"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Real DICOM
+# ---------------------------------------------------------------------------------------------
+def test_chest_radiograph_geometry_and_meta(chest: LoadedImage) -> None:
+    ds = pydicom.dcmread(sample("RG1_UNCI.dcm"), stop_before_pixels=True)
+    assert chest.pixels.shape == (ds.Rows, ds.Columns) == (1955, 1841)
+    assert chest.display.shape == chest.pixels.shape and chest.display.dtype == np.uint8
+    assert chest.source_format == "dicom"
+    m = chest.meta
+    assert (m["modality"], m["body_part"], m["view_position"]) == ("CR", "CHEST", "PA")
+    assert m["photometric"] == "MONOCHROME1" and m["frames"] == 1 and m["units"] == "a.u."
+    assert set(m) <= ALLOWED_META
+
+
+def test_chest_radiograph_zero_spacing_is_not_used(chest: LoadedImage) -> None:
+    # RG1_UNCI stores PixelSpacing "0.000\0.000" and no ImagerPixelSpacing: no usable
+    # spacing, so none is reported (and the reason is noted) rather than a made-up one.
+    assert chest.spacing_mm is None and chest.spacing_source is None
+    assert any("PixelSpacing" in n and "not a valid spacing" in n for n in chest.notes)
+
+
+def test_chest_radiograph_monochrome1_is_inverted(chest: LoadedImage) -> None:
+    # After inversion bright = dense: the mediastinum / spine column is brighter than both lung
+    # fields (same band of rows, mid-chest).
+    d = chest.display.astype(float)
+    h, w = d.shape
+    rows = slice(int(0.30 * h), int(0.60 * h))
+    middle = d[rows, int(0.45 * w) : int(0.55 * w)].mean()
+    lung_a = d[rows, int(0.20 * w) : int(0.35 * w)].mean()
+    lung_b = d[rows, int(0.65 * w) : int(0.80 * w)].mean()
+    assert middle > lung_a + 30 and middle > lung_b + 30
+    # The raw pixels keep the file's orientation: there, the lungs have the higher values.
+    raw = chest.pixels.astype(float)
+    raw_lung = raw[rows, int(0.20 * w) : int(0.35 * w)].mean()
+    assert raw_lung > raw[rows, int(0.45 * w) : int(0.55 * w)].mean()
+
+
+def test_imager_pixel_spacing_used_with_magnification_note(tmp_path: Path) -> None:
+    path = modified("MR_small.dcm", tmp_path, PixelSpacing=None, ImagerPixelSpacing=[0.2, 0.3],
+                    EstimatedRadiographicMagnificationFactor=1.1)
+    img = load_image(path)
+    assert img.spacing_mm == (0.2, 0.3) and img.spacing_source == "ImagerPixelSpacing"
+    note = " ".join(img.notes)
+    assert "detector" in note and "magnification" in note and "1.1" in note
+
+
+def test_ct_in_hounsfield_units() -> None:
+    img = load_image(sample("CT_small.dcm"))
+    raw = pydicom.dcmread(sample("CT_small.dcm")).pixel_array
+    assert img.meta["units"] == "HU" and img.meta["modality"] == "CT"
+    np.testing.assert_array_equal(img.pixels, raw.astype(np.float32) - 1024)
+    hu = img.pixels
+    assert (hu < -800).mean() > 0.05  # lung / air present
+    assert ((hu >= 0) & (hu <= 100)).mean() > 0.2  # soft tissue
+    assert hu.max() < 3000  # no unrescaled raw values
+    assert img.spacing_mm == pytest.approx((0.661468, 0.661468))
+    assert img.spacing_source == "PixelSpacing"
+
+
+def test_head_ct_has_air_at_minus_1000() -> None:
+    hu = load_image(sample("693_UNCI.dcm")).pixels
+    assert (np.abs(hu + 1000) < 60).mean() > 0.1  # air around the head
+
+
+def test_mr_uses_the_files_window() -> None:
+    img = load_image(sample("MR_small.dcm"))  # WindowCenter 600, WindowWidth 1600
+    assert img.pixels.shape == (64, 64) and img.spacing_mm == (0.3125, 0.3125)
+    assert img.meta["window_center"] == 600 and img.meta["window_width"] == 1600
+    assert (img.display[img.pixels >= 1400] == 255).all()
+    assert (img.display[img.pixels <= -200] == 0).all()
+    inside = (img.pixels > 0) & (img.pixels < 1200)
+    assert np.corrcoef(img.pixels[inside], img.display[inside])[0, 1] > 0.99
+
+
+def test_multiframe_keeps_frames_and_shows_the_middle_one() -> None:
+    img = load_image(sample("emri_small.dcm"))
+    assert img.pixels.shape == (10, 64, 64) and img.meta["frames"] == 10
+    assert img.display.shape == (64, 64)
+    corr = [np.corrcoef(img.display.ravel(), img.pixels[i].ravel())[0, 1] for i in range(10)]
+    assert int(np.argmax(corr)) == 5 and corr[5] > 0.99
+    assert make_ref("img-000000000000", img).summary.count("10 frames") == 1
+
+
+def test_big_endian_gives_native_arrays_equal_to_little_endian() -> None:
+    big = load_image(sample("emri_small_big_endian.dcm"))
+    assert big.pixels.dtype.isnative
+    np.testing.assert_array_equal(big.pixels, load_image(sample("emri_small.dcm")).pixels)
+
+
+def test_ultrasound_rgb() -> None:
+    img = load_image(sample("US1_UNCI.dcm"))
+    assert img.pixels.shape == (480, 640, 3) and img.display.shape == (480, 640, 3)
+    np.testing.assert_array_equal(img.display, img.pixels)
+    assert img.meta["modality"] == "US" and img.spacing_mm is None
+
+
+def test_ybr_full_is_converted_to_rgb() -> None:
+    ybr = load_image(sample("SC_ybr_full_uncompressed.dcm"))
+    rgb = load_image(sample("SC_rgb.dcm"))
+    assert ybr.meta["photometric"] == "YBR_FULL" and ybr.pixels.shape == (100, 100, 3)
+    assert np.abs(ybr.pixels.astype(int) - rgb.pixels).max() <= 8  # YCbCr rounding only
+
+
+@pytest.mark.parametrize(
+    ("compressed", "plain"),
+    [
+        ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # JPEG-LS via pylibjpeg-libjpeg
+        ("emri_small_jpeg_2k_lossless.dcm", "emri_small.dcm"),  # JPEG 2000, multi-frame
+        ("SC_rgb_jpeg_gdcm.dcm", "SC_rgb.dcm"),  # lossless JPEG, RGB
+        ("MR_small_RLE.dcm", "MR_small.dcm"),
+    ],
+)
+def test_lossless_compressed_dicom_decodes_exactly(compressed: str, plain: str) -> None:
+    a, b = load_image(sample(compressed)), load_image(sample(plain))
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    np.testing.assert_array_equal(a.display, b.display)
+    assert a.meta["transfer_syntax"] != b.meta["transfer_syntax"]
+
+
+def test_jpeg2000_nuclear_medicine() -> None:
+    img = load_image(sample("JPEG2000.dcm"))
+    assert img.pixels.shape == (1024, 256) and img.spacing_mm == (2.26, 2.26)
+    assert img.meta["transfer_syntax"] == "JPEG 2000 Image Compression"
+    assert img.display.std() > 5
+
+
+def test_undecodable_jpeg_names_syntax_and_package() -> None:
+    # 12-bit JPEG Extended: the installed pylibjpeg / Pillow decoders cannot read it.
+    with pytest.raises(UnsupportedImageError) as info:
+        load_image(sample("JPEG-lossy.dcm"))
+    msg = str(info.value)
+    assert msg.startswith("JPEG-lossy.dcm: ") and "JPEG Extended" in msg and "gdcm" in msg
+    assert "\n" not in msg
+
+
+def test_transfer_syntax_without_any_decoder(tmp_path: Path) -> None:
+    path = tmp_path / "video.dcm"
+    ds = pydicom.dcmread(sample("MR_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds.save_as(path)
+    with pytest.raises(UnsupportedImageError, match="MPEG2"):
+        load_image(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken and non-image files
+# ---------------------------------------------------------------------------------------------
+def test_truncated_dicom_is_refused(tmp_path: Path) -> None:
+    data = Path(sample("CT_small.dcm")).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])  # inside the pixel data
+    with pytest.raises(IngestError, match=r"cut\.dcm: pixel data is truncated"):
+        load_image(cut)
+    cut.write_bytes(data[:1000])  # inside the header: no pixel data at all
+    with pytest.raises(IngestError, match="no pixel data"):
+        load_image(cut)
+
+
+def test_dicom_without_pixel_data(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="no pixel data"):
+        load_image(modified("CT_small.dcm", tmp_path, PixelData=None))
+
+
+def test_headerless_dicom_gets_a_clear_message() -> None:
+    with pytest.raises(NotAnImageError, match="without the file header"):
+        load_image(sample("ExplVR_BigEndNoMeta.dcm"))
+
+
+def test_text_file_is_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("chest x-ray, see report\n" * 20)
+    with pytest.raises(NotAnImageError) as info:
+        load_image(path)
+    assert str(info.value) == "notes.txt: not a DICOM, PNG or JPEG image"
+
+
+def test_missing_empty_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"nope\.dcm: file not found"):
+        load_image(tmp_path / "nope.dcm")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(NotAnImageError, match="empty"):
+        load_image(tmp_path / "empty.png")
+    with pytest.raises(IngestError, match="not a regular file"):
+        load_image(tmp_path)
+
+
+def test_message_names_the_file_not_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "Doe_Jane_1970"
+    folder.mkdir()
+    (folder / "x.txt").write_text("hello")
+    with pytest.raises(NotAnImageError) as info:
+        load_image(folder / "x.txt")
+    assert "Doe_Jane" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG / JPEG
+# ---------------------------------------------------------------------------------------------
+def gradient(h: int = 40, w: int = 60, top: int = 255) -> np.ndarray:
+    return np.tile(np.linspace(0, top, w), (h, 1))
+
+
+def test_png_8bit_grey(tmp_path: Path) -> None:
+    arr = gradient().astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "g.png")
+    img = load_image(tmp_path / "g.png")
+    np.testing.assert_array_equal(img.pixels, arr)
+    np.testing.assert_array_equal(img.display, arr)
+    assert img.source_format == "png" and img.spacing_mm is None and img.spacing_source is None
+    assert img.meta["modality"] == "unknown" and img.meta["bits_stored"] == 8
+
+
+def test_png_16bit_grey(tmp_path: Path) -> None:
+    arr = gradient(top=4095).astype(np.uint16)  # 12-bit data in a 16-bit PNG
+    Image.fromarray(arr).save(tmp_path / "g16.png")
+    img = load_image(tmp_path / "g16.png")
+    assert img.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(img.pixels, arr)
+    assert img.display.dtype == np.uint8 and img.display.shape == arr.shape
+    assert img.display[:, 0].max() == 0 and img.display[:, -1].min() == 255
+    assert (np.diff(img.display[0].astype(int)) >= 0).all()
+    assert img.meta["bits_stored"] == 16
+
+
+def test_png_rgba_becomes_rgb_and_grey_rgb_becomes_grey(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (30, 20, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
+    img = load_image(tmp_path / "c.png")
+    assert img.pixels.shape == (30, 20, 3) and img.display.shape == (30, 20, 3)
+    np.testing.assert_array_equal(img.pixels, rgba[..., :3])
+
+    grey = gradient().astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "grey-rgb.png")
+    img = load_image(tmp_path / "grey-rgb.png")
+    assert img.pixels.shape == grey.shape
+    np.testing.assert_array_equal(img.pixels, grey)
+
+
+def test_jpeg_colour_and_grey(tmp_path: Path) -> None:
+    rgb = np.zeros((48, 64, 3), dtype=np.uint8)
+    rgb[:, :32, 0] = 200  # red left half, blue right half
+    rgb[:, 32:, 2] = 200
+    Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=95)
+    img = load_image(tmp_path / "c.jpg")
+    assert img.source_format == "jpeg" and img.pixels.shape == (48, 64, 3)
+    assert img.pixels[:, :24, 0].mean() > 150 and img.pixels[:, 40:, 2].mean() > 150
+
+    grey = gradient(48, 64).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.jpeg", quality=95)
+    img = load_image(tmp_path / "g.jpeg")
+    assert img.pixels.shape == (48, 64)
+    assert np.abs(img.pixels.astype(int) - grey).mean() < 3
+
+
+def test_png_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "bomb.png")
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tmp_path / "bigger.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for name in ("bomb.png", "bigger.png"):  # over the limit, and over twice the limit
+        with pytest.raises(IngestError, match=re.escape(f"{name}: image is too large")):
+            load_image(tmp_path / name)
+
+
+def test_truncated_png_is_an_ingest_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IngestError, match=r"t\.png: PNG data cannot be decoded"):
+        load_image(tmp_path / "t.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# De-identification
+# ---------------------------------------------------------------------------------------------
+PHI = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-987654",
+    "PatientBirthDate": "19700101",
+    "OtherPatientIDs": "OPID-55555",
+    "InstitutionName": "St Elsewhere Hospital",
+    "ReferringPhysicianName": "Welby^Marcus",
+    "AccessionNumber": "ACC-424242",
+    "StudyDescription": "pain after fall, Jane Doe",
+    "SeriesDescription": "Jane chest",
+    "ImageComments": "call Mrs Doe on 555-0199",
+    "StudyDate": "20240229",
+    "StationName": "STATION-XJ9",
+    "BodyPartExamined": "Doe^Jane",  # PHI in a code field: breaks the CS rules, so dropped
+}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
+def test_meta_holds_no_identifiers(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value)
+    uids = [str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]
+    path = tmp_path / "phi.dcm"
+    ds.save_as(path)
+
+    img = load_image(path)
+    text = json.dumps(img.meta) + json.dumps(img.notes) + make_ref("img-0", img).model_dump_json()
+    for needle in [*PHI.values(), *uids, "Doe", "Jane", "555-0199", "Elsewhere"]:
+        assert needle not in text, needle
+    assert "body_part" not in img.meta
+    assert set(img.meta) <= ALLOWED_META
+    assert img.meta["modality"] == "CT"  # the technical fields are still there
