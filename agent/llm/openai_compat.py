@@ -1,0 +1,108 @@
+"""Chat models served over the OpenAI API: vLLM, Ollama, llama.cpp's server, OpenAI itself.
+
+``openai:MODEL@URL`` uses the server's native tool calling (vLLM needs
+``--enable-auto-tool-choice --tool-call-parser ...`` for that). ``openai-json:MODEL@URL`` is for
+servers without it: the tools go into the prompt and the calls are read from the reply's JSON
+(``JsonToolsChatModel``). A native server that still answers with JSON text instead of
+``tool_calls`` is recovered later, by the *think* node, with the same parser.
+
+The client's own errors ("Connection error.") do not say which server or what to try next;
+this module re-raises them as ``OpenAIServerError`` naming the URL, the model and the likely
+fix, so the CLI and app can show one useful line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+from langchain_core.language_models import BaseChatModel
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_openai import ChatOpenAI
+
+from agent.llm import LLMSpec
+from agent.llm.json_tools import JsonToolsChatModel
+from tools.errors import MedloopError
+
+__all__ = ["DEFAULT_TIMEOUT_S", "OpenAIServerError", "make_openai_model"]
+
+DEFAULT_TIMEOUT_S = 120.0  # one planner reply; long enough for a large model on a busy server
+
+
+class OpenAIServerError(MedloopError, RuntimeError):
+    """The OpenAI-compatible server could not be used; the message names it and what to try."""
+
+
+def make_openai_model(spec: LLMSpec, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> BaseChatModel:
+    """The chat model for an ``openai``/``openai-json`` spec.
+
+    The key comes from ``OPENAI_API_KEY``; local servers ignore it, so a placeholder is sent
+    when it is unset. Temperature 0 keeps tool choices reproducible; one retry absorbs a
+    dropped connection without making a dead server slow to report.
+    """
+    if spec.kind != "openai" or not spec.base_url:
+        raise ValueError(f"not an OpenAI-compatible spec: {spec}")
+    chat = _ChatOpenAI(
+        model=spec.model,
+        base_url=spec.base_url,
+        api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",  # type: ignore[arg-type]
+        temperature=0,
+        timeout=timeout_s,
+        max_retries=1,
+    )
+    if spec.native_tools:
+        return chat
+    return JsonToolsChatModel(inner=chat)
+
+
+class _ChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` whose connection and request errors name the server and a fix."""
+
+    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        with self._named_errors():
+            return super()._generate(*args, **kwargs)
+
+    async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        with self._named_errors():
+            return await super()._agenerate(*args, **kwargs)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        with self._named_errors():
+            yield from super()._stream(*args, **kwargs)
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        with self._named_errors():
+            async for chunk in super()._astream(*args, **kwargs):
+                yield chunk
+
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except openai.APIError as exc:
+            message = _explain(exc, self.openai_api_base or "", self.model_name)
+            if message is None:
+                raise
+            raise OpenAIServerError(message) from exc
+
+
+def _explain(exc: openai.APIError, url: str, model: str) -> str | None:
+    """One line saying what went wrong and what to try, or None to let ``exc`` through."""
+    where = f"the OpenAI-compatible server at {url} (model {model!r})"
+    detail = str(getattr(exc, "message", "") or exc)
+    if isinstance(exc, openai.APITimeoutError):
+        return f"{where} did not answer in time; is it overloaded, or is the timeout too short?"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach {where}: {detail} Is the server running and the URL right?"
+    if isinstance(exc, openai.NotFoundError):
+        return (f"{where} answered 404 ({detail}); check the model name and that the base URL "
+                f"ends where the API starts (usually /v1)")
+    if isinstance(exc, openai.AuthenticationError):
+        return f"{where} rejected the API key ({detail}); set OPENAI_API_KEY"
+    if isinstance(exc, openai.BadRequestError) and "tool" in detail.lower():
+        return (f"{where} refused the tool-calling request ({detail}). If the server has no "
+                f"tool-call parser, use 'openai-json:{model}@{url}' instead")
+    return None
