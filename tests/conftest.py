@@ -47,3 +47,6 @@ def phantom(
         meta={"modality": "OT"},
         source_format="synthetic",
     )
+
+
+from tests.openai_server import server  # noqa: E402, F401 - the scripted OpenAI server fixture

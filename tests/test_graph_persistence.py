@@ -142,3 +142,17 @@ def test_default_graph_and_recursion_limit(tmp_path):
 def test_bad_checkpoint_spec(tmp_path):
     with pytest.raises(ValueError, match="bad checkpoint"):
         build_graph(AgentContext(tools=[], home=tmp_path, checkpoint="redis://x"))
+
+
+def test_langgraph_json_names_the_default_graph():
+    import importlib.util
+    import json
+
+    spec = json.loads((ROOT / "langgraph.json").read_text())
+    path, _, attr = spec["graphs"]["medloop"].partition(":")
+    module_spec = importlib.util.spec_from_file_location("medloop_graph_entry", ROOT / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    graph = getattr(module, attr)
+    assert set(graph.get_graph().nodes) >= {"ingest", "think", "act", "rethink", "answer"}
+    assert graph.checkpointer is None  # the server brings its own persistence
