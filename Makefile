@@ -3,8 +3,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# llama-cpp-python compiles on install; the multimodal part is not needed (halves the build).
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python compiles on install: no multimodal part (halves the build), and a portable
+# build (a native one picked AMX kernels that crashed on one of these machines).
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-cpu.txt | sha1sum | cut -c1-12)
 
 .PHONY: install app test lint bench clean

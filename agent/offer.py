@@ -57,8 +57,14 @@ def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
     spec = convert_to_openai_tool(FinalAnswerArgs)
     spec["function"]["name"] = FINAL_ANSWER_TOOL
     params = _inline_refs(spec["function"]["parameters"])
-    claim = params["properties"]["claims"]["items"]
+    claims = params["properties"]["claims"]
+    claim = claims["items"]
     _set_enum(claim, "evidence_ids", evidence_ids, array=True)
+    if evidence_ids:
+        # With evidence to cite, an answer must make at least one cited claim: a constrained
+        # decoder then cannot emit "claims": [] (the small planner did, before this).
+        claims["minItems"] = 1
+        claim["required"] = ["statement", "evidence_ids"]
     params["required"] = ["answer", "claims", "confidence"]
     spec["function"]["parameters"] = params
     return spec

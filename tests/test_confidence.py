@@ -25,6 +25,12 @@ def test_contradictions_and_dropped_claims_shrink_toward_half():
     assert low < combine_confidence(0.1, [0.1], contradictions=1) < 0.5
 
 
+def test_no_single_signal_saturates():
+    assert combine_confidence(None, [1.0]) == pytest.approx(0.95)
+    assert combine_confidence(1.0, [1.0, 1.0]) == pytest.approx(0.95)
+    assert combine_confidence(0.0, []) == pytest.approx(0.05)
+
+
 def test_calibration_map_applied_and_clipped():
     assert combine_confidence(0.9, [], calibrate=lambda p: p - 0.2) == pytest.approx(0.7, abs=0.01)
     assert combine_confidence(0.9, [], calibrate=lambda p: 2.0) == 1.0

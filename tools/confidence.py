@@ -12,6 +12,9 @@ import math
 from collections.abc import Callable, Sequence
 
 _EPS = 1e-4
+# No single signal may claim more than this before calibration: a deterministic tool's score
+# of 1.0 says its numbers are exact, not that the planner's reading of them is right.
+_SIGNAL_RANGE = (0.05, 0.95)
 
 
 def logit(p: float) -> float:
@@ -37,14 +40,20 @@ def combine_confidence(
     """One confidence in [0, 1] from the planner's estimate and the tools' scores.
 
     A weighted mean of log-odds (the planner weighs ``verbal_weight``, the tools share the
-    rest), shrunk toward 0.5 by each contradiction and each claim that had to be dropped.
+    rest; each signal clipped to [0.05, 0.95]), shrunk toward 0.5 by each contradiction and
+    each claim that had to be dropped.
     """
+    lo, hi = _SIGNAL_RANGE
+
+    def clip(p: float) -> float:
+        return min(max(p, lo), hi)
+
     terms: list[tuple[float, float]] = []
     if verbal is not None:
-        terms.append((verbal_weight, logit(verbal)))
+        terms.append((verbal_weight, logit(clip(verbal))))
     if tool_scores:
         w = (1 - verbal_weight) if verbal is not None else 1.0
-        terms.extend((w / len(tool_scores), logit(s)) for s in tool_scores)
+        terms.extend((w / len(tool_scores), logit(clip(s))) for s in tool_scores)
     if not terms:
         return 0.5
     z = sum(w * x for w, x in terms) / sum(w for w, _ in terms)

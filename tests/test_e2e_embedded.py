@@ -1,0 +1,42 @@
+"""End to end with the real embedded planner (SmolLM2-135M, llama.cpp) on a real radiograph.
+
+No fakes: the packaged GGUF plans, the real loader reads pydicom-data's chest radiograph, the
+real tools run, rethink checks the claims. A 135M model's prose is weak, so the assertions are
+about structure that must hold whatever it writes: a valid image tool call first, evidence
+from the image, and an answer whose every claim cites successful evidence.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from agent.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_medloop_ask_describe_chest_radiograph_with_embedded_model(capsys):
+    rg1 = get_testdata_file("RG1_UNCI.dcm")
+    code = main(["ask", rg1, "Describe this image", "--json", "--llm", "embedded",
+                 "--checkpoint", "memory"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out)
+    image_id = data["images"][0]["id"]
+    evidence = {e["id"]: e for e in data["evidence"]}
+    thinks = [t for t in data["trace"] if t["step"] == "think"]
+    acts = [t for t in data["trace"] if t["step"] == "act"]
+    # The planner looked before it spoke, with an id that exists.
+    assert thinks[0]["calls"] and thinks[0]["calls"][0] != "final_answer"
+    assert acts and acts[0]["args"]["image_id"] == image_id
+    assert any(e["status"] == "ok" and e["image_id"] == image_id for e in evidence.values())
+    # A validated answer: every finding cites successful evidence; confidence is a probability.
+    assert data["answer"].strip()
+    assert data["findings"]
+    for f in data["findings"]:
+        assert f["evidence_ids"] and all(evidence[i]["status"] == "ok" for i in f["evidence_ids"])
+    assert 0.0 <= data["confidence"] <= 1.0
+    assert data["trace"][-1]["step"] == "answer"
