@@ -90,9 +90,8 @@ def answer_markdown(state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def make_app(ctx: AgentContext) -> gr.Blocks:
-    """Build the Blocks app around one compiled graph."""
-    graph = build_graph(ctx)
+def make_respond(graph: Any, ctx: AgentContext) -> Any:
+    """The chat handler: streams the graph's steps into the chat, trace, overlay and answer."""
 
     def respond(
         question: str, files: list[str] | None, history: list[dict[str, str]], thread: str
@@ -105,19 +104,16 @@ def make_app(ctx: AgentContext) -> gr.Blocks:
         history.append({"role": "user", "content": question})
         config: RunnableConfig = {"configurable": {"thread_id": thread}}
         trace: list[dict[str, Any]] = []
+        inputs = {"messages": [("user", question)], "images": list(files or [])}
         try:
-            for update in graph.stream(
-                {"messages": [("user", question)], "images": list(files or [])},
-                config,
-                stream_mode="updates",
-            ):
+            for update in graph.stream(inputs, config, stream_mode="updates"):
                 for node_update in update.values():
                     if isinstance(node_update, dict):
                         trace.extend(node_update.get("trace") or [])
                 yield history, trace_markdown(trace), gr.skip(), gr.skip(), ""
         except IngestError as exc:
             history.append({"role": "assistant", "content": f"Could not read the upload: {exc}"})
-            yield history, trace_markdown(trace), gr.skip(), gr.skip(), ""
+            yield history, trace_markdown(trace), gr.skip(), gr.skip(), question
             return
         state = graph.get_state(config).values
         ans = state["answer"]
@@ -126,6 +122,14 @@ def make_app(ctx: AgentContext) -> gr.Blocks:
             ctx, state.get("evidence") or [], [r.id for r in state.get("image_refs") or []]
         )
         yield history, trace_markdown(trace), overlay, answer_markdown(state), ""
+
+    return respond
+
+
+def make_app(ctx: AgentContext) -> gr.Blocks:
+    """Build the Blocks app around one compiled graph."""
+    graph = build_graph(ctx)
+    respond = make_respond(graph, ctx)
 
     with gr.Blocks(title="medloop") as demo:
         gr.Markdown(f"# medloop\n{DISCLAIMER}")

@@ -243,6 +243,11 @@ def test_distance_point_outside_the_image() -> None:
         measure_distance(synthetic(), [10, 10, float("nan"), 50])
 
 
+def test_distance_between_one_point_and_itself_is_refused() -> None:
+    with pytest.raises(ToolInputError, match="the two points are the same"):
+        measure_distance(synthetic(), [10, 10, 10, 10])
+
+
 def test_distance_at_the_detector_is_flagged(store: ImageStore, tools: dict) -> None:
     img = synthetic()
     img.spacing_source = "ImagerPixelSpacing"
