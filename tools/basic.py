@@ -260,7 +260,8 @@ def measure_distance(img: LoadedImage, points: Sequence[float]) -> Distance:
     """Length of the segment ``[x0, y0, x1, y1]`` (pixels), in mm when the spacing is known.
 
     Points must lie on the image (0 <= x <= W, 0 <= y <= H) and differ; otherwise
-    ``ToolInputError`` says why (with the image size). x steps are scaled by the column spacing, y steps by the row spacing.
+    ``ToolInputError`` says why (with the image size). x steps are scaled by the column
+    spacing, y steps by the row spacing.
     """
     height, width = img.display.shape[:2]
     size = f"the image is {width}x{height} px (x 0..{width}, y 0..{height})"
@@ -270,7 +271,9 @@ def measure_distance(img: LoadedImage, points: Sequence[float]) -> Distance:
             raise ToolInputError(f"point ({x:g}, {y:g}) is outside the image; {size}")
     if (x0, y0) == (x1, y1):
         # A zero-length "measurement" is a planner mistake, not an observation.
-        raise ToolInputError(f"the two points are the same ({x0:g}, {y0:g}); give two distinct points")
+        raise ToolInputError(
+            f"the two points are the same ({x0:g}, {y0:g}); give two distinct points"
+        )
     dx, dy = x1 - x0, y1 - y0
     sp = img.spacing_mm
     return Distance(
