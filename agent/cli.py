@@ -148,6 +148,61 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deid(args: argparse.Namespace) -> int:
+    """De-identify a DICOM file or folder (PS3.15 Basic Profile); pixel data is not changed."""
+    from pathlib import Path
+
+    from tools.deid import deidentify_file, deidentify_tree
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise BadInput(f"{src.name}: not found")
+    if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
+        raise BadInput("OUT must differ from IN and must not lie inside it")
+    t0 = time.perf_counter()
+    if src.is_dir():
+        reports = deidentify_tree(src, dst)
+    else:
+        out = dst / src.name if dst.is_dir() else dst
+        if out.exists() and not args.overwrite:
+            raise BadInput(f"{out.name}: already exists (use --overwrite)")
+        reports = [deidentify_file(src, out)]
+    done = [r for r in reports if not r.skipped]
+    skipped = [r.source for r in reports if r.skipped]
+    warnings = sorted({w for r in done for w in r.warnings})
+    elapsed = round(time.perf_counter() - t0, 3)
+    if args.json:
+        summary = {
+            "files": len(done),
+            "skipped": skipped,
+            "changed": sum(r.changed for r in done),
+            "removed": sum(r.removed for r in done),
+            "private_removed": sum(r.private_removed for r in done),
+            "warnings": warnings,
+            "elapsed_s": elapsed,
+            "reports": [r.as_dict() for r in reports],
+        }
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return 0
+    for r in reports:
+        if r.skipped:
+            why = r.warnings[0] if r.warnings else "skipped"
+            sys.stdout.write(f"{r.source}: {why}\n")
+        else:
+            remapped = ", UIDs remapped" if r.uids_remapped else ""
+            sys.stdout.write(
+                f"{r.source} -> {r.output}: {r.changed} values replaced, {r.removed} removed, "
+                f"{r.private_removed} private removed{remapped}\n"
+            )
+    for w in warnings:
+        sys.stdout.write(f"! {w}\n")
+    sys.stdout.write(
+        f"{len(done)} file(s) de-identified, {len(skipped)} skipped, {elapsed} s. "
+        "Pixel data is unchanged: check it for burned-in text.\n"
+    )
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """Start the Gradio app (same as ``python app.py``)."""
     import app
@@ -185,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("image")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
+
+    de = sub.add_parser("deid", help="de-identify a DICOM file or folder (PS3.15 Basic Profile)")
+    de.add_argument("input", metavar="IN")
+    de.add_argument("output", metavar="OUT")
+    de.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
+    de.add_argument("--json", action="store_true")
+    de.set_defaults(func=cmd_deid)
 
     web = sub.add_parser("app", help="start the web app on http://127.0.0.1:7860")
     web.add_argument("--port", type=int)

@@ -90,3 +90,22 @@ def test_ask_end_to_end_with_an_openai_compatible_server(capsys, server):
     # the follow-up prompt held the first turn's question and answer
     history = json.dumps(server.requests[2]["body"]["messages"])
     assert "Describe this image" in history and "A chest radiograph (CR)." in history
+
+
+def test_deid_cli_on_a_folder(capsys, tmp_path):
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "a.dcm")
+    (src / "notes.txt").write_text("not dicom")
+    code, out, err = run_cli(capsys, "deid", str(src), str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["files"] == 1 and data["skipped"] == ["notes.txt"]
+    assert (tmp_path / "out" / "a.dcm").exists()
+    import pydicom
+
+    assert pydicom.dcmread(tmp_path / "out" / "a.dcm").PatientIdentityRemoved == "YES"
+    code, _, err = run_cli(capsys, "deid", str(src), str(src / "inside"))
+    assert code == 2 and "must not lie inside" in err
