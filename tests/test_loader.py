@@ -25,7 +25,7 @@ ALLOWED_META = {
     "photometric", "rows", "columns", "frames", "samples_per_pixel", "bits_allocated",
     "bits_stored", "pixel_representation", "pixel_spacing", "imager_pixel_spacing",
     "slice_thickness", "window_center", "window_width", "rescale_slope", "rescale_intercept",
-    "transfer_syntax", "units",
+    "transfer_syntax", "units", "slice_spacing_mm",
 }
 
 
@@ -238,7 +238,8 @@ def test_missing_empty_and_folder(tmp_path: Path) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(NotAnImageError, match="empty"):
         load_image(tmp_path / "empty.png")
-    with pytest.raises(IngestError, match="not a regular file"):
+    # A folder is read as a DICOM series (tests/test_ingest_volumes.py); this one has none.
+    with pytest.raises(NotAnImageError, match="folder holds no DICOM files"):
         load_image(tmp_path)
 
 

@@ -14,8 +14,11 @@ Every failure is a named ``IngestError`` with a one-line message that names the 
 problem (``NotAnImageError`` for files that are not images, ``UnsupportedImageError`` for real
 images no installed decoder can read). Only the file's *name* is quoted, never its folder.
 
-The loader is deliberately split into small steps (sniff -> parse -> check -> decode -> render ->
-describe) so that stricter ingest (size limits, hostile-input checks) can be added per step.
+The loader is split into small steps (sniff -> parse -> check -> decode -> render -> describe);
+the hostile-input guards sit between them (``tools.ingest_guard``): the DICOM preamble is checked
+for executable polyglots after sniffing, header dimensions before decoding, and every compressed
+decoder (DICOM codecs, Pillow's PNG / JPEG) runs in an isolated child process with a timeout.
+Folders (DICOM series) and NIfTI files are assembled into volumes by ``tools.ingest_volume``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,17 @@ import numpy as np
 
 from tools.errors import IngestError, NotAnImageError, UnsupportedImageError
 from tools.image import LoadedImage
+from tools.ingest_guard import (
+    DEFAULT_DECODE_TIMEOUT_S,
+    ImageTooLargeError,
+    TruncatedImageError,
+    check_dimensions,
+    check_file_size,
+    check_preamble,
+    run_isolated,
+)
 
-__all__ = ["load_image"]
+__all__ = ["decode_pixels", "load_image", "percentile_window"]
 
 # The DICOM Part 10 file format: a 128-byte preamble followed by the "DICM" prefix.
 _DICOM_MAGIC_OFFSET = 128
@@ -104,68 +116,147 @@ _META_FLOAT = {  # DS, possibly multi-valued
 _CS = re.compile(r"^[A-Z0-9 _]{1,16}$")
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Load a DICOM, PNG or JPEG file.
+def load_image(
+    path: str | Path,
+    *,
+    allow_polyglot: bool = False,
+    decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+) -> LoadedImage:
+    """Load a DICOM, PNG or JPEG file, a folder holding one DICOM series, or a NIfTI volume.
 
     DICOM is recognised by its ``DICM`` prefix at byte 128 (and parsed without ``force``, so
-    arbitrary bytes are never read as a dataset); anything else goes to Pillow, restricted to
-    PNG and JPEG.
+    arbitrary bytes are never read as a dataset); ``.nii`` / ``.nii.gz`` go to nibabel; anything
+    else goes to Pillow, restricted to PNG and JPEG. A folder is read as one DICOM series and
+    assembled into an ``(S, H, W)`` volume (see ``tools.ingest_volume``).
+
+    Hostile input is checked before it is decoded: a DICOM preamble holding an executable / ZIP
+    / TIFF header is refused (``allow_polyglot=True`` loads it and records a note); absurd
+    dimensions are refused from the header; compressed pixel data is decoded in a child process
+    that is killed after ``decode_timeout_s`` seconds.
 
     Raises:
-        IngestError: the file is missing, truncated or has no pixel data.
-        NotAnImageError: the file is not DICOM, PNG or JPEG.
+        IngestError: the file is missing, truncated or has no pixel data; subclasses in
+            ``tools.ingest_guard`` name hostile cases (``SuspiciousFileError``,
+            ``ImageTooLargeError``, ``InvalidDimensionsError``, ``TruncatedImageError``,
+            ``DecoderCrashedError``, ``DecoderTimeoutError``).
+        NotAnImageError: the file is not DICOM, PNG, JPEG or NIfTI.
         UnsupportedImageError: the pixel data needs a decoder that is not installed or fails.
     """
     p = Path(path)
     if not p.exists():
         raise IngestError(f"{p.name}: file not found")
+    if p.is_dir():
+        from tools.ingest_volume import load_series
+
+        return load_series(p, allow_polyglot=allow_polyglot, decode_timeout_s=decode_timeout_s)
     if not p.is_file():
         raise IngestError(f"{p.name}: not a regular file")
+    check_file_size(p.name, p.stat().st_size)
     with p.open("rb") as fh:
         head = fh.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
     if not head:
         raise NotAnImageError(f"{p.name}: empty file")
     if head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC:
-        return _load_dicom(p)
+        note = check_preamble(p.name, head[:_DICOM_MAGIC_OFFSET], allow_polyglot=allow_polyglot)
+        img = _load_dicom(p, decode_timeout_s)
+        if note:
+            img.notes.insert(0, note)
+        return img
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        from tools.ingest_volume import load_nifti
+
+        return load_nifti(p)
     if head[:4] in _BARE_DICOM_STARTS:
         raise NotAnImageError(
             f"{p.name}: looks like DICOM without the file header (no 'DICM' prefix at byte "
             "128); medloop reads only DICOM Part 10 files: re-save it with a DICOM tool"
         )
-    return _load_raster(p)
+    from PIL import Image
+
+    # Pillow's C decoders (zlib, libjpeg) run in the isolated child too; the pixel limit is read
+    # here so that a caller's (or a test's) setting of Image.MAX_IMAGE_PIXELS reaches the child.
+    limit = Image.MAX_IMAGE_PIXELS
+    return run_isolated(p.name, _load_raster, (p, limit), decode_timeout_s)
 
 
 # =============================================================================================
 # DICOM
 # =============================================================================================
-def _load_dicom(p: Path) -> LoadedImage:
-    """Parse, check, decode and render one DICOM file."""
+def _read_checked_dicom(p: Path) -> tuple[Any, Any]:
+    """Parse a DICOM file and check everything knowable before decoding: ``(dataset, tsuid)``.
+
+    Checks: the header parses, pixel data is present, a transfer syntax is named, the declared
+    dimensions are sane, and uncompressed pixel data is as long as the header says.
+    """
     import pydicom  # imported here: the CLI and app start without pydicom's import cost
 
     try:
-        ds = pydicom.dcmread(p)  # no force=True: the magic was checked, nothing is guessed
+        with warnings.catch_warnings():  # malformed values warn; the checks below decide
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p)  # no force=True: the magic was checked, nothing is guessed
     except Exception as exc:  # pydicom raises many types on malformed headers
         raise IngestError(f"{p.name}: DICOM header cannot be parsed ({_one_line(exc)})") from exc
 
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    try:
+        has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+        file_meta = getattr(ds, "file_meta", None)
+        tsuid = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    except Exception as exc:  # lazily parsed elements can fail on first access
+        raise IngestError(f"{p.name}: DICOM header cannot be parsed ({_one_line(exc)})") from exc
+    if not has_pixels:
         raise IngestError(
             f"{p.name}: DICOM file has no pixel data (not an image object, or truncated)"
         )
-    file_meta = getattr(ds, "file_meta", None)
-    tsuid = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if tsuid is None:
         raise IngestError(f"{p.name}: DICOM file names no transfer syntax")
-    if not tsuid.is_compressed:
-        _check_native_length(p.name, ds)
+    try:
+        check_dimensions(p.name, _int(ds.get("Rows")), _int(ds.get("Columns")),
+                         _int(ds.get("NumberOfFrames")) or 1,
+                         _int(ds.get("SamplesPerPixel")) or 1)
+        if not tsuid.is_compressed:
+            _check_native_length(p.name, ds)
+    except IngestError:
+        raise
+    except Exception as exc:  # a malformed element met while checking
+        raise IngestError(f"{p.name}: DICOM header cannot be parsed ({_one_line(exc)})") from exc
+    return ds, tsuid
 
-    arr, photometric = _decode(p.name, ds, tsuid)
+
+def _load_dicom(p: Path, decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S) -> LoadedImage:
+    """Parse, check, decode and render one DICOM file."""
+    ds, tsuid = _read_checked_dicom(p)
+    arr, photometric = decode_pixels(p.name, ds, tsuid, decode_timeout_s)
+    try:
+        return _render_dicom(ds, tsuid, arr, photometric, p.name)
+    except IngestError:
+        raise
+    except Exception as exc:  # a malformed LUT / attribute met while rendering
+        raise IngestError(f"{p.name}: DICOM image cannot be rendered ({_one_line(exc)})") from exc
+
+
+def decode_pixels(name: str, ds: Any, tsuid: Any,
+                  timeout_s: float = DEFAULT_DECODE_TIMEOUT_S) -> tuple[np.ndarray, str]:
+    """Decode pixel data; compressed syntaxes in the isolated child process.
+
+    Why: C codecs (OpenJPEG, libjpeg, RLE) fed corrupt data can segfault or loop forever;
+    in the child that becomes ``DecoderCrashedError`` / ``DecoderTimeoutError``. Uncompressed
+    data is a reshape of bytes already checked for length, so it decodes in-process.
+    """
+    if tsuid.is_compressed:
+        return run_isolated(name, _decode, (name, ds, tsuid), timeout_s)
+    return _decode(name, ds, tsuid)
+
+
+def _render_dicom(ds: Any, tsuid: Any, arr: np.ndarray, photometric: str,
+                  name: str) -> LoadedImage:
+    """Modality values, display, spacing and de-identified meta from a decoded DICOM."""
     notes: list[str] = []
     frames = _int(ds.get("NumberOfFrames")) or 1
 
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         pixels, display = _render_grey(ds, arr, photometric, frames, notes)
     else:
-        pixels, display = _render_colour(ds, arr, photometric, frames, p.name)
+        pixels, display = _render_colour(ds, arr, photometric, frames, name)
 
     spacing, source, spacing_notes = _dicom_spacing(ds)
     notes += spacing_notes
@@ -202,7 +293,7 @@ def _check_native_length(name: str, ds: Any) -> None:
     expected = math.ceil(rows * cols * frames * samples * bits / 8)
     actual = len(ds[key].value or b"")
     if actual < expected:
-        raise IngestError(
+        raise TruncatedImageError(
             f"{name}: pixel data is truncated ({actual} of {expected} bytes for "
             f"{frames} x {rows} x {cols} x {samples} samples at {bits} bits)"
         )
@@ -390,8 +481,12 @@ def _dicom_meta(ds: Any, tsuid: Any) -> dict[str, Any]:
 # =============================================================================================
 # PNG / JPEG
 # =============================================================================================
-def _load_raster(p: Path) -> LoadedImage:
+def _load_raster(p: Path, max_pixels: int | None = None) -> LoadedImage:
     """Read a PNG or JPEG through Pillow, refusing decompression bombs.
+
+    Runs in the decoder child (see ``load_image``); ``max_pixels`` is the parent's
+    ``Image.MAX_IMAGE_PIXELS``, applied here before the file is opened (None keeps this
+    process's own setting).
 
     ``Image.MAX_IMAGE_PIXELS`` is enforced strictly: above it Pillow only warns (and errors at
     twice the limit); here the warning is an error too. Text chunks and EXIF are not read into
@@ -400,6 +495,8 @@ def _load_raster(p: Path) -> LoadedImage:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -411,7 +508,7 @@ def _load_raster(p: Path) -> LoadedImage:
         raise NotAnImageError(f"{p.name}: not a DICOM, PNG or JPEG image") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         reason = _one_line(exc)
-        raise IngestError(f"{p.name}: image is too large to load safely ({reason})") from exc
+        raise ImageTooLargeError(f"{p.name}: image is too large to load safely ({reason})") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for broken streams
         reason = _one_line(exc)
         raise IngestError(f"{p.name}: {_fmt_guess(p)} data cannot be decoded ({reason})") from exc
