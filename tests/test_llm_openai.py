@@ -26,7 +26,7 @@ from agent.llm.json_tools import (
     text_history,
     tools_system_prompt,
 )
-from agent.llm.openai_compat import OpenAIServerError, make_openai_model
+from agent.llm.openai_compat import DEFAULT_MAX_TOKENS, OpenAIServerError, make_openai_model
 from prompts import load_prompt
 
 SEGMENT = {
@@ -96,6 +96,8 @@ def test_native_tool_calls_round_trip(server):
     body = request["body"]
     assert body["model"] == "test-model"
     assert body["temperature"] == 0
+    # A local server gets the reply bound under the name it reads (not max_completion_tokens).
+    assert body["max_tokens"] == DEFAULT_MAX_TOKENS and "max_completion_tokens" not in body
     assert [t["function"]["name"] for t in body["tools"]] == ["segment", "final_answer"]
     assert TOOLS_JSON_MARKER not in system_text(request)  # native: tools are not in the prompt
     assert request["headers"]["authorization"] == "Bearer not-needed"
@@ -313,3 +315,9 @@ def test_text_history_keeps_json_the_model_already_wrote():
         {"name": "segment", "args": {"image_id": "img1"}, "id": "c1", "type": "tool_call"}])])
     assert [m.content for m in history] == [said]
     assert history[0].tool_calls == []  # type: ignore[attr-defined]
+
+
+def test_openai_itself_gets_max_completion_tokens():
+    model = make_openai_model(parse_spec("openai:gpt-x@https://api.openai.com/v1"), max_tokens=77)
+    payload = model._get_request_payload(QUESTION)  # type: ignore[attr-defined]
+    assert payload["max_completion_tokens"] == 77 and "max_tokens" not in payload

@@ -27,21 +27,31 @@ from agent.llm import LLMSpec
 from agent.llm.json_tools import JsonToolsChatModel
 from tools.errors import MedloopError
 
-__all__ = ["DEFAULT_TIMEOUT_S", "OpenAIServerError", "make_openai_model"]
+__all__ = ["DEFAULT_MAX_TOKENS", "DEFAULT_TIMEOUT_S", "OpenAIServerError", "make_openai_model"]
 
 DEFAULT_TIMEOUT_S = 120.0  # one planner reply; long enough for a large model on a busy server
+# A planner reply is a tool call or a short cited answer. Without a bound, a small model that
+# fails to stop rambles until the server's context is full and the call times out (measured
+# with SmolLM2-135M behind llama.cpp's server: > 120 s for one reply on 2 cores).
+DEFAULT_MAX_TOKENS = 1024
 
 
 class OpenAIServerError(MedloopError, RuntimeError):
     """The OpenAI-compatible server could not be used; the message names it and what to try."""
 
 
-def make_openai_model(spec: LLMSpec, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> BaseChatModel:
+def make_openai_model(
+    spec: LLMSpec,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> BaseChatModel:
     """The chat model for an ``openai``/``openai-json`` spec.
 
     The key comes from ``OPENAI_API_KEY``; local servers ignore it, so a placeholder is sent
     when it is unset. Temperature 0 keeps tool choices reproducible; one retry absorbs a
-    dropped connection without making a dead server slow to report.
+    dropped connection without making a dead server slow to report. ``max_tokens`` bounds
+    one reply.
     """
     if spec.kind != "openai" or not spec.base_url:
         raise ValueError(f"not an OpenAI-compatible spec: {spec}")
@@ -52,6 +62,7 @@ def make_openai_model(spec: LLMSpec, *, timeout_s: float = DEFAULT_TIMEOUT_S) ->
         temperature=0,
         timeout=timeout_s,
         max_retries=1,
+        max_tokens=max_tokens,
     )
     if spec.native_tools:
         return chat
@@ -59,7 +70,18 @@ def make_openai_model(spec: LLMSpec, *, timeout_s: float = DEFAULT_TIMEOUT_S) ->
 
 
 class _ChatOpenAI(ChatOpenAI):
-    """``ChatOpenAI`` whose connection and request errors name the server and a fix."""
+    """``ChatOpenAI`` whose connection and request errors name the server and a fix.
+
+    It also sends the reply bound as ``max_tokens`` to servers other than OpenAI's own:
+    ``ChatOpenAI`` renames it ``max_completion_tokens`` (OpenAI's newer name), which
+    llama.cpp's server ignores, so the bound would silently not apply there.
+    """
+
+    def _get_request_payload(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._get_request_payload(*args, **kwargs)
+        if "max_completion_tokens" in payload and not _is_openai(self.openai_api_base):
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        return payload
 
     def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._named_errors():
@@ -87,6 +109,11 @@ class _ChatOpenAI(ChatOpenAI):
             if message is None:
                 raise
             raise OpenAIServerError(message) from exc
+
+
+def _is_openai(url: str | None) -> bool:
+    """Whether ``url`` is OpenAI's own API (which wants ``max_completion_tokens``)."""
+    return url is None or "api.openai.com" in url
 
 
 def _explain(exc: openai.APIError, url: str, model: str) -> str | None:
