@@ -310,3 +310,12 @@ def test_tool_choice_narrows_what_the_grammar_allows():
                                 "function": {"name": "describe_image"}}) == [DESCRIBE]
     with pytest.raises(ValueError, match="not one of the bound tools"):
         _select_tools(both, "segment")
+
+
+def test_thread_count_can_be_set_for_busy_machines(monkeypatch):
+    from agent.llm.embedded import _default_threads
+
+    monkeypatch.setenv("MEDLOOP_LLM_THREADS", "3")
+    assert _default_threads() == 3
+    monkeypatch.setenv("MEDLOOP_LLM_THREADS", "zero")  # not a count: ignored
+    assert 1 <= _default_threads() <= 8
