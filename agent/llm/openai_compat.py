@@ -62,7 +62,7 @@ def make_openai_model(
         temperature=0,
         timeout=timeout_s,
         max_retries=1,
-        max_tokens=max_tokens,
+        max_completion_tokens=max_tokens,  # the field's alias; sent as max_tokens to local servers
     )
     if spec.native_tools:
         return chat
