@@ -1,8 +1,9 @@
 """Fuzz the loader with >= 10,000 mutated real files; every case must load or raise IngestError.
 
-Seeds: pydicom's CT_small.dcm and MR_small.dcm (uncompressed), emri_small_jpeg_2k_lossless.dcm
-(JPEG 2000, decoded by OpenJPEG), MR_small_RLE.dcm (RLE, decoded by pylibjpeg-rle) and a PNG
-made here, plus three PNG decompression bombs. Mutations: byte flips, truncation, inserted junk,
+Seeds (``tools.ingest_fuzz.seed_files``): pydicom samples covering every decoder path
+(uncompressed CT / MR / YBR_FULL_422, JPEG 2000 lossless and lossy, RLE grey and RGB, JPEG-LS,
+JPEG baseline YBR), an 8-bit and a 16-bit PNG, a JPEG, and a NIfTI volume plain and gzipped,
+plus three PNG decompression bombs. Mutations: byte flips, truncation, inserted junk,
 deleted / filled / duplicated spans (``tools.ingest_fuzz.mutate``).
 
 Cases are split across ``--workers`` probe processes (one per core); each case is loaded in a
@@ -62,6 +63,15 @@ def main() -> int:
     for outcome, n in total.outcomes.most_common():
         print(f"| {outcome} | {n} | {100 * n / total.total:.1f} % |")
     uncaught = sum(n for o, n in total.outcomes.items() if o.startswith("uncaught"))
+    if total.ingest_reasons:
+        print("\nIngestError (the base class) by problem:\n")
+        print("| problem | cases |")
+        print("|---|---:|")
+        for problem, n in total.ingest_reasons.most_common():
+            print(f"| {problem} | {n} |")
+    if total.crash_reasons:
+        reasons = ", ".join(f"{r}: {n}" for r, n in total.crash_reasons.most_common())
+        print(f"\nDecoderCrashedError by cause in the decoder child: {reasons}")
     print(f"\nuncaught exceptions: {uncaught}")
     print(f"probe crashes: {total.outcomes['crash']}")
     print(f"hangs: {total.outcomes['hang']}")

@@ -14,8 +14,9 @@ series: every file, sorted by ImagePositionPatient z, stacked); it does none of 
 
 Each (case, method) runs in its own fresh ``spawn`` process: ``first`` is the first load in that
 process (imports done beforehand; for medloop it includes starting the decoder child), ``warm``
-the median of the next 5 loads. ``peak MiB`` is tracemalloc's peak during one warm load (numpy
-buffers included) in the loading process; ``decoder MiB`` is the peak RSS of medloop's decoder
+the best of the next 7 loads (the minimum: on a shared machine it is the least disturbed).
+``peak MiB`` is tracemalloc's peak during one warm load (numpy buffers included) in the loading
+process; ``decoder MiB`` is the peak RSS of medloop's decoder
 child (compressed cases only), read after it is stopped.
 
 Usage: python bench/ingest_load.py
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPEATS = 5
+REPEATS = 7
 SLICES = 40
 
 
@@ -86,7 +86,8 @@ def _measure(method: str, path: str, queue: Any) -> None:
         if ingest_guard._WORKER is not None and ingest_guard._WORKER._proc is not None:
             ingest_guard._WORKER.close()
             decoder_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    queue.put({"shape": shape, "first": first, "warm": statistics.median(warm),
+    # Best of REPEATS: on a shared machine the minimum is the least disturbed estimate.
+    queue.put({"shape": shape, "first": first, "warm": min(warm),
                "peak": peak / 2**20, "decoder": decoder_mib})
 
 

@@ -54,6 +54,12 @@ def _raise_os_error(name: str, ds: Any, tsuid: Any) -> Any:
     raise OSError("codec said no")
 
 
+def _abort_decode(name: str, ds: Any, tsuid: Any) -> Any:
+    import os
+
+    os.abort()  # SIGABRT, as a codec's failed assertion would
+
+
 # ---------------------------------------------------------------------------------------------
 # Not an image / truncated / unsupported / bombs
 # ---------------------------------------------------------------------------------------------
@@ -262,3 +268,114 @@ def test_png_bomb_under_a_lowered_limit(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageTooLargeError):
         load_image(tmp_path / "b.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# The paths the agent, the CLI and the app use go through the same guards
+# ---------------------------------------------------------------------------------------------
+def _rle_series(folder: Path, count: int = 3) -> None:
+    """``count`` RLE-compressed MR slices, 4 mm apart: a series only a codec can read."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir()
+    uid = generate_uid()
+    for k in range(count):
+        ds = pydicom.dcmread(sample("MR_small_RLE.dcm"))
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, 4.0 * k]
+        ds.save_as(folder / f"s{k}.dcm")
+
+
+def test_aborting_codec_in_a_series_is_named_and_the_process_survives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _rle_series(tmp_path / "mr")
+    monkeypatch.setattr(loader, "_decode", _abort_decode)
+    with pytest.raises(DecoderCrashedError) as info:
+        load_image(tmp_path / "mr")
+    assert "decoder crashed (killed by SIGABRT)" in one_line(info.value, "s0.dcm")
+    monkeypatch.undo()
+    assert load_image(tmp_path / "mr").pixels.shape == (3, 64, 64)
+
+
+def test_cli_inspect_survives_a_crashing_codec(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    monkeypatch.setattr(loader, "_decode", _segfault_decode)
+    assert main(["inspect", sample("MR_small_RLE.dcm"), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("medloop: MR_small_RLE.dcm: decoder crashed (killed by SIGSEGV)")
+
+
+def test_graph_ingest_refuses_a_polyglot(tmp_path: Path, medloop_home: Path) -> None:
+    from agent import AgentContext, build_graph
+    from tests.fakes import ScriptedChatModel
+
+    raw = bytearray(Path(sample("MR_small.dcm")).read_bytes())
+    raw[:4] = b"MZ\x90\x00"  # a Windows executable header in the preamble
+    (tmp_path / "scan.dcm").write_bytes(bytes(raw))
+    ctx = AgentContext(llm=ScriptedChatModel.of([]), tools=[], home=medloop_home,
+                       checkpoint="memory")
+    graph = build_graph(ctx)
+    with pytest.raises(SuspiciousFileError, match=r"^scan\.dcm: the DICOM preamble holds a "
+                                                  r"Windows PE executable header"):
+        graph.invoke({"messages": [("user", "what is this?")],
+                      "images": [str(tmp_path / "scan.dcm")]},
+                     config={"configurable": {"thread_id": "poly"}})
+
+
+def _rle_overrun(path: Path) -> None:
+    """MR_small_RLE whose segments are all replicate runs that overrun the frame.
+
+    pylibjpeg-rle (Rust) panics on it, printing the panic to stderr from inside the codec.
+    """
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    ds = pydicom.dcmread(sample("MR_small_RLE.dcm"))
+    frame = bytearray(list(generate_fragments(ds.PixelData))[1])  # [0] is the offset table
+    first = struct.unpack("<16I", bytes(frame[:64]))[1]  # offset of the first segment
+    frame[first:] = b"\x81\x05" * ((len(frame) - first) // 2)
+    ds.PixelData = encapsulate([bytes(frame)])
+    ds.save_as(path)
+
+
+def test_codec_panic_output_never_reaches_the_cli_user(tmp_path: Path) -> None:
+    """The codec's own stderr chatter is silenced in the decoder child: one line, exit 2."""
+    import subprocess
+    import sys
+
+    _rle_overrun(tmp_path / "scan.dcm")
+    with pytest.raises(DecoderCrashedError, match=r"decoder failed \(PanicException"):
+        load_image(tmp_path / "scan.dcm")
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "inspect", str(tmp_path / "scan.dcm")],
+                         capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("medloop: scan.dcm: decoder failed (PanicException")
+
+
+def test_a_script_without_a_main_guard_can_decode(tmp_path) -> None:
+    """Embedding medloop in a plain script must not trip over the decoder child process.
+
+    (``multiprocessing``'s spawn re-imports ``__main__``; a script without an
+    ``if __name__ == "__main__":`` guard then fails on its first compressed DICOM.)
+    """
+    import subprocess
+    import sys
+
+    script = tmp_path / "embed.py"
+    script.write_text(
+        "from tools.loader import load_image\n"
+        f"img = load_image({str(sample('RG1_J2KR.dcm'))!r})\n"
+        "print('shape', img.pixels.shape)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shape (1955, 1841)" in done.stdout
+    assert done.stdout.count("shape") == 1  # the script body ran once, not again in a child

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from tools.basic import describe, measure_distance
 from tools.errors import IngestError, NotAnImageError, ToolInputError
-from tools.ingest_guard import InvalidDimensionsError
-from tools.ingest_volume import WINDOW_PRESETS, orthogonal_views, window
+from tools.ingest_guard import ImageTooLargeError, InvalidDimensionsError
+from tools.ingest_volume import WINDOW_PRESETS, is_volume, orthogonal_views, volume_plane, window
 from tools.loader import load_image
+from tools.store import ImageStore
 
 CT = get_testdata_file("CT_small.dcm")
 assert CT is not None
@@ -189,6 +192,19 @@ def test_nifti_absurd_header_dimensions(tmp_path: Path) -> None:
         load_image(path)
 
 
+def test_nifti_gzip_bomb_is_refused_from_the_header(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzipped float64 volume of zeros: tiny on disk, refused before it is inflated."""
+    import tools.ingest_volume as iv
+
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float64), np.eye(4)),
+             tmp_path / "bomb.nii.gz")
+    assert (tmp_path / "bomb.nii.gz").stat().st_size < 10_000  # 2 MiB of voxels inflated
+    monkeypatch.setattr(iv, "MAX_NIFTI_BYTES", 2**20)  # as if 1 GiB, scaled down
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.nii\.gz: .*2097152 bytes of voxel"):
+        load_image(tmp_path / "bomb.nii.gz")
+
+
 # ---------------------------------------------------------------------------------------------
 # Orthogonal views
 # ---------------------------------------------------------------------------------------------
@@ -240,3 +256,185 @@ def test_window_on_a_real_ct_series(tmp_path: Path) -> None:
     lung = window(vol, "lung")
     assert lung.shape == vol.shape
     assert (lung[vol <= -1350] == 0).all() and (lung[vol >= 150] == 255).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Volumes end to end: store, planes for the 2D tools, the graph's ingest node, the CLI
+# ---------------------------------------------------------------------------------------------
+POSITIONS = [0.0, 2.5, 5.0, 7.5, 10.0, 12.5]  # 2.5 mm apart
+
+
+def test_store_keeps_the_volume_and_cuts_planes(tmp_path: Path, store: ImageStore) -> None:
+    write_series(tmp_path / "ct", POSITIONS)
+    vol = load_image(tmp_path / "ct")
+    assert is_volume(vol) and vol.meta["slice_orientation"] == "axial"
+    ref = store.put(vol)
+    assert ref.shape == (6, 128, 128) and "6-slice axial volume" in ref.summary
+    assert "2.5 mm apart" in ref.summary
+
+    views = store.put_views(ref.id)
+    assert [v.plane for v in views] == ["axial", "coronal", "sagittal"]
+    assert all(v.volume_id == ref.id and v.id != ref.id for v in views)
+    axial, coronal, sagittal = (store.get(v.id) for v in views)
+    px = store.get(ref.id).pixels  # the volume itself, kept whole by its id
+    np.testing.assert_array_equal(axial.pixels, px[3])
+    np.testing.assert_array_equal(coronal.pixels, px[::-1, 64])  # superior slice on top
+    np.testing.assert_array_equal(sagittal.pixels, px[::-1, :, 64])
+    assert axial.spacing_mm == pytest.approx((0.661468, 0.661468))
+    assert axial.spacing_source == "PixelSpacing" and coronal.spacing_source == "volume geometry"
+    # Reformatted rows are slices: their spacing is the slice spacing from the positions.
+    assert coronal.spacing_mm == pytest.approx((2.5, 0.661468))
+    assert sagittal.spacing_mm == pytest.approx((2.5, 0.661468))
+    assert coronal.meta["units"] == "HU" and coronal.meta["volume_id"] == ref.id
+    assert "coronal plane 65/128 of " + ref.id in views[1].summary
+    # 2D tools work on a plane, in real mm: 4 slices down the coronal plane = 10 mm.
+    assert measure_distance(coronal, [10, 0, 10, 4]).length_mm == pytest.approx(10.0)
+    d = describe(coronal)
+    assert d.stats.unit == "HU" and d.frames == 1
+    assert d.fov_mm == pytest.approx((128 * 0.661468, 6 * 2.5))
+    # Any slice can be asked for; one plane image per content, so asking twice is free.
+    first = store.put_plane(ref.id, "axial", 0)
+    np.testing.assert_array_equal(store.get(first.id).pixels, px[0])
+    assert store.put_plane(ref.id, "axial", 0).id == first.id
+
+
+def test_plane_display_uses_one_window_for_every_plane(tmp_path: Path) -> None:
+    write_series(tmp_path / "ct", POSITIONS)
+    vol = load_image(tmp_path / "ct")
+    vol.meta.pop("window_center", None)
+    vol.meta.pop("window_width", None)
+    lo, hi = np.percentile(vol.pixels, [0.5, 99.5])
+    for plane in ("axial", "coronal", "sagittal"):
+        img = volume_plane(vol, plane)
+        assert img.display.dtype == np.uint8
+        assert (img.display[img.pixels <= lo] == 0).all()
+        assert (img.display[img.pixels >= hi] == 255).all()
+    vol.meta.update(window_center=[40.0, 400.0], window_width=[400.0, 2000.0])
+    img = volume_plane(vol, "coronal")  # the file's first window: -160..240 HU
+    assert (img.display[img.pixels <= -160] == 0).all()
+    assert (img.display[img.pixels >= 240] == 255).all()
+
+
+def test_planes_refuse_bad_requests(tmp_path: Path, store: ImageStore) -> None:
+    write_series(tmp_path / "ct", POSITIONS)
+    vol = load_image(tmp_path / "ct")
+    with pytest.raises(ToolInputError, match=r"outside the volume \(0-5\)"):
+        volume_plane(vol, "axial", 6)
+    with pytest.raises(ToolInputError, match="unknown plane"):
+        volume_plane(vol, "oblique")
+    flat = load_image(CT)
+    with pytest.raises(ToolInputError, match="not a volume"):
+        volume_plane(flat, "axial")
+    with pytest.raises(ToolInputError, match="not a volume"):
+        store.put_views(store.put(flat).id)
+    # A sagittal stack: its own slices only, reformats would be mislabelled.
+    write_series(tmp_path / "sag", POSITIONS, orientation=(0, 1, 0, 0, 0, -1))
+    sag = load_image(tmp_path / "sag")
+    assert sag.meta["slice_orientation"] == "sagittal"
+    with pytest.raises(ToolInputError, match="sagittal stack"):
+        volume_plane(sag, "coronal")
+    ref = store.put(sag)
+    assert [v.plane for v in store.put_views(ref.id)] == ["slice"]
+
+
+def test_axial_series_with_a_downward_normal_still_runs_feet_to_head(tmp_path: Path) -> None:
+    # Columns running toward the patient's anterior make row x col point inferior.
+    write_series(tmp_path / "ct", POSITIONS, orientation=(1, 0, 0, 0, -1, 0))
+    vol = load_image(tmp_path / "ct")
+    assert vol.meta["slice_orientation"] == "axial"
+    # write_series adds 10 * k to slice k at position POSITIONS[k] * normal, normal = -z:
+    # the most superior slice is k = 0, so it must come last.
+    np.testing.assert_array_equal(vol.pixels[-1], raw_hu())
+    np.testing.assert_array_equal(vol.pixels[0], raw_hu() + 50)
+
+
+def test_nifti_volume_gets_planes(tmp_path: Path, store: ImageStore) -> None:
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # X, Y, Z
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.9, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    ref = store.put(load_image(tmp_path / "v.nii.gz"))
+    views = {v.plane: store.get(v.id) for v in store.put_views(ref.id)}
+    assert views["axial"].pixels.shape == (5, 4)
+    assert views["axial"].spacing_mm == pytest.approx((0.9, 0.8))
+    assert views["coronal"].pixels.shape == (6, 4)
+    assert views["coronal"].spacing_mm == pytest.approx((3.0, 0.8))
+    assert views["sagittal"].spacing_mm == pytest.approx((3.0, 0.9))
+    # Top row of the coronal plane is the most superior voxel row (Z = 5).
+    assert views["coronal"].pixels[0].tolist() == data[::-1, 2, 5].tolist()
+
+
+def test_graph_ingests_a_series_folder_and_a_nifti(tmp_path: Path, store: ImageStore,
+                                                    medloop_home: Path) -> None:
+    """A folder and a .nii.gz in one turn: volume ids plus their planes, ids only in state."""
+    from agent import AgentContext, build_graph
+    from tests.fakes import ScriptedChatModel, ai, call, final
+    from tools.basic import basic_tools
+
+    write_series(tmp_path / "ct", POSITIONS)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(8, 8, 5)).astype(np.float32),
+                             np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "brain.nii.gz")
+    coronal_id = volume_plane(load_image(tmp_path / "ct"), "coronal").content_id()
+    model = ScriptedChatModel.of([
+        ai(call("measure_distance", image_id=coronal_id, points=[10, 0, 10, 4])),
+        lambda msgs: final("The segment is 10 mm long.", [("10 mm", ["E1"])], 0.9),
+    ])
+    ctx = AgentContext(llm=model, tools=basic_tools(store), home=medloop_home,
+                       checkpoint="memory")
+    ctx._store = store
+    graph = build_graph(ctx)
+    result = graph.invoke(
+        {"messages": [("user", "How long?")],
+         "images": [str(tmp_path / "ct"), str(tmp_path / "brain.nii.gz")]},
+        config={"configurable": {"thread_id": "vol"}},
+    )
+    refs = result["image_refs"]
+    assert [r.plane for r in refs] == [None, "axial", "coronal", "sagittal"] * 2
+    assert refs[2].id == coronal_id and refs[2].volume_id == refs[0].id
+    assert result["evidence"][0].status == "ok"
+    assert result["evidence"][0].summary.startswith("distance 10.0 mm")
+    # The planner was offered every id, the volumes' and their planes'.
+    schema = {t["function"]["name"]: t for t in model.offered[0]}
+    offered = schema["measure_distance"]["function"]["parameters"]["properties"]["image_id"]
+    assert set(offered["enum"]) == {r.id for r in refs}
+    # The state keeps ids and summaries, never paths.
+    assert str(tmp_path) not in json.dumps([r.model_dump(mode="json") for r in refs])
+    assert result["images"] == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "nifti"])
+def test_cli_inspect_volumes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             kind: str) -> None:
+    from agent.cli import main
+
+    if kind == "folder":
+        write_series(tmp_path / "ct", POSITIONS)
+        target, fmt, shape = tmp_path / "ct", "dicom-series", [6, 128, 128]
+    else:
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)),
+                 tmp_path / "v.nii.gz")
+        target, fmt, shape = tmp_path / "v.nii.gz", "nifti", [6, 5, 4]
+    assert main(["inspect", str(target), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source_format"] == fmt and data["shape"] == shape
+    assert data["metadata"]["slice_orientation"] == "axial"
+    assert data["metadata"]["slice_spacing_mm"] == pytest.approx(2.5 if kind == "folder" else 1)
+
+
+@pytest.mark.parametrize("kind", ["empty-folder", "mixed-folder", "bad-nifti"])
+def test_cli_inspect_bad_volume_exits_2_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    from agent.cli import main
+
+    if kind == "empty-folder":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif kind == "mixed-folder":
+        target = tmp_path / "mixed"
+        write_series(target, [0.0, 5.0])
+        write_series(target, [0.0, 5.0], prefix="b")
+    else:
+        target = tmp_path / "broken.nii.gz"
+        target.write_bytes(b"\x1f\x8b not really gzip")
+    code = main(["inspect", str(target), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("medloop: ") and err.count("\n") == 1 and target.name in err

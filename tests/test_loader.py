@@ -10,12 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
+from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
 from tools.errors import IngestError, NotAnImageError, UnsupportedImageError
 from tools.image import LoadedImage
+from tools.ingest_guard import InvalidDimensionsError, TruncatedImageError
 from tools.loader import load_image
 from tools.store import make_ref
 
@@ -25,7 +26,9 @@ ALLOWED_META = {
     "photometric", "rows", "columns", "frames", "samples_per_pixel", "bits_allocated",
     "bits_stored", "pixel_representation", "pixel_spacing", "imager_pixel_spacing",
     "slice_thickness", "window_center", "window_width", "rescale_slope", "rescale_intercept",
-    "transfer_syntax", "units", "slice_spacing_mm",
+    "transfer_syntax", "units", "slice_spacing_mm", "slice_orientation",
+    # planes cut from a volume (tools.ingest_volume.volume_plane, ImageStore.put_plane)
+    "plane", "slice_index", "planes_total", "volume_id",
 }
 
 
@@ -366,3 +369,150 @@ def test_meta_holds_no_identifiers(tmp_path: Path) -> None:
     assert "body_part" not in img.meta
     assert set(img.meta) <= ALLOWED_META
     assert img.meta["modality"] == "CT"  # the technical fields are still there
+
+
+# ---------------------------------------------------------------------------------------------
+# Every pydicom / pydicom-data sample: loads like pydicom reads it, or is refused by name
+# ---------------------------------------------------------------------------------------------
+# Files only: the DICOMDIR trees' folders are listed too, but they are not series (the files
+# inside them are listed one by one); series folders are tested in test_ingest_volumes.py.
+ALL_SAMPLES = sorted(str(p) for p in get_testdata_files() if Path(p).is_file())
+
+# Real images that no installed decoder reads: the message must name the package that would.
+UNDECODABLE = {
+    # 12-bit JPEG Extended whose scan header libjpeg rejects (pydicom decodes it with GDCM).
+    "JPEG-lossy.dcm": "python-gdcm",
+    # A 266-byte J2K fragment for a 1024 x 256 image: OpenJPEG cannot read its header.
+    "JPEG2000-embedded-sequence-delimiter.dcm": "python-gdcm",
+}
+# Files pydicom's own suite keeps broken on purpose, and the named error each must raise.
+BROKEN = {
+    "MR_truncated.dcm": TruncatedImageError,  # pixel data shorter than Rows x Columns
+    "badVR.dcm": IngestError,  # Rows is "1A"
+    "meta_missing_tsyntax.dcm": IngestError,  # no transfer syntax in the file meta
+    "nested_priv_SQ.dcm": InvalidDimensionsError,  # pixel data without Rows / Columns
+}
+
+
+def _is_part10(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(132)[128:] == b"DICM"
+
+
+def _expected_spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """Where the spacing must come from: an independent reading of PS3.3 C.7.6.2 / C.8.11.4."""
+
+    def pair(value: object) -> tuple[float, float] | None:
+        try:
+            a, b = (float(v) for v in value)  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            return None
+        return (a, b) if a > 0 and b > 0 else None
+
+    if pair(ds.get("PixelSpacing")):
+        return pair(ds.PixelSpacing), "PixelSpacing"
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and shared[0].get("PixelMeasuresSequence"):
+        found = pair(shared[0].PixelMeasuresSequence[0].get("PixelSpacing"))
+        if found:
+            return found, "PixelMeasuresSequence.PixelSpacing"
+    if pair(ds.get("ImagerPixelSpacing")):
+        return pair(ds.ImagerPixelSpacing), "ImagerPixelSpacing"
+    return None, None
+
+
+def _assert_the_files_window(img: LoadedImage, ds: pydicom.Dataset, frame: np.ndarray) -> None:
+    """The display shows the file's own VOI LUT / window as pydicom applies it (+-1 level)."""
+    fallback = any("percentile window is shown" in n for n in img.notes)
+    if fallback or ("VOILUTSequence" not in ds and "WindowCenter" not in ds):
+        return
+    lut = frame.astype(np.int64) if "VOILUTSequence" in ds else frame
+    out = pydicom.pixels.apply_voi_lut(lut, ds).astype(np.float64)
+    if "VOILUTSequence" in ds:
+        lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    else:
+        lo, hi = (float(v) for v in pydicom.pixels.apply_windowing(np.array([-1e12, 1e12]), ds))
+    shown = np.round(np.clip((out - lo) / (hi - lo), 0, 1) * 255)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        shown = 255 - shown
+    assert np.abs(img.display.astype(int) - shown).max() <= 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", ALL_SAMPLES, ids=lambda p: Path(p).name)
+def test_every_pydicom_sample(path: str) -> None:
+    """Loaded with pydicom's own pixels, photometric handling and spacing, or a named refusal.
+
+    The oracle is plain pydicom (``pixel_array`` with its colour conversion, the modality LUT)
+    run here in-process; spacing is re-derived from the attributes independently.
+    """
+    p = Path(path)
+    if not _is_part10(p):  # JSON, dumps, bare datasets: never parsed with force=True
+        with pytest.raises(NotAnImageError):
+            load_image(p)
+        return
+    if p.name in UNDECODABLE:
+        with pytest.raises(UnsupportedImageError) as info:
+            load_image(p)
+        assert UNDECODABLE[p.name] in str(info.value) and "\n" not in str(info.value)
+        return
+    if p.name in BROKEN:
+        with pytest.raises(BROKEN[p.name]):
+            load_image(p)
+        return
+    ds = pydicom.dcmread(p)
+    if "PixelData" not in ds:  # SR, RT plans, DICOMDIRs, waveforms
+        with pytest.raises(IngestError, match="no pixel data"):
+            load_image(p)
+        return
+
+    img = load_image(p)
+    photometric = str(ds.PhotometricInterpretation)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    mine = img.pixels
+    if frames > 16:  # long cine: pydicom decodes the first, middle and last frames as the oracle
+        picks = [0, frames // 2, frames - 1]
+        ref = np.stack([pydicom.pixels.pixel_array(ds, index=i) for i in picks])
+        mine, middle = img.pixels[picks], 1
+    else:
+        ref, middle = ds.pixel_array, frames // 2
+    # Shape: every frame kept, display is one frame of Rows x Columns.
+    assert img.frames == frames and img.meta["frames"] == frames
+    assert img.display.dtype == np.uint8
+    assert img.display.shape[:2] == (ds.Rows, ds.Columns)
+    colour = photometric == "PALETTE COLOR" or int(ds.SamplesPerPixel) == 3
+    assert img.display.ndim == (3 if colour else 2)
+    # Pixels: pydicom's (YBR converted to RGB, palette applied, modality LUT for grey).
+    if photometric == "PALETTE COLOR":
+        expected = pydicom.pixels.apply_color_lut(ref, ds)
+    elif colour:
+        expected = ref
+    else:
+        expected = pydicom.pixels.apply_modality_lut(ref, ds)
+    np.testing.assert_allclose(mine, expected, rtol=1e-6)
+    frame = expected[middle] if frames > 1 else expected  # the one the display shows
+    if colour and frame.dtype == np.uint8:  # 8-bit RGB is shown as decoded
+        np.testing.assert_array_equal(img.display, frame)
+    # Photometric: bright means dense, so MONOCHROME1 is shown inverted.
+    if not colour:
+        lo, hi = np.percentile(frame, [25, 75])
+        if hi > lo:
+            dark, bright = img.display[frame <= lo].mean(), img.display[frame >= hi].mean()
+            assert (dark > bright) if photometric == "MONOCHROME1" else (bright > dark)
+        _assert_the_files_window(img, ds, frame)
+    # Spacing: from the file's attribute, with its caveat, or unknown: never invented.
+    spacing, source = _expected_spacing(ds)
+    assert img.spacing_source == source
+    assert img.spacing_mm == (pytest.approx(spacing) if spacing else None)
+    if source == "ImagerPixelSpacing":
+        assert any("magnification" in n for n in img.notes)
+
+
+def test_overlays_are_ignored() -> None:
+    """Overlay planes (60xx,3000) are neither burned into the pixels nor read into meta."""
+    path = sample("MR-SIEMENS-DICOM-WithOverlays.dcm")
+    ds = pydicom.dcmread(path)
+    assert (0x6000, 0x3000) in ds  # the sample really carries an overlay
+    img = load_image(path)
+    np.testing.assert_array_equal(img.pixels, pydicom.pixels.apply_modality_lut(ds.pixel_array, ds))
+    assert not any("overlay" in k for k in img.meta)

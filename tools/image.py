@@ -70,6 +70,9 @@ class ImageRef(BaseModel):
     spacing_mm: tuple[float, float] | None = None
     source_format: str = "unknown"
     summary: str = ""
+    # For a plane cut from a volume: the volume's id and the plane (axial, coronal, ...).
+    volume_id: str | None = None
+    plane: str | None = None
 
     def for_prompt(self) -> str:
         """One line describing the image to the planner."""

@@ -18,6 +18,7 @@ parent classifies the outcome:
 
 from __future__ import annotations
 
+import re
 import struct
 import tempfile
 import zlib
@@ -52,16 +53,36 @@ def probe(path: str, decode_timeout_s: float) -> tuple[str, str]:
     return "ok", ""
 
 
-def seed_files() -> dict[str, bytes]:
-    """The real files mutated: two uncompressed DICOMs, a JPEG 2000 DICOM and a PNG."""
-    import io
+# pydicom samples used as seeds: one per decoder path the loader has.
+SEED_SAMPLES = (
+    "CT_small.dcm",  # uncompressed CT, rescale to HU
+    "MR_small.dcm",  # uncompressed MR, the file's window
+    "SC_ybr_full_422_uncompressed.dcm",  # uncompressed YBR_FULL_422 (subsampled length)
+    "emri_small_jpeg_2k_lossless.dcm",  # JPEG 2000 lossless, 10 frames (OpenJPEG)
+    "JPEG2000.dcm",  # JPEG 2000 lossy
+    "MR_small_RLE.dcm",  # RLE (pylibjpeg-rle, Rust)
+    "SC_rgb_rle_2frame.dcm",  # RLE RGB, 2 frames
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS (CharLS via pylibjpeg-libjpeg)
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline YBR (libjpeg)
+)
 
+
+def seed_files() -> dict[str, bytes]:
+    """The real files mutated (``name -> bytes``; the name's suffixes pick the loader path).
+
+    The pydicom samples in ``SEED_SAMPLES``, and files made here: an 8-bit grey PNG, a 16-bit
+    PNG, a colour JPEG, and a small NIfTI volume both plain (``.nii``: mutations hit the
+    header) and gzipped.
+    """
+    import io
+    import tempfile
+
+    import nibabel as nib
     from PIL import Image
     from pydicom.data import get_testdata_file
 
     seeds: dict[str, bytes] = {}
-    for name in ("CT_small.dcm", "MR_small.dcm", "emri_small_jpeg_2k_lossless.dcm",
-                 "MR_small_RLE.dcm"):
+    for name in SEED_SAMPLES:
         path = get_testdata_file(name)
         if path is not None:
             seeds[name] = Path(str(path)).read_bytes()
@@ -71,6 +92,17 @@ def seed_files() -> dict[str, bytes]:
     buf = io.BytesIO()
     Image.fromarray(grey).save(buf, format="PNG")
     seeds["grey.png"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(buf, format="PNG")
+    seeds["grey16.png"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([grey, grey[::-1], 255 - grey], axis=-1)).save(buf, format="JPEG")
+    seeds["photo.jpg"] = buf.getvalue()
+    volume = rng.normal(0, 100, (12, 10, 6)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("vol.nii", "vol.nii.gz"):
+            nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1.0])), Path(tmp) / name)
+            seeds[name] = (Path(tmp) / name).read_bytes()
     return seeds
 
 
@@ -159,6 +191,11 @@ class FuzzReport:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     bad: list[tuple[str, str, str]] = field(default_factory=list)
+    # For DecoderCrashedError: what happened in the decoder child ("killed by SIGSEGV",
+    # "PanicException", ...), the reason in the message's parentheses.
+    crash_reasons: Counter[str] = field(default_factory=Counter)
+    # For the plain IngestError: the kind of problem (the message without file name and detail).
+    ingest_reasons: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -169,6 +206,8 @@ class FuzzReport:
         """Add another report's counts and failures to this one."""
         self.outcomes.update(other.outcomes)
         self.bad.extend(other.bad)
+        self.crash_reasons.update(other.crash_reasons)
+        self.ingest_reasons.update(other.ingest_reasons)
 
 
 def run_cases(items: Iterable[tuple[str, bytes]], *, case_timeout_s: float = 20.0,
@@ -184,7 +223,7 @@ def run_cases(items: Iterable[tuple[str, bytes]], *, case_timeout_s: float = 20.
     try:
         with tempfile.TemporaryDirectory(prefix="medloop-fuzz-") as tmp:
             for label, data in items:
-                suffix = Path(label.split("|")[0]).suffix or ".bin"
+                suffix = "".join(Path(label.split("|")[0]).suffixes) or ".bin"  # .nii.gz
                 path = Path(tmp) / f"case{suffix}"
                 path.write_bytes(data)
                 try:
@@ -195,8 +234,28 @@ def run_cases(items: Iterable[tuple[str, bytes]], *, case_timeout_s: float = 20.
                 except DecoderCrashedError as exc:
                     outcome, detail = "crash", str(exc)
                 report.outcomes[outcome] += 1
+                if outcome == "DecoderCrashedError":
+                    report.crash_reasons[_crash_reason(detail)] += 1
+                elif outcome == "IngestError":
+                    report.ingest_reasons[_problem(detail)] += 1
                 if outcome.startswith(BAD_OUTCOMES):
                     report.bad.append((label, outcome, detail))
     finally:
         worker.close()
     return report
+
+
+def _crash_reason(message: str) -> str:
+    """``killed by SIGSEGV`` / the exception type, from a ``DecoderCrashedError`` message."""
+    match = re.search(r"decoder (?:crashed|failed) \(([^):]+)", message)
+    return match.group(1) if match else "other"
+
+
+def _problem(message: str) -> str:
+    """The kind of problem in an ``IngestError`` message: ``name: problem (detail)`` -> problem.
+
+    Numbers are masked so that messages differing only in counts fall together.
+    """
+    text = message.split(": ", 1)[1] if ": " in message else message
+    text = text.split(" (", 1)[0].split(";", 1)[0]
+    return re.sub(r"\d+", "N", text)[:80]

@@ -7,8 +7,8 @@ Three guards, each cheap and each run before the expensive or dangerous step it 
   (CVE-2019-11687). Such polyglots are refused unless the caller opts in.
 * ``check_dimensions``: Rows x Columns x Frames x Samples is read from the header and refused
   when zero or absurd, *before* a decoder allocates anything.
-* ``IsolatedWorker``: compressed pixel data is decoded in a reused child process (``spawn``
-  context) with a timeout, so a segfault or an endless loop in a C codec becomes a named
+* ``IsolatedWorker``: compressed pixel data is decoded in a reused child process (a fresh
+  interpreter) with a timeout, so a segfault or an endless loop in a C codec becomes a named
   ``IngestError`` instead of taking the app down.
 
 The errors here subclass ``IngestError``: every message is one line naming the file and the
@@ -20,6 +20,10 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import multiprocessing.connection
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -177,7 +181,14 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
 
     ``IngestError`` travels back as itself (it pickles with its message); any other exception
     is sent as its type name and message, and the parent wraps it in an ``IngestError``.
+
+    The child's stderr (file descriptor 2) goes to /dev/null: codecs write there directly
+    (pylibjpeg-rle prints Rust panic messages, libjpeg warnings), which would break the
+    one-line error contract of the CLI; what matters comes back through the pipe.
     """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     while True:
         try:
             func, args = conn.recv()
@@ -195,26 +206,36 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
             conn.send(("error", type(exc).__name__, " ".join(str(exc).split())[:200]))
 
 
+def _child_main(fd: int) -> None:
+    """Entry point of the decoder child: serve requests on the inherited socket ``fd``."""
+    _serve(multiprocessing.connection.Connection(fd))
+
+
 class IsolatedWorker:
     """One reused child process that runs functions with a timeout.
 
     Why a hand-made worker and not ``ProcessPoolExecutor``: a hung task must be *killed*, and
     the executor cannot kill one task's process; here the child is killed and a fresh one
-    started on the next call. Starting a ``spawn`` child costs ~0.3 s once; each later call
-    costs the pickling of its arguments and result (a few ms for typical images).
+    started on the next call. Each later call costs the pickling of its arguments and result
+    (a few ms for typical images); starting the child costs ~0.3 s once.
+
+    Why ``subprocess`` and not ``multiprocessing``'s ``spawn``: a spawned child re-imports the
+    parent's ``__main__``, so a user's script that embeds medloop without an
+    ``if __name__ == "__main__":`` guard would fail (or run twice) on its first DICOM. The child
+    here is a fresh interpreter that imports only this module; requests travel over a socket
+    pair as pickles, functions by reference (so they must be importable module-level names).
+    The child exits by itself when the parent's end of the socket closes.
 
     Thread-safe: calls are serialised (one decode at a time per worker).
 
     Args:
-        daemon: start the child as a daemon (dies with the parent). A non-daemon child may start
-            children of its own (the fuzz harness runs whole loads in one, and the loader's
-            own decoder child below it); close such a worker explicitly.
+        daemon: kept for callers that ask for a child that may start children of its own (the
+            fuzz harness runs whole loads in one); every child here may, so it changes nothing.
     """
 
     def __init__(self, daemon: bool = True) -> None:
         self._daemon = daemon
-        self._ctx = multiprocessing.get_context("spawn")
-        self._proc: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._lock = threading.Lock()
 
@@ -256,32 +277,38 @@ class IsolatedWorker:
         raise DecoderCrashedError(f"{name}: decoder failed ({reply[1]}: {reply[2]})")
 
     def _ensure(self) -> multiprocessing.connection.Connection:
-        """The pipe to a live child, starting one if needed."""
-        if self._proc is None or not self._proc.is_alive() or self._conn is None:
+        """The connection to a live child, starting one if needed."""
+        if self._proc is None or self._proc.poll() is not None or self._conn is None:
             self._stop()
-            parent, child = self._ctx.Pipe()
-            proc = self._ctx.Process(target=_serve, args=(child,), daemon=self._daemon,
-                                     name="medloop-decoder")
-            proc.start()
-            child.close()
-            self._proc, self._conn = proc, parent
+            ours, theirs = socket.socketpair()
+            # The child finds medloop (and any test module a function comes from) on the
+            # parent's import path, whether medloop is installed or run from a source tree.
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-c",
+                     f"from tools.ingest_guard import _child_main; _child_main({theirs.fileno()})"],
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, env=env,
+                )
+            finally:
+                theirs.close()
+            self._conn = multiprocessing.connection.Connection(ours.detach())
         return self._conn
 
     def _stop(self) -> int | None:
-        """Kill the child (if any) and return its exit code."""
+        """Kill the child (if any) and return its exit code (negative: killed by a signal)."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         if conn is not None:
-            conn.close()
+            conn.close()  # a healthy child sees EOF and exits by itself
         if proc is None:
             return None
-        proc.join(0.5)
-        if proc.is_alive():
+        try:
+            return proc.wait(0.5)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.join(5)
-        code = proc.exitcode
-        proc.close()
-        return code
+            return proc.wait(5)
 
     def close(self) -> None:
         """Stop the child; the next call starts a fresh one."""

@@ -58,7 +58,8 @@ _PERCENTILE_WINDOW = (0.5, 99.5)
 # or big endian. Such files are refused with a clear message rather than parsed with
 # ``force=True``, which would read arbitrary bytes as a dataset.
 _BARE_DICOM_STARTS = {b"\x08\x00\x05\x00", b"\x00\x08\x00\x05", b"\x08\x00\x08\x00",
-                      b"\x00\x08\x00\x08", b"\x02\x00\x00\x00", b"\x00\x02\x00\x00"}
+                      b"\x00\x08\x00\x08", b"\x02\x00\x00\x00", b"\x00\x02\x00\x00",
+                      b"\x08\x00\x00\x00", b"\x00\x08\x00\x00"}  # (0008,0000) group length
 
 _MAGNIFICATION_NOTE = (
     "spacing is ImagerPixelSpacing, measured at the detector: distances in the patient are "
@@ -281,7 +282,8 @@ def _check_native_length(name: str, ds: Any) -> None:
     """Refuse uncompressed pixel data shorter than its header says.
 
     pydicom reads a truncated file without complaint (the element just comes back short), so
-    the byte count is checked against Rows x Columns x Frames x Samples x BitsAllocated / 8.
+    the byte count is checked against Rows x Columns x Frames x Samples x BitsAllocated / 8
+    (two thirds of that for uncompressed YBR_FULL_422, whose pixel pairs share one Cb / Cr).
     """
     key = next(k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds)
     rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
@@ -291,6 +293,8 @@ def _check_native_length(name: str, ds: Any) -> None:
     frames = _int(ds.get("NumberOfFrames")) or 1
     samples = _int(ds.get("SamplesPerPixel")) or 1
     expected = math.ceil(rows * cols * frames * samples * bits / 8)
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        expected = expected // 3 * 2  # chroma is shared by pixel pairs: 2 samples per pixel
     actual = len(ds[key].value or b"")
     if actual < expected:
         raise TruncatedImageError(
@@ -377,6 +381,19 @@ def _voi_display(ds: Any, frame: np.ndarray, notes: list[str]) -> np.ndarray | N
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if not has_lut and not has_window:
         return None
+    linear = _linear_window(ds) if not has_lut else None
+    if linear is not None:  # the common case, done in float32 (pydicom's path uses float64)
+        center, width = linear
+        unit = frame.astype(np.float32)
+        unit -= np.float32(center - 0.5)
+        unit /= np.float32(width - 1.0)
+        unit += np.float32(0.5)
+        display = _to_uint8(unit)
+        if display.min() == display.max() and frame.min() != frame.max():
+            notes.append("the file's display window shows a blank image; "
+                         "a percentile window is shown instead")
+            return None
+        return display
     try:
         if has_lut:
             out = apply_voi_lut(frame.astype(np.int64), ds).astype(np.float64)
@@ -399,6 +416,20 @@ def _voi_display(ds: Any, frame: np.ndarray, notes: list[str]) -> np.ndarray | N
                      "a percentile window is shown instead")
         return None
     return display
+
+
+def _linear_window(ds: Any) -> tuple[float, float] | None:
+    """The file's first window ``(center, width)`` when it is a plain LINEAR one, else None.
+
+    PS3.3 C.11.2.1.2.1: LINEAR maps ``x`` to ``(x - (c - 0.5)) / (w - 1) + 0.5`` clipped to
+    [0, 1] (of the output range). Other functions (LINEAR_EXACT, SIGMOID) and unusable values
+    go to pydicom's ``apply_voi_lut``.
+    """
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    center, width = _floats(ds.get("WindowCenter")), _floats(ds.get("WindowWidth"))
+    if function != "LINEAR" or not center or not width or width[0] < 1:
+        return None
+    return center[0], width[0]
 
 
 def _render_colour(
@@ -566,13 +597,22 @@ def _fmt_guess(p: Path) -> str:
 # =============================================================================================
 # Shared helpers
 # =============================================================================================
+# Above this many values the percentiles are taken from an even sample (a window needs two
+# numbers, not an exact sort of a 4-megapixel radiograph: that cost 200 ms and 100 MiB).
+_PERCENTILE_SAMPLE = 1_000_000
+
+
 def percentile_window(values: np.ndarray) -> np.ndarray:
     """``uint8`` rendering of grey values windowed to their 0.5-99.5 percentiles.
 
     Falls back to min-max when the percentiles coincide (mostly-flat images) and to all-zero
-    for a constant image. NaN/inf are ignored for the window and shown black.
+    for a constant image. NaN/inf are ignored for the window and shown black. Images above
+    ``_PERCENTILE_SAMPLE`` values take the percentiles from an even sample of that size.
     """
-    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+    flat = values.ravel()
+    if flat.size > _PERCENTILE_SAMPLE:
+        flat = flat[:: flat.size // _PERCENTILE_SAMPLE + 1]
+    finite = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
     if finite.size == 0:
         return np.zeros(values.shape, dtype=np.uint8)
     lo, hi = (float(v) for v in np.percentile(finite, _PERCENTILE_WINDOW))
@@ -580,13 +620,24 @@ def percentile_window(values: np.ndarray) -> np.ndarray:
         lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return _to_uint8((values.astype(np.float64) - lo) / (hi - lo))
+    unit = values.astype(np.float32)
+    unit -= np.float32(lo)
+    unit /= np.float32(hi - lo)
+    return _to_uint8(unit)
 
 
 def _to_uint8(unit: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (clipped; NaN -> 0) to uint8 0-255."""
-    scaled = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """Values in [0, 1] (clipped; NaN -> 0) to uint8 0-255.
+
+    Works in place on a float32 ``unit`` (callers pass a temporary), so that a large image
+    costs one float32 copy rather than four float64 ones.
+    """
+    u = np.asarray(unit, dtype=np.float32)
+    np.fmax(u, np.float32(0.0), out=u)  # fmax drops NaN: NaN -> 0, and -inf -> 0
+    np.fmin(u, np.float32(1.0), out=u)  # +inf -> 1
+    u *= np.float32(255.0)
+    np.rint(u, out=u)
+    return u.astype(np.uint8)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,8 +1,11 @@
 """A content-addressed image store on disk.
 
 Graph state and checkpoints hold image ids only; the arrays live here, keyed by the id that
-``LoadedImage.content_id`` derives from the pixels. The store persists to a folder so that a
-conversation resumed from its checkpoint in a new process still finds its images. Only
+``LoadedImage.content_id`` derives from the pixels. A volume (DICOM series, NIfTI) is stored
+whole under its id; ``put_plane`` / ``put_views`` store planes cut from it as 2D images of their
+own (with ``volume_id`` in their meta), which is how the 2D tools work on volumes. The store
+persists to a folder so that a conversation resumed from its checkpoint in a new process still
+finds its images. Only
 de-identified metadata is written: the loader strips identifiers before anything reaches here.
 
 Layout::
@@ -112,6 +115,35 @@ class ImageStore:
         img = self.get(image_id)
         return make_ref(image_id, img)
 
+    # -- volumes --------------------------------------------------------------------------
+    def put_plane(self, volume_id: str, plane: str, index: int | None = None) -> ImageRef:
+        """Store one plane of a stored volume as a 2D image; returns the plane's ref.
+
+        The plane is an ordinary image (content id, pixels in the volume's units, spacing in
+        mm), so every 2D tool works on it; its meta keeps ``volume_id``, ``plane`` and
+        ``slice_index`` so answers can say where it came from. See
+        ``tools.ingest_volume.volume_plane`` for planes, indices and spacing.
+
+        Raises:
+            ToolInputError: unknown id, not a volume, or a bad plane / index.
+        """
+        from tools.ingest_volume import volume_plane
+
+        img = volume_plane(self.get(volume_id), plane, index)
+        img.meta["volume_id"] = volume_id
+        return self.put(img)
+
+    def put_views(self, volume_id: str) -> list[ImageRef]:
+        """Store the middle planes of a volume; returns their refs (idempotent: content ids).
+
+        Axial stacks give their middle axial, coronal and sagittal planes; other stacks their
+        middle slice only (see ``tools.ingest_volume.view_planes``).
+        """
+        from tools.ingest_volume import view_planes
+
+        vol = self.get(volume_id)
+        return [self.put_plane(volume_id, plane, index) for plane, index in view_planes(vol)]
+
     def _remember(self, image_id: str, image: LoadedImage) -> None:
         with self._lock:
             self._cache[image_id] = image
@@ -137,13 +169,26 @@ class ImageStore:
 
 def make_ref(image_id: str, img: LoadedImage) -> ImageRef:
     """Summarise a loaded image in one de-identified line for the planner."""
+    from tools.ingest_volume import is_volume
+
     modality = str(img.meta.get("modality") or "unknown")
     h, w = img.display.shape[:2]
     parts = [f"{modality}"]
     if img.meta.get("body_part"):
         parts.append(str(img.meta["body_part"]).lower())
+    plane = img.meta.get("plane") if img.source_format == "volume-plane" else None
+    volume_id = img.meta.get("volume_id") if plane else None
+    if plane:
+        where = f" of {volume_id}" if volume_id else ""
+        parts.append(f"{plane} plane {int(img.meta.get('slice_index', 0)) + 1}/"
+                     f"{img.meta.get('planes_total', '?')}{where}")
     parts.append(f"{w}x{h} px")
-    if img.frames > 1:
+    if is_volume(img):
+        gap = img.meta.get("slice_spacing_mm")
+        parts.append(f"{img.frames}-slice {img.meta.get('slice_orientation', '')} volume".replace(
+            "  ", " ") + (f", slices {float(gap):.3g} mm apart" if gap else "")
+                     + " (middle slice shown)")
+    elif img.frames > 1:
         parts.append(f"{img.frames} frames")
     if img.spacing_mm:
         parts.append(f"spacing {img.spacing_mm[0]:.3g}x{img.spacing_mm[1]:.3g} mm")
@@ -156,4 +201,6 @@ def make_ref(image_id: str, img: LoadedImage) -> ImageRef:
         spacing_mm=img.spacing_mm,
         source_format=img.source_format,
         summary=", ".join(parts),
+        volume_id=str(volume_id) if volume_id else None,
+        plane=str(plane) if plane else None,
     )

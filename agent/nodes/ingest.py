@@ -2,6 +2,9 @@
 
 Paths are loaded once (de-identified metadata only), stored by content id, and dropped from the
 state: the checkpoint keeps ids, never paths (a file name can hold a patient's name) or pixels.
+A DICOM series folder or a NIfTI file is stored whole as one volume id, and its middle axial,
+coronal and sagittal planes are stored as 2D images of their own and listed after it, so the
+2D tools can work on them (``ImageStore.put_views``).
 A file that cannot be loaded raises its ``IngestError``: that is the user's problem to fix, not
 the planner's, so the run stops with the message rather than reasoning around a missing image.
 """
@@ -28,9 +31,14 @@ def make_ingest(default: AgentContext) -> Callable[..., Any]:
             if item in store:
                 refs.append(store.ref(item))
             else:
+                from tools.ingest_volume import is_volume
                 from tools.loader import load_image  # pydicom/Pillow only when a path comes in
 
-                refs.append(store.put(load_image(item)))
+                img = load_image(item)
+                ref = store.put(img)
+                refs.append(ref)
+                if is_volume(img):  # its middle planes, as 2D images the planner can name
+                    refs.extend(store.put_views(ref.id))
         turn = int(state.get("turn") or 0) + 1
         return {
             "images": [],
