@@ -73,13 +73,21 @@ def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
 def offered_tools(
     tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence]
 ) -> list[dict[str, Any]]:
-    """OpenAI-format tool dicts for this round, ids constrained to what exists."""
+    """OpenAI-format tool dicts for this round, ids constrained to what exists.
+
+    Image ids and mask keys become enums of the ones that exist, so a constrained planner
+    cannot invent one; a tool that needs a mask is withheld until some tool has made one.
+    """
     image_ids = [r.id for r in images]
+    mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
     out: list[dict[str, Any]] = []
     for tool in tools:
         spec = convert_to_openai_tool(tool)
         params = _inline_refs(spec["function"].get("parameters", {}))
+        if "mask_key" in params.get("required", []) and not mask_keys:
+            continue
         _set_enum(params, "image_id", image_ids, array=False)
+        _set_enum(params, "mask_key", mask_keys, array=False)
         spec["function"]["parameters"] = params
         out.append(spec)
     ok_ids = [e.id for e in evidence if e.status == "ok"]

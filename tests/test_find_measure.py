@@ -25,6 +25,7 @@ from pydicom.data import get_testdata_file
 from tools.errors import ToolInputError
 from tools.evidence import Evidence
 from tools.find import find_tools, normalise_target
+from tools.image import LoadedImage
 from tools.loader import load_image
 from tools.measure import measure_tools
 from tools.medsam import get_predictor
@@ -61,7 +62,7 @@ def found(rg1) -> Evidence:
 @pytest.fixture(scope="module")
 def measured(rg1) -> Evidence:
     store, _img, image_id, _ = rg1
-    [tool] = measure_tools(store, get_predictor())
+    tool = {t.name: t for t in measure_tools(store, get_predictor())}["measure_lungs"]
     return tool.invoke({"image_id": image_id})
 
 
@@ -105,7 +106,7 @@ def test_measure_lungs_in_px_when_spacing_is_unknown(rg1, measured):
 
 def test_measure_lungs_in_mm2_with_an_assumed_spacing(rg1, measured):
     store, _img, _, cal_id = rg1
-    [tool] = measure_tools(store, get_predictor())
+    tool = {t.name: t for t in measure_tools(store, get_predictor())}["measure_lungs"]
     ev = tool.invoke({"image_id": cal_id})
     by = {m.name: m for m in ev.measurements}
     for side in ("right", "left"):
@@ -133,7 +134,7 @@ def test_overlay_draws_the_masks(rg1, measured):
     assert not changed[-50:, :50].any()
 
 
-@pytest.mark.parametrize("target", ["heart", "nodule in the left upper lobe", "text"])
+@pytest.mark.parametrize("target", ["heart", "nodule in the left upper lobe", "aorta"])
 def test_ungroundable_targets_are_refused(rg1, target):
     store, _img, image_id, _ = rg1
     [find] = find_tools(store, get_predictor())
@@ -196,3 +197,143 @@ def test_area_axes_and_extent_with_anisotropic_spacing():
     assert mask_axes(m, None).long.value == pytest.approx(np.hypot(60, 20))
     with pytest.raises(ToolInputError, match="empty"):
         mask_area(np.zeros((5, 5), bool), None)
+
+
+# ---- measure: a stored mask by key (lesion axes, HU statistics) ------------------------------
+def test_measure_a_found_lung_by_mask_key(rg1, found):
+    store, img, image_id, _ = rg1
+    tools = {t.name: t for t in measure_tools(store, get_predictor())}
+    key = found.mask_keys[0]
+    assert key in found.summary  # the planner can read the key it must pass
+    ev = tools["measure"].invoke({"image_id": image_id, "mask_key": key})
+    by = {m.name: m for m in ev.measurements}
+    mask = store.get_array(key).astype(bool)
+    assert by["area"].value == pytest.approx(mask.sum()) and by["area"].unit == "px2"
+    assert by["long_axis"].unit == "px" and by["long_axis"].line is not None
+    assert by["short_axis"].value < by["long_axis"].value
+    assert "hu_mean" not in by and "not CT" in ev.summary
+    assert "pixel spacing unknown" in ev.summary
+    with pytest.raises(ToolInputError, match="unknown array key"):
+        tools["measure"].invoke({"image_id": image_id, "mask_key": "mask-000000000000"})
+    small = store.put_array(np.ones((10, 10), np.uint8), key="mask-small")
+    with pytest.raises(ToolInputError, match="made on another image"):
+        tools["measure"].invoke({"image_id": image_id, "mask_key": small})
+
+
+def _ct_phantom(units: str = "HU") -> tuple[LoadedImage, np.ndarray]:
+    """A 128x128 CT slice at 0.7 mm: air (-1000 HU) around a 40 HU disc of radius 20 px,
+    Gaussian noise of SD 5 HU."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:128, 0:128] + 0.5
+    disc = (xx - 64) ** 2 + (yy - 60) ** 2 <= 20 ** 2
+    hu = np.where(disc, 40.0, -1000.0) + rng.normal(0, 5, (128, 128))
+    display = np.clip((hu + 160) / 400 * 255, 0, 255).astype(np.uint8)
+    img = LoadedImage(pixels=hu.astype(np.float32), display=display, spacing_mm=(0.7, 0.7),
+                      spacing_source="PixelSpacing", meta={"modality": "CT", "units": units},
+                      source_format="synthetic")
+    return img, disc
+
+
+def test_hu_statistics_inside_a_ct_mask(store):
+    """Tolerances: the mean of ~1,260 samples of SD 5 HU within 1 HU of 40 (about 7 standard
+    errors); the SD within 0.5 HU of 5; the area exact (pixel count x 0.49 mm²)."""
+    img, disc = _ct_phantom()
+    ref = store.put(img)
+    key = store.put_array(disc.astype(np.uint8), key="mask-ctdisc")
+    tools = {t.name: t for t in measure_tools(store, get_predictor())}
+    ev = tools["measure"].invoke({"image_id": ref.id, "mask_key": key})
+    by = {m.name: m for m in ev.measurements}
+    assert by["hu_mean"].unit == "HU" and abs(by["hu_mean"].value - 40) <= 1.0
+    assert abs(by["hu_std"].value - 5) <= 0.5
+    assert by["hu_min"].value < 40 < by["hu_max"].value < 80
+    assert by["area"].unit == "mm2" and by["area"].spacing_mm == (0.7, 0.7)
+    assert by["area"].value == pytest.approx(disc.sum() * 0.49)
+    # Maximum diameter from pixel corners: a digitised circle's corners reach up to ~0.7 px
+    # beyond it at each end of a diagonal, so within 1.5 px (1.05 mm) of 40 px.
+    assert by["long_axis"].value == pytest.approx(40 * 0.7, abs=1.5 * 0.7)
+    assert "PixelSpacing" in ev.summary and "HU mean" in ev.summary
+
+
+def test_no_hu_statistics_when_ct_pixels_are_not_hu():
+    from tools.measure import measure_mask
+
+    img, disc = _ct_phantom(units="a.u.")
+    mm = measure_mask(img, disc)
+    assert mm.hu is None and "not in HU" in mm.hu_note
+
+
+def test_lesion_axes_of_an_ellipse_with_anisotropic_spacing():
+    """An ellipse 60 x 20 px at (row 0.5, col 0.25) mm: 15 x 10 mm.
+
+    Tolerances: long axis 3 %; short axis within 1.5 px (0.75 mm): the long axis runs between
+    pixel corners and so tilts by a few degrees, which widens the breadth measured across it.
+    """
+    from tools.measure import mask_axes
+
+    yy, xx = np.mgrid[0:100, 0:120] + 0.5
+    ell = ((xx - 60) / 30) ** 2 + ((yy - 50) / 10) ** 2 <= 1
+    axes = mask_axes(ell, (0.5, 0.25))
+    assert axes.long.value == pytest.approx(15.0, rel=0.03) and axes.long.unit == "mm"
+    assert axes.short.value == pytest.approx(10.0, abs=1.5 * 0.5)
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"modality": "MR"}, "this image is MR"),
+    ({"modality": "CR", "body_part": "EXTREMITY"}, "of the EXTREMITY"),
+])
+def test_lungs_refused_on_images_that_cannot_show_them(meta, message):
+    from tools.find import find_lungs
+
+    with pytest.raises(ToolInputError, match=message):
+        find_lungs(np.zeros((64, 64), np.uint8), get_predictor(), None, meta)
+
+
+def test_find_text_boxes_burned_in_text_without_quoting_identifiers(store):
+    """pydicom-data's ultrasound frame carries burned-in text (institution, date, settings)."""
+    img = load_image(get_testdata_file("US1_UNCI.dcm"))
+    ref = store.put(img)
+    [find] = find_tools(store, get_predictor())
+    ev = find.invoke({"image_id": ref.id, "target": "burned-in text"})
+    h, w = img.display.shape[:2]
+    assert ev.tool == "find" and ev.status == "ok" and ev.data["target"] == "text"
+    assert len(ev.boxes) >= 3 and ev.data["regions"] == len(ev.boxes)
+    for b in ev.boxes:
+        x0, y0, x1, y1 = b.xyxy
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    quoted = [b.label for b in ev.boxes if b.label]
+    assert len(quoted) == len(ev.boxes) - ev.data["possible_identifiers"]
+
+
+def test_volume_and_hu_of_a_3d_mask_on_a_ct_volume(store):
+    """An ellipsoid on a CT volume of 0.8 mm pixels and 2 mm between slices: semi-axes 10 px
+    (8 mm) in-plane and 5 slices (10 mm) through-plane, 30 HU in -1000 HU air, noise SD 4 HU.
+
+    Tolerances: the voxelised volume within 5 % of 4/3 pi 8 x 8 x 10 mm³ (a coarse 2 mm slice
+    grid) and exactly voxels x 1.28 mm³; HU mean within 1 HU of 30; area and axes are those of
+    the largest slice (the middle one).
+    """
+    rng = np.random.default_rng(2)
+    zz, yy, xx = np.mgrid[0:11, 0:40, 0:40]
+    zz, yy, xx = zz + 0.0, yy + 0.5, xx + 0.5
+    ell = ((xx - 20) / 10) ** 2 + ((yy - 20) / 10) ** 2 + ((zz - 5) * 2.0 / 10.0) ** 2 <= 1
+    hu = np.where(ell, 30.0, -1000.0) + rng.normal(0, 4, ell.shape)
+    display = np.clip((hu[5] + 160) / 400 * 255, 0, 255).astype(np.uint8)
+    vol = LoadedImage(pixels=hu.astype(np.float32), display=display, spacing_mm=(0.8, 0.8),
+                      spacing_source="PixelSpacing",
+                      meta={"modality": "CT", "units": "HU", "slice_spacing_mm": 2.0},
+                      source_format="synthetic")
+    ref = store.put(vol)
+    key = store.put_array(ell.astype(np.uint8), key="mask-sphere")
+    tools = {t.name: t for t in measure_tools(store, get_predictor())}
+    ev = tools["measure"].invoke({"image_id": ref.id, "mask_key": key})
+    by = {m.name: m for m in ev.measurements}
+    true = 4 / 3 * np.pi * 8 * 8 * 10  # mm3
+    assert by["volume"].unit == "mm3" and abs(by["volume"].value - true) / true <= 0.05
+    assert by["volume"].value == pytest.approx(ell.sum() * 0.8 * 0.8 * 2.0)
+    assert abs(by["hu_mean"].value - 30) <= 1.0 and by["hu_mean"].unit == "HU"
+    assert by["area"].value == pytest.approx(ell[5].sum() * 0.64)
+    assert by["long_axis"].line is None  # not drawn on a slice it may not be on
+    assert "slice 5" in ev.summary and "slice spacing 2 mm" in ev.summary
+    from tools.measure import mask_volume
+
+    assert mask_volume(ell, (0.8, 0.8), None).unit == "voxels"

@@ -17,7 +17,7 @@ import pytest
 from tools.errors import ToolInputError
 from tools.image import LoadedImage
 from tools.medsam import MedSamPredictor, get_predictor, preprocess
-from tools.segment import segment, segment_tools, validate_box
+from tools.segment import segment, segment_tools, validate_box, validate_points
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +146,72 @@ def test_segment_tool_stores_mask_and_reports_mm(store, predictor):
     assert "mm2" in ev.summary
     with pytest.raises(ToolInputError, match="320x256 px"):
         tool.invoke({"image_id": ref.id, "box": [400, 300, 500, 400]})
+
+
+def _bbox(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area
+
+
+def test_point_prompts_on_the_box_only_model(predictor):
+    """LiteMedSAM ignores points, so a point becomes boxes of growing size around it.
+
+    Tolerance: the same Dice >= 0.85 as with a box; the mask's bounding box has IoU >= 0.85
+    with the true shape's (a one-to-two-pixel edge error on a 80 px disc costs about 0.05).
+    """
+    display = phantom_display()
+    disc, ell = _shapes()
+    before = predictor.encoder_calls
+    seg = segment(display, None, predictor, image_id="phantom-pts", spacing_mm=SPACING,
+                  points=[[DISC["cx"], DISC["cy"]]])
+    assert dice(seg.mask, disc) >= 0.85
+    assert box_iou(_bbox(seg.mask), _bbox(disc)) >= 0.85
+    # A positive point in the ellipse and a negative one in the disc: the ellipse.
+    seg2 = segment(display, None, predictor, image_id="phantom-pts", spacing_mm=SPACING,
+                   points=[[ELLIPSE["cx"], ELLIPSE["cy"]], [DISC["cx"], DISC["cy"]]],
+                   point_labels=[1, 0])
+    assert dice(seg2.mask, ell) >= 0.85
+    assert not seg2.mask[int(DISC["cy"]), int(DISC["cx"])]
+    assert predictor.encoder_calls == before + 1  # every candidate box reused one embedding
+
+
+def test_box_segmentation_box_iou(predictor):
+    display = phantom_display()
+    disc, _ = _shapes()
+    r = DISC["r"]
+    box = [DISC["cx"] - r - 6, DISC["cy"] - r - 6, DISC["cx"] + r + 6, DISC["cy"] + r + 6]
+    seg = segment(display, box, predictor, image_id="phantom-1", spacing_mm=SPACING)
+    assert box_iou(_bbox(seg.mask), _bbox(disc)) >= 0.85
+
+
+@pytest.mark.parametrize("points, labels, message", [
+    ([[400, 10]], None, "outside the image"),
+    ([[1, 2, 3]], None, "two numbers"),
+    ([[10, 10]], [0], "at least one point"),
+    ([[10, 10]], [1, 1], "per point"),
+])
+def test_bad_points_raise(points, labels, message):
+    with pytest.raises(ToolInputError, match=message):
+        validate_points(points, labels, (H, W))
+
+
+def test_segment_tool_takes_points_and_names_its_mask_key(store, predictor):
+    img = LoadedImage(pixels=phantom_display().astype(np.float32), display=phantom_display(),
+                      meta={"modality": "OT"}, source_format="synthetic")
+    ref = store.put(img)
+    [tool] = segment_tools(store, predictor)
+    ev = tool.invoke({"image_id": ref.id, "points": [[DISC["cx"], DISC["cy"]]]})
+    assert ev.status == "ok" and ev.mask_keys[0].startswith("mask-")
+    assert f"mask key {ev.mask_keys[0]}" in ev.summary
+    area = next(m for m in ev.measurements if m.name == "area")
+    assert area.unit == "px2" and area.spacing_mm is None and "px" in ev.summary
+    with pytest.raises(ValueError, match="give a box"):
+        tool.invoke({"image_id": ref.id})

@@ -3,7 +3,9 @@
 No open-vocabulary detector (Grounding DINO, OWL-ViT) ships its weights in a package, so only
 targets with a dedicated offline detector can be grounded. Today that is the lungs on a frontal
 chest radiograph: ``lungs-finder``'s classical HOG / LBP / Haar detectors give a box per lung,
-and LiteMedSAM refines each box into a mask. Any other phrase raises ``ToolInputError``
+and LiteMedSAM refines each box into a mask; and burned-in text, boxed by the packaged OCR
+(``tools.burned_in.find_text``; text that looks like an identifier is not quoted). Any other
+phrase raises ``ToolInputError``
 ("cannot be grounded offline"), so the planner picks another target or tool: a made-up box
 would be a failure dressed as a result.
 
@@ -12,13 +14,20 @@ standard way the patient faces the viewer, so the patient's RIGHT lung is on the
 When the DICOM ``PatientOrientation`` says the image's rows run toward the patient's right
 (``R``, a mirrored display) the sides are swapped; otherwise the standard display is assumed.
 
+With an open-vocabulary detector configured (``MEDLOOP_DETECTOR=hf:...``: OWLv2 or Grounding
+DINO, ``tools.hf_vision``), any phrase is looked for: the detector's boxes, with their scores,
+are refined into masks by the configured segmenter; no box above the threshold is reported as
+such (a negative finding, not an error).
+
 Boxes are ``[x0, y0, x1, y1]`` pixels of the display (XYXY); masks bool ``(H, W)``.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from langchain_core.tools import BaseTool
@@ -27,8 +36,7 @@ from pydantic import Field
 from tools.base import ImageArgs, make_tool
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence
-from tools.image import LoadedImage
-from tools.medsam import MedSamPredictor, get_predictor
+from tools.medsam import Segmenter, get_predictor
 from tools.store import ImageStore
 
 __all__ = [
@@ -37,14 +45,17 @@ __all__ = [
     "Lung",
     "detect_lung_boxes",
     "find_lungs",
+    "find_phrase",
     "find_tools",
     "largest_component",
     "normalise_target",
 ]
 
 # Phrases the offline models can ground, and the synonyms the planner may use for them.
-GROUNDABLE = ("lungs", "right lung", "left lung")
+GROUNDABLE = ("lungs", "right lung", "left lung", "text")
 _SYNONYMS = {
+    "text": "text", "burned-in text": "text", "burned in text": "text", "text regions": "text",
+    "writing": "text", "annotations": "text", "labels": "text", "markers": "text",
     "lungs": "lungs", "lung": "lungs", "both lungs": "lungs", "lung fields": "lungs",
     "lung field": "lungs", "the lungs": "lungs",
     "right lung": "right lung", "the right lung": "right lung",
@@ -57,6 +68,10 @@ _DETECT_SIDE = 512
 _BOX_MARGIN = 0.04
 # Modalities that are never a projection chest radiograph.
 _NOT_RADIOGRAPH = {"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "OP", "SM"}
+# BodyPartExamined values under which a film can show the lungs.
+_CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "CHEST_PA", "TORSO"}
+# Open-vocabulary detections scoring below this are not reported.
+DETECT_THRESHOLD = 0.2
 
 
 @dataclass(frozen=True)
@@ -143,7 +158,7 @@ def detect_lung_boxes(grey: np.ndarray) -> tuple[list[tuple[float, ...]], dict[s
 
 def find_lungs(
     display: np.ndarray,
-    predictor: MedSamPredictor,
+    predictor: Segmenter,
     image_id: str | None = None,
     meta: dict[str, object] | None = None,
 ) -> FoundLungs:
@@ -161,6 +176,11 @@ def find_lungs(
     if modality in _NOT_RADIOGRAPH:
         raise ToolInputError(
             f"lungs can only be found on a frontal chest radiograph; this image is {modality}"
+        )
+    part = str(meta.get("body_part") or "").upper().replace(" ", "_")
+    if part and part not in _CHEST_PARTS:
+        raise ToolInputError(
+            f"lungs can only be found on a frontal chest radiograph; this image is of the {part}"
         )
     grey = _grey(display)
     h, w = grey.shape
@@ -246,28 +266,38 @@ class FindArgs(ImageArgs):
     """Arguments of ``find``."""
 
     target: str = Field(
-        description="what to find; groundable offline: 'lungs', 'right lung', 'left lung'"
+        description="what to find, e.g. 'lungs', 'right lung', 'left lung', 'text'"
     )
 
 
-_FIND = (
-    "Find a structure on the image and outline it: returns a box [x0, y0, x1, y1] (pixels) and "
-    "a segmentation mask per match. Works offline only for the lungs on a frontal chest "
-    "radiograph (target 'lungs', 'right lung' or 'left lung'; sides are the patient's). Other "
-    "targets are refused as not groundable offline."
-)
+def _find_description(open_vocab: bool) -> str:
+    if open_vocab:
+        return ("Locate a named structure or finding (e.g. 'nodule', 'heart', 'lungs') and "
+                "outline it: returns boxes [x0, y0, x1, y1] (pixels) with detector scores and a "
+                "mask per box (mask keys for 'measure'). Use when you do not know where "
+                "something is; an empty result means nothing scored above the threshold.")
+    return ("Locate the lungs on a frontal chest radiograph and outline them: returns a box "
+            "[x0, y0, x1, y1] (pixels) and a mask per lung (mask keys for 'measure'). Targets: "
+            "'lungs', 'right lung', 'left lung' (the patient's sides), or 'text' (boxes of "
+            "burned-in text). Other targets cannot be grounded offline and are refused; for "
+            "CT/MR use 'segment' with a box.")
+
+
+def _mask_key() -> str:
+    return f"mask-{uuid.uuid4().hex[:12]}"
 
 
 def find_evidence(found: FoundLungs, target: str, store: ImageStore, image_id: str,
                   elapsed_s: float = 0.0) -> Evidence:
     """Evidence for the lungs matching ``target``: boxes, masks (stored), mean predicted IoU."""
     chosen = [lung for lung in found.lungs if target == "lungs" or lung.label == target]
-    keys = [store.put_array(lung.mask.astype(np.uint8)) for lung in chosen]
+    keys = [store.put_array(lung.mask.astype(np.uint8), key=_mask_key()) for lung in chosen]
     parts = []
-    for lung in chosen:
+    for lung, key in zip(chosen, keys, strict=True):
         x0, y0, x1, y1 = lung.box
         parts.append(f"{lung.label} box [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}], mask "
-                     f"{lung.mask.mean():.1%} of the image, predicted IoU {lung.score:.2f}")
+                     f"{lung.mask.mean():.1%} of the image, predicted IoU {lung.score:.2f}, "
+                     f"mask key {key}")
     summary = "; ".join(parts) + f" ({found.side_rule})."
     return Evidence(
         tool="find",
@@ -282,14 +312,97 @@ def find_evidence(found: FoundLungs, target: str, store: ImageStore, image_id: s
     )
 
 
-def find_tools(store: ImageStore, predictor: MedSamPredictor | None = None) -> list[BaseTool]:
-    """The ``find`` tool over images in ``store`` (LiteMedSAM loads on the first call)."""
+@dataclass(frozen=True)
+class Found:
+    """One open-vocabulary match: the detector's box and score, the mask and its IoU estimate."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+    mask: np.ndarray
+    mask_iou: float
+
+
+def text_find_evidence(display: np.ndarray, image_id: str, frames: int = 1) -> Evidence:
+    """Evidence of ``find`` for text: the OCR's boxes, identifiers not quoted (as read_text)."""
+    from tools.burned_in import find_text, text_evidence
+
+    t0 = time.perf_counter()
+    ev = text_evidence(find_text(display), image_id, frames)
+    return ev.model_copy(update={"tool": "find", "data": {**ev.data, "target": "text"},
+                                 "elapsed_s": time.perf_counter() - t0})
+
+
+def find_phrase(display: np.ndarray, target: str, detector: Any, predictor: Segmenter,
+                image_id: str | None = None,
+                threshold: float = DETECT_THRESHOLD) -> list[Found]:
+    """Boxes for ``target`` from an open-vocabulary detector, each refined into a mask.
+
+    ``detector`` is an ``HfDetector``; ``predictor`` outlines each box (the box restricts the
+    mask). Best score first; the list may be empty.
+    """
+    phrase = " ".join(str(target).split())
+    if not phrase:
+        raise ToolInputError("target is empty: name what to find, e.g. 'nodule'")
+    out = []
+    for det in detector.detect(display, [phrase], threshold=threshold):
+        mask, iou = predictor.predict(image_id, display, det.box)
+        x0, y0, x1, y1 = det.box
+        inside = np.zeros_like(mask)
+        inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+        out.append(Found(box=det.box, label=det.label, score=det.score, mask=mask & inside,
+                         mask_iou=iou))
+    return out
+
+
+def phrase_evidence(found: list[Found], target: str, store: ImageStore, image_id: str,
+                    model: str, elapsed_s: float = 0.0) -> Evidence:
+    """Evidence for open-vocabulary matches; an empty list is an ok, negative observation."""
+    keys = [store.put_array(f.mask.astype(np.uint8), key=_mask_key()) for f in found]
+    if not found:
+        summary = (f"no box for '{target}' scored {DETECT_THRESHOLD:.2f} or more ({model}); "
+                   "it was not located (which does not prove it absent).")
+    else:
+        summary = "; ".join(
+            f"'{f.label}' box [{f.box[0]:.0f}, {f.box[1]:.0f}, {f.box[2]:.0f}, {f.box[3]:.0f}] "
+            f"score {f.score:.2f}, mask predicted IoU {f.mask_iou:.2f}, mask key {k}"
+            for f, k in zip(found, keys, strict=True)) + f" ({model})."
+    return Evidence(
+        tool="find", image_id=image_id, summary=summary,
+        score=max((f.score for f in found), default=None),
+        boxes=[Box(xyxy=f.box, label=f.label, score=f.score) for f in found],
+        mask_keys=keys,
+        data={"target": target, "detector": model, "threshold": DETECT_THRESHOLD},
+        elapsed_s=elapsed_s,
+    )
+
+
+def find_tools(store: ImageStore, predictor: Segmenter | None = None,
+               detector: Any = None) -> list[BaseTool]:
+    """The ``find`` tool over images in ``store``; models load on the first call.
+
+    ``detector`` (an ``HfDetector``) makes it open-vocabulary; without one only the lungs are
+    groundable (lungs-finder + the segmenter).
+    """
 
     def find_tool(args: FindArgs) -> Evidence:
+        model = predictor or get_predictor()
+        key = " ".join(str(args.target).lower().replace("_", " ").split())
+        if _SYNONYMS.get(key) == "text":  # text is the OCR's job, with or without a detector
+            img = store.get(args.image_id)
+            frames = int(img.pixels.shape[0]) if img.pixels.ndim > img.display.ndim else 1
+            return text_find_evidence(img.display, args.image_id, frames)
+        if detector is not None:
+            img = store.get(args.image_id)
+            t0 = time.perf_counter()
+            hits = find_phrase(img.display, args.target, detector, model, args.image_id)
+            return phrase_evidence(hits, " ".join(args.target.split()), store, args.image_id,
+                                   detector.name, time.perf_counter() - t0)
         target = normalise_target(args.target)  # refuse before touching the image or model
-        img: LoadedImage = store.get(args.image_id)
+        img = store.get(args.image_id)
         t0 = time.perf_counter()
-        found = find_lungs(img.display, predictor or get_predictor(), args.image_id, img.meta)
+        found = find_lungs(img.display, model, args.image_id, img.meta)
         return find_evidence(found, target, store, args.image_id, time.perf_counter() - t0)
 
-    return [make_tool(find_tool, name="find", description=_FIND, args_schema=FindArgs)]
+    return [make_tool(find_tool, name="find", description=_find_description(detector is not None),
+                      args_schema=FindArgs)]

