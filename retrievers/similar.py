@@ -1,0 +1,171 @@
+"""Agent tools on the case library: ``similar_cases`` and ``report_lookup``.
+
+* ``similar_cases`` — the ``k`` library cases whose images are most similar to a stored image
+  (LiteMedSAM embeddings, cosine), with their reports, labels and scores; each hit's thumbnail
+  goes into the image store and its key into the evidence, so the app can draw it.
+* ``report_lookup`` — knowledge lookup: the reports most similar to a finding or phrase the
+  question names (MiniLM embeddings), with the sentence that matches best, and how many of
+  them mention the phrase literally.
+
+Both take the library lazily (a callable): by default the demo library (``retrievers.demo``),
+or the library named by ``$MEDLOOP_LIBRARY``, opened — or built, the first time — on the first
+call, never when the graph is built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, Field
+
+from retrievers.library import CaseHit, CaseLibrary
+from retrievers.metadata import decode_thumbnail
+from tools.base import ImageArgs, make_tool
+from tools.errors import ToolFailure, ToolInputError
+from tools.evidence import Evidence
+from tools.store import ImageStore
+
+__all__ = ["best_sentence", "default_library", "retrieval_tools"]
+
+_REPORT_CHARS = 400
+
+
+def default_library(home: str | Path | None = None) -> Callable[[], CaseLibrary]:
+    """A callable giving ``$MEDLOOP_LIBRARY`` if set, else the demo library.
+
+    The demo library is built once, in the background, the first time a tool asks for it;
+    until it is done the callable raises ``ToolInputError`` (the planner is told to use other
+    tools), so no tool call waits minutes for it.
+    """
+
+    def get() -> CaseLibrary:
+        path = os.environ.get("MEDLOOP_LIBRARY")
+        if path:
+            from retrievers.demo import _LOCK, _OPEN
+
+            with _LOCK:
+                key = Path(path)
+                if key not in _OPEN:
+                    _OPEN[key] = CaseLibrary.open(key)
+                return _OPEN[key]
+        from retrievers.demo import demo_library, demo_ready, start_demo_build
+
+        if demo_ready(home):
+            return demo_library(home)
+        failed = start_demo_build(home)
+        if failed:
+            raise ToolFailure(f"the demo case library could not be built: {failed}")
+        raise ToolInputError(
+            "the case library is not ready: it is being built in the background (first use, "
+            "a few minutes; `medloop index demo` builds it ahead of time). Use other tools now."
+        )
+
+    return get
+
+
+def best_sentence(report: str, query: str) -> str:
+    """The report sentence sharing most words with ``query`` (else the report's start)."""
+    words = {w for w in re.findall(r"[a-z]+", query.lower()) if len(w) > 2}
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", report) if s.strip()]
+    if not sentences:
+        return report[:160]
+    scored = [(len(words & set(re.findall(r"[a-z]+", s.lower()))), -i, s)
+              for i, s in enumerate(sentences)]
+    best = max(scored)
+    return best[2] if best[0] > 0 else sentences[0]
+
+
+def _mentions(report: str | None, query: str) -> bool:
+    return bool(report) and query.lower().strip() in (report or "").lower()
+
+
+def _hit_dict(h: CaseHit, thumb_key: str | None) -> dict[str, object]:
+    report = h.report or ""
+    return {"case_id": h.case_id, "score": round(h.score, 4), "image": h.image,
+            "report": report[:_REPORT_CHARS] + ("…" if len(report) > _REPORT_CHARS else ""),
+            "labels": h.labels, "modality": h.modality, "thumbnail_key": thumb_key}
+
+
+class SimilarArgs(ImageArgs):
+    """Arguments of ``similar_cases``."""
+
+    k: int = Field(default=5, ge=1, le=20, description="how many cases (default 5)")
+    modality: str | None = Field(default=None, description="only this modality, e.g. 'CR', 'MR'")
+    label: str | None = Field(default=None, description="only cases with this label")
+
+
+class LookupArgs(BaseModel):
+    """Arguments of ``report_lookup``."""
+
+    query: str = Field(description="a finding or phrase, e.g. 'pleural effusion'")
+    k: int = Field(default=5, ge=1, le=20, description="how many reports (default 5)")
+
+
+_SIMILAR = (
+    "Find the most similar prior cases in the case library to this image (image embeddings): "
+    "returns their ids, similarity scores, labels and reports. Use to compare with known cases."
+)
+_LOOKUP = (
+    "Look up real radiology reports (chest X-ray report corpus) that describe a finding or "
+    "phrase, e.g. 'cardiomegaly': returns the best-matching report sentences with scores."
+)
+
+
+def retrieval_tools(store: ImageStore,
+                    library: CaseLibrary | Callable[[], CaseLibrary] | None = None
+                    ) -> list[BaseTool]:
+    """``similar_cases`` and ``report_lookup`` (the library resolves on the first call)."""
+    get_lib = library if callable(library) else (lambda: library) if library is not None \
+        else default_library()
+
+    def similar(args: SimilarArgs) -> Evidence:
+        img = store.get(args.image_id)
+        t0 = time.perf_counter()
+        lib = get_lib()
+        hits = lib.search_image(img.display, args.k, modality=args.modality,
+                                labels=[args.label] if args.label else None)
+        cases = []
+        for h in hits:
+            png = lib.thumbnail(h.row_id)
+            key = store.put_array(decode_thumbnail(png)) if png else None
+            cases.append(_hit_dict(h, key))
+        if hits:
+            listed = "; ".join(
+                f"{h.case_id} ({h.modality or '?'}{', ' + ', '.join(h.labels) if h.labels else ''})"
+                f" similarity {h.score:.2f}" for h in hits)
+            summary = f"{len(hits)} most similar library cases: {listed}."
+        else:
+            summary = "no library case matches the filters."
+        return Evidence(tool="similar_cases", image_id=args.image_id, summary=summary,
+                        score=max(0.0, min(1.0, hits[0].score)) if hits else 0.0,
+                        data={"library": str(lib.root), "cases": cases},
+                        elapsed_s=time.perf_counter() - t0)
+
+    def lookup(args: LookupArgs) -> Evidence:
+        query = " ".join(args.query.split())
+        if not query:
+            raise ToolInputError("query is empty: name a finding, e.g. 'pleural effusion'")
+        t0 = time.perf_counter()
+        lib = get_lib()
+        hits = lib.search_text(query, args.k, target="reports")
+        mention = sum(_mentions(h.report, query) for h in hits)
+        quotes = "; ".join(
+            f"{h.case_id} ({h.score:.2f}): \"{best_sentence(h.report or '', query)}\""
+            for h in hits[:3])
+        summary = (f"{len(hits)} reports closest to '{query}' ({mention} mention it verbatim; "
+                   f"similarity does not tell 'no {query}' from '{query}'). {quotes}")
+        return Evidence(tool="report_lookup", summary=summary,
+                        score=max(0.0, min(1.0, hits[0].score)) if hits else 0.0,
+                        data={"query": query, "mentions": mention,
+                              "reports": [_hit_dict(h, None) for h in hits]},
+                        elapsed_s=time.perf_counter() - t0)
+
+    return [
+        make_tool(similar, name="similar_cases", description=_SIMILAR, args_schema=SimilarArgs),
+        make_tool(lookup, name="report_lookup", description=_LOOKUP, args_schema=LookupArgs),
+    ]
