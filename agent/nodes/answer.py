@@ -4,14 +4,25 @@ When the planner's proposal survived *rethink*, its supported claims become the 
 its confidence is pooled with the cited tools' scores. When no supported answer was reached
 (budget spent, nothing citable), the agent abstains and reports what the tools did find, each
 line citing its evidence: it answers with what it knows and says so.
+
+Calibration: the pooled (raw) confidence goes through the calibration map fitted for this
+model configuration (``medloop eval ... --save-calibration``), and the abstention threshold
+fitted with it replaces ``ctx.abstain_below``. The map is looked up by the ``llm`` spec, first
+in ``$MEDLOOP_HOME/calibration/<spec>.json``, then in the one shipped in ``agent/calibration/``;
+``MEDLOOP_CALIBRATION`` names a file to use instead, or ``none`` for raw confidences. The raw
+value is kept in the trace, so a calibration can be refitted from any run.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from agent.answer import Answer, Claim, FinalAnswerArgs
@@ -19,11 +30,67 @@ from agent.checks import review
 from agent.context import AgentContext
 from agent.state import AgentState
 from prompts import load_prompt
-from tools.confidence import combine_confidence
+from tools.calibration import Calibration, load_calibration
+from tools.confidence import answer_form_score, combine_confidence, evidence_consistency
+
+_SHIPPED = Path(__file__).resolve().parent.parent / "calibration"
 
 
-def compose_answer(state: AgentState, ctx: AgentContext) -> Answer:
-    """Build the final ``Answer`` from the state's proposal and evidence."""
+@lru_cache(maxsize=16)
+def _load(path: str, mtime: float) -> Calibration | None:
+    return load_calibration(path)
+
+
+def _cached(path: Path) -> Calibration | None:
+    try:
+        return _load(str(path), path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+
+
+def calibration_for(ctx: AgentContext) -> Calibration | None:
+    """The calibration map for ``ctx``'s model configuration, or None (raw confidences)."""
+    env = os.environ.get("MEDLOOP_CALIBRATION", "").strip()
+    if env:
+        if env.lower() == "none":
+            return None
+        cal = _cached(Path(env))
+        if cal is None:
+            raise FileNotFoundError(f"MEDLOOP_CALIBRATION: {env} does not exist")
+        return cal
+    if not isinstance(ctx.llm, str):
+        return None
+    name = calibration_name(ctx.llm)
+    for folder in (ctx.home_dir / "calibration", _SHIPPED):
+        cal = _cached(folder / name)
+        if cal is not None:
+            return cal
+    return None
+
+
+def _question(state: AgentState) -> str:
+    """The current turn's question (the last user message)."""
+    for m in reversed(list(state.get("messages") or [])):
+        if isinstance(m, HumanMessage):
+            return str(m.content)
+    return ""
+
+
+def calibration_name(llm: str) -> str:
+    """The file name a calibration for the ``llm`` spec is saved under."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", llm).strip("-").lower() + ".json"
+
+
+def compose_answer(
+    state: AgentState, ctx: AgentContext, calibration: Calibration | None = None
+) -> tuple[Answer, float]:
+    """Build the final ``Answer`` from the state's proposal and evidence.
+
+    Returns the answer and its raw (uncalibrated) confidence.
+    """
+    cal = calibration
+    threshold = (cal.abstain_below if cal is not None and cal.abstain_below is not None
+                 else ctx.abstain_below)
     evidence = state.get("evidence") or []
     ok = [e for e in evidence if e.status == "ok"]
     proposal: FinalAnswerArgs | None = state.get("proposal")
@@ -37,13 +104,19 @@ def compose_answer(state: AgentState, ctx: AgentContext) -> Answer:
     if proposal is not None and result is not None and result.supported:
         cited = {i for c in result.supported for i in c.evidence_ids}
         scores = [e.score for e in ok if e.id in cited and e.score is not None]
-        conf = combine_confidence(
+        # Two checks of the answer itself: does it have the form the question asks for, and do
+        # the facts it states match the evidence it cites.
+        checks = [answer_form_score(_question(state), proposal.answer),
+                  evidence_consistency(proposal.answer,
+                                       [e.summary for e in ok if e.id in cited])]
+        raw = combine_confidence(
             proposal.confidence,
-            scores,
+            [*scores, *(c for c in checks if c is not None)],
             contradictions=len(contradictions),
             dropped_claims=len(result.dropped),
         )
-        abstained = conf < ctx.abstain_below
+        conf = cal(raw) if cal is not None else raw
+        abstained = conf < threshold
         text = proposal.answer.strip() or "; ".join(c.statement for c in result.supported)
         if abstained:
             text = f"Uncertain (confidence {conf:.2f}): {text} This needs review by a radiologist."
@@ -55,7 +128,7 @@ def compose_answer(state: AgentState, ctx: AgentContext) -> Answer:
             contradictions=contradictions,
             budget_exhausted=exhausted,
             notes=notes,
-        )
+        ), raw
 
     reason = (
         "The round budget ran out before a supported answer."
@@ -69,7 +142,8 @@ def compose_answer(state: AgentState, ctx: AgentContext) -> Answer:
     )
     findings = [Claim(statement=e.summary, evidence_ids=[e.id]) for e in ok]
     scores = [e.score for e in ok if e.score is not None]
-    conf = min(combine_confidence(None, scores), ctx.abstain_below) if ok else 0.0
+    raw = min(combine_confidence(None, scores), ctx.abstain_below) if ok else 0.0
+    conf = min(cal(raw), threshold) if cal is not None and ok else raw
     return Answer(
         text=text,
         findings=findings,
@@ -78,7 +152,7 @@ def compose_answer(state: AgentState, ctx: AgentContext) -> Answer:
         contradictions=contradictions,
         budget_exhausted=exhausted,
         notes=notes,
-    )
+    ), raw
 
 
 def make_answer(default: AgentContext) -> Callable[..., Any]:
@@ -86,12 +160,15 @@ def make_answer(default: AgentContext) -> Callable[..., Any]:
 
     def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         ctx = runtime.context or default
-        ans = compose_answer(state, ctx)
+        cal = calibration_for(ctx)
+        ans, raw = compose_answer(state, ctx, cal)
         step = {
             "turn": int(state.get("turn") or 0),
             "round": int(state.get("round") or 0),
             "step": "answer",
             "confidence": ans.confidence,
+            "raw_confidence": raw,
+            "calibration": cal.method if cal is not None else None,
             "abstained": ans.abstained,
             "budget_exhausted": ans.budget_exhausted,
         }

@@ -1,0 +1,125 @@
+"""Calibration fitting: it fixes over-confidence, and leaves a calibrated signal alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.evaluation.metrics import ece
+from tools.calibration import (
+    Calibration,
+    abstain_threshold,
+    fit_calibration,
+    load_calibration,
+    save_calibration,
+)
+
+
+def _sample(n: int, seed: int, overconfidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """True probabilities p, outcomes ~ Bernoulli(p), reported as sigmoid(k · logit(p))."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.2, 0.9, n)
+    y = (rng.uniform(size=n) < p).astype(float)
+    z = np.log(p / (1 - p)) * overconfidence
+    return 1 / (1 + np.exp(-z)), y
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic", "auto"])
+def test_calibration_lowers_ece_of_an_overconfident_signal(method):
+    fit_p, fit_y = _sample(1500, 0, overconfidence=3.0)
+    test_p, test_y = _sample(1500, 1, overconfidence=3.0)
+    cal = fit_calibration(fit_p, fit_y, method=method)
+    before, after = ece(test_p, test_y), ece(cal.apply(test_p), test_y)
+    assert before > 0.1
+    assert after < 0.05 and after < before / 2
+    if method == "temperature":
+        assert cal.params["T"] == pytest.approx(3.0, rel=0.25)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_never_raises_ece_of_a_calibrated_signal(seed):
+    fit_p, fit_y = _sample(1000, 10 + seed, overconfidence=1.0)
+    test_p, test_y = _sample(1000, 20 + seed, overconfidence=1.0)
+    cal = fit_calibration(fit_p, fit_y)  # auto: identity competes
+    assert ece(cal.apply(test_p), test_y) <= ece(test_p, test_y) + 0.01
+
+
+def test_isotonic_is_monotone_and_bounded():
+    p, y = _sample(400, 3, overconfidence=2.0)
+    cal = fit_calibration(p, y, method="isotonic")
+    grid = np.linspace(0, 1, 101)
+    out = cal.apply(grid)
+    assert np.all(np.diff(out) >= -1e-12) and out.min() > 0 and out.max() < 1
+
+
+def test_abstain_threshold_by_hand():
+    conf = [0.95, 0.9, 0.8, 0.6, 0.4]
+    right = [1, 1, 0, 1, 0]
+    # the top two are right (100 %), the top three 67 %, top four 75 %, all 60 %
+    assert abstain_threshold(conf, right, 0.9) == 0.9
+    assert abstain_threshold(conf, right, 0.75) == 0.6
+    assert abstain_threshold(conf, right, 0.6) == 0.4
+    assert abstain_threshold([0.5, 0.5], [0, 0], 0.5) is None
+
+
+def test_save_and_load_round_trip(tmp_path):
+    p, y = _sample(300, 4, overconfidence=2.0)
+    cal = fit_calibration(p, y, method="platt")
+    cal.abstain_below = 0.6
+    path = save_calibration(cal, tmp_path / "cal" / "embedded.json")
+    back = load_calibration(path)
+    assert isinstance(back, Calibration) and back.method == "platt"
+    assert back(0.8) == pytest.approx(cal(0.8)) and back.abstain_below == 0.6
+    assert load_calibration(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text('{"method": "magic"}')
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        load_calibration(tmp_path / "bad.json")
+
+
+def test_empty_input_is_refused():
+    with pytest.raises(ValueError, match="equally many"):
+        fit_calibration([], [])
+
+
+def test_answer_node_finds_the_calibration_for_its_model(tmp_path, monkeypatch):
+    from agent.context import AgentContext
+    from agent.nodes.answer import calibration_for, calibration_name
+
+    monkeypatch.delenv("MEDLOOP_CALIBRATION", raising=False)
+    ctx = AgentContext(llm="openai:qwen@http://localhost:8000/v1", home=tmp_path)
+    assert calibration_for(ctx) is None
+    name = calibration_name(ctx.llm)
+    assert name == "openai-qwen-http-localhost-8000-v1.json"
+    save_calibration(Calibration("temperature", {"T": 2.0}), tmp_path / "calibration" / name)
+    cal = calibration_for(ctx)
+    assert cal is not None and cal(0.9) == pytest.approx(0.75, abs=0.01)
+    monkeypatch.setenv("MEDLOOP_CALIBRATION", "none")
+    assert calibration_for(ctx) is None
+
+
+def test_answer_checks_feed_the_confidence():
+    from tools.confidence import answer_form_score, combine_confidence, evidence_consistency
+
+    ev = ["1 focal lesion found: L1 in the lower left of the image (patient's right side), "
+          "9.8 mm diameter."]
+    assert evidence_consistency("The lesion is on the patient's right side.", ev) == 0.85
+    assert evidence_consistency("The lesion is on the patient's left side.", ev) == 0.15
+    assert evidence_consistency("It is 12 mm across.", ev) == 0.15  # 12 is not in E1
+    assert evidence_consistency("One lesion, 9.8 mm (E1).", ev) == 0.85
+    assert evidence_consistency("Yes, there is a lesion.", ev) is None
+    q = "What is the diameter of the largest lesion in mm?"
+    assert answer_form_score(q, "The largest lesion is in the lower left.") == 0.15
+    assert answer_form_score(q, "It is 9.8 mm.") == 0.8
+    assert answer_form_score("Is the lesion on the patient's left or right side?", "Left.") == 0.8
+    assert answer_form_score("Describe the image.", "A CT.") is None
+    assert combine_confidence(0.8, [0.95, 0.15]) < combine_confidence(0.8, [0.95, 0.85])
+
+
+def test_isotonic_with_ties_has_one_value_per_knot():
+    p = [0.6, 0.6, 0.8, 0.8, 0.8, 0.8, 0.9]
+    y = [0, 0, 1, 1, 1, 0, 1]
+    cal = fit_calibration(p, y, method="isotonic")
+    xs = cal.params["x"]
+    assert list(xs) == sorted(set(xs))
+    assert np.all(np.diff(cal.params["y"]) >= 0)
+    assert cal(0.6) < 0.3 < cal(0.8) <= cal(0.9)

@@ -1,0 +1,248 @@
+"""Calibration maps for confidences: temperature, Platt and isotonic scaling, and abstention.
+
+A raw confidence (``tools.confidence.combine_confidence``) is a ranking signal, not yet a
+probability. Fitted on a held-out set of (confidence, was-it-right) pairs, a calibration map
+turns it into one (Guo et al. 2017; Platt 1999; Zadrozny & Elkan 2002):
+
+- ``temperature``: ``sigmoid(logit(p) / T)`` — one parameter, keeps the ranking, fixes over- or
+  under-confidence;
+- ``platt``: ``sigmoid(a · logit(p) + b)`` — also fixes a shifted base rate;
+- ``isotonic``: the pool-adjacent-violators fit of accuracy as a non-decreasing step function of
+  confidence (interpolated), the most flexible, and the hungriest for data;
+- ``auto``: the method with the lowest cross-validated log-loss on the fit set; the identity map
+  competes too, so a confidence that is already calibrated is left alone.
+
+``abstain_threshold`` picks the lowest confidence above which the answered items reach a target
+accuracy. A ``Calibration`` is saved as JSON beside the model configuration it was fitted for;
+``load_calibration`` reads it back (``None`` when there is no file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "METHODS",
+    "Calibration",
+    "abstain_threshold",
+    "fit_calibration",
+    "load_calibration",
+    "save_calibration",
+]
+
+Method = Literal["identity", "temperature", "platt", "isotonic"]
+METHODS: tuple[Method, ...] = ("identity", "temperature", "platt", "isotonic")
+_EPS = 1e-4
+
+
+@dataclass
+class Calibration:
+    """A fitted calibration map (JSON-able).
+
+    Attributes:
+        method: which map.
+        params: ``{"T": ...}`` for temperature, ``{"a": ..., "b": ...}`` for Platt; for isotonic
+            ``{"x": [...], "y": [...]}`` knots (raw confidence → accuracy), interpolated linearly.
+        abstain_below: the abstention threshold on the *calibrated* confidence, or None.
+        target_accuracy: the accuracy the threshold was chosen for.
+        n_fit: items it was fitted on; ``fitted_for``: the model configuration (e.g. the
+            ``--llm`` spec and the prompt versions); ``metrics``: before/after figures.
+    """
+
+    method: Method = "identity"
+    params: dict[str, float | list[float]] = field(default_factory=dict)
+    abstain_below: float | None = None
+    target_accuracy: float | None = None
+    n_fit: int = 0
+    fitted_for: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, p: float) -> float:
+        """The calibrated probability of a raw confidence ``p``."""
+        return float(self.apply(np.asarray([p], dtype=np.float64))[0])
+
+    def apply(self, p: np.ndarray) -> np.ndarray:
+        """Vectorised ``__call__``."""
+        p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+        z = np.log(p / (1 - p))
+        if self.method == "temperature":
+            out = 0.5 * (1.0 + np.tanh(0.5 * z / float(self.params["T"])))  # type: ignore[arg-type]
+        elif self.method == "platt":
+            a, b = float(self.params["a"]), float(self.params["b"])  # type: ignore[arg-type]
+            out = 0.5 * (1.0 + np.tanh(0.5 * (a * z + b)))
+        elif self.method == "isotonic":
+            xs = np.asarray(self.params["x"], dtype=np.float64)
+            ys = np.asarray(self.params["y"], dtype=np.float64)
+            out = np.interp(p, xs, ys)
+        else:
+            out = p
+        return np.clip(out, 0.0, 1.0)
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _fit_logistic(z: np.ndarray, y: np.ndarray, *, slope_only: bool) -> tuple[float, float]:
+    """Maximum-likelihood ``(a, b)`` of ``sigmoid(a z + b)`` (b = 0 if ``slope_only``).
+
+    L-BFGS on the log-loss with a small ridge toward a = 1, so separable data stays finite.
+    """
+    from scipy.optimize import minimize
+
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = float(theta[0]), 0.0 if slope_only else float(theta[1])
+        t = a * z + b
+        # log(1 + e^t) - y t, computed stably
+        loss = float(np.sum(np.logaddexp(0.0, t) - y * t)) + 1e-3 * (a - 1.0) ** 2
+        q = 0.5 * (1.0 + np.tanh(0.5 * t))
+        ga = float(np.sum((q - y) * z)) + 2e-3 * (a - 1.0)
+        grad = [ga] if slope_only else [ga, float(np.sum(q - y))]
+        return loss, np.asarray(grad)
+
+    x0 = np.array([1.0] if slope_only else [1.0, 0.0])
+    res = minimize(nll, x0, jac=True, method="L-BFGS-B")
+    a = float(res.x[0])
+    return a, 0.0 if slope_only else float(res.x[1])
+
+
+def _isotonic(p: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
+    """Pool-adjacent-violators: knots of the non-decreasing least-squares fit of y on p.
+
+    Equal confidences are pooled first, so each knot x has one value.
+    """
+    xs_u, inv = np.unique(p, return_inverse=True)
+    sums = np.bincount(inv, weights=y.astype(np.float64))
+    counts = np.bincount(inv).astype(np.float64)
+    # blocks of [sum_y, count, first x index, last x index]
+    blocks: list[list[float]] = []
+    for i in range(xs_u.size):
+        blocks.append([float(sums[i]), float(counts[i]), i, i])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s_, c_, _, hi = blocks.pop()
+            blocks[-1][0] += s_
+            blocks[-1][1] += c_
+            blocks[-1][3] = hi
+    xs: list[float] = []
+    vals: list[float] = []
+    for s_, c_, lo, hi in blocks:
+        # A little shrinkage toward 0.5 keeps a one-item block from claiming 0 or 1.
+        v = (s_ + 0.5) / (c_ + 1.0)
+        for j in sorted({int(lo), int(hi)}):
+            xs.append(float(xs_u[j]))
+            vals.append(v)
+    # shrinkage can undo monotonicity between blocks of different sizes: restore it
+    return xs, [float(v) for v in np.maximum.accumulate(np.asarray(vals))]
+
+
+def _fit_one(method: Method, p: np.ndarray, y: np.ndarray) -> Calibration:
+    z = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
+    if method == "temperature":
+        a, _ = _fit_logistic(z, y, slope_only=True)
+        return Calibration("temperature", {"T": 1.0 / max(a, 1e-3)})
+    if method == "platt":
+        a, b = _fit_logistic(z, y, slope_only=False)
+        return Calibration("platt", {"a": a, "b": b})
+    if method == "isotonic":
+        xs, ys = _isotonic(p, y)
+        return Calibration("isotonic", {"x": xs, "y": ys})
+    return Calibration("identity", {})
+
+
+def fit_calibration(
+    confidences: Sequence[float],
+    correct: Sequence[bool | int | float],
+    *,
+    method: Method | Literal["auto"] = "auto",
+    folds: int = 5,
+    seed: int = 0,
+) -> Calibration:
+    """Fit a calibration map on held-out ``(confidence, correct)`` pairs.
+
+    ``auto`` compares every method (identity included) by ``folds``-fold cross-validated
+    log-loss and refits the best on all the data, so a map is only adopted when it helps on
+    items it was not fitted on. Raises ValueError for empty or mismatched inputs.
+    """
+    p = np.asarray(confidences, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    if p.size == 0 or p.shape != y.shape:
+        raise ValueError("need equally many confidences and outcomes, at least one")
+    if method != "auto":
+        cal = _fit_one(method, p, y)
+    else:
+        k = min(folds, p.size)
+        fold = np.random.default_rng(seed).permutation(p.size) % k
+        scores: dict[Method, float] = {}
+        for m in METHODS:
+            losses = []
+            for f in range(k):
+                train, test = fold != f, fold == f
+                if not train.any() or not test.any():
+                    continue
+                losses.append(_log_loss(_fit_one(m, p[train], y[train]).apply(p[test]), y[test]))
+            scores[m] = float(np.mean(losses)) if losses else math.inf
+        best = min(METHODS, key=lambda m: scores[m])
+        cal = _fit_one(best, p, y)
+        cal.metrics = {f"cv_log_loss_{m}": round(v, 5) for m, v in scores.items()}
+    cal.n_fit = int(p.size)
+    return cal
+
+
+def abstain_threshold(
+    confidences: Sequence[float], correct: Sequence[bool | int | float], target_accuracy: float
+) -> float | None:
+    """The lowest threshold t at which the items answered (confidence >= t) reach the target.
+
+    Items with confidence >= t must be right at least ``target_accuracy`` of the time; None
+    when no non-empty set of the most confident items reaches it.
+
+    Use calibrated confidences: the threshold is then a probability a user can read.
+    """
+    p = np.asarray(confidences, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    acc = np.cumsum(ys) / np.arange(1, ys.size + 1)
+    best: float | None = None
+    for i in range(ps.size):
+        # Only cut between distinct confidences: ties are answered or abstained together.
+        if i + 1 < ps.size and ps[i + 1] == ps[i]:
+            continue
+        if acc[i] >= target_accuracy:
+            best = float(ps[i])
+    return best
+
+
+def save_calibration(cal: Calibration, path: str | Path) -> Path:
+    """Write ``cal`` as JSON to ``path`` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(cal), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_calibration(path: str | Path) -> Calibration | None:
+    """Read a calibration saved by ``save_calibration``; None when the file does not exist.
+
+    A file that exists but is not a calibration raises ValueError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        cal = Calibration(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"{path.name}: not a medloop calibration file ({exc})") from exc
+    if cal.method not in METHODS:
+        raise ValueError(f"{path.name}: unknown calibration method {cal.method!r}")
+    return cal
+
