@@ -203,11 +203,47 @@ def cmd_deid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print the model registry: every default and configured model, none loaded."""
+    from tools.registry import VisionConfig, models
+
+    try:
+        config = VisionConfig.from_env()
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    rows = models(config)
+    if args.json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        return 0
+    for r in rows:
+        size = f"{r.size_mb:.1f} MB" if r.size_mb is not None else "size unknown"
+        where = "offline" if r.offline else "NOT available offline"
+        tag = "default" if r.default else "configured"
+        sys.stdout.write(f"{r.name} ({tag}): {r.task}\n  {r.source}; {r.licence}; {size}; "
+                         f"{r.device}; {where}{'; loaded' if r.loaded else ''}; {r.note}\n")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build or search a case library (``retrievers/``)."""
+    from retrievers.cli import emit, run_index
+    from retrievers.library import EmbedderMismatch
+    from tools.errors import ToolInputError
+
+    try:
+        emit(run_index(args), args.json)
+    except (ToolInputError, EmbedderMismatch) as exc:  # the user's to fix
+        raise BadInput(str(exc)) from exc
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """Start the Gradio app (same as ``python app.py``)."""
     import app
 
-    app.main([*(["--port", str(args.port)] if args.port else []), "--llm", args.llm])
+    app.main([*(["--port", str(args.port)] if args.port else []), "--llm", args.llm,
+              *(["--auth", args.auth] if args.auth else []),
+              *(["--max-upload-mb", str(args.max_upload_mb)] if args.max_upload_mb else [])])
     return 0
 
 
@@ -248,10 +284,24 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--json", action="store_true")
     de.set_defaults(func=cmd_deid)
 
+    mod = sub.add_parser("models", help="list the models: licence, size, device, offline")
+    mod.add_argument("--json", action="store_true")
+    mod.set_defaults(func=cmd_models)
+
     web = sub.add_parser("app", help="start the web app on http://127.0.0.1:7860")
     web.add_argument("--port", type=int)
     web.add_argument("--llm", default="embedded")
+    web.add_argument("--auth", help="user:password[,user2:password2] (or MEDLOOP_AUTH)")
+    web.add_argument("--max-upload-mb", type=float, help="upload size limit (default 100)")
     web.set_defaults(func=cmd_app)
+
+    from retrievers.cli import add_index_parser
+
+    add_index_parser(sub).set_defaults(func=cmd_index)
+
+    from agent.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
