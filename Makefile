@@ -44,9 +44,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Each prints a table with ratios against a baseline measured in the same run; figures from
+# the dev machine are in bench/README.md. retrieval.py needs ~5 GB of memory (1M x 512 vectors).
 bench: install
 	$(BIN)/python bench/agent_overhead.py
 	$(BIN)/python bench/embedded_llm.py
+	$(BIN)/python bench/ingest_load.py
+	$(BIN)/python bench/fuzz_ingest.py --cases 10000
+	$(BIN)/python bench/vision_tools.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/speech.py
+	$(BIN)/python bench/app_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
