@@ -1,4 +1,12 @@
-"""Zero-shot classification with an open_clip image-text model (BiomedCLIP-style), by configuration.
+"""Image classification by configuration: zero-shot (open_clip) or a supervised classifier.
+
+Two kinds of model can serve ``classify``:
+
+* ``MEDLOOP_CLASSIFIER=hf:ID_OR_PATH`` — a supervised image classifier in transformers format
+  (``AutoModelForImageClassification``: ViT, ConvNeXt, DenseNet-style fine-tunes); its own
+  labels (``config.id2label``), sigmoid per label when ``problem_type`` is
+  ``multi_label_classification`` (findings that can co-occur), else a softmax.
+* ``MEDLOOP_CLASSIFIER=open_clip:REF`` — zero-shot, described below.
 
 No image-text weights ship in a package, so this is not a default: it is offered when
 ``MEDLOOP_CLASSIFIER=open_clip:REF`` names a model (``tools.registry.VisionConfig``), where REF
@@ -31,7 +39,14 @@ from tools.evidence import Assertion, Evidence
 from tools.registry import load_once, open_clip_ref, resolve_device
 from tools.store import ImageStore
 
-__all__ = ["ClassScore", "ZeroShotClassifier", "classify_tools", "clean_labels"]
+__all__ = [
+    "ClassScore",
+    "SupervisedClassifier",
+    "ZeroShotClassifier",
+    "classify_tools",
+    "clean_labels",
+    "supervised_classify_tools",
+]
 
 TEMPLATE = "a medical image showing {}."
 _MAX_LABELS = 12
@@ -151,3 +166,97 @@ def classify_tools(store: ImageStore, classifier: ZeroShotClassifier) -> list[Ba
 
     return [make_tool(classify_tool, name="classify", description=_CLASSIFY,
                       args_schema=ClassifyArgs)]
+
+
+# =============================================================================================
+# Supervised classifiers (transformers)
+# =============================================================================================
+def _load_supervised(ref: str, device: str) -> tuple[Any, Any]:
+    from tools.torch_compat import ensure_torchvision
+
+    ensure_torchvision()
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from tools.hf_vision import _from_pretrained
+
+    model = _from_pretrained("classifier", ref, AutoModelForImageClassification.from_pretrained)
+    processor = _from_pretrained("classifier", ref, AutoImageProcessor.from_pretrained)
+    return model.to(device).eval(), processor
+
+
+class SupervisedClassifier:
+    """A transformers image classifier; loads on first use, once per process.
+
+    Probabilities: ``sigmoid`` per label for a multi-label model (each is that finding's own
+    probability, so several can be high), ``softmax`` otherwise (they sum to 1 over the model's
+    labels). The image goes through the checkpoint's own image processor.
+    """
+
+    def __init__(self, spec: str, device: str = "auto") -> None:
+        self.ref = spec.removeprefix("hf:")
+        self.device = resolve_device(device)
+        self.name = f"hf:{self.ref}"
+
+    @property
+    def key(self) -> str:
+        """The registry key this model is cached under."""
+        return f"hf-cls:{self.ref}:{self.device}"
+
+    def multi_label(self) -> bool:
+        """Whether the model scores each label on its own (sigmoid) rather than by softmax."""
+        model, _ = self._loaded()
+        return getattr(model.config, "problem_type", None) == "multi_label_classification"
+
+    def _loaded(self) -> tuple[Any, Any]:
+        return load_once(self.key, lambda: _load_supervised(self.ref, self.device))
+
+    def classify(self, display: np.ndarray) -> list[ClassScore]:
+        """Every label's probability for ``display`` (uint8 grey or RGB), best first."""
+        import torch
+
+        from tools.hf_vision import to_rgb_array
+
+        model, processor = self._loaded()
+        inputs = processor(images=to_rgb_array(display), return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            logits = model(**inputs).logits[0].float()
+        probs = logits.sigmoid() if self.multi_label() else logits.softmax(dim=-1)
+        id2label = model.config.id2label
+        scores = [ClassScore(str(id2label.get(i, f"label {i}")), float(p))
+                  for i, p in enumerate(probs.tolist())]
+        return sorted(scores, key=lambda c: -c.probability)
+
+
+_SUPERVISED = (
+    "Classify the whole image with a trained classifier: returns the probability of each "
+    "finding the model was trained on. Takes only the image id."
+)
+
+
+def supervised_classify_tools(store: ImageStore, classifier: SupervisedClassifier
+                              ) -> list[BaseTool]:
+    """The ``classify`` tool backed by a supervised model (loads on the first call)."""
+
+    def classify_tool(args: ImageArgs) -> Evidence:
+        img = store.get(args.image_id)
+        t0 = time.perf_counter()
+        scores = classifier.classify(img.display)
+        multi = classifier.multi_label()
+        shown = scores[:_MAX_LABELS]
+        listed = ", ".join(f"{c.label} {c.probability:.2f}" for c in shown)
+        how = ("each label scored on its own (multi-label)" if multi
+               else "probabilities sum to 1 over the model's labels")
+        summary = f"classifier ({classifier.name}): {listed}; {how}."
+        return Evidence(
+            tool="classify", image_id=args.image_id, summary=summary,
+            score=shown[0].probability if shown else None,
+            assertions=[Assertion(finding=c.label, present=c.probability >= 0.5,
+                                  probability=c.probability) for c in shown],
+            data={"model": classifier.name, "multi_label": multi,
+                  "labels": [c.label for c in scores],
+                  "probabilities": [round(c.probability, 4) for c in scores]},
+            elapsed_s=time.perf_counter() - t0,
+        )
+
+    return [make_tool(classify_tool, name="classify", description=_SUPERVISED,
+                      args_schema=ImageArgs)]

@@ -11,9 +11,10 @@ setting, read when the tools are built (never at import time):
   ``Sam2Model``);
 * ``MEDLOOP_DETECTOR`` = ``lungs-finder`` (default) or ``hf:ID_OR_PATH`` — an open-vocabulary
   detector in transformers format (OWLv2 or Grounding DINO, told apart by its config);
-* ``MEDLOOP_CLASSIFIER`` = unset (default: no zero-shot classifier) or
+* ``MEDLOOP_CLASSIFIER`` = unset (default: the case library's nearest-neighbour classifier),
   ``open_clip:hf-hub:ORG/NAME`` / ``open_clip:local-dir:PATH`` / ``open_clip:PATH`` — an
-  open_clip image-text model such as BiomedCLIP;
+  open_clip image-text model such as BiomedCLIP (zero-shot), or ``hf:ID_OR_PATH`` — a
+  supervised transformers image classifier;
 * ``MEDLOOP_DEVICE`` = ``auto`` (default: CUDA when available), ``cpu`` or ``cuda``.
 
 ``load_once(key, loader)`` is the process-wide cache every loader goes through; ``models()``
@@ -79,8 +80,9 @@ class VisionConfig:
                                      ("detector", self.detector, "lungs-finder")):
             if value != default and not value.startswith("hf:"):
                 raise ValueError(f"{name} must be {default!r} or 'hf:ID_OR_PATH', not {value!r}")
-        if self.classifier is not None and not self.classifier.startswith("open_clip:"):
-            raise ValueError(f"classifier must be 'open_clip:ID_OR_PATH', not {self.classifier!r}")
+        if self.classifier is not None and not self.classifier.startswith(("open_clip:", "hf:")):
+            raise ValueError("classifier must be 'open_clip:ID_OR_PATH' or 'hf:ID_OR_PATH', "
+                             f"not {self.classifier!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
 
@@ -246,7 +248,12 @@ def models(config: VisionConfig | None = None) -> list[ModelInfo]:
         rows.append(_configured_row("hf-detector", "find (open-vocabulary boxes with scores)",
                                     ref, gpu, f"hf-det:{ref}:{gpu}",
                                     "transformers OWLv2 / Grounding DINO"))
-    if cfg.classifier:
+    if cfg.classifier and cfg.classifier.startswith("hf:"):
+        ref = cfg.classifier[3:]
+        rows.append(_configured_row("hf-classifier", "classify (supervised)", ref, gpu,
+                                    f"hf-cls:{ref}:{gpu}",
+                                    "transformers AutoModelForImageClassification"))
+    elif cfg.classifier:
         ref = open_clip_ref(cfg.classifier)
         local = ref.removeprefix("local-dir:").removeprefix("hf-hub:")
         rows.append(_configured_row("open-clip-classifier", "classify (zero-shot, image-text)",

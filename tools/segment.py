@@ -387,7 +387,12 @@ def vision_tools(store: ImageStore, predictor: Segmenter | None = None,
         detector = HfDetector(cfg.detector[3:], cfg.device)
     tools = [*segment_tools(store, seg), *find_tools(store, seg, detector),
              *measure_tools(store, seg)]
-    if cfg.classifier:
+    if cfg.classifier and cfg.classifier.startswith("hf:"):
+        from tools.classify import SupervisedClassifier, supervised_classify_tools
+
+        tools += supervised_classify_tools(store, SupervisedClassifier(cfg.classifier,
+                                                                       cfg.device))
+    elif cfg.classifier:
         from tools.classify import ZeroShotClassifier, classify_tools
 
         tools += classify_tools(store, ZeroShotClassifier(cfg.classifier, cfg.device))
