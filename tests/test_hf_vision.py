@@ -11,6 +11,8 @@ shapes, coordinate frames (the OWLv2 square padding), caching, and error message
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -151,14 +153,10 @@ def test_sam_box_and_point_prompts_share_one_embedding(sam_dir):
     assert seg.encoder_calls == 2
 
 
-def test_sam_prompt_coordinates_follow_the_longest_side_resize(sam_dir):
-    """The box given to the model is the display box scaled by 64 / 80 on both axes."""
-    import torch
-
-    seg = HfSamSegmenter(sam_dir, device="cpu")
-    model, _processor, kind = seg._model()
-    assert kind == "sam"
-    seen = {}
+@contextmanager
+def forward_kwargs(model) -> Iterator[dict]:
+    """The keyword arguments of ``model``'s forward calls inside the block (the prompts)."""
+    seen: dict = {}
     orig = model.forward
 
     def spy(*args, **kwargs):
@@ -167,9 +165,20 @@ def test_sam_prompt_coordinates_follow_the_longest_side_resize(sam_dir):
 
     model.forward = spy
     try:
-        seg.predict("img-c", _image(2), (10, 5, 60, 40))
+        yield seen
     finally:
         del model.forward
+
+
+def test_sam_prompt_coordinates_follow_the_longest_side_resize(sam_dir):
+    """The box given to the model is the display box scaled by 64 / 80 on both axes."""
+    import torch
+
+    seg = HfSamSegmenter(sam_dir, device="cpu")
+    model, _processor, kind = seg._model()
+    assert kind == "sam"
+    with forward_kwargs(model) as seen:
+        seg.predict("img-c", _image(2), (10, 5, 60, 40))
     torch.testing.assert_close(seen["input_boxes"],
                                torch.tensor([[[8.0, 4.0, 48.0, 32.0]]]))
 
@@ -229,18 +238,8 @@ def test_sam2_box_and_point_prompts(sam2_dir):
     assert mask.shape == (H, W) and mask.dtype == bool and 0.0 <= iou <= 1.0
     model, _processor, kind = seg._model()
     assert kind == "sam2"
-    seen = {}
-    orig = model.forward
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return orig(*args, **kwargs)
-
-    model.forward = spy
-    try:
+    with forward_kwargs(model) as seen:
         mask2, _ = seg.predict_points("img-s2", img, [(30, 20)], [1])
-    finally:
-        del model.forward
     assert mask2.shape == (H, W) and seg.encoder_calls == 1
     torch.testing.assert_close(seen["input_points"], torch.tensor([[[[24.0, 25.6]]]]))
 
