@@ -372,7 +372,7 @@ class Runner:
         else:
             from agent.toolset import default_tools
 
-            self.tools = default_tools(ctx.store)
+            self.tools = default_tools(ctx.store, ctx.device)
         self.saver = make_checkpointer(ctx.checkpoint, ctx.home_dir)
         given = ctx.llm if isinstance(ctx.llm, str) else _GIVEN_MODEL
         self.llm_choices = list(dict.fromkeys([given, *llm_choices]))

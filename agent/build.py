@@ -47,7 +47,7 @@ def build_graph(
     else:
         from agent.toolset import default_tools
 
-        tools = default_tools(ctx.store)
+        tools = default_tools(ctx.store, ctx.device)
     saver = (
         make_checkpointer(ctx.checkpoint, ctx.home_dir)
         if checkpointer == "from-context"

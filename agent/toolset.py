@@ -7,14 +7,19 @@ from langchain_core.tools import BaseTool
 from tools.basic import basic_tools
 from tools.burned_in import burned_in_tools
 from tools.lesions import lesion_tools
+from tools.registry import VisionConfig
 from tools.segment import vision_tools
 from tools.store import ImageStore
 
 
-def default_tools(store: ImageStore) -> list[BaseTool]:
-    """The tools offered to the planner when the context names none."""
+def default_tools(store: ImageStore, device: str = "auto") -> list[BaseTool]:
+    """The tools offered to the planner when the context names none.
+
+    ``device`` is ``AgentContext.device``; ``auto`` leaves the choice to ``MEDLOOP_DEVICE``
+    (else CUDA when present).
+    """
     tools = [*basic_tools(store), *burned_in_tools(store), *lesion_tools(store),
-             *vision_tools(store)]
+             *vision_tools(store, config=VisionConfig.from_env(device))]
     return [*tools, *case_library_tools(store, taken={t.name for t in tools})]
 
 

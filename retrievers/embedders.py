@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tools.errors import ToolFailure
+from tools.registry import resolve_device
 
 __all__ = [
     "Embedder",
@@ -51,12 +52,6 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     norms[norms == 0] = 1.0
     return np.ascontiguousarray(x / norms)
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Embedder(ABC):
@@ -158,7 +153,7 @@ class MiniLMTextEmbedder(Embedder):
             from sentence_transformers import SentenceTransformer
 
             path = self._dir or minilm_model_dir()
-            self._model = SentenceTransformer(str(path), device=self._device or _device())
+            self._model = SentenceTransformer(str(path), device=self._device or resolve_device())
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Sentence embeddings; texts longer than 256 word pieces are truncated by the model."""
@@ -225,7 +220,7 @@ class OpenClipEmbedder(Embedder):
             import open_clip
 
             model_name, ckpt = self._model_args()
-            dev = self._device or _device()
+            dev = self._device or resolve_device()
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=ckpt, device=dev)

@@ -124,3 +124,16 @@ def test_cuda_without_a_gpu_is_a_clear_failure():
     if not torch.cuda.is_available():
         with pytest.raises(ToolFailure, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_the_runs_device_setting_wins_over_the_environment(monkeypatch):
+    from tools.medsam import get_predictor
+    from tools.segment import segmenter_for
+
+    monkeypatch.setenv("MEDLOOP_DEVICE", "cuda")
+    assert VisionConfig.from_env("cpu").device == "cpu"  # AgentContext.device="cpu"
+    assert VisionConfig.from_env().device == "cuda"  # "auto" defers to MEDLOOP_DEVICE
+    # LiteMedSAM predictors (and their embedding caches) are kept per device.
+    cpu = segmenter_for(VisionConfig(device="cpu"))
+    assert cpu is get_predictor("cpu") and cpu is not get_predictor(None)
+    assert segmenter_for(VisionConfig()) is get_predictor(None)

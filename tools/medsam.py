@@ -49,21 +49,22 @@ INPUT_SIZE = 256
 _EMBED_GRID = 64
 
 _PREDICTOR_LOCK = threading.Lock()
-_PREDICTOR: MedSamPredictor | None = None
+_PREDICTORS: dict[str | None, MedSamPredictor] = {}
 
 
 def load_lite_medsam(device: str | None = None) -> Any:
     """The LiteMedSAM network with the bundled weights, in eval mode, cached per process.
 
-    Loaded through the model registry (``tools.registry.load_once``, key ``lite-medsam``), on
+    Loaded through the model registry (``tools.registry.load_once``, key
+    ``lite-medsam:DEVICE``), on
     ``device`` or else ``MEDLOOP_DEVICE`` (``auto``: CUDA when available). Raises
     ``ToolFailure`` when the package or its weights are missing: a broken install is not
     something the planner can fix by retrying.
     """
     from tools.registry import load_once, resolve_device
 
-    dev = device or resolve_device(os.environ.get("MEDLOOP_DEVICE") or "auto")
-    return load_once("lite-medsam", lambda: _build_lite_medsam(dev))
+    dev = resolve_device(device or os.environ.get("MEDLOOP_DEVICE") or "auto")
+    return load_once(f"lite-medsam:{dev}", lambda: _build_lite_medsam(dev))
 
 
 def _build_lite_medsam(dev: str) -> Any:
@@ -173,8 +174,10 @@ class MedSamPredictor:
     name = "lite-medsam"
     supports_points = False
 
-    def __init__(self, net: Any | None = None, cache_size: int = 8) -> None:
+    def __init__(self, net: Any | None = None, cache_size: int = 8,
+                 device: str | None = None) -> None:
         self._net = net
+        self._device = device
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.RLock()
@@ -184,7 +187,7 @@ class MedSamPredictor:
     def net(self) -> Any:
         """The network, loaded on first use."""
         if self._net is None:
-            self._net = load_lite_medsam()
+            self._net = load_lite_medsam(self._device)
         return self._net
 
     def _encode(self, image_id: str | None, display: np.ndarray) -> _Cached:
@@ -272,13 +275,16 @@ class MedSamPredictor:
             self._cache.clear()
 
 
-def get_predictor() -> MedSamPredictor:
-    """The process-wide predictor (the network itself loads on its first ``predict``)."""
-    global _PREDICTOR
+def get_predictor(device: str | None = None) -> MedSamPredictor:
+    """The process-wide predictor for ``device`` (None: ``MEDLOOP_DEVICE``, else auto).
+
+    The network itself loads on the first ``predict``; its embedding cache is shared by every
+    caller on that device (the tools and the case library's image embedder).
+    """
     with _PREDICTOR_LOCK:
-        if _PREDICTOR is None:
-            _PREDICTOR = MedSamPredictor()
-        return _PREDICTOR
+        if device not in _PREDICTORS:
+            _PREDICTORS[device] = MedSamPredictor(device=device)
+        return _PREDICTORS[device]
 
 
 def _content_key(display: np.ndarray) -> str:

@@ -87,14 +87,18 @@ class VisionConfig:
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
 
     @classmethod
-    def from_env(cls) -> VisionConfig:
-        """The configuration named by the ``MEDLOOP_*`` environment variables."""
+    def from_env(cls, device: str = "auto") -> VisionConfig:
+        """The configuration named by the ``MEDLOOP_*`` environment variables.
+
+        ``device`` is the run's setting (``AgentContext.device``): anything but ``auto`` wins
+        over ``MEDLOOP_DEVICE``.
+        """
         env = os.environ
         return cls(
             segmenter=env.get("MEDLOOP_SEGMENTER") or "lite-medsam",
             detector=env.get("MEDLOOP_DETECTOR") or "lungs-finder",
             classifier=env.get("MEDLOOP_CLASSIFIER") or None,
-            device=env.get("MEDLOOP_DEVICE") or "auto",
+            device=device if device != "auto" else env.get("MEDLOOP_DEVICE") or "auto",
         )
 
 
@@ -236,7 +240,9 @@ def models(config: VisionConfig | None = None) -> list[ModelInfo]:
         rows.append(ModelInfo(
             name=name, task=task, source=f"package {dist}", licence=licence,
             size_mb=_dist_size_mb(dist), device=gpu if dev == "gpu" else "cpu",
-            offline=installed, loaded=bool(key) and is_loaded(str(key)), default=True,
+            offline=installed, default=True,
+            # Models that follow the device are cached per device (``KEY:DEVICE``).
+            loaded=bool(key) and is_loaded(f"{key}:{gpu}" if dev == "gpu" else str(key)),
             note=note if installed else f"not installed: pip install {dist}",
         ))
     if cfg.segmenter.startswith("hf:"):

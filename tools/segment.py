@@ -351,7 +351,7 @@ def segmenter_for(config: VisionConfig) -> Segmenter:
         from tools.hf_vision import HfSamSegmenter
 
         return HfSamSegmenter(config.segmenter[3:], config.device)
-    return get_predictor()
+    return get_predictor(None if config.device == "auto" else config.device)
 
 
 def segment_tools(store: ImageStore, predictor: Segmenter | None = None) -> list[BaseTool]:

@@ -112,7 +112,7 @@ def _graph_factory(args: argparse.Namespace) -> Any:
             from agent.toolset import default_tools
 
             wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
-            have = {t.name: t for t in default_tools(ctx.store)}
+            have = {t.name: t for t in default_tools(ctx.store, ctx.device)}
             unknown = [t for t in wanted if t not in have]
             if unknown:
                 raise BadInput(f"unknown tool {unknown[0]!r}; have {', '.join(sorted(have))}")

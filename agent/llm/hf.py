@@ -39,6 +39,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from agent.llm.json_tools import ToolLike, message_text, text_history, with_tools_prompt
 from agent.llm.toolcalls import parse_tool_calls
 from tools.errors import MedloopError
+from tools.registry import resolve_device
 
 __all__ = [
     "HFChatModel",
@@ -118,7 +119,7 @@ class HFChatModel(BaseChatModel):
 
     def load(self) -> tuple[Any, Any]:
         """``(tokenizer, model)``, loading them on first use. Raises ``HFModelError``."""
-        loaded = _load(self.model_id, self.gguf_file, _resolve_device(self.device))
+        loaded = _load(self.model_id, self.gguf_file, resolve_device(self.device or "auto"))
         return loaded.tokenizer, loaded.model
 
     def render_prompt(
@@ -136,7 +137,7 @@ class HFChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         tools = list(kwargs.get("tools") or [])
-        loaded = _load(self.model_id, self.gguf_file, _resolve_device(self.device))
+        loaded = _load(self.model_id, self.gguf_file, resolve_device(self.device or "auto"))
         prompt = render_prompt(loaded.tokenizer, messages, tools)
         text, n_in, n_out = self._complete(loaded, prompt, stop)
         ai = message_from_output(text, tools)
@@ -279,14 +280,6 @@ def _native_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
 
 
 # --- loading --------------------------------------------------------------------------------
-
-
-def _resolve_device(device: str | None) -> str:
-    if device and device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _source(model_id: str, gguf_file: str | None) -> tuple[str, str | None]:
