@@ -111,12 +111,12 @@ class ZeroShotClassifier:
         import torch
         from PIL import Image
 
-        from tools.hf_vision import to_rgb_array
+        from tools.image import to_rgb
 
         labels = clean_labels(labels)
         model, preprocess, tokenizer = load_once(
             self.key, lambda: _load_open_clip(self.ref, self.device))
-        image = preprocess(Image.fromarray(to_rgb_array(display))).unsqueeze(0).to(self.device)
+        image = preprocess(Image.fromarray(to_rgb(display))).unsqueeze(0).to(self.device)
         text = tokenizer([self.template.format(lab) for lab in labels]).to(self.device)
         with torch.inference_mode():
             img = model.encode_image(image)
@@ -214,10 +214,10 @@ class SupervisedClassifier:
         """Every label's probability for ``display`` (uint8 grey or RGB), best first."""
         import torch
 
-        from tools.hf_vision import to_rgb_array
+        from tools.image import to_rgb
 
         model, processor = self._loaded()
-        inputs = processor(images=to_rgb_array(display), return_tensors="pt").to(self.device)
+        inputs = processor(images=to_rgb(display), return_tensors="pt").to(self.device)
         with torch.inference_mode():
             logits = model(**inputs).logits[0].float()
         probs = logits.sigmoid() if self.multi_label() else logits.softmax(dim=-1)

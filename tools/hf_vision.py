@@ -29,23 +29,14 @@ from typing import Any
 import numpy as np
 
 from tools.errors import ToolFailure
+from tools.image import to_rgb
 from tools.registry import load_once, resolve_device
 
-__all__ = ["Detection", "HfDetector", "HfSamSegmenter", "to_rgb_array"]
+__all__ = ["Detection", "HfDetector", "HfSamSegmenter"]
 
 # Detectors' boxes overlapping more than this (IoU) with a better box of the same label are
 # duplicates: OWLv2 in particular proposes one box per patch.
 _NMS_IOU = 0.5
-
-
-def to_rgb_array(display: np.ndarray) -> np.ndarray:
-    """uint8 ``(H, W, 3)`` from a grey or colour display (the processors expect RGB)."""
-    a = np.asarray(display)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    elif a.ndim != 3 or a.shape[2] < 3:
-        raise ValueError(f"display must be (H, W) or (H, W, 3), got {a.shape}")
-    return np.ascontiguousarray(a[..., :3], dtype=np.uint8)
 
 
 def _from_pretrained(kind: str, ref: str, load: Any) -> Any:
@@ -126,7 +117,7 @@ class HfSamSegmenter:
                 self._cache.move_to_end(key)
                 return hit
             model, processor, kind = self._model()
-            inputs = processor(images=to_rgb_array(display), return_tensors="pt")
+            inputs = processor(images=to_rgb(display), return_tensors="pt")
             with torch.inference_mode():
                 emb = model.get_image_embeddings(inputs["pixel_values"].to(self.device))
             self.encoder_calls += 1
@@ -256,7 +247,7 @@ class HfDetector:
         if not phrases:
             raise ValueError("no phrase to detect")
         model, processor, kind = self._model()
-        rgb = to_rgb_array(display)
+        rgb = to_rgb(display)
         h, w = rgb.shape[:2]
         raw: list[tuple[list[float], str, float]] = []
         if kind == "grounding-dino":

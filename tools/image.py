@@ -77,3 +77,17 @@ class ImageRef(BaseModel):
     def for_prompt(self) -> str:
         """One line describing the image to the planner."""
         return f"{self.id}: {self.summary}"
+
+
+def to_rgb(display: np.ndarray) -> np.ndarray:
+    """A uint8 ``(H, W, 3)`` copy of a ``(H, W)`` grey or ``(H, W, 3|4)`` colour display.
+
+    What overlays draw on and what image processors expect (grey repeated to three channels,
+    an alpha channel dropped). Raises ``ValueError`` for any other shape.
+    """
+    a = np.asarray(display)
+    if a.ndim == 2:
+        return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
+    if a.ndim == 3 and a.shape[2] >= 3:
+        return np.ascontiguousarray(a[..., :3].astype(np.uint8))
+    raise ValueError(f"display must be (H, W) or (H, W, 3), got {a.shape}")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tools.evidence import Evidence
+from tools.image import to_rgb
 from tools.store import ImageStore
 
 __all__ = ["MASK_ALPHA", "PALETTE", "draw_evidence", "to_rgb"]
@@ -29,14 +30,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 # Opacity of a mask's fill: enough to see the region, little enough to see the anatomy.
 MASK_ALPHA = 0.4
-
-
-def to_rgb(display: np.ndarray) -> np.ndarray:
-    """A uint8 ``(H, W, 3)`` copy of a ``(H, W)`` grey or ``(H, W, 3|4)`` colour display."""
-    a = np.asarray(display)
-    if a.ndim == 2:
-        return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
-    return np.ascontiguousarray(a[..., :3].astype(np.uint8))
 
 
 def draw_evidence(
