@@ -286,17 +286,24 @@ _DESCRIPTION = (
 
 
 def _summary(rep: LesionReport) -> str:
+    """One line a small planner can copy from: count first, then per lesion side, place, size.
+
+    The patient's side comes before the image quadrant: with "in the lower left of the image
+    (patient's right side)" the 135M planner answered "left" to "left or right side?".
+    """
     if not rep.detections:
-        return (f"No focal lesion found: 0 lesions (none above {rep.z_min:g} noise sd; "
-                f"strongest rejected candidate {rep.strongest_rejected_z:.1f} sd).")
+        return (f"No focal lesion found: 0 lesions (strongest candidate "
+                f"{rep.strongest_rejected_z:.1f} noise sd, below the {rep.z_min:g} sd threshold).")
     n = rep.count
     parts = []
     for i, d in enumerate(rep.detections, 1):
-        where = f"in the {d.quadrant} of the image"
-        if d.patient_side:
-            where += f" (patient's {d.patient_side} side)"
-        parts.append(f"L{i} {where}, {d.diameter:g} {d.unit} diameter")
+        side = f" on the patient's {d.patient_side} side," if d.patient_side else ""
+        parts.append(f"L{i}{side} in the {d.quadrant} quadrant of the image, "
+                     f"{d.diameter:g} {d.unit} diameter")
     head = f"{n} focal lesion{'s' if n > 1 else ''} found"
+    if n > 1:
+        big = rep.detections[0]
+        head += f", the largest {big.diameter:g} {big.unit} in diameter (L1)"
     return f"{head}: " + "; ".join(parts) + "."
 
 
