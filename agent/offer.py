@@ -76,7 +76,8 @@ def offered_tools(
     """OpenAI-format tool dicts for this round, ids constrained to what exists.
 
     Image ids and mask keys become enums of the ones that exist, so a constrained planner
-    cannot invent one; a tool that needs a mask is withheld until some tool has made one.
+    cannot invent one; a tool that needs a mask is withheld until some tool has made one, and
+    one that needs an image while none is attached is withheld.
     """
     image_ids = [r.id for r in images]
     mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
@@ -86,6 +87,8 @@ def offered_tools(
         params = _inline_refs(spec["function"].get("parameters", {}))
         if "mask_key" in params.get("required", []) and not mask_keys:
             continue
+        if "image_id" in params.get("required", []) and not image_ids:
+            continue  # no image to run it on: offered, it only invites a made-up id
         _set_enum(params, "image_id", image_ids, array=False)
         _set_enum(params, "mask_key", mask_keys, array=False)
         spec["function"]["parameters"] = params

@@ -51,3 +51,9 @@ def test_mask_tools_wait_for_a_mask_and_keys_are_enums():
     some = offered_tools(_tools(), images, ev)
     assert _names(some) == ["measure", "look", "final_answer"]
     assert _props(some, "measure")["mask_key"]["enum"] == ["mask-aaaaaaaaaaaa"]
+
+
+def test_image_tools_are_withheld_when_no_image_is_attached():
+    # A question without an image: an image tool could only be called with a made-up id.
+    specs = offered_tools(_tools(), [], [])
+    assert _names(specs) == ["final_answer"]
