@@ -203,6 +203,8 @@ def test_bad_eval_arguments_exit_2(capsys):
     assert "unknown baseline" in capsys.readouterr().err
     assert main(["eval", "/nonexistent/suite.json"]) == 2
     assert main(["eval", "phantoms:x"]) == 2
+    assert main(["eval", "phantoms:2", "--temperature", "5"]) == 2
+    assert "--temperature must be from 0 to 2" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -222,3 +224,43 @@ def test_medloop_eval_phantoms_with_the_embedded_model(capsys, tmp_path, monkeyp
         assert r["tools"] == ["detect_lesions"] and r["answer"].strip()
         assert 0.0 <= r["confidence"] <= 1.0 and isinstance(r["correct"], bool)
     assert m["latency_s_p50"] > 0
+
+
+def _records(conf: list[float], correct: list[bool], repeats: int = 1,
+             parsed: list[str] | None = None) -> list:
+    from agent.evaluation.runner import Record
+
+    n = len(conf) // repeats
+    return [Record(item_id=f"q{i % n}", variant="full", repeat=i // n, question="?",
+                   reference="yes", answer_type="yesno", answer="yes",
+                   parsed=(parsed[i] if parsed else "yes"), correct=ok, confidence=c,
+                   raw_confidence=c, abstained=False, latency_s=1.0, tool_calls=1)
+            for i, (c, ok) in enumerate(zip(conf, correct, strict=True))]
+
+
+def test_cross_fitted_calibration_scores_every_item_out_of_sample():
+    from agent.evaluation.report import calibrate_split
+
+    rng = np.random.default_rng(0)
+    # Over-confident: says 0.9, right about half the time.
+    recs = _records([0.9] * 200, list(rng.random(200) < 0.5))
+    _, held = calibrate_split(recs, fit_fraction=0.5, seed=0)
+    assert held["crossfit_n_items"] == 200
+    assert held["crossfit_ece_before"] > 0.3
+    assert held["crossfit_ece_after"] < 0.1  # each half mapped by the other half's fit
+    assert "crossfit_ece_after_with_agreement" not in held  # no repeats: no agreement
+
+
+def test_self_consistency_is_calibrated_when_items_repeat():
+    from agent.evaluation.report import agreement, calibrate_split
+
+    # 100 items x 2 repeats; the items whose two answers agree are the ones answered right.
+    n = 100
+    right = [i % 2 == 0 for i in range(n)]
+    parsed = [("a" if right[i] else "b") for i in range(n)] + ["a"] * n
+    recs = _records([0.8] * (2 * n), right + right, repeats=2, parsed=parsed)
+    agree = agreement(recs)
+    assert agree[0] == 1.0 and agree[1] == 0.5  # q1: "b" then "a"
+    _, held = calibrate_split(recs, fit_fraction=0.5, seed=0)
+    assert held["crossfit_ece_after_with_agreement"] <= held["crossfit_ece_after"] + 1e-9
+    assert held["crossfit_aurc_after_with_agreement"] < held["crossfit_aurc_after"]

@@ -36,6 +36,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                     help="share of items the calibration is fitted on (the rest report it)")
     ev.add_argument("--target-accuracy", type=float, default=0.9,
                     help="accuracy the abstention threshold is chosen for")
+    ev.add_argument("--temperature", type=float,
+                    help="sample the embedded planner at this temperature (sets "
+                         "MEDLOOP_LLM_TEMPERATURE; repeats then differ: self-consistency)")
     ev.add_argument("--elicit", action="store_true",
                     help="after each answer, ask the model to rate it (prompts/confidence); "
                          "one more model call per item")
@@ -72,6 +75,14 @@ def _human(report: dict[str, Any]) -> str:
                      f"Brier {c['brier_before']} → {c['brier_after']}; abstain below "
                      f"{c['abstain_below']} → abstention {c['abstention_rate']}, selective "
                      f"accuracy {c['selective_accuracy']}")
+        if c.get("crossfit_n_items"):
+            lines.append(f"cross-fitted (each half mapped by the other's fit, all "
+                         f"{c['crossfit_n_items']} items): ECE {c['crossfit_ece_before']} → "
+                         f"{c['crossfit_ece_after']} (95% CI {c['crossfit_ece_after_ci95']})")
+        if c.get("crossfit_ece_after_with_agreement") is not None:
+            lines.append(f"with self-consistency: ECE → "
+                         f"{c['crossfit_ece_after_with_agreement']}, AURC "
+                         f"{c['crossfit_aurc_after']} → {c['crossfit_aurc_after_with_agreement']}")
     return "\n".join(lines)
 
 
@@ -156,16 +167,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import os
 
     items, baselines = _checked(args)
-    before = os.environ.get("MEDLOOP_CALIBRATION")
+    from agent.cli import BadInput
+
+    settings: dict[str, str] = {}
     if args.raw:
-        os.environ["MEDLOOP_CALIBRATION"] = "none"
+        settings["MEDLOOP_CALIBRATION"] = "none"
+    if args.temperature is not None:
+        if not 0.0 <= args.temperature <= 2.0:
+            raise BadInput(f"--temperature must be from 0 to 2, got {args.temperature:g}")
+        settings["MEDLOOP_LLM_TEMPERATURE"] = repr(args.temperature)
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         return _run(args, items, baselines)
     finally:
-        if before is None:
-            os.environ.pop("MEDLOOP_CALIBRATION", None)
-        else:
-            os.environ["MEDLOOP_CALIBRATION"] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run(args: argparse.Namespace, items: list[Any], baselines: list[str]) -> int:
