@@ -93,9 +93,6 @@ _CHATML_OVERHEAD = 5
 _CTX_MARGIN = 16
 # How a tool result is shown to the model: ChatML has no tool role.
 _TOOL_RESULT = "Tool result: "
-# Where the tools are listed when they sit in the last turn rather than the system message.
-_TOOLS_NOW = "Tools you can call now:"
-_TOOLS_BELOW = f'(listed in the last message, under "{_TOOLS_NOW}")'
 
 
 class EmbeddedModelError(MedloopError, RuntimeError):
@@ -718,7 +715,7 @@ class WorkedExamples:
 
 def tool_prompt(
     chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], *, examples: bool = True,
-    keep_history: int | None = None, tools_in_head: bool = True,
+    keep_history: int | None = None,
 ) -> list[dict[str, str]]:
     """The ChatML prompt for a constrained tool call.
 
@@ -737,11 +734,7 @@ def tool_prompt(
     system = [m["content"] for m in chat if m["role"] == "system"]
     rest = [m for m in chat if m["role"] != "system"]
     worked = WorkedExamples.load() if examples else None
-    listing = describe_tools(tools)
-    if tools_in_head:
-        head = load_prompt("tools_json").render(tools=listing).strip()
-    else:
-        head = load_prompt("tools_json").render(tools=_TOOLS_BELOW).strip()
+    head = load_prompt("tools_json").render(tools=describe_tools(tools)).strip()
     if worked is not None:
         head += "\n\n" + worked.rule
     last: dict[str, str] | None = None
@@ -753,8 +746,7 @@ def tool_prompt(
     if last is not None:  # a tool result keeps its own label
         tool_result = last["content"].startswith(_TOOL_RESULT)
         question = last["content"] if tool_result else f"Question: {last['content']}"
-    tools_now = "" if tools_in_head else f"{_TOOLS_NOW}\n{listing}"
-    final = "\n\n".join(p for p in (tools_now, context, question) if p) or "Call the right tool."
+    final = "\n\n".join(p for p in (context, question) if p) or "Call the right tool."
     return [
         {"role": "system", "content": head},
         *(worked.messages() if worked is not None else []),
