@@ -286,10 +286,10 @@ _DESCRIPTION = (
 
 
 def _summary(rep: LesionReport) -> str:
-    """One line a small planner can copy from: count first, then per lesion side, place, size.
+    """One line a small planner can copy from: the count, then each lesion's place and size.
 
-    The patient's side comes before the image quadrant: with "in the lower left of the image
-    (patient's right side)" the 135M planner answered "left" to "left or right side?".
+    L1 is the largest and says so ("L1 (the largest)"): asked for the largest size, the 135M
+    planner otherwise copied whichever diameter it read last.
     """
     if not rep.detections:
         return (f"No focal lesion found: 0 lesions (strongest candidate "
@@ -297,14 +297,11 @@ def _summary(rep: LesionReport) -> str:
     n = rep.count
     parts = []
     for i, d in enumerate(rep.detections, 1):
-        side = f" on the patient's {d.patient_side} side," if d.patient_side else ""
-        parts.append(f"L{i}{side} in the {d.quadrant} quadrant of the image, "
+        label = f"L{i} (the largest)" if i == 1 and n > 1 else f"L{i}"
+        side = f" (patient's {d.patient_side} side)" if d.patient_side else ""
+        parts.append(f"{label} in the {d.quadrant} of the image{side}, "
                      f"{d.diameter:g} {d.unit} diameter")
-    head = f"{n} focal lesion{'s' if n > 1 else ''} found"
-    if n > 1:
-        big = rep.detections[0]
-        head += f", the largest {big.diameter:g} {big.unit} in diameter (L1)"
-    return f"{head}: " + "; ".join(parts) + "."
+    return f"{n} focal lesion{'s' if n > 1 else ''} found: " + "; ".join(parts) + "."
 
 
 def lesion_evidence(rep: LesionReport, image_id: str) -> Evidence:
