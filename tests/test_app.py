@@ -212,10 +212,14 @@ def test_threads_belong_to_their_user_with_auth():
 
 
 def test_settings_pick_backend_tools_and_budget(tmp_path, store):
-    model = ScriptedChatModel.forever(lambda: ai(call("describe_image", image_id="img-000000000000")))
+    pending: list[str] = []
+    model = ScriptedChatModel.forever(lambda: ai(call("describe_image", image_id=pending[0])))
     runner = _runner(tmp_path, store, model)
+    up = app.make_upload(runner.ctx, max_bytes=10_000_000)
+    pending += up([str(_png(tmp_path / "sq.png"))], [])[3]
     respond = app.make_respond(runner)
-    history, trace, *_ = list(respond("q", [], [], app.new_thread(), app._GIVEN_MODEL, ["describe_image"], 2))[-1]
+    history, trace, *_ = list(respond("q", pending, [], app.new_thread(), app._GIVEN_MODEL,
+                                      ["describe_image"], 2))[-1]
     assert trace.count("**think**") == 2  # the budget of 2 rounds was kept
     offered = [t.get("name") or t["function"]["name"] for t in model.offered[-1]]
     assert offered == ["describe_image", "final_answer"]  # only the chosen tools

@@ -78,10 +78,13 @@ def _human(report: dict[str, Any]) -> str:
         if c.get("crossfit_n_items"):
             lines.append(f"cross-fitted (each half mapped by the other's fit, all "
                          f"{c['crossfit_n_items']} items): ECE {c['crossfit_ece_before']} → "
-                         f"{c['crossfit_ece_after']} (95% CI {c['crossfit_ece_after_ci95']})")
+                         f"{c['crossfit_ece_after']} (95% CI {c['crossfit_ece_after_ci95']}; "
+                         f"a perfectly calibrated confidence would show "
+                         f"{c['crossfit_ece_noise_floor']} on these items)")
         if c.get("crossfit_ece_after_with_agreement") is not None:
             lines.append(f"with self-consistency: ECE → "
-                         f"{c['crossfit_ece_after_with_agreement']}, AURC "
+                         f"{c['crossfit_ece_after_with_agreement']} (floor "
+                         f"{c['crossfit_ece_noise_floor_with_agreement']}), AURC "
                          f"{c['crossfit_aurc_after']} → {c['crossfit_aurc_after_with_agreement']}")
     return "\n".join(lines)
 

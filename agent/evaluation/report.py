@@ -26,6 +26,7 @@ from agent.evaluation.metrics import (
     bootstrap_ci,
     brier,
     ece,
+    ece_noise_floor,
     percentile,
     reliability_bins,
     selective,
@@ -165,6 +166,7 @@ def calibrate_split(
         "ece_before_ci95": [_r(v) for v in bootstrap_ci(ece, raw_t, y_t)],
         "ece_after": _r(ece(cal_t, y_t)),
         "ece_after_ci95": [_r(v) for v in bootstrap_ci(ece, cal_t, y_t)],
+        "ece_noise_floor": _r(ece_noise_floor(cal_t)),
         "brier_before": _r(brier(raw_t, y_t)),
         "brier_after": _r(brier(cal_t, y_t)),
         "aurc_before": _r(aurc(raw_t, y_t)),
@@ -233,6 +235,7 @@ def _crossfit(full: Sequence[Record], ids: Sequence[str], cut: int, method: str
         out[f"crossfit_ece_before{suffix}"] = _r(ece(x, y))
         out[f"crossfit_ece_after{suffix}"] = _r(ece(cal_x, y))
         out[f"crossfit_ece_after{suffix}_ci95"] = [_r(v) for v in bootstrap_ci(ece, cal_x, y)]
+        out[f"crossfit_ece_noise_floor{suffix}"] = _r(ece_noise_floor(cal_x))
         out[f"crossfit_brier_after{suffix}"] = _r(brier(cal_x, y))
         out[f"crossfit_aurc_after{suffix}"] = _r(aurc(cal_x, y))
     return out
