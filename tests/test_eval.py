@@ -278,3 +278,26 @@ def test_ece_noise_floor_is_what_perfect_calibration_scores_on_few_items():
     rng = np.random.default_rng(1)
     calibrated = [ece([0.8] * 50, list(rng.random(50) < 0.8)) for _ in range(300)]
     assert abs(float(np.mean(calibrated)) - floor_small) < 0.01
+
+
+def test_a_suite_split_with_skip_and_limit_merges_back(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(
+        "agent.nodes.think.make_chat_model",
+        lambda spec: ScriptedChatModel.of(_copying_planner for _ in itertools.count()),
+    )
+    parts = []
+    for skip in (0, 3):
+        out = tmp_path / f"part{skip}"
+        assert main(["eval", "phantoms:6", "--tools", "detect_lesions", "--skip", str(skip),
+                     "--limit", "3", "--baselines", "none", "--out", str(out), "-q"]) == 0
+        parts.append((out / "records.jsonl").read_text())
+    capsys.readouterr()
+    merged = tmp_path / "merged.jsonl"
+    merged.write_text("".join(parts))
+    assert main(["eval", "phantoms:6", "--records", str(merged), "--json", "-q"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n_items"] == 6
+    ids = [json.loads(x)["item_id"] for x in merged.read_text().splitlines()]
+    assert ids == [f"phantom-0-{i:04d}" for i in range(6)]
+    assert main(["eval", "phantoms:6", "--skip", "6"]) == 2
+    assert "leaves none" in capsys.readouterr().err

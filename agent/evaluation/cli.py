@@ -19,7 +19,11 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("suite", metavar="SUITE",
                     help="phantoms[:N[:SEED]] | a VQA-RAD / SLAKE / PathVQA / ChestAgentBench "
                          "JSON file | a generic .jsonl (FORMAT:PATH forces a format)")
-    ev.add_argument("--limit", type=int, help="run only the first N items")
+    ev.add_argument("--limit", type=int, help="run only the first N items (after --skip)")
+    ev.add_argument("--skip", type=int, default=0,
+                    help="leave out the first N items: split a long suite across processes "
+                         "(--skip 0 --limit 100, --skip 100 --limit 100, ...) and report the "
+                         "merged records with --records")
     ev.add_argument("--llm", default="embedded",
                     help="embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | "
                          "hf:ID_OR_PATH")
@@ -102,6 +106,8 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
         raise BadInput(str(exc)) from exc
     if args.repeats < 1 or (args.limit is not None and args.limit < 1):
         raise BadInput("--repeats and --limit must be at least 1")
+    if args.skip < 0:
+        raise BadInput("--skip must be 0 or more")
     baselines = [] if args.baselines == "none" else [
         b.strip() for b in args.baselines.split(",") if b.strip()]
     bad = [b for b in baselines if b not in VARIANTS or b == "full"]
@@ -111,6 +117,9 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
         items = load_suite(args.suite)
     except SuiteError as exc:
         raise BadInput(str(exc)) from exc
+    if args.skip >= len(items):
+        raise BadInput(f"--skip {args.skip} leaves none of the suite's {len(items)} items")
+    items = items[args.skip:]
     return (items[: args.limit] if args.limit else items), baselines
 
 
