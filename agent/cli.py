@@ -91,7 +91,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         check_spec(args.checkpoint)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
-    ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint=args.checkpoint)
+    if args.route_tools is not None and args.route_tools < 0:
+        raise BadInput("--route-tools must be 0 (offer every tool) or more")
+    ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint=args.checkpoint,
+                       route_tools=args.route_tools)
     graph = build_graph(ctx)
     thread = args.thread or uuid.uuid4().hex[:12]
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
@@ -263,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--thread", help="continue this conversation thread")
     ask.add_argument("--max-rounds", type=int, default=5)
+    ask.add_argument("--route-tools", type=int, metavar="K",
+                     help="offer the planner only the K tools that best match the question "
+                          "(0: every tool; default: 2 for the embedded planner, all for others)")
     ask.add_argument(
         "--checkpoint",
         default="sqlite",

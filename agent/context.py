@@ -38,6 +38,11 @@ class AgentContext:
         checkpoint: ``sqlite`` (file in ``home``), ``sqlite:PATH``, ``memory``, a
             ``postgresql://`` DSN, or None for no persistence.
         device: ``auto``, ``cpu`` or ``cuda`` for the tools' models.
+        route_tools: offer the planner at most this many tools each round, the ones whose
+            descriptions best match the question (``agent.route``; a runner-up only when it
+            scores close to the best); 0 offers every tool. None (the default) routes to 2 for
+            planners that declare ``prefers_tool_routing`` (the embedded 135M model) and
+            offers every tool to others.
     """
 
     llm: str | BaseChatModel = "embedded"
@@ -49,6 +54,7 @@ class AgentContext:
     home: str | Path | None = None
     checkpoint: str | None = "sqlite"
     device: str = "auto"
+    route_tools: int | None = None
     _store: ImageStore | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +62,8 @@ class AgentContext:
             raise ValueError("max_rounds must be at least 1")
         if self.tool_timeout_s <= 0:
             raise ValueError("tool_timeout_s must be positive")
+        if self.route_tools is not None and self.route_tools < 0:
+            raise ValueError("route_tools must be 0 (offer every tool) or more")
 
     @property
     def home_dir(self) -> Path:

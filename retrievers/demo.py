@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from retrievers.build import BuildReport, CaseRow, build_from_rows
-from retrievers.embedders import MedSamImageEmbedder, MiniLMTextEmbedder
+from retrievers.embedders import MedSamImageEmbedder, MiniLMTextEmbedder, shared_minilm
 from retrievers.library import CaseLibrary
 from tools.errors import ToolFailure
 
@@ -195,15 +195,9 @@ def _complete(root: Path) -> bool:
     return path.exists() and bool(json.loads(path.read_text()).get("complete"))
 
 
-_MINILM: MiniLMTextEmbedder | None = None
-
-
 def _minilm() -> MiniLMTextEmbedder:
     """One MiniLM per process (its weights load once)."""
-    global _MINILM
-    if _MINILM is None:
-        _MINILM = MiniLMTextEmbedder()
-    return _MINILM
+    return shared_minilm()
 
 
 def build_demo(lib: CaseLibrary, max_reports: int | None = None,

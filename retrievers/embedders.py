@@ -165,6 +165,22 @@ class MiniLMTextEmbedder(Embedder):
         return l2_normalise(vecs)
 
 
+_SHARED_MINILM: MiniLMTextEmbedder | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_minilm() -> MiniLMTextEmbedder:
+    """One packaged MiniLM per process.
+
+    The demo library and the tool router both use it, and its weights (90 MB) load once.
+    """
+    global _SHARED_MINILM
+    with _SHARED_LOCK:
+        if _SHARED_MINILM is None:
+            _SHARED_MINILM = MiniLMTextEmbedder()
+        return _SHARED_MINILM
+
+
 class OpenClipEmbedder(Embedder):
     """An ``open_clip`` image–text model: one space for images and texts.
 

@@ -353,7 +353,7 @@ def measure_mask(img: LoadedImage, mask: np.ndarray) -> MaskMeasurement:
 _MEASURE_LUNGS = (
     "On a frontal chest radiograph: find and segment both lungs and measure them: each lung's "
     "area and the total (mm2, or px2 when the pixel spacing is unknown), and the "
-    "cardiothoracic ratio (heart width / thorax width, from the lung borders; >0.50 on a PA "
+    "cardiothoracic ratio (CTR: heart width / thorax width, from the lung borders; >0.50 on a PA "
     "film suggests cardiomegaly). Use for heart size or lung size questions on chest X-rays."
 )
 _MEASURE = (

@@ -32,6 +32,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--max-rounds", type=int, default=5)
     ev.add_argument("--tools", help="offer only these tools of the default set (comma-separated "
                                      "names); default: all of them")
+    ev.add_argument("--route-tools", type=int, metavar="K",
+                    help="offer the planner only the K tools that best match each question "
+                         "(0: every tool; default: 2 for the embedded planner, all for others)")
     ev.add_argument("--baselines", default="blank,shuffled,question_only",
                     help="comma-separated sanity baselines, or 'none'")
     ev.add_argument("--baseline-limit", type=int,
@@ -108,6 +111,8 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
         raise BadInput("--repeats and --limit must be at least 1")
     if args.skip < 0:
         raise BadInput("--skip must be 0 or more")
+    if args.route_tools is not None and args.route_tools < 0:
+        raise BadInput("--route-tools must be 0 (offer every tool) or more")
     baselines = [] if args.baselines == "none" else [
         b.strip() for b in args.baselines.split(",") if b.strip()]
     bad = [b for b in baselines if b not in VARIANTS or b == "full"]
@@ -130,7 +135,8 @@ def _graph_factory(args: argparse.Namespace) -> Any:
     from agent.context import AgentContext
 
     def make_graph() -> tuple[Any, Any]:
-        ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint="memory")
+        ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint="memory",
+                           route_tools=args.route_tools)
         if args.tools:
             from agent.toolset import default_tools
 

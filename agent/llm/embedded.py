@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
@@ -891,6 +891,9 @@ class EmbeddedChatModel(BaseChatModel):
     """Cap on array arguments without their own maxItems (e.g. the claims of final_answer)."""
     examples: bool = True
     """Show the worked examples (prompts/embedded_examples) before a tool call."""
+    prefers_tool_routing: ClassVar[bool] = True
+    """A 135M model picks tools by the nearest worked example, not by the question: the agent
+    routes for it (``agent.route``) unless ``AgentContext.route_tools`` says otherwise."""
 
     _calls: itertools.count[int] = PrivateAttr(default_factory=itertools.count)
 

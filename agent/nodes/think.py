@@ -24,6 +24,7 @@ from agent.context import AgentContext
 from agent.llm import make_chat_model
 from agent.llm.toolcalls import parse_tool_calls
 from agent.offer import offered_tools
+from agent.route import shared_router
 from agent.state import AgentState
 from prompts import load_prompt
 
@@ -68,6 +69,25 @@ def build_prompt(state: AgentState, ctx: AgentContext) -> list[AnyMessage]:
     return [SystemMessage(content=system), *history, HumanMessage(content=question)]
 
 
+SMALL_PLANNER_ROUTE = 2
+"""Most tools a planner that prefers routing is offered per round (besides final_answer and
+mask follow-ups). The runner-up comes only when it scores within the router's margin of the
+best: a clear match is offered alone, a close call leaves the planner the choice."""
+
+
+def route_top_k(ctx: AgentContext, llm: BaseChatModel) -> int:
+    """How many routed tools to offer this planner; 0 for all of them."""
+    if ctx.route_tools is not None:
+        return ctx.route_tools
+    return SMALL_PLANNER_ROUTE if getattr(llm, "prefers_tool_routing", False) else 0
+
+
+def earlier_question(messages: list[AnyMessage]) -> str | None:
+    """The user's previous question in this thread, if any (follow-ups lean on it)."""
+    humans = [str(m.content) for m in messages if isinstance(m, HumanMessage)]
+    return humans[-2] if len(humans) >= 2 else None
+
+
 def _with_parsed_calls(ai: AIMessage, tools: list[dict[str, Any]]) -> AIMessage:
     """Recover tool calls a model wrote as JSON text instead of calling natively."""
     if ai.tool_calls or ai.invalid_tool_calls or not isinstance(ai.content, str):
@@ -105,8 +125,20 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
         if rnd >= ctx.max_rounds:
             return Command(goto="answer", update={"budget_exhausted": True})
         offer = offered_tools(tools, state.get("image_refs") or [], state.get("evidence") or [])
+        llm = resolve_llm(ctx)
+        routed: dict[str, float] = {}
+        route_error = ""
+        top_k = route_top_k(ctx, llm)
+        if top_k:
+            messages = list(state.get("messages") or [])
+            _, question = split_turns(messages)
+            try:
+                offer, routed = shared_router(top_k).route(
+                    offer, question, earlier_question(messages))
+            except Exception as exc:  # routing is an aid: without it every tool is offered
+                route_error = f"tool routing failed, every tool offered: {exc}"
         t0 = time.perf_counter()
-        reply = resolve_llm(ctx).bind_tools(offer).invoke(build_prompt(state, ctx))
+        reply = llm.bind_tools(offer).invoke(build_prompt(state, ctx))
         elapsed = time.perf_counter() - t0
         ai = reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply.content))
         ai = _ensure_ids(_with_parsed_calls(ai, offer))
@@ -117,6 +149,10 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
             "elapsed_s": round(elapsed, 4),
             "calls": [tc["name"] for tc in ai.tool_calls],
         }
+        if top_k:
+            step["routed"] = routed
+            if route_error:
+                step["route_error"] = route_error
         base: dict[str, Any] = {"round": rnd + 1, "messages": [ai]}
 
         finals = [tc for tc in ai.tool_calls if tc["name"] == FINAL_ANSWER_TOOL]

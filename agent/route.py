@@ -1,0 +1,156 @@
+"""Tool routing for small planners: offer the few tools whose purpose matches the question.
+
+A 135M planner does not weigh twelve tool descriptions against a question. Measured on phantom
+items with every default tool offered, it called the tool of the nearest worked example
+(report_lookup on 24 of 25 lesion questions), whatever the question asked. The router does
+that choice for it: it ranks the offered tools by the MiniLM similarity between the question
+and each tool's description and example questions (``prompts/tool_routes``), and the planner
+is offered only the best one (two when the runner-up scores close to it), plus
+``final_answer`` and any tool that works on a mask an earlier call made (``measure`` after
+``segment``). The planner still fills in the arguments, reads the result and writes the answer.
+
+Larger planners choose for themselves: routing is on by default only for chat models that
+declare ``prefers_tool_routing`` (the embedded one), and ``AgentContext.route_tools`` turns it
+on or off for any backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.answer import FINAL_ANSWER_TOOL
+from prompts import load_prompt
+
+log = logging.getLogger(__name__)
+
+EARLIER_WEIGHT = 0.3
+"""Weight of the previous question in a follow-up's score: "and how big is it?" after "is
+there a nodule?" stays with the lesion tool; a new topic ("is the heart enlarged?") does not."""
+
+
+class TextEmbedder(Protocol):
+    """What the router needs from an embedder: unit-length sentence vectors."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """One unit vector per text, as rows."""
+        ...
+
+
+@lru_cache(maxsize=4)
+def route_examples(version: int | None = None) -> dict[str, tuple[str, ...]]:
+    """Example questions per tool name, from ``prompts/tool_routes``."""
+    text = load_prompt("tool_routes", version).text
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        head = re.match(r"^##\s+(\S+)\s*$", line)
+        if head:
+            current = out.setdefault(head[1], [])
+        elif current is not None and line.startswith("- ") and line[2:].strip():
+            current.append(line[2:].strip())
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _name(spec: dict[str, Any]) -> str:
+    return str(spec["function"]["name"])
+
+
+def _follows_up(spec: dict[str, Any]) -> bool:
+    """Tools that take a mask key: offered only once a mask exists, then always kept."""
+    params = spec["function"].get("parameters", {})
+    return "mask_key" in params.get("required", [])
+
+
+@dataclass
+class ToolRouter:
+    """Ranks tools against a question and keeps the best few.
+
+    Attributes:
+        top_k: most routed tools offered (``final_answer`` and mask follow-ups come on top).
+        margin: a tool after the best is offered only if it scores within this of the best;
+            a clear winner is offered alone, so the planner cannot wander to a worse match.
+        embedder: sentence embedder; None for the packaged MiniLM (loaded on first use).
+    """
+
+    top_k: int = 1
+    margin: float = 0.05
+    embedder: TextEmbedder | None = None
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError("top_k must be at least 1")
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts``, each embedded once per router."""
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+            if missing:
+                if self.embedder is None:
+                    from retrievers.embedders import shared_minilm
+
+                    self.embedder = shared_minilm()
+                vecs = self.embedder.embed_texts(missing)
+                self._vectors.update(zip(missing, np.asarray(vecs, np.float32), strict=True))
+            return np.stack([self._vectors[t] for t in texts])
+
+    def scores(
+        self, tools: Sequence[dict[str, Any]], question: str, earlier: str | None = None
+    ) -> dict[str, float]:
+        """Each tool's match to the question.
+
+        A tool scores its best cosine similarity over its description and example questions,
+        blended with the previous question's when there is one.
+        """
+        examples = route_examples()
+        keys: list[tuple[str, str]] = []
+        for spec in tools:
+            name = _name(spec)
+            desc = str(spec["function"].get("description") or name)
+            keys += [(name, desc), *((name, q) for q in examples.get(name, ()))]
+        asked = [question] + ([earlier] if earlier else [])
+        vecs = self._embed([t for _, t in keys] + asked)
+        sims = vecs[len(keys):] @ vecs[: len(keys)].T  # (1 or 2 questions, texts)
+        out: dict[str, float] = {}
+        for j, (name, _) in enumerate(keys):
+            s = float(sims[0, j])
+            if earlier:
+                s = (1 - EARLIER_WEIGHT) * s + EARLIER_WEIGHT * float(sims[1, j])
+            out[name] = max(out.get(name, -1.0), s)
+        return out
+
+    def route(
+        self, offer: Sequence[dict[str, Any]], question: str, earlier: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """The tools to offer, in their original order, and the routed tools' scores."""
+        candidates = [s for s in offer if _name(s) != FINAL_ANSWER_TOOL and not _follows_up(s)]
+        if len(candidates) <= 1 or not question.strip():
+            return list(offer), {}
+        scores = self.scores(candidates, question, earlier)
+        ranked = sorted(candidates, key=lambda s: -scores[_name(s)])
+        best = scores[_name(ranked[0])]
+        keep = {_name(s) for s in ranked[: self.top_k] if scores[_name(s)] >= best - self.margin}
+        chosen = [s for s in offer if _name(s) in keep or s not in candidates]
+        return chosen, {n: round(scores[n], 3) for n in keep}
+
+
+_ROUTERS: dict[tuple[int, float], ToolRouter] = {}
+_ROUTERS_LOCK = threading.Lock()
+
+
+def shared_router(top_k: int, margin: float = 0.05) -> ToolRouter:
+    """One router per setting per process, so tool descriptions are embedded once."""
+    with _ROUTERS_LOCK:
+        key = (top_k, margin)
+        if key not in _ROUTERS:
+            _ROUTERS[key] = ToolRouter(top_k=top_k, margin=margin)
+        return _ROUTERS[key]
