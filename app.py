@@ -177,9 +177,15 @@ def trace_markdown(trace: list[dict[str, Any]]) -> str:
         step = t.get("step")
         if step == "think":
             calls = ", ".join(t.get("calls") or []) or "reply"
+            routed = t.get("routed") or {}
+            offered = (f" (offered {', '.join(f'{k} {v:.2f}' for k, v in routed.items())})"
+                       if routed else "")
             lines.append(
-                f"- 🧠 **think** (round {t.get('round')}): {calls} — {t.get('elapsed_s', 0):.2f} s"
+                f"- 🧠 **think** (round {t.get('round')}): {calls}{offered} — "
+                f"{t.get('elapsed_s', 0):.2f} s"
             )
+            if t.get("route_error"):
+                lines.append(f"  - ⚠ {t['route_error']}")
         elif step == "act":
             mark = "✅" if t.get("status") == "ok" else "❌"
             lines.append(
@@ -191,9 +197,12 @@ def trace_markdown(trace: list[dict[str, Any]]) -> str:
             probs = "; ".join(t.get("problems") or []) or "all claims supported"
             lines.append(f"- 🔁 **rethink** → {t.get('decision')}: {probs}")
         elif step == "answer":
+            agree = t.get("agreement")
             lines.append(
                 f"- 🏁 **answer** confidence {t.get('confidence', 0):.2f}"
                 + (" (abstained)" if t.get("abstained") else "")
+                + (f"; {len(t.get('samples') or [])} sampled answers, {agree:.0%} agree"
+                   if agree is not None else "")
             )
         elif step == "ingest":
             lines.append(f"- 📥 **ingest** {', '.join(t.get('images') or []) or 'no new images'}")

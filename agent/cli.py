@@ -93,8 +93,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from exc
     if args.route_tools is not None and args.route_tools < 0:
         raise BadInput("--route-tools must be 0 (offer every tool) or more")
+    if args.samples < 0 or not 0 < args.sample_temperature <= 2:
+        raise BadInput("--samples must be 0 or more and --sample-temperature above 0, at most 2")
     ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint=args.checkpoint,
-                       route_tools=args.route_tools)
+                       route_tools=args.route_tools, answer_samples=args.samples,
+                       sample_temperature=args.sample_temperature)
     graph = build_graph(ctx)
     thread = args.thread or uuid.uuid4().hex[:12]
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
@@ -269,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--route-tools", type=int, metavar="K",
                      help="offer the planner only the K tools that best match the question "
                           "(0: every tool; default: 2 for the embedded planner, all for others)")
+    ask.add_argument("--samples", type=int, default=0, metavar="N",
+                     help="sample N more answers and pool their agreement into the confidence "
+                          "(self-consistency; N more planner calls)")
+    ask.add_argument("--sample-temperature", type=float, default=0.7, metavar="T")
     ask.add_argument(
         "--checkpoint",
         default="sqlite",

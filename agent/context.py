@@ -43,6 +43,10 @@ class AgentContext:
             scores close to the best); 0 offers every tool. None (the default) routes to 2 for
             planners that declare ``prefers_tool_routing`` (the embedded 135M model) and
             offers every tool to others.
+        answer_samples: once an answer is accepted, ask the planner this many more times
+            at ``sample_temperature`` and pool the share that agrees into the confidence
+            (self-consistency, ``agent.consistency``); 0 (the default) does not sample.
+        sample_temperature: the temperature of those extra answers (above 0, at most 2).
     """
 
     llm: str | BaseChatModel = "embedded"
@@ -55,6 +59,8 @@ class AgentContext:
     checkpoint: str | None = "sqlite"
     device: str = "auto"
     route_tools: int | None = None
+    answer_samples: int = 0
+    sample_temperature: float = 0.7
     _store: ImageStore | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +70,10 @@ class AgentContext:
             raise ValueError("tool_timeout_s must be positive")
         if self.route_tools is not None and self.route_tools < 0:
             raise ValueError("route_tools must be 0 (offer every tool) or more")
+        if self.answer_samples < 0:
+            raise ValueError("answer_samples must be 0 (no sampling) or more")
+        if not 0 < self.sample_temperature <= 2:
+            raise ValueError("sample_temperature must be above 0 and at most 2")
 
     @property
     def home_dir(self) -> Path:

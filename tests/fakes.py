@@ -44,6 +44,7 @@ class ScriptedChatModel(GenericFakeChatModel):
 
     seen: list[list[BaseMessage]] = []
     offered: list[list[dict[str, Any]]] = []
+    call_kwargs: list[dict[str, Any]] = []
 
     @classmethod
     def of(
@@ -54,6 +55,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         model = cls(messages=_Placeholder())
         model.seen = []
         model.offered = []
+        model.call_kwargs = []
         object.__setattr__(model, "_steps", steps)
         return model
 
@@ -70,6 +72,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> ChatResult:
         self.seen.append(list(messages))
+        self.call_kwargs.append({k: v for k, v in kwargs.items() if k != "tools"})
         step = next(self._steps)  # type: ignore[attr-defined]
         msg = step(messages) if callable(step) else step
         from langchain_core.outputs import ChatGeneration

@@ -242,13 +242,16 @@ def test_spoken_question_handler_refuses_bad_audio_without_loading_a_model(tmp_p
 
 def test_renderers():
     trace = app.trace_markdown([
-        {"step": "think", "round": 1, "calls": ["describe_image"], "elapsed_s": 1.5},
+        {"step": "think", "round": 1, "calls": ["describe_image"], "elapsed_s": 1.5,
+         "routed": {"describe_image": 0.61}},
         {"step": "act", "tool": "describe_image", "args": {"image_id": "img-1"}, "status": "error",
          "evidence_id": "E1", "elapsed_s": 0.25, "summary": "bad id"},
         {"step": "rethink", "decision": "think", "problems": ["claim 'x' cites no evidence"]},
-        {"step": "answer", "confidence": 0.2, "abstained": True},
+        {"step": "answer", "confidence": 0.2, "abstained": True, "samples": ["a", "b"],
+         "agreement": 1 / 3},
     ])
     assert "describe_image" in trace and "cites no evidence" in trace and "(abstained)" in trace
+    assert "(offered describe_image 0.61)" in trace and "2 sampled answers, 33% agree" in trace
     assert '❌ **act** `describe_image` `{"image_id": "img-1"}` → error (E1, 0.25 s): bad id' in trace
     ans = Answer(text="t", findings=[Claim(statement="s", evidence_ids=["E2"])], confidence=0.3,
                  abstained=True, contradictions=["E1 vs E2"])

@@ -40,3 +40,26 @@ def test_medloop_ask_describe_chest_radiograph_with_embedded_model(capsys):
         assert f["evidence_ids"] and all(evidence[i]["status"] == "ok" for i in f["evidence_ids"])
     assert 0.0 <= data["confidence"] <= 1.0
     assert data["trace"][-1]["step"] == "answer"
+
+
+def test_embedded_planner_is_routed_to_the_lesion_tool_and_samples_its_answer():
+    # The default tool set, as shipped: the router offers the lesion detector for a lesion
+    # question, and two sampled answers are pooled into the confidence.
+    from agent import AgentContext, build_graph
+    from tools.phantoms import make_phantom
+
+    ctx = AgentContext(checkpoint="memory", max_rounds=3, answer_samples=2)
+    ref = ctx.store.put(make_phantom(5, n_lesions=2).image)
+    result = build_graph(ctx).invoke(
+        {"messages": [("user", "How many focal lesions are in this image?")],
+         "images": [ref.id]},
+        config={"configurable": {"thread_id": "routed"}, "recursion_limit": ctx.recursion_limit})
+    thinks = [t for t in result["trace"] if t["step"] == "think"]
+    assert list(thinks[0]["routed"]) == ["detect_lesions"]
+    assert thinks[0]["calls"] == ["detect_lesions"]
+    assert result["evidence"][0].tool == "detect_lesions"
+    step = result["trace"][-1]
+    assert step["step"] == "answer" and "samples" in step  # a supported answer was sampled
+    assert len(step["samples"]) + len(step.get("sample_errors", [])) == 2
+    assert step["agreement"] is None or 1 / 3 <= step["agreement"] <= 1
+    assert 0.0 <= result["answer"].confidence <= 1.0

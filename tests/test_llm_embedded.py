@@ -345,9 +345,9 @@ def test_sampling_differs_across_calls_and_greedy_does_not(model, monkeypatch):
     seeds: list[int] = []
     real = embedded.EmbeddedChatModel._complete
 
-    def spy(self, llm, chat, grammar_text, stop, max_tokens):  # type: ignore[no-untyped-def]
-        seeds.append(self.seed if self.temperature <= 0 else -1)
-        return real(self, llm, chat, grammar_text, stop, max_tokens)
+    def spy(self, llm, chat, grammar_text, stop, max_tokens, temperature):  # type: ignore[no-untyped-def]
+        seeds.append(self.seed if temperature <= 0 else -1)
+        return real(self, llm, chat, grammar_text, stop, max_tokens, temperature)
 
     sampler = model.model_copy(update={"temperature": 1.2, "max_tokens": 16, "seed": 7})
     sampler._calls = embedded.itertools.count()  # a copy shares the original's counter
@@ -358,6 +358,11 @@ def test_sampling_differs_across_calls_and_greedy_does_not(model, monkeypatch):
     greedy_model = model.model_copy(update={"max_tokens": 16})
     greedy = [str(greedy_model.invoke(ask).content) for _ in range(2)]
     assert greedy[0] == greedy[1] and seeds == [0, 0]  # greedy: one fixed seed, one reply
+    # A per-call temperature samples from a greedy instance (the agent's extra answers).
+    per_call = [str(greedy_model.invoke(ask, temperature=1.2).content) for _ in range(3)]
+    assert len(set(per_call)) > 1 and seeds == [0, 0, -1, -1, -1]
+    with pytest.raises(embedded.EmbeddedModelError, match="temperature"):
+        greedy_model.invoke(ask, temperature=3.0)
 
 
 @pytest.mark.slow

@@ -133,6 +133,11 @@ def test_generates_through_load_template_generate_parse(tiny_models):
     assert isinstance(ai.tool_calls, list)
     # Greedy decoding: the same prompt gives the same reply.
     assert model.bind_tools(TOOLS).invoke(QUESTION).content == ai.content
+    # A per-call temperature samples (random weights: near-uniform tokens, so replies differ).
+    sampled = {model.invoke(QUESTION, temperature=1.5).content for _ in range(3)}
+    assert len(sampled) > 1
+    with pytest.raises(HFModelError, match="temperature"):
+        model.invoke(QUESTION, temperature=-1)
 
 
 def test_weights_load_once_per_process(tiny_models):
@@ -235,7 +240,7 @@ def test_message_from_output(decoded, name, valid):
 
 
 def test_scripted_decode_flows_through_the_chat_model(tiny_models, monkeypatch):
-    def scripted(self, loaded, prompt, stop):
+    def scripted(self, loaded, prompt, stop, temperature=0.0):
         assert prompt.endswith("<|im_start|>assistant\n")
         return HERMES, 10, 5
 

@@ -68,6 +68,52 @@ def answer_form_score(question: str, answer: str) -> float | None:
     return None
 
 
+_NEGATIVE = re.compile(r"\b(no|not|none|absent|negative|without)\b", re.I)
+_QUADRANT = re.compile(r"\b(upper|lower)[ -](left|right)\b", re.I)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def answer_key(question: str, answer: str) -> str:
+    """What an answer says, reduced to what the question asks for, so two answers compare.
+
+    A number question keys on the first number (ids such as ``E1`` left out), a left-or-right
+    question on the side named first, a "where" question on the image quadrant (else the
+    place words), a yes/no question on its polarity; any other question on the answer's
+    words. Self-consistency counts sampled answers whose keys match.
+    """
+    a = answer.lower()
+    if _ASKS_NUMBER.search(question):
+        nums = _NUM.findall(_ID.sub(" ", answer))
+        if nums:
+            return f"number:{float(nums[0]):g}"
+        words = re.search(_NUMBER_WORDS, a)
+        return f"number:{words[0]}" if words else "number:?"
+    if _ASKS_SIDE.search(question):
+        side = re.search(r"\b(left|right)\b", a)
+        return f"side:{side[0]}" if side else "side:?"
+    if _ASKS_WHERE.search(question):
+        quad = _QUADRANT.search(a)
+        if quad:
+            return f"where:{quad[1]} {quad[2]}"
+        places = re.findall(r"\b(upper|lower|left|right|anterior|posterior|central|apex|base)\b",
+                            a)
+        return "where:" + " ".join(sorted(set(places)))
+    if _ASKS_YESNO.search(question):
+        return "yesno:no" if _NEGATIVE.search(a) else "yesno:yes"
+    return "text:" + " ".join(sorted(set(_WORD.findall(a))))
+
+
+def agreement_share(question: str, answer: str, samples: Sequence[str]) -> float | None:
+    """Self-consistency: the share of ``[answer, *samples]`` that says what ``answer`` says.
+
+    None when there are no samples (nothing to agree with).
+    """
+    if not samples:
+        return None
+    key = answer_key(question, answer)
+    return (1 + sum(answer_key(question, s) == key for s in samples)) / (1 + len(samples))
+
+
 _ID = re.compile(r"\b(?:[A-Z]\d+|img-[0-9a-f]+)\b")
 _NUM = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 _SIDE = re.compile(r"\bpatient'?s (left|right)\b", re.I)

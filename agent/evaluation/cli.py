@@ -35,6 +35,10 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--route-tools", type=int, metavar="K",
                     help="offer the planner only the K tools that best match each question "
                          "(0: every tool; default: 2 for the embedded planner, all for others)")
+    ev.add_argument("--samples", type=int, default=0, metavar="N",
+                    help="the agent samples N more answers per item and pools their agreement "
+                         "into its confidence (self-consistency at answer time)")
+    ev.add_argument("--sample-temperature", type=float, default=0.7, metavar="T")
     ev.add_argument("--baselines", default="blank,shuffled,question_only",
                     help="comma-separated sanity baselines, or 'none'")
     ev.add_argument("--baseline-limit", type=int,
@@ -113,6 +117,8 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
         raise BadInput("--skip must be 0 or more")
     if args.route_tools is not None and args.route_tools < 0:
         raise BadInput("--route-tools must be 0 (offer every tool) or more")
+    if args.samples < 0 or not 0 < args.sample_temperature <= 2:
+        raise BadInput("--samples must be 0 or more and --sample-temperature above 0, at most 2")
     baselines = [] if args.baselines == "none" else [
         b.strip() for b in args.baselines.split(",") if b.strip()]
     bad = [b for b in baselines if b not in VARIANTS or b == "full"]
@@ -136,7 +142,8 @@ def _graph_factory(args: argparse.Namespace) -> Any:
 
     def make_graph() -> tuple[Any, Any]:
         ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint="memory",
-                           route_tools=args.route_tools)
+                           route_tools=args.route_tools, answer_samples=args.samples,
+                           sample_temperature=args.sample_temperature)
         if args.tools:
             from agent.toolset import default_tools
 
@@ -216,8 +223,9 @@ def _run(args: argparse.Namespace, items: list[Any], baselines: list[str]) -> in
     if args.save_calibration:
         from agent.context import AgentContext
 
+        name = calibration_name(args.llm, args.samples)
         save = (Path(args.save_calibration) if args.save_calibration != "home"
-                else AgentContext().home_dir / "calibration" / calibration_name(args.llm))
+                else AgentContext().home_dir / "calibration" / name)
     result = evaluate(
         items, make_graph=_graph_factory(args), suite=args.suite, llm=args.llm,
         baselines=baselines, baseline_limit=args.baseline_limit,  # type: ignore[arg-type]

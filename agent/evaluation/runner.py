@@ -61,6 +61,7 @@ class Record:
     size_error_mm: float | None = None
     error: str | None = None
     elicited: float | None = None
+    agreement: float | None = None  # answer-time self-consistency (``--samples``)
     evidence: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -163,7 +164,7 @@ def run_item(
         raw_confidence=float(final.get("raw_confidence", ans.confidence)),
         abstained=bool(ans.abstained), latency_s=latency, tool_calls=len(acts),
         tools=[str(t.get("tool")) for t in acts], iou=iou, size_error_mm=size_err,
-        meta=dict(item.meta),
+        agreement=final.get("agreement"), meta=dict(item.meta),
     )
 
 

@@ -950,8 +950,12 @@ class EmbeddedChatModel(BaseChatModel):
         """One reply: a constrained tool call when tools are bound, else plain text.
 
         ``stop`` applies to plain text only: a stop string inside constrained JSON would cut the
-        call in half.
+        call in half. A ``temperature`` keyword (``llm.invoke(msgs, temperature=0.7)``)
+        overrides the instance's for this call: the agent samples extra answers that way.
         """
+        temperature = float(kwargs.get("temperature", self.temperature))
+        if not 0.0 <= temperature <= 2.0:
+            raise EmbeddedModelError(f"temperature must be from 0 to 2, got {temperature:g}")
         offered = _select_tools(list(tools or []), tool_choice)
         loaded, just_loaded = self._loaded()
         llm = loaded.llm
@@ -978,7 +982,7 @@ class EmbeddedChatModel(BaseChatModel):
                 )
             max_tokens = min(self.max_tokens, self.n_ctx - n_prompt - 8)
             loaded.states.restore(llm, _chatml_tokens(llm, prompt))
-            response = self._complete(llm, prompt, grammar_text, stop, max_tokens)
+            response = self._complete(llm, prompt, grammar_text, stop, max_tokens, temperature)
             loaded.states.save(llm)
             elapsed = time.perf_counter() - t0
 
@@ -1011,6 +1015,7 @@ class EmbeddedChatModel(BaseChatModel):
         grammar_text: str | None,
         stop: list[str] | None,
         max_tokens: int,
+        temperature: float,
     ) -> dict[str, Any]:
         """One llama.cpp chat completion (the caller holds the generation lock)."""
         from llama_cpp import LlamaGrammar
@@ -1026,9 +1031,9 @@ class EmbeddedChatModel(BaseChatModel):
         # (system prompt, tools, examples), which is most of the prompt from round to round.
         result = llm.create_chat_completion(
             messages=chat,  # type: ignore[arg-type]
-            temperature=self.temperature,
+            temperature=temperature,
             max_tokens=max_tokens,
-            seed=self.seed if self.temperature <= 0 else self.seed + next(self._calls),
+            seed=self.seed if temperature <= 0 else self.seed + next(self._calls),
             **extra,
         )
         return dict(result)  # type: ignore[arg-type]

@@ -137,9 +137,12 @@ class HFChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         tools = list(kwargs.get("tools") or [])
+        temperature = float(kwargs.get("temperature", 0.0))
+        if not 0.0 <= temperature <= 2.0:
+            raise HFModelError(f"temperature must be from 0 to 2, got {temperature:g}")
         loaded = _load(self.model_id, self.gguf_file, resolve_device(self.device or "auto"))
         prompt = render_prompt(loaded.tokenizer, messages, tools)
-        text, n_in, n_out = self._complete(loaded, prompt, stop)
+        text, n_in, n_out = self._complete(loaded, prompt, stop, temperature)
         ai = message_from_output(text, tools)
         ai.usage_metadata = {"input_tokens": n_in, "output_tokens": n_out,
                              "total_tokens": n_in + n_out}
@@ -147,12 +150,14 @@ class HFChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=ai)])
 
     def _complete(
-        self, loaded: _Loaded, prompt: str, stop: list[str] | None
+        self, loaded: _Loaded, prompt: str, stop: list[str] | None, temperature: float = 0.0
     ) -> tuple[str, int, int]:
-        """Greedy continuation of ``prompt``: ``(text, prompt tokens, new tokens)``.
+        """Continuation of ``prompt``: ``(text, prompt tokens, new tokens)``.
 
-        The text keeps the tool-call tags but not the other special tokens (end of turn,
-        padding), and is cut at the first ``stop`` string.
+        Greedy unless a ``temperature`` above 0 is passed (``llm.invoke(msgs,
+        temperature=0.7)``: the agent samples extra answers that way). The text keeps the
+        tool-call tags but not the other special tokens (end of turn, padding), and is cut at
+        the first ``stop`` string.
         """
         import torch
 
@@ -161,6 +166,8 @@ class HFChatModel(BaseChatModel):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False,
                                    "pad_token_id": pad}
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
         if stop:
             options.update(stop_strings=list(stop), tokenizer=tok)
         with loaded.lock, torch.inference_mode():

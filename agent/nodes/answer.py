@@ -27,7 +27,9 @@ from langgraph.runtime import Runtime
 
 from agent.answer import Answer, Claim, FinalAnswerArgs
 from agent.checks import review
+from agent.consistency import Samples, sample_answers
 from agent.context import AgentContext
+from agent.nodes.think import build_prompt, resolve_llm
 from agent.state import AgentState
 from prompts import load_prompt
 from tools.calibration import Calibration, load_calibration
@@ -60,7 +62,7 @@ def calibration_for(ctx: AgentContext) -> Calibration | None:
         return cal
     if not isinstance(ctx.llm, str):
         return None
-    name = calibration_name(ctx.llm)
+    name = calibration_name(ctx.llm, ctx.answer_samples)
     for folder in (ctx.home_dir / "calibration", _SHIPPED):
         cal = _cached(folder / name)
         if cal is not None:
@@ -76,17 +78,24 @@ def _question(state: AgentState) -> str:
     return ""
 
 
-def calibration_name(llm: str) -> str:
-    """The file name a calibration for the ``llm`` spec is saved under."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", llm).strip("-").lower() + ".json"
+def calibration_name(llm: str, answer_samples: int = 0) -> str:
+    """The file name a calibration for the ``llm`` spec is saved under.
+
+    Sampling extra answers changes what the raw confidence means, so a configuration that
+    samples has its own file (``embedded-sc3.json``).
+    """
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", llm).strip("-").lower()
+    return f"{stem}-sc{answer_samples}.json" if answer_samples else f"{stem}.json"
 
 
 def compose_answer(
-    state: AgentState, ctx: AgentContext, calibration: Calibration | None = None
+    state: AgentState, ctx: AgentContext, calibration: Calibration | None = None,
+    agreement: float | None = None,
 ) -> tuple[Answer, float]:
     """Build the final ``Answer`` from the state's proposal and evidence.
 
-    Returns the answer and its raw (uncalibrated) confidence.
+    ``agreement`` is the self-consistency of the proposal (``agent.consistency``), pooled into
+    the confidence when given. Returns the answer and its raw (uncalibrated) confidence.
     """
     cal = calibration
     threshold = (cal.abstain_below if cal is not None and cal.abstain_below is not None
@@ -114,6 +123,7 @@ def compose_answer(
             [*scores, *(c for c in checks if c is not None)],
             contradictions=len(contradictions),
             dropped_claims=len(result.dropped),
+            agreement=agreement,
         )
         conf = cal(raw) if cal is not None else raw
         abstained = conf < threshold
@@ -155,14 +165,27 @@ def compose_answer(
     ), raw
 
 
+def _samples(state: AgentState, ctx: AgentContext) -> Samples | None:
+    """Sampled answers to the accepted proposal; None when there is no supported one."""
+    proposal: FinalAnswerArgs | None = state.get("proposal")
+    evidence = state.get("evidence") or []
+    if proposal is None or not review(proposal, evidence).supported:
+        return None
+    ok_ids = [e.id for e in evidence if e.status == "ok"]
+    return sample_answers(resolve_llm(ctx), build_prompt(state, ctx), ok_ids, _question(state),
+                          proposal.answer, ctx.answer_samples, ctx.sample_temperature)
+
+
 def make_answer(default: AgentContext) -> Callable[..., Any]:
     """Build the answer node."""
 
     def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         ctx = runtime.context or default
         cal = calibration_for(ctx)
-        ans, raw = compose_answer(state, ctx, cal)
-        step = {
+        samples = _samples(state, ctx) if ctx.answer_samples else None
+        ans, raw = compose_answer(state, ctx, cal,
+                                  agreement=samples.agreement if samples else None)
+        step: dict[str, Any] = {
             "turn": int(state.get("turn") or 0),
             "round": int(state.get("round") or 0),
             "step": "answer",
@@ -172,6 +195,8 @@ def make_answer(default: AgentContext) -> Callable[..., Any]:
             "abstained": ans.abstained,
             "budget_exhausted": ans.budget_exhausted,
         }
+        if samples is not None:
+            step.update(samples.trace())
         return {"answer": ans, "messages": [AIMessage(content=ans.text)], "trace": [step]}
 
     return answer
