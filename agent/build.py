@@ -59,7 +59,7 @@ def build_graph(
     builder.add_node("think", make_think(ctx, tools))
     builder.add_node("act", make_act(ctx, tools))
     builder.add_node("rethink", make_rethink(ctx))
-    builder.add_node("answer", make_answer(ctx))
+    builder.add_node("answer", make_answer(ctx, tools))
     builder.add_edge(START, "ingest")
     builder.add_edge("ingest", "think")
     builder.set_finish_point("answer")

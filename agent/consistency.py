@@ -59,7 +59,7 @@ def _answer_of(reply: Any, offer: list[dict[str, Any]]) -> str | None:
 def sample_answers(
     llm: BaseChatModel,
     prompt: list[AnyMessage],
-    evidence_ids: list[str],
+    offer: list[dict[str, Any]],
     question: str,
     proposal: str,
     n: int,
@@ -67,12 +67,16 @@ def sample_answers(
 ) -> Samples:
     """Ask ``llm`` for ``n`` more final answers to ``prompt`` and measure their agreement.
 
-    A sample that fails (a server error, an unreadable reply) is recorded and left out; the
-    answer never fails because a sample did. ``agreement`` is None when no sample came back.
+    ``offer`` is what the planner was offered when it proposed; the samples see the same
+    tools, with ``tool_choice`` naming ``final_answer`` (the embedded model then keeps the
+    prompt, and its saved state, and only constrains the reply). A sample that fails (a server
+    error, an unreadable reply, another tool called) is recorded and left out; the answer never
+    fails because a sample did. ``agreement`` is None when no sample came back.
     """
     out = Samples()
-    offer = [final_answer_schema(evidence_ids)]
-    bound = llm.bind_tools(offer)
+    if not any(t["function"]["name"] == FINAL_ANSWER_TOOL for t in offer):
+        offer = [*offer, final_answer_schema([])]
+    bound = llm.bind_tools(offer, tool_choice=FINAL_ANSWER_TOOL)
     t0 = time.perf_counter()
     for _ in range(n):
         try:

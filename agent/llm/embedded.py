@@ -956,7 +956,11 @@ class EmbeddedChatModel(BaseChatModel):
         temperature = float(kwargs.get("temperature", self.temperature))
         if not 0.0 <= temperature <= 2.0:
             raise EmbeddedModelError(f"temperature must be from 0 to 2, got {temperature:g}")
-        offered = _select_tools(list(tools or []), tool_choice)
+        bound = list(tools or [])
+        offered = _select_tools(bound, tool_choice)
+        # A tool_choice naming one tool narrows the grammar, not the prompt: the model reads
+        # every bound tool as before, so the prompt (and its saved state) is the one it had.
+        shown = bound if offered else offered
         loaded, just_loaded = self._loaded()
         llm = loaded.llm
         chat = to_chatml(messages)
@@ -972,7 +976,7 @@ class EmbeddedChatModel(BaseChatModel):
             t0 = time.perf_counter()
             if grammar_text is not None:
                 _check_grammar(llm, grammar_text)
-                prompt = _fit_tool_prompt(llm, chat, offered, budget, self.examples)
+                prompt = _fit_tool_prompt(llm, chat, shown, budget, self.examples)
             else:
                 prompt = _fit(llm, chat, budget)
             n_prompt = _count(llm, prompt)

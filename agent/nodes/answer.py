@@ -29,7 +29,7 @@ from agent.answer import Answer, Claim, FinalAnswerArgs
 from agent.checks import review
 from agent.consistency import Samples, sample_answers
 from agent.context import AgentContext
-from agent.nodes.think import build_prompt, resolve_llm
+from agent.nodes.think import build_prompt, resolve_llm, round_offer
 from agent.state import AgentState
 from prompts import load_prompt
 from tools.calibration import Calibration, load_calibration
@@ -165,24 +165,29 @@ def compose_answer(
     ), raw
 
 
-def _samples(state: AgentState, ctx: AgentContext) -> Samples | None:
-    """Sampled answers to the accepted proposal; None when there is no supported one."""
+def _samples(state: AgentState, ctx: AgentContext, tools: list[Any]) -> Samples | None:
+    """Sampled answers to the accepted proposal; None when there is no supported one.
+
+    The prompt and the offer are rebuilt as *think* built them for the proposal (no tool has
+    run since), so the samples answer the question the proposal answered.
+    """
     proposal: FinalAnswerArgs | None = state.get("proposal")
     evidence = state.get("evidence") or []
     if proposal is None or not review(proposal, evidence).supported:
         return None
-    ok_ids = [e.id for e in evidence if e.status == "ok"]
-    return sample_answers(resolve_llm(ctx), build_prompt(state, ctx), ok_ids, _question(state),
+    llm = resolve_llm(ctx)
+    offer, _, _ = round_offer(tools, state, ctx, llm)
+    return sample_answers(llm, build_prompt(state, ctx), offer, _question(state),
                           proposal.answer, ctx.answer_samples, ctx.sample_temperature)
 
 
-def make_answer(default: AgentContext) -> Callable[..., Any]:
-    """Build the answer node."""
+def make_answer(default: AgentContext, tools: list[Any] | None = None) -> Callable[..., Any]:
+    """Build the answer node (``tools``: the planner's tools, for sampled answers)."""
 
     def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         ctx = runtime.context or default
         cal = calibration_for(ctx)
-        samples = _samples(state, ctx) if ctx.answer_samples else None
+        samples = _samples(state, ctx, tools or []) if ctx.answer_samples else None
         ans, raw = compose_answer(state, ctx, cal,
                                   agreement=samples.agreement if samples else None)
         step: dict[str, Any] = {

@@ -88,6 +88,29 @@ def earlier_question(messages: list[AnyMessage]) -> str | None:
     return humans[-2] if len(humans) >= 2 else None
 
 
+def round_offer(
+    tools: list[Any], state: AgentState, ctx: AgentContext, llm: BaseChatModel
+) -> tuple[list[dict[str, Any]], dict[str, float] | None, str]:
+    """The tool schemas offered this round, the router's scores, and why routing failed.
+
+    Scores are None when routing is off; the error is "" unless the router failed, in which
+    case every tool is offered. *answer* calls this too, so sampled answers see the same offer
+    (and, on the embedded model, reuse the prompt's saved state).
+    """
+    offer = offered_tools(tools, state.get("image_refs") or [], state.get("evidence") or [])
+    top_k = route_top_k(ctx, llm)
+    if not top_k:
+        return offer, None, ""
+    messages = list(state.get("messages") or [])
+    _, question = split_turns(messages)
+    try:
+        routed_offer, scores = shared_router(top_k).route(
+            offer, question, earlier_question(messages))
+    except Exception as exc:  # routing is an aid: without it every tool is offered
+        return offer, {}, f"tool routing failed, every tool offered: {exc}"
+    return routed_offer, scores, ""
+
+
 def _with_parsed_calls(ai: AIMessage, tools: list[dict[str, Any]]) -> AIMessage:
     """Recover tool calls a model wrote as JSON text instead of calling natively."""
     if ai.tool_calls or ai.invalid_tool_calls or not isinstance(ai.content, str):
@@ -124,19 +147,8 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
         turn = int(state.get("turn") or 0)
         if rnd >= ctx.max_rounds:
             return Command(goto="answer", update={"budget_exhausted": True})
-        offer = offered_tools(tools, state.get("image_refs") or [], state.get("evidence") or [])
         llm = resolve_llm(ctx)
-        routed: dict[str, float] = {}
-        route_error = ""
-        top_k = route_top_k(ctx, llm)
-        if top_k:
-            messages = list(state.get("messages") or [])
-            _, question = split_turns(messages)
-            try:
-                offer, routed = shared_router(top_k).route(
-                    offer, question, earlier_question(messages))
-            except Exception as exc:  # routing is an aid: without it every tool is offered
-                route_error = f"tool routing failed, every tool offered: {exc}"
+        offer, routed, route_error = round_offer(tools, state, ctx, llm)
         t0 = time.perf_counter()
         reply = llm.bind_tools(offer).invoke(build_prompt(state, ctx))
         elapsed = time.perf_counter() - t0
@@ -149,7 +161,7 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
             "elapsed_s": round(elapsed, 4),
             "calls": [tc["name"] for tc in ai.tool_calls],
         }
-        if top_k:
+        if routed is not None:
             step["routed"] = routed
             if route_error:
                 step["route_error"] = route_error
