@@ -74,6 +74,31 @@ def _progress(event: dict[str, Any]) -> None:
             sys.stderr.flush()
 
 
+def add_planner_options(p: argparse.ArgumentParser) -> None:
+    """The planner settings ``ask`` and ``eval`` share (``planner_settings`` reads them)."""
+    p.add_argument("--max-rounds", type=int, default=5)
+    p.add_argument("--route-tools", type=int, metavar="K",
+                   help="offer the planner only the K tools that best match the question "
+                        "(0: every tool; default: 2 for the embedded planner, all for others)")
+    p.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="sample N more answers and pool their agreement into the confidence "
+                        "(self-consistency at answer time; N more planner calls)")
+    p.add_argument("--sample-temperature", type=float, default=0.7, metavar="T")
+
+
+def planner_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``AgentContext`` keywords from ``add_planner_options``; BadInput names a bad value."""
+    settings = {"max_rounds": args.max_rounds, "route_tools": args.route_tools,
+                "answer_samples": args.samples, "sample_temperature": args.sample_temperature}
+    from agent.context import AgentContext
+
+    try:
+        AgentContext(checkpoint=None, **settings)  # its checks, before any model loads
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    return settings
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the agent once and print its answer."""
     from agent.build import build_graph
@@ -91,13 +116,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         check_spec(args.checkpoint)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
-    if args.route_tools is not None and args.route_tools < 0:
-        raise BadInput("--route-tools must be 0 (offer every tool) or more")
-    if args.samples < 0 or not 0 < args.sample_temperature <= 2:
-        raise BadInput("--samples must be 0 or more and --sample-temperature above 0, at most 2")
-    ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint=args.checkpoint,
-                       route_tools=args.route_tools, answer_samples=args.samples,
-                       sample_temperature=args.sample_temperature)
+    ctx = AgentContext(llm=args.llm, checkpoint=args.checkpoint, **planner_settings(args))
     graph = build_graph(ctx)
     thread = args.thread or uuid.uuid4().hex[:12]
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
@@ -268,14 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | hf:ID_OR_PATH",
     )
     ask.add_argument("--thread", help="continue this conversation thread")
-    ask.add_argument("--max-rounds", type=int, default=5)
-    ask.add_argument("--route-tools", type=int, metavar="K",
-                     help="offer the planner only the K tools that best match the question "
-                          "(0: every tool; default: 2 for the embedded planner, all for others)")
-    ask.add_argument("--samples", type=int, default=0, metavar="N",
-                     help="sample N more answers and pool their agreement into the confidence "
-                          "(self-consistency; N more planner calls)")
-    ask.add_argument("--sample-temperature", type=float, default=0.7, metavar="T")
+    add_planner_options(ask)
     ask.add_argument(
         "--checkpoint",
         default="sqlite",

@@ -109,3 +109,12 @@ def test_deid_cli_on_a_folder(capsys, tmp_path):
     assert pydicom.dcmread(tmp_path / "out" / "a.dcm").PatientIdentityRemoved == "YES"
     code, _, err = run_cli(capsys, "deid", str(src), str(src / "inside"))
     assert code == 2 and "must not lie inside" in err
+
+
+def test_bad_planner_settings_are_named_before_any_model_loads(capsys):
+    code, _, err = run_cli(capsys, "ask", RG1, "What is this?", "--samples", "-1")
+    assert code != 0 and "answer_samples must be 0" in err
+    code, _, err = run_cli(capsys, "eval", "phantoms:2", "--route-tools", "-1")
+    assert code != 0 and "route_tools must be 0" in err
+    code, _, err = run_cli(capsys, "eval", "phantoms:2", "--sample-temperature", "0")
+    assert code != 0 and "sample_temperature" in err

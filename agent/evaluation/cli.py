@@ -29,16 +29,11 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                          "hf:ID_OR_PATH")
     ev.add_argument("--repeats", type=int, default=1, help="runs per item (default 1)")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--max-rounds", type=int, default=5)
     ev.add_argument("--tools", help="offer only these tools of the default set (comma-separated "
                                      "names); default: all of them")
-    ev.add_argument("--route-tools", type=int, metavar="K",
-                    help="offer the planner only the K tools that best match each question "
-                         "(0: every tool; default: 2 for the embedded planner, all for others)")
-    ev.add_argument("--samples", type=int, default=0, metavar="N",
-                    help="the agent samples N more answers per item and pools their agreement "
-                         "into its confidence (self-consistency at answer time)")
-    ev.add_argument("--sample-temperature", type=float, default=0.7, metavar="T")
+    from agent.cli import add_planner_options
+
+    add_planner_options(ev)
     ev.add_argument("--baselines", default="blank,shuffled,question_only",
                     help="comma-separated sanity baselines, or 'none'")
     ev.add_argument("--baseline-limit", type=int,
@@ -102,7 +97,7 @@ def _human(report: dict[str, Any]) -> str:
 
 def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     """The suite's items and the baselines, or ``BadInput`` naming what is wrong."""
-    from agent.cli import BadInput
+    from agent.cli import BadInput, planner_settings
     from agent.evaluation.readers import SuiteError, load_suite
     from agent.evaluation.runner import VARIANTS
     from agent.llm import parse_spec
@@ -115,10 +110,7 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
         raise BadInput("--repeats and --limit must be at least 1")
     if args.skip < 0:
         raise BadInput("--skip must be 0 or more")
-    if args.route_tools is not None and args.route_tools < 0:
-        raise BadInput("--route-tools must be 0 (offer every tool) or more")
-    if args.samples < 0 or not 0 < args.sample_temperature <= 2:
-        raise BadInput("--samples must be 0 or more and --sample-temperature above 0, at most 2")
+    planner_settings(args)
     baselines = [] if args.baselines == "none" else [
         b.strip() for b in args.baselines.split(",") if b.strip()]
     bad = [b for b in baselines if b not in VARIANTS or b == "full"]
@@ -137,13 +129,11 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
 def _graph_factory(args: argparse.Namespace) -> Any:
     """``make_graph()`` for the harness: a fresh graph on the run settings, tools filtered."""
     from agent.build import build_graph
-    from agent.cli import BadInput
+    from agent.cli import BadInput, planner_settings
     from agent.context import AgentContext
 
     def make_graph() -> tuple[Any, Any]:
-        ctx = AgentContext(llm=args.llm, max_rounds=args.max_rounds, checkpoint="memory",
-                           route_tools=args.route_tools, answer_samples=args.samples,
-                           sample_temperature=args.sample_temperature)
+        ctx = AgentContext(llm=args.llm, checkpoint="memory", **planner_settings(args))
         if args.tools:
             from agent.toolset import default_tools
 
