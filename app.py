@@ -273,7 +273,7 @@ def ingest_uploads(
     linger on disk. Not at once in the app: Gradio stores identical uploads at one path, and
     a second session uploading the same file at the same moment must still find it.
     """
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     res = UploadResult()
     root = Path(upload_root).resolve() if upload_root is not None else None
@@ -379,7 +379,7 @@ class Runner:
         if ctx.tools is not None:
             self.tools = list(ctx.tools)
         else:
-            from agent.toolset import default_tools
+            from agent.planner.toolset import default_tools
 
             self.tools = default_tools(ctx.store, ctx.device)
         self.saver = make_checkpointer(ctx.checkpoint, ctx.home_dir)

@@ -45,7 +45,7 @@ def build_graph(
     if ctx.tools is not None:
         tools = list(ctx.tools)
     else:
-        from agent.toolset import default_tools
+        from agent.planner.toolset import default_tools
 
         tools = default_tools(ctx.store, ctx.device)
     saver = (

@@ -25,7 +25,7 @@ class AgentContext:
     Attributes:
         llm: a backend spec (``embedded``, ``openai:MODEL@URL``, ``openai-json:MODEL@URL``,
             ``hf:ID_OR_PATH``) or a ready ``BaseChatModel`` (tests pass scripted fakes).
-        tools: the tools to offer; None means the default set (``agent.toolset``).
+        tools: the tools to offer; None means the default set (``agent.planner.toolset``).
         max_rounds: planner calls allowed per user turn. Each *think* is one round; when they
             are spent the agent answers with what it has and says so.
         tool_timeout_s: wall-clock limit for one tool call; a call over it is reported to the
@@ -39,13 +39,13 @@ class AgentContext:
             ``postgresql://`` DSN, or None for no persistence.
         device: ``auto``, ``cpu`` or ``cuda`` for the tools' models.
         route_tools: offer the planner at most this many tools each round, the ones whose
-            descriptions best match the question (``agent.route``; a runner-up only when it
+            descriptions best match the question (``agent.planner.route``; a runner-up only when it
             scores close to the best); 0 offers every tool. None (the default) routes to 2 for
             planners that declare ``prefers_tool_routing`` (the embedded 135M model) and
             offers every tool to others.
         answer_samples: once an answer is accepted, ask the planner this many more times
             at ``sample_temperature`` and pool the share that agrees into the confidence
-            (self-consistency, ``agent.consistency``); 0 (the default) does not sample.
+            (self-consistency, ``agent.trust.consistency``); 0 (the default) does not sample.
         sample_temperature: the temperature of those extra answers (above 0, at most 2).
     """
 

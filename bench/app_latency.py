@@ -43,7 +43,7 @@ def start_app(home: Path, llm: str) -> tuple[Any, str]:
     """The app on a free loopback port, with the chosen planner and the basic tools."""
     import app
     from agent import AgentContext
-    from tools.basic import basic_tools
+    from tools.vision.basic import basic_tools
     from tools.store import ImageStore
 
     store = ImageStore(home / "store")

@@ -5,7 +5,7 @@ replies to a dozen planner prompts and the hit rates.
 
 Run: ``.venv/bin/python bench/embedded_llm.py`` (add ``--no-quality`` for the timings only).
 The planner prompts are rendered with the agent's own ``think`` prompt and offered the tools the
-way ``agent.offer`` offers them (ids as enums; ``final_answer`` only once there is evidence), so
+way ``agent.planner.offer`` offers them (ids as enums; ``final_answer`` only once there is evidence), so
 the hit rates are what the graph would see.
 """
 
@@ -28,9 +28,9 @@ from langchain_core.tools import BaseTool
 from agent.context import AgentContext
 from agent.llm.embedded import EmbeddedChatModel
 from agent.nodes.think import build_prompt
-from agent.offer import offered_tools
+from agent.planner.offer import offered_tools
 from tools.base import ImageArgs, make_tool
-from tools.basic import basic_tools
+from tools.vision.basic import basic_tools
 from tools.evidence import Evidence
 from tools.image import ImageRef
 from tools.store import ImageStore
@@ -44,7 +44,7 @@ def _unused(args: ImageArgs) -> Evidence:  # pragma: no cover - the bench never 
 
 
 def planner_tools() -> list[BaseTool]:
-    """The default tools (``tools.basic``) plus three a fuller tool set would have."""
+    """The default tools (``tools.vision.basic``) plus three a fuller tool set would have."""
     extra = [
         ("segment_lungs", "Segment both lungs on a chest radiograph; lung areas in mm2."),
         ("read_text", "Read text burned into the image pixels (OCR): names, dates, markers."),

@@ -1,10 +1,10 @@
 """Fuzz the loader with >= 10,000 mutated real files; every case must load or raise IngestError.
 
-Seeds (``tools.ingest_fuzz.seed_files``): pydicom samples covering every decoder path
+Seeds (``tools.ingest.fuzz.seed_files``): pydicom samples covering every decoder path
 (uncompressed CT / MR / YBR_FULL_422, JPEG 2000 lossless and lossy, RLE grey and RGB, JPEG-LS,
 JPEG baseline YBR), an 8-bit and a 16-bit PNG, a JPEG, and a NIfTI volume plain and gzipped,
 plus three PNG decompression bombs. Mutations: byte flips, truncation, inserted junk,
-deleted / filled / duplicated spans (``tools.ingest_fuzz.mutate``).
+deleted / filled / duplicated spans (``tools.ingest.fuzz.mutate``).
 
 Cases are split across ``--workers`` probe processes (one per core); each case is loaded in a
 probe child with a per-case timeout, with the loader's own decoder child below it. Prints the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.ingest_fuzz import BAD_OUTCOMES, FuzzReport, cases, png_bombs, run_cases, seed_files
+from tools.ingest.fuzz import BAD_OUTCOMES, FuzzReport, cases, png_bombs, run_cases, seed_files
 
 # A panicking Rust codec (pylibjpeg-rle) prints its backtrace to stderr: keep the table readable.
 os.environ["RUST_BACKTRACE"] = "0"

@@ -51,7 +51,7 @@ def _plain(path: Path) -> Any:
 
 
 def _medloop(path: Path) -> Any:
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     return load_image(path).pixels
 
@@ -63,7 +63,7 @@ def _measure(method: str, path: str, queue: Any) -> None:
     import numpy  # noqa: F401  imports paid before timing
     import pydicom  # noqa: F401
 
-    import tools.loader  # noqa: F401
+    import tools.ingest.loader  # noqa: F401
 
     func = _plain if method == "pydicom" else _medloop
     p = Path(path)

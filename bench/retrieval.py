@@ -246,8 +246,8 @@ def bench_ingest() -> None:
     from retrievers.demo import demo_image_rows
     from retrievers.embedders import MedSamImageEmbedder
     from retrievers.library import CaseLibrary
-    from tools.loader import load_image
-    from tools.medsam import get_predictor
+    from tools.ingest.loader import load_image
+    from tools.models.medsam import get_predictor
 
     rows = demo_image_rows()
     displays = [load_image(r.image_path).display for r in rows]

@@ -42,7 +42,7 @@ def _images() -> tuple[Any, Any]:
     import cv2
     from pydicom.data import get_testdata_file
 
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     img = load_image(get_testdata_file("RG1_UNCI.dcm"))
     h, w = img.display.shape
@@ -63,8 +63,8 @@ def one_tool(name: str) -> dict[str, float]:
     import numpy as np
 
     t_import = time.perf_counter()
-    from tools.burned_in import burned_in_tools
-    from tools.segment import vision_tools
+    from tools.ingest.burned_in import burned_in_tools
+    from tools.vision.segment import vision_tools
     from tools.store import ImageStore
 
     store = ImageStore(tempfile.mkdtemp(prefix="bench-vision-"))
@@ -105,8 +105,8 @@ def one_tool(name: str) -> dict[str, float]:
 
 def box_cost(n_boxes: int) -> dict[str, float]:
     """Seconds per box with the embedding cached vs recomputed, on RG1."""
-    from tools.medsam import MedSamPredictor
-    from tools.segment import segment
+    from tools.models.medsam import MedSamPredictor
+    from tools.vision.segment import segment
 
     img, _ = _images()
     p = MedSamPredictor()

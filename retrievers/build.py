@@ -110,7 +110,7 @@ def _load(row: CaseRow) -> NewCase | str:
     display = None
     modality = row.modality
     if row.image_path is not None:
-        from tools.loader import load_image
+        from tools.ingest.loader import load_image
 
         try:
             img = load_image(row.image_path)

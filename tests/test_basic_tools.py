@@ -1,4 +1,4 @@
-"""tools.basic: synthetic images of known geometry, then real files through the store."""
+"""tools.vision.basic: synthetic images of known geometry, then real files through the store."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
-from tools.basic import basic_tools, describe, measure_distance, region_stats
+from tools.vision.basic import basic_tools, describe, measure_distance, region_stats
 from tools.errors import ToolInputError
 from tools.evidence import Evidence
 from tools.image import LoadedImage
-from tools.loader import load_image, percentile_window
+from tools.ingest.loader import load_image, percentile_window
 from tools.store import ImageStore
 
 # 200 px wide, 100 px tall; rows 0.25 mm apart, columns 0.5 mm apart:

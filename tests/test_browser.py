@@ -37,7 +37,7 @@ def _start(home: Path, port: int):
     from agent import AgentContext
     from agent.speech import SpeechRecognizer
     from tests.test_app import _planner
-    from tools.basic import basic_tools
+    from tools.vision.basic import basic_tools
     from tools.store import ImageStore
 
     store = ImageStore(home / "store")

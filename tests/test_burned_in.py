@@ -1,4 +1,4 @@
-"""tools.burned_in: OCR on text drawn with Pillow, then on a real ultrasound with burned-in text."""
+"""tools.ingest.burned_in: OCR on text drawn with Pillow, then on a real ultrasound with burned-in text."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
 
-from tools.burned_in import (
+from tools.ingest.burned_in import (
     TextRegion,
     burned_in_tools,
     find_text,
@@ -20,7 +20,7 @@ from tools.burned_in import (
 from tools.errors import ToolInputError
 from tools.evidence import Evidence
 from tools.image import LoadedImage
-from tools.loader import load_image
+from tools.ingest.loader import load_image
 from tools.store import ImageStore
 
 # (text, top-left (x, y)) drawn white on black at 40 px; one line each, well apart.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.evaluation.metrics import ece
-from tools.calibration import (
+from agent.trust.calibration import (
     Calibration,
     abstain_threshold,
     fit_calibration,
@@ -98,7 +98,7 @@ def test_answer_node_finds_the_calibration_for_its_model(tmp_path, monkeypatch):
 
 
 def test_answer_checks_feed_the_confidence():
-    from tools.confidence import answer_form_score, combine_confidence, evidence_consistency
+    from agent.trust.confidence import answer_form_score, combine_confidence, evidence_consistency
 
     ev = ["1 focal lesion found: L1 in the lower left of the image (patient's right side), "
           "9.8 mm diameter."]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.answer import FinalAnswerArgs, ProposedClaim
-from agent.checks import check_claim, find_contradictions, numbers_in, review
+from agent.trust.checks import check_claim, find_contradictions, numbers_in, review
 from tools.evidence import Assertion, Evidence, Measurement
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from pydicom.data import get_testdata_file
 
-from agent.cli import main
-from tools.loader import load_image
+from agent.cli.main import main
+from tools.ingest.loader import load_image
 
 RG1 = get_testdata_file("RG1_UNCI.dcm")
 

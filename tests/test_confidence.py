@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.confidence import combine_confidence, logit, sigmoid
+from agent.trust.confidence import combine_confidence, logit, sigmoid
 
 
 def test_logit_sigmoid_round_trip():
@@ -37,7 +37,7 @@ def test_calibration_map_applied_and_clipped():
 
 
 def test_answer_keys_compare_what_the_question_asks_for():
-    from tools.confidence import agreement_share, answer_key
+    from agent.trust.confidence import agreement_share, answer_key
 
     count = "How many focal lesions are in this image?"
     assert answer_key(count, "There are 2 lesions (E1, L2).") == answer_key(count, "2")

@@ -1,4 +1,4 @@
-"""Self-consistency at answer time (agent.consistency), driven by a scripted planner."""
+"""Self-consistency at answer time (agent.trust.consistency), driven by a scripted planner."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tools.deid: a real CT file filled with PHI everywhere, de-identified, then searched byte by byte."""
+"""tools.ingest.deid: a real CT file filled with PHI everywhere, de-identified, then searched byte by byte."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from tools.deid import deidentify_file, deidentify_tree, new_anonymizer
+from tools.ingest.deid import deidentify_file, deidentify_tree, new_anonymizer
 from tools.errors import IngestError, NotAnImageError
 
 # Every string a careless de-identifier could leave behind; each must vanish from the bytes.

@@ -13,7 +13,7 @@ import json
 import pytest
 from pydicom.data import get_testdata_file
 
-from agent.cli import main
+from agent.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_embedded_planner_is_routed_to_the_lesion_tool_and_samples_its_answer():
     # The default tool set, as shipped: the router offers the lesion detector for a lesion
     # question, and two sampled answers are pooled into the confidence.
     from agent import AgentContext, build_graph
-    from tools.phantoms import make_phantom
+    from agent.evaluation.phantoms import make_phantom
 
     ctx = AgentContext(checkpoint="memory", max_rounds=3, answer_samples=2)
     ref = ctx.store.put(make_phantom(5, n_lesions=2).image)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.evaluation import load_suite
 from agent.evaluation.readers import SuiteError
 from agent.evaluation.runner import variant_images
@@ -153,7 +153,7 @@ def test_medloop_eval_phantoms_with_scripted_model(monkeypatch, capsys, tmp_path
 
 
 def test_saved_calibration_is_applied_by_the_answer_node(monkeypatch, tmp_path, capsys):
-    from tools.calibration import Calibration, save_calibration
+    from agent.trust.calibration import Calibration, save_calibration
 
     cal_path = save_calibration(Calibration("platt", {"a": 0.0, "b": -2.0}, abstain_below=0.5),
                                 tmp_path / "c.json")

@@ -24,11 +24,11 @@ from pydicom.data import get_testdata_file
 
 from tools.errors import ToolInputError
 from tools.evidence import Evidence
-from tools.find import find_tools, normalise_target
+from tools.vision.find import find_tools, normalise_target
 from tools.image import LoadedImage
-from tools.loader import load_image
-from tools.measure import measure_tools
-from tools.medsam import get_predictor
+from tools.ingest.loader import load_image
+from tools.vision.measure import measure_tools
+from tools.models.medsam import get_predictor
 from tools.overlay import draw_evidence, to_rgb
 from tools.store import ImageStore
 
@@ -149,7 +149,7 @@ def test_target_synonyms():
 
 
 def test_lungs_refused_on_a_ct(rg1):
-    from tools.find import find_lungs
+    from tools.vision.find import find_lungs
 
     with pytest.raises(ToolInputError, match="frontal chest radiograph"):
         find_lungs(np.zeros((64, 64), np.uint8), get_predictor(), None, {"modality": "CT"})
@@ -169,7 +169,7 @@ def _lungs_phantom() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_cardiothoracic_ratio_on_a_phantom():
-    from tools.measure import cardiothoracic_ratio
+    from tools.vision.measure import cardiothoracic_ratio
 
     left, right = _lungs_phantom()
     ctr = cardiothoracic_ratio(left, right, spacing_mm=(0.5, 0.25))
@@ -183,7 +183,7 @@ def test_cardiothoracic_ratio_on_a_phantom():
 
 
 def test_area_axes_and_extent_with_anisotropic_spacing():
-    from tools.measure import horizontal_extent, mask_area, mask_axes
+    from tools.vision.measure import horizontal_extent, mask_area, mask_axes
 
     m = np.zeros((100, 100), bool)
     m[10:30, 20:80] = True  # 60 px wide, 20 px tall
@@ -255,7 +255,7 @@ def test_hu_statistics_inside_a_ct_mask(store):
 
 
 def test_no_hu_statistics_when_ct_pixels_are_not_hu():
-    from tools.measure import measure_mask
+    from tools.vision.measure import measure_mask
 
     img, disc = _ct_phantom(units="a.u.")
     mm = measure_mask(img, disc)
@@ -268,7 +268,7 @@ def test_lesion_axes_of_an_ellipse_with_anisotropic_spacing():
     Tolerances: long axis 3 %; short axis within 1.5 px (0.75 mm): the long axis runs between
     pixel corners and so tilts by a few degrees, which widens the breadth measured across it.
     """
-    from tools.measure import mask_axes
+    from tools.vision.measure import mask_axes
 
     yy, xx = np.mgrid[0:100, 0:120] + 0.5
     ell = ((xx - 60) / 30) ** 2 + ((yy - 50) / 10) ** 2 <= 1
@@ -282,7 +282,7 @@ def test_lesion_axes_of_an_ellipse_with_anisotropic_spacing():
     ({"modality": "CR", "body_part": "EXTREMITY"}, "of the EXTREMITY"),
 ])
 def test_lungs_refused_on_images_that_cannot_show_them(meta, message):
-    from tools.find import find_lungs
+    from tools.vision.find import find_lungs
 
     with pytest.raises(ToolInputError, match=message):
         find_lungs(np.zeros((64, 64), np.uint8), get_predictor(), None, meta)
@@ -334,6 +334,6 @@ def test_volume_and_hu_of_a_3d_mask_on_a_ct_volume(store):
     assert by["area"].value == pytest.approx(ell[5].sum() * 0.64)
     assert by["long_axis"].line is None  # not drawn on a slice it may not be on
     assert "slice 5" in ev.summary and "slice spacing 2 mm" in ev.summary
-    from tools.measure import mask_volume
+    from tools.vision.measure import mask_volume
 
     assert mask_volume(ell, (0.8, 0.8), None).unit == "voxels"

@@ -2,7 +2,7 @@
 
 Each test module builds a SAM, an OWLv2 and a Grounding DINO model with hidden sizes of 16-32,
 and their processors and tokenizers (a letter-level vocabulary written here), saves them to a
-temp folder, and loads them through ``tools.hf_vision`` exactly as a user's checkpoint would be
+temp folder, and loads them through ``tools.models.hf`` exactly as a user's checkpoint would be
 loaded: config type check, ``from_pretrained``, pre-processing, the forward pass and
 post-processing. Random weights say nothing about quality, so the checks are about the plumbing:
 shapes, coordinate frames (the OWLv2 square padding), caching, and error messages.
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from tools.errors import ToolFailure, ToolInputError
-from tools.hf_vision import HfDetector, HfSamSegmenter, _suppress
-from tools.registry import VisionConfig, is_loaded
-from tools.segment import segment, vision_tools
+from tools.models.hf import HfDetector, HfSamSegmenter, _suppress
+from tools.models.registry import VisionConfig, is_loaded
+from tools.vision.segment import segment, vision_tools
 from tools.torch_compat import ensure_torchvision
 
 pytestmark = pytest.mark.slow
@@ -317,7 +317,7 @@ def test_find_and_segment_tools_use_the_configured_models(store, sam_dir, dino_d
 
 
 def test_an_empty_detection_is_a_negative_observation_not_an_error(store):
-    from tools.find import phrase_evidence
+    from tools.vision.find import phrase_evidence
 
     ev = phrase_evidence([], "nodule", store, "img-000000000000", "hf:tiny")
     assert ev.status == "ok" and not ev.boxes and ev.score is None

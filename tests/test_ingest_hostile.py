@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-import tools.loader as loader
+import tools.ingest.loader as loader
 from tools.errors import IngestError, NotAnImageError, UnsupportedImageError
-from tools.ingest_fuzz import BAD_OUTCOMES, cases, png_bombs, run_cases, seed_files
-from tools.ingest_guard import (
+from tools.ingest.fuzz import BAD_OUTCOMES, cases, png_bombs, run_cases, seed_files
+from tools.ingest.guard import (
     DecoderCrashedError,
     DecoderTimeoutError,
     ImageTooLargeError,
@@ -26,7 +26,7 @@ from tools.ingest_guard import (
     TruncatedImageError,
     check_preamble,
 )
-from tools.loader import load_image
+from tools.ingest.loader import load_image
 
 
 def sample(name: str) -> str:
@@ -131,7 +131,7 @@ def test_absurd_dimensions_refused_before_decoding(
 
 
 def test_huge_file_refused_from_its_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tools.ingest_guard as guard
+    import tools.ingest.guard as guard
 
     monkeypatch.setattr(guard, "MAX_FILE_BYTES", 1000)
     with pytest.raises(ImageTooLargeError, match=r"^MR_small\.dcm: file is too large"):
@@ -300,7 +300,7 @@ def test_aborting_codec_in_a_series_is_named_and_the_process_survives(
 
 def test_cli_inspect_survives_a_crashing_codec(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.cli import main
+    from agent.cli.main import main
 
     monkeypatch.setattr(loader, "_decode", _segfault_decode)
     assert main(["inspect", sample("MR_small_RLE.dcm"), "--json"]) == 2
@@ -351,7 +351,7 @@ def test_codec_panic_output_never_reaches_the_cli_user(tmp_path: Path) -> None:
     _rle_overrun(tmp_path / "scan.dcm")
     with pytest.raises(DecoderCrashedError, match=r"decoder failed \(PanicException"):
         load_image(tmp_path / "scan.dcm")
-    run = subprocess.run([sys.executable, "-m", "agent.cli", "inspect", str(tmp_path / "scan.dcm")],
+    run = subprocess.run([sys.executable, "-m", "agent.cli.main", "inspect", str(tmp_path / "scan.dcm")],
                          capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert run.returncode == 2 and run.stdout == ""
@@ -370,7 +370,7 @@ def test_a_script_without_a_main_guard_can_decode(tmp_path) -> None:
 
     script = tmp_path / "embed.py"
     script.write_text(
-        "from tools.loader import load_image\n"
+        "from tools.ingest.loader import load_image\n"
         f"img = load_image({str(sample('RG1_J2KR.dcm'))!r})\n"
         "print('shape', img.pixels.shape)\n"
     )

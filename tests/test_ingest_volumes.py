@@ -13,11 +13,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tools.basic import describe, measure_distance
+from tools.vision.basic import describe, measure_distance
 from tools.errors import IngestError, NotAnImageError, ToolInputError
-from tools.ingest_guard import ImageTooLargeError, InvalidDimensionsError
-from tools.ingest_volume import WINDOW_PRESETS, is_volume, orthogonal_views, volume_plane, window
-from tools.loader import load_image
+from tools.ingest.guard import ImageTooLargeError, InvalidDimensionsError
+from tools.ingest.volume import WINDOW_PRESETS, is_volume, orthogonal_views, volume_plane, window
+from tools.ingest.loader import load_image
 from tools.store import ImageStore
 
 CT = get_testdata_file("CT_small.dcm")
@@ -195,7 +195,7 @@ def test_nifti_absurd_header_dimensions(tmp_path: Path) -> None:
 def test_nifti_gzip_bomb_is_refused_from_the_header(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A gzipped float64 volume of zeros: tiny on disk, refused before it is inflated."""
-    import tools.ingest_volume as iv
+    import tools.ingest.volume as iv
 
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float64), np.eye(4)),
              tmp_path / "bomb.nii.gz")
@@ -367,7 +367,7 @@ def test_graph_ingests_a_series_folder_and_a_nifti(tmp_path: Path, store: ImageS
     """A folder and a .nii.gz in one turn: volume ids plus their planes, ids only in state."""
     from agent import AgentContext, build_graph
     from tests.fakes import ScriptedChatModel, ai, call, final
-    from tools.basic import basic_tools
+    from tools.vision.basic import basic_tools
 
     write_series(tmp_path / "ct", POSITIONS)
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(8, 8, 5)).astype(np.float32),
@@ -403,7 +403,7 @@ def test_graph_ingests_a_series_folder_and_a_nifti(tmp_path: Path, store: ImageS
 @pytest.mark.parametrize("kind", ["folder", "nifti"])
 def test_cli_inspect_volumes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              kind: str) -> None:
-    from agent.cli import main
+    from agent.cli.main import main
 
     if kind == "folder":
         write_series(tmp_path / "ct", POSITIONS)
@@ -422,7 +422,7 @@ def test_cli_inspect_volumes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize("kind", ["empty-folder", "mixed-folder", "bad-nifti"])
 def test_cli_inspect_bad_volume_exits_2_with_one_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
-    from agent.cli import main
+    from agent.cli.main import main
 
     if kind == "empty-folder":
         target = tmp_path / "empty"

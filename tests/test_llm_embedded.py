@@ -374,7 +374,7 @@ def test_a_named_tool_choice_constrains_the_reply_but_not_the_prompt(model):
     free = model.bind_tools([DESCRIBE, FINAL_ANSWER]).invoke(ask)
     forced = model.bind_tools([DESCRIBE, FINAL_ANSWER], tool_choice="final_answer").invoke(ask)
     assert [c["name"] for c in forced.tool_calls] == ["final_answer"]
-    # Same prompt, token for token: the sampled answers of agent.consistency reuse its state.
+    # Same prompt, token for token: the sampled answers of agent.trust.consistency reuse its state.
     assert forced.response_metadata["prompt_tokens"] == free.response_metadata["prompt_tokens"]
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from agent import AgentContext, Answer, build_graph
 from agent.llm import parse_spec
 from agent.llm.openai_compat import make_openai_model
-from tools.basic import basic_tools
+from tools.vision.basic import basic_tools
 
 pytestmark = pytest.mark.slow
 

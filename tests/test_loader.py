@@ -1,4 +1,4 @@
-"""tools.loader: real DICOM files from pydicom / pydicom-data, and PNG/JPEG made here."""
+"""tools.ingest.loader: real DICOM files from pydicom / pydicom-data, and PNG/JPEG made here."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pydicom.uid import UID
 
 from tools.errors import IngestError, NotAnImageError, UnsupportedImageError
 from tools.image import LoadedImage
-from tools.ingest_guard import InvalidDimensionsError, TruncatedImageError
-from tools.loader import load_image
+from tools.ingest.guard import InvalidDimensionsError, TruncatedImageError
+from tools.ingest.loader import load_image
 from tools.store import make_ref
 
 # Every key the loader may put in meta: a whitelist, so a new key has to be added on purpose.
@@ -27,7 +27,7 @@ ALLOWED_META = {
     "bits_stored", "pixel_representation", "pixel_spacing", "imager_pixel_spacing",
     "slice_thickness", "window_center", "window_width", "rescale_slope", "rescale_intercept",
     "transfer_syntax", "units", "slice_spacing_mm", "slice_orientation",
-    # planes cut from a volume (tools.ingest_volume.volume_plane, ImageStore.put_plane)
+    # planes cut from a volume (tools.ingest.volume.volume_plane, ImageStore.put_plane)
     "plane", "slice_index", "planes_total", "volume_id",
 }
 

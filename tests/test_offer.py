@@ -1,10 +1,10 @@
-"""agent.offer: what the planner is offered each round."""
+"""agent.planner.offer: what the planner is offered each round."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
-from agent.offer import offered_tools
+from agent.planner.offer import offered_tools
 from tools.base import make_tool
 from tools.evidence import Evidence
 from tools.image import ImageRef

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tools.phantoms import (
+from agent.evaluation.phantoms import (
     QUESTION_KINDS,
     equivalent_diameter_mm,
     make_phantom,

@@ -10,9 +10,9 @@ from importlib import metadata
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from tools.errors import ToolFailure
-from tools.registry import (
+from tools.models.registry import (
     VisionConfig,
     is_loaded,
     load_once,
@@ -127,8 +127,8 @@ def test_cuda_without_a_gpu_is_a_clear_failure():
 
 
 def test_the_runs_device_setting_wins_over_the_environment(monkeypatch):
-    from tools.medsam import get_predictor
-    from tools.segment import segmenter_for
+    from tools.models.medsam import get_predictor
+    from tools.vision.segment import segmenter_for
 
     monkeypatch.setenv("MEDLOOP_DEVICE", "cuda")
     assert VisionConfig.from_env("cpu").device == "cpu"  # AgentContext.device="cpu"

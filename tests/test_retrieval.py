@@ -267,7 +267,7 @@ def _augment(display: np.ndarray, seed: int) -> np.ndarray:
 @pytest.mark.slow
 def test_augmented_copy_of_every_demo_image_finds_its_source_first(demo):
     from retrievers.demo import demo_image_rows
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     rows = demo_image_rows()
     augmented = [_augment(load_image(r.image_path).display, i) for i, r in enumerate(rows)]
@@ -297,7 +297,7 @@ def test_similar_cases_report_lookup_and_knn_classify_tools(demo, store):
     from retrievers.demo import demo_image_rows
     from retrievers.knn_classify import knn_classify_tools
     from retrievers.similar import retrieval_tools
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     chest = next(r for r in demo_image_rows() if r.case_id == "RG1_UNCI.dcm")
     ref = store.put(load_image(chest.image_path))
@@ -324,7 +324,7 @@ def test_similar_cases_report_lookup_and_knn_classify_tools(demo, store):
 
 
 def test_default_tools_offer_retrieval_without_opening_the_library(store, medloop_home):
-    from agent.toolset import default_tools
+    from agent.planner.toolset import default_tools
 
     t0 = time.perf_counter()
     names = [t.name for t in default_tools(store)]
@@ -339,7 +339,7 @@ def test_default_tools_offer_retrieval_without_opening_the_library(store, medloo
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_index_build_and_search_reports(tmp_path, capsys):
-    from agent.cli import main
+    from agent.cli.main import main
 
     data = tmp_path / "reports"
     data.mkdir()

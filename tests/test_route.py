@@ -1,4 +1,4 @@
-"""agent.route: the tool router that picks what a small planner is offered."""
+"""agent.planner.route: the tool router that picks what a small planner is offered."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent import AgentContext, build_graph
-from agent.route import ToolRouter, route_examples
-from agent.toolset import default_tools
+from agent.planner.route import ToolRouter, route_examples
+from agent.planner.toolset import default_tools
 from tests.conftest import phantom
 from tests.fakes import ScriptedChatModel, ai, call, final
 from tests.loop_tools import loop_tools
-from tools.phantoms import phantom_suite
+from agent.evaluation.phantoms import phantom_suite
 
 
 @pytest.fixture(scope="module")

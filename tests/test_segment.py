@@ -16,8 +16,8 @@ import pytest
 
 from tools.errors import ToolInputError
 from tools.image import LoadedImage
-from tools.medsam import MedSamPredictor, get_predictor, preprocess
-from tools.segment import segment, segment_tools, validate_box, validate_points
+from tools.models.medsam import MedSamPredictor, get_predictor, preprocess
+from tools.vision.segment import segment, segment_tools, validate_box, validate_points
 
 pytestmark = pytest.mark.slow
 

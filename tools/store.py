@@ -122,12 +122,12 @@ class ImageStore:
         The plane is an ordinary image (content id, pixels in the volume's units, spacing in
         mm), so every 2D tool works on it; its meta keeps ``volume_id``, ``plane`` and
         ``slice_index`` so answers can say where it came from. See
-        ``tools.ingest_volume.volume_plane`` for planes, indices and spacing.
+        ``tools.ingest.volume.volume_plane`` for planes, indices and spacing.
 
         Raises:
             ToolInputError: unknown id, not a volume, or a bad plane / index.
         """
-        from tools.ingest_volume import volume_plane
+        from tools.ingest.volume import volume_plane
 
         img = volume_plane(self.get(volume_id), plane, index)
         img.meta["volume_id"] = volume_id
@@ -137,9 +137,9 @@ class ImageStore:
         """Store the middle planes of a volume; returns their refs (idempotent: content ids).
 
         Axial stacks give their middle axial, coronal and sagittal planes; other stacks their
-        middle slice only (see ``tools.ingest_volume.view_planes``).
+        middle slice only (see ``tools.ingest.volume.view_planes``).
         """
-        from tools.ingest_volume import view_planes
+        from tools.ingest.volume import view_planes
 
         vol = self.get(volume_id)
         return [self.put_plane(volume_id, plane, index) for plane, index in view_planes(vol)]
@@ -169,7 +169,7 @@ class ImageStore:
 
 def make_ref(image_id: str, img: LoadedImage) -> ImageRef:
     """Summarise a loaded image in one de-identified line for the planner."""
-    from tools.ingest_volume import is_volume
+    from tools.ingest.volume import is_volume
 
     modality = str(img.meta.get("modality") or "unknown")
     h, w = img.display.shape[:2]

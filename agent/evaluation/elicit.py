@@ -2,7 +2,7 @@
 
 A second, separate look (Prompt4Trust-style confidence-aware prompting): the model sees the
 question, the evidence and the proposed answer, and rates the answer's chance of being right.
-The rating is one more signal for ``tools.confidence.combine_confidence``; it is not trusted
+The rating is one more signal for ``agent.trust.confidence.combine_confidence``; it is not trusted
 alone. The reply is read as a ``rate_confidence`` tool call where the backend calls tools (the
 embedded model is then grammar-constrained to it), or as JSON text otherwise.
 """

@@ -11,7 +11,7 @@ from typing import Any
 from agent.evaluation.items import EvalItem
 from agent.evaluation.report import calibrate_split, summarise, write_report
 from agent.evaluation.runner import Record, Variant, run_suite
-from tools.calibration import Calibration, save_calibration
+from agent.trust.calibration import Calibration, save_calibration
 
 __all__ = ["EvalResult", "evaluate"]
 

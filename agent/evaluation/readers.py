@@ -2,7 +2,7 @@
 
 ``load_suite(spec)`` understands:
 
-- ``phantoms`` — the built-in ground-truth phantom suite (``tools.phantoms``), 100 items;
+- ``phantoms`` — the built-in ground-truth phantom suite (``agent.evaluation.phantoms``), 100 items;
   ``phantoms:N`` for N items, ``phantoms:N:SEED`` for another seed;
 - a VQA-RAD JSON file (a list of objects with ``image_name``, ``question``, ``answer``,
   ``answer_type`` CLOSED/OPEN); images are looked up beside the file and in its image folder;
@@ -44,7 +44,7 @@ class SuiteError(MedloopError, ValueError):
 
 def phantom_items(n: int = 100, seed: int = 0) -> list[EvalItem]:
     """The built-in phantom suite as evaluation items."""
-    from tools.phantoms import phantom_suite
+    from agent.evaluation.phantoms import phantom_suite
 
     out = []
     for it in phantom_suite(n, seed):

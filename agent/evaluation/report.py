@@ -33,8 +33,8 @@ from agent.evaluation.metrics import (
     wilson_ci,
 )
 from agent.evaluation.runner import Record
-from tools.calibration import Calibration, abstain_threshold, fit_calibration
-from tools.confidence import combine_confidence
+from agent.trust.calibration import Calibration, abstain_threshold, fit_calibration
+from agent.trust.confidence import combine_confidence
 
 __all__ = ["calibrate_split", "summarise", "write_report"]
 

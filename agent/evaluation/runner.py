@@ -73,7 +73,7 @@ class Record:
 def _load(image: str | LoadedImage) -> LoadedImage:
     if isinstance(image, LoadedImage):
         return image
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     return load_image(image)
 

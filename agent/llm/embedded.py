@@ -606,7 +606,7 @@ def _type_hint(schema: dict[str, Any]) -> str:
     return str(kind or "value")
 
 
-# Arguments whose allowed values ``agent.offer`` writes in as enums of what exists now (image
+# Arguments whose allowed values ``agent.planner.offer`` writes in as enums of what exists now (image
 # ids, mask keys, evidence ids). The prompt says where to find them instead of listing them:
 # the list changes with every image and round, and anything that changes in the system text
 # invalidates the cached prompt after it (tools, worked examples: ~1,400 tokens). The grammar
@@ -893,7 +893,7 @@ class EmbeddedChatModel(BaseChatModel):
     """Show the worked examples (prompts/embedded_examples) before a tool call."""
     prefers_tool_routing: ClassVar[bool] = True
     """A 135M model picks tools by the nearest worked example, not by the question: the agent
-    routes for it (``agent.route``) unless ``AgentContext.route_tools`` says otherwise."""
+    routes for it (``agent.planner.route``) unless ``AgentContext.route_tools`` says otherwise."""
 
     _calls: itertools.count[int] = PrivateAttr(default_factory=itertools.count)
 

@@ -39,7 +39,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from agent.llm.json_tools import ToolLike, message_text, text_history, with_tools_prompt
 from agent.llm.toolcalls import parse_tool_calls
 from tools.errors import MedloopError
-from tools.registry import resolve_device
+from tools.models.registry import resolve_device
 
 __all__ = [
     "HFChatModel",

@@ -26,14 +26,14 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from agent.answer import Answer, Claim, FinalAnswerArgs
-from agent.checks import review
-from agent.consistency import Samples, sample_answers
+from agent.trust.checks import review
+from agent.trust.consistency import Samples, sample_answers
 from agent.context import AgentContext
 from agent.nodes.think import build_prompt, resolve_llm, round_offer
 from agent.state import AgentState
 from prompts import load_prompt
-from tools.calibration import Calibration, load_calibration
-from tools.confidence import answer_form_score, combine_confidence, evidence_consistency
+from agent.trust.calibration import Calibration, load_calibration
+from agent.trust.confidence import answer_form_score, combine_confidence, evidence_consistency
 
 _SHIPPED = Path(__file__).resolve().parent.parent / "calibration"
 
@@ -94,7 +94,7 @@ def compose_answer(
 ) -> tuple[Answer, float]:
     """Build the final ``Answer`` from the state's proposal and evidence.
 
-    ``agreement`` is the self-consistency of the proposal (``agent.consistency``), pooled into
+    ``agreement`` is the self-consistency of the proposal (``agent.trust.consistency``), pooled into
     the confidence when given. Returns the answer and its raw (uncalibrated) confidence.
     """
     cal = calibration

@@ -17,6 +17,7 @@ from typing import Any
 from agent.context import AgentContext
 from agent.state import AgentState
 from tools.image import ImageRef
+from tools.ingest import ingest_path
 
 
 def make_ingest(default: AgentContext) -> Callable[..., Any]:
@@ -31,14 +32,7 @@ def make_ingest(default: AgentContext) -> Callable[..., Any]:
             if item in store:
                 refs.append(store.ref(item))
             else:
-                from tools.ingest_volume import is_volume
-                from tools.loader import load_image  # pydicom/Pillow only when a path comes in
-
-                img = load_image(item)
-                ref = store.put(img)
-                refs.append(ref)
-                if is_volume(img):  # its middle planes, as 2D images the planner can name
-                    refs.extend(store.put_views(ref.id))
+                refs.extend(ingest_path(store, item)[1])  # a volume's planes follow it
         turn = int(state.get("turn") or 0) + 1
         return {
             "images": [],

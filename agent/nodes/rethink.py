@@ -1,6 +1,6 @@
 """*rethink*: hold the proposed answer against the evidence before anyone sees it.
 
-Every claim must cite successful evidence whose numbers it repeats (``agent.checks``), and
+Every claim must cite successful evidence whose numbers it repeats (``agent.trust.checks``), and
 contradictions between tools are named. When something is missing and rounds remain, the loop
 goes back to *think* with the problems spelled out; otherwise on to *answer*, which keeps only
 the supported claims.
@@ -16,7 +16,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
-from agent.checks import review
+from agent.trust.checks import review
 from agent.context import AgentContext
 from agent.state import AgentState
 from prompts import load_prompt

@@ -23,8 +23,8 @@ from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.context import AgentContext
 from agent.llm import make_chat_model
 from agent.llm.toolcalls import parse_tool_calls
-from agent.offer import offered_tools
-from agent.route import shared_router
+from agent.planner.offer import offered_tools
+from agent.planner.route import shared_router
 from agent.state import AgentState
 from prompts import load_prompt
 

@@ -55,13 +55,13 @@ _PREDICTORS: dict[str | None, MedSamPredictor] = {}
 def load_lite_medsam(device: str | None = None) -> Any:
     """The LiteMedSAM network with the bundled weights, in eval mode, cached per process.
 
-    Loaded through the model registry (``tools.registry.load_once``, key
+    Loaded through the model registry (``tools.models.registry.load_once``, key
     ``lite-medsam:DEVICE``), on
     ``device`` or else ``MEDLOOP_DEVICE`` (``auto``: CUDA when available). Raises
     ``ToolFailure`` when the package or its weights are missing: a broken install is not
     something the planner can fix by retrying.
     """
-    from tools.registry import load_once, resolve_device
+    from tools.models.registry import load_once, resolve_device
 
     dev = resolve_device(device or os.environ.get("MEDLOOP_DEVICE") or "auto")
     return load_once(f"lite-medsam:{dev}", lambda: _build_lite_medsam(dev))
@@ -136,7 +136,7 @@ def preprocess(display: np.ndarray) -> Prepared:
 class Segmenter(Protocol):
     """What the segment / find / measure tools need from a promptable segmentation model.
 
-    Implemented by ``MedSamPredictor`` (box prompts only) and ``tools.hf_vision.HfSamSegmenter``
+    Implemented by ``MedSamPredictor`` (box prompts only) and ``tools.models.hf.HfSamSegmenter``
     (boxes and points). Boxes XYXY and points (x, y) in pixels of ``display``; masks bool
     ``(H, W)`` in the display's grid; the float is the model's predicted IoU in [0, 1].
     """
@@ -168,7 +168,7 @@ class MedSamPredictor:
 
     Thread-safe (one lock around the model). ``cache_size`` embeddings are kept (4 MB each),
     least recently used first out. LiteMedSAM was trained on box prompts only, so
-    ``supports_points`` is False (``tools.segment`` turns points into boxes for it).
+    ``supports_points`` is False (``tools.vision.segment`` turns points into boxes for it).
     """
 
     name = "lite-medsam"
@@ -251,7 +251,7 @@ class MedSamPredictor:
                        points_xy: Sequence[Sequence[float]], labels: Sequence[int],
                        box_xyxy: Sequence[float] | None = None) -> tuple[np.ndarray, float]:
         """Not supported: LiteMedSAM ignores point prompts (an empty mask on a disc phantom)."""
-        raise NotImplementedError("LiteMedSAM takes box prompts only; see tools.segment")
+        raise NotImplementedError("LiteMedSAM takes box prompts only; see tools.vision.segment")
 
     def embed(self, display: np.ndarray, image_id: str | None = None) -> np.ndarray:
         """The image's LiteMedSAM embedding, float32 ``(256,)``, L2-normalised.

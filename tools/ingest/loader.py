@@ -15,10 +15,10 @@ problem (``NotAnImageError`` for files that are not images, ``UnsupportedImageEr
 images no installed decoder can read). Only the file's *name* is quoted, never its folder.
 
 The loader is split into small steps (sniff -> parse -> check -> decode -> render -> describe);
-the hostile-input guards sit between them (``tools.ingest_guard``): the DICOM preamble is checked
+the hostile-input guards sit between them (``tools.ingest.guard``): the DICOM preamble is checked
 for executable polyglots after sniffing, header dimensions before decoding, and every compressed
 decoder (DICOM codecs, Pillow's PNG / JPEG) runs in an isolated child process with a timeout.
-Folders (DICOM series) and NIfTI files are assembled into volumes by ``tools.ingest_volume``.
+Folders (DICOM series) and NIfTI files are assembled into volumes by ``tools.ingest.volume``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 from tools.errors import IngestError, NotAnImageError, UnsupportedImageError
 from tools.image import LoadedImage
-from tools.ingest_guard import (
+from tools.ingest.guard import (
     DEFAULT_DECODE_TIMEOUT_S,
     ImageTooLargeError,
     TruncatedImageError,
@@ -128,7 +128,7 @@ def load_image(
     DICOM is recognised by its ``DICM`` prefix at byte 128 (and parsed without ``force``, so
     arbitrary bytes are never read as a dataset); ``.nii`` / ``.nii.gz`` go to nibabel; anything
     else goes to Pillow, restricted to PNG and JPEG. A folder is read as one DICOM series and
-    assembled into an ``(S, H, W)`` volume (see ``tools.ingest_volume``).
+    assembled into an ``(S, H, W)`` volume (see ``tools.ingest.volume``).
 
     Hostile input is checked before it is decoded: a DICOM preamble holding an executable / ZIP
     / TIFF header is refused (``allow_polyglot=True`` loads it and records a note); absurd
@@ -137,7 +137,7 @@ def load_image(
 
     Raises:
         IngestError: the file is missing, truncated or has no pixel data; subclasses in
-            ``tools.ingest_guard`` name hostile cases (``SuspiciousFileError``,
+            ``tools.ingest.guard`` name hostile cases (``SuspiciousFileError``,
             ``ImageTooLargeError``, ``InvalidDimensionsError``, ``TruncatedImageError``,
             ``DecoderCrashedError``, ``DecoderTimeoutError``).
         NotAnImageError: the file is not DICOM, PNG, JPEG or NIfTI.
@@ -147,7 +147,7 @@ def load_image(
     if not p.exists():
         raise IngestError(f"{p.name}: file not found")
     if p.is_dir():
-        from tools.ingest_volume import load_series
+        from tools.ingest.volume import load_series
 
         return load_series(p, allow_polyglot=allow_polyglot, decode_timeout_s=decode_timeout_s)
     if not p.is_file():
@@ -164,7 +164,7 @@ def load_image(
             img.notes.insert(0, note)
         return img
     if p.name.lower().endswith((".nii", ".nii.gz")):
-        from tools.ingest_volume import load_nifti
+        from tools.ingest.volume import load_nifti
 
         return load_nifti(p)
     if head[:4] in _BARE_DICOM_STARTS:

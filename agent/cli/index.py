@@ -1,4 +1,4 @@
-"""``medloop index build|search|demo``: the case-library commands (wired in ``agent/cli.py``).
+"""``medloop index build|search|demo``: the case-library commands (wired in ``agent/cli/main.py``).
 
 ``build DIR --out INDEX`` reads the layout ``retrievers.build`` documents and prints counts,
 dimensions and the index type; ``search INDEX (--image PATH | --text "...") -k K`` prints
@@ -87,7 +87,7 @@ def run_index(args: argparse.Namespace) -> Any:
         lib = CaseLibrary.open(Path(args.index))
         labels = [args.label] if args.label else None
         if args.image:
-            from tools.loader import load_image
+            from tools.ingest.loader import load_image
 
             hits = lib.search_image(load_image(args.image).display, args.k,
                                     modality=args.modality, labels=labels)

@@ -1,6 +1,6 @@
 """Calibration maps for confidences: temperature, Platt and isotonic scaling, and abstention.
 
-A raw confidence (``tools.confidence.combine_confidence``) is a ranking signal, not yet a
+A raw confidence (``agent.trust.confidence.combine_confidence``) is a ranking signal, not yet a
 probability. Fitted on a held-out set of (confidence, was-it-right) pairs, a calibration map
 turns it into one (Guo et al. 2017; Platt 1999; Zadrozny & Elkan 2002):
 

@@ -287,7 +287,7 @@ class IsolatedWorker:
             try:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-c",
-                     f"from tools.ingest_guard import _child_main; _child_main({theirs.fileno()})"],
+                     f"from tools.ingest.guard import _child_main; _child_main({theirs.fileno()})"],
                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, env=env,
                 )

@@ -5,7 +5,7 @@ sampled says more (Wang et al. 2023; in the phantom evaluation, pooling agreemen
 raw confidence cut AURC from 0.35 to 0.21). With ``AgentContext.answer_samples = N``, once
 *rethink* accepts a proposal the planner is asked again, N times, at
 ``AgentContext.sample_temperature``, from the same prompt with only ``final_answer`` offered;
-the share of answers that say what the proposal says (``tools.confidence.answer_key``) is
+the share of answers that say what the proposal says (``agent.trust.confidence.answer_key``) is
 pooled into the confidence. It costs N planner calls per answer, so it is off by default.
 """
 
@@ -20,8 +20,8 @@ from langchain_core.messages import AIMessage, AnyMessage
 
 from agent.answer import FINAL_ANSWER_TOOL
 from agent.llm.toolcalls import parse_tool_calls
-from agent.offer import final_answer_schema
-from tools.confidence import agreement_share
+from agent.planner.offer import final_answer_schema
+from agent.trust.confidence import agreement_share
 
 
 @dataclass

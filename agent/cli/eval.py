@@ -31,7 +31,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--tools", help="offer only these tools of the default set (comma-separated "
                                      "names); default: all of them")
-    from agent.cli import add_planner_options
+    from agent.cli.main import add_planner_options
 
     add_planner_options(ev)
     ev.add_argument("--baselines", default="blank,shuffled,question_only",
@@ -97,7 +97,7 @@ def _human(report: dict[str, Any]) -> str:
 
 def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     """The suite's items and the baselines, or ``BadInput`` naming what is wrong."""
-    from agent.cli import BadInput, planner_settings
+    from agent.cli.main import BadInput, planner_settings
     from agent.evaluation.readers import SuiteError, load_suite
     from agent.evaluation.runner import VARIANTS
     from agent.llm import parse_spec
@@ -129,13 +129,13 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
 def _graph_factory(args: argparse.Namespace) -> Any:
     """``make_graph()`` for the harness: a fresh graph on the run settings, tools filtered."""
     from agent.build import build_graph
-    from agent.cli import BadInput, planner_settings
+    from agent.cli.main import BadInput, planner_settings
     from agent.context import AgentContext
 
     def make_graph() -> tuple[Any, Any]:
         ctx = AgentContext(llm=args.llm, checkpoint="memory", **planner_settings(args))
         if args.tools:
-            from agent.toolset import default_tools
+            from agent.planner.toolset import default_tools
 
             wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
             have = {t.name: t for t in default_tools(ctx.store, ctx.device)}
@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import os
 
     items, baselines = _checked(args)
-    from agent.cli import BadInput
+    from agent.cli.main import BadInput
 
     settings: dict[str, str] = {}
     if args.raw:

@@ -4,7 +4,7 @@ The planner's verbalised confidence alone is badly over-confident in small and m
 so it is pooled with the tools' own scores (mask quality, retrieval similarity, classifier
 probability) and, when several answers were sampled, their agreement (self-consistency: the
 share of samples that gave this answer) in log-odds space, then penalised for contradictions
-and dropped claims. The result goes through a calibration map (``tools.calibration``, fitted
+and dropped claims. The result goes through a calibration map (``agent.trust.calibration``, fitted
 on held-out data; identity until one is).
 """
 

@@ -4,7 +4,7 @@ No open-vocabulary detector (Grounding DINO, OWL-ViT) ships its weights in a pac
 targets with a dedicated offline detector can be grounded. Today that is the lungs on a frontal
 chest radiograph: ``lungs-finder``'s classical HOG / LBP / Haar detectors give a box per lung,
 and LiteMedSAM refines each box into a mask; and burned-in text, boxed by the packaged OCR
-(``tools.burned_in.find_text``; text that looks like an identifier is not quoted). Any other
+(``tools.ingest.burned_in.find_text``; text that looks like an identifier is not quoted). Any other
 phrase raises ``ToolInputError``
 ("cannot be grounded offline"), so the planner picks another target or tool: a made-up box
 would be a failure dressed as a result.
@@ -15,7 +15,7 @@ When the DICOM ``PatientOrientation`` says the image's rows run toward the patie
 (``R``, a mirrored display) the sides are swapped; otherwise the standard display is assumed.
 
 With an open-vocabulary detector configured (``MEDLOOP_DETECTOR=hf:...``: OWLv2 or Grounding
-DINO, ``tools.hf_vision``), any phrase is looked for: the detector's boxes, with their scores,
+DINO, ``tools.models.hf``), any phrase is looked for: the detector's boxes, with their scores,
 are refined into masks by the configured segmenter; no box above the threshold is reported as
 such (a negative finding, not an error).
 
@@ -36,7 +36,7 @@ from pydantic import Field
 from tools.base import ImageArgs, make_tool
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence
-from tools.medsam import Segmenter, get_predictor
+from tools.models.medsam import Segmenter, get_predictor
 from tools.store import ImageStore
 
 __all__ = [
@@ -325,7 +325,7 @@ class Found:
 
 def text_find_evidence(display: np.ndarray, image_id: str, frames: int = 1) -> Evidence:
     """Evidence of ``find`` for text: the OCR's boxes, identifiers not quoted (as read_text)."""
-    from tools.burned_in import find_text, text_evidence
+    from tools.ingest.burned_in import find_text, text_evidence
 
     t0 = time.perf_counter()
     ev = text_evidence(find_text(display), image_id, frames)

@@ -6,8 +6,8 @@ wraps it: it fetches the image from the store, keeps the mask in the store under
 ``mask-...`` key that its summary names (so ``measure`` can be called on it) and reports the
 predicted IoU as the evidence score.
 
-Segmenters: LiteMedSAM by default (``tools.medsam``, weights in a package) or a transformers
-SAM checkpoint (``tools.hf_vision.HfSamSegmenter``) by configuration. LiteMedSAM was trained on
+Segmenters: LiteMedSAM by default (``tools.models.medsam``, weights in a package) or a transformers
+SAM checkpoint (``tools.models.hf.HfSamSegmenter``) by configuration. LiteMedSAM was trained on
 box prompts only and returns nothing useful for a point (tried: Dice 0.00 on a disc phantom), so
 for it a point prompt is turned into boxes: square boxes of growing size centred on the points
 are tried (decoder only: the embedding is cached) and the mask that holds every positive
@@ -34,10 +34,10 @@ from pydantic import Field, model_validator
 from tools.base import ImageArgs, make_tool
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
-from tools.find import find_tools
-from tools.measure import Quantity, mask_area, mask_axes, measure_tools
-from tools.medsam import Segmenter, get_predictor
-from tools.registry import VisionConfig
+from tools.vision.find import find_tools
+from tools.vision.measure import Quantity, mask_area, mask_axes, measure_tools
+from tools.models.medsam import Segmenter, get_predictor
+from tools.models.registry import VisionConfig
 from tools.store import ImageStore
 
 __all__ = [
@@ -348,7 +348,7 @@ def segmenter_for(config: VisionConfig) -> Segmenter:
     Nothing loads here; the weights load on the first prompt.
     """
     if config.segmenter.startswith("hf:"):
-        from tools.hf_vision import HfSamSegmenter
+        from tools.models.hf import HfSamSegmenter
 
         return HfSamSegmenter(config.segmenter[3:], config.device)
     return get_predictor(None if config.device == "auto" else config.device)
@@ -382,18 +382,18 @@ def vision_tools(store: ImageStore, predictor: Segmenter | None = None,
     seg = predictor or segmenter_for(cfg)
     detector: Any = None
     if cfg.detector.startswith("hf:"):
-        from tools.hf_vision import HfDetector
+        from tools.models.hf import HfDetector
 
         detector = HfDetector(cfg.detector[3:], cfg.device)
     tools = [*segment_tools(store, seg), *find_tools(store, seg, detector),
              *measure_tools(store, seg)]
     if cfg.classifier and cfg.classifier.startswith("hf:"):
-        from tools.classify import SupervisedClassifier, supervised_classify_tools
+        from tools.vision.classify import SupervisedClassifier, supervised_classify_tools
 
         tools += supervised_classify_tools(store, SupervisedClassifier(cfg.classifier,
                                                                        cfg.device))
     elif cfg.classifier:
-        from tools.classify import ZeroShotClassifier, classify_tools
+        from tools.vision.classify import ZeroShotClassifier, classify_tools
 
         tools += classify_tools(store, ZeroShotClassifier(cfg.classifier, cfg.device))
     return tools

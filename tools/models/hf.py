@@ -4,8 +4,8 @@ SAM-family segmentation (SAM / MedSAM as ``SamModel``, SAM 2 as ``Sam2Model``), 
 open-vocabulary detection (OWLv2 / OWL-ViT, Grounding DINO).
 
 None of these weights ship in a package, so none is a default: they are chosen with
-``MEDLOOP_SEGMENTER=hf:...`` / ``MEDLOOP_DETECTOR=hf:...`` (``tools.registry.VisionConfig``).
-Each model loads on first use, once per process (``tools.registry.load_once``), on CUDA when
+``MEDLOOP_SEGMENTER=hf:...`` / ``MEDLOOP_DETECTOR=hf:...`` (``tools.models.registry.VisionConfig``).
+Each model loads on first use, once per process (``tools.models.registry.load_once``), on CUDA when
 available. A checkpoint that is missing offline, or of an unsupported type, raises
 ``ToolFailure`` naming it: the planner cannot fix a setup problem by retrying.
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from tools.errors import ToolFailure
 from tools.image import to_rgb
-from tools.registry import load_once, resolve_device
+from tools.models.registry import load_once, resolve_device
 
 __all__ = ["Detection", "HfDetector", "HfSamSegmenter"]
 
@@ -81,7 +81,7 @@ class HfSamSegmenter:
 
     ``SamModel`` (SAM, MedSAM) or ``Sam2Model`` (SAM 2), told apart by the checkpoint's config.
 
-    Same interface as ``tools.medsam.MedSamPredictor``: the image embedding is cached per
+    Same interface as ``tools.models.medsam.MedSamPredictor``: the image embedding is cached per
     image id, so further prompts on one image only run the prompt encoder and mask decoder;
     ``encoder_calls`` counts image-encoder runs.
     """
@@ -108,7 +108,7 @@ class HfSamSegmenter:
     def _encode(self, image_id: str | None, display: np.ndarray) -> _SamEntry:
         import torch
 
-        from tools.medsam import _content_key
+        from tools.models.medsam import _content_key
 
         key = image_id or _content_key(display)
         with self._lock:

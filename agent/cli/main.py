@@ -151,7 +151,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Load an image the way the agent does and print what it sees."""
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
     from tools.store import make_ref
 
     img = load_image(args.image)
@@ -177,7 +177,7 @@ def cmd_deid(args: argparse.Namespace) -> int:
     """De-identify a DICOM file or folder (PS3.15 Basic Profile); pixel data is not changed."""
     from pathlib import Path
 
-    from tools.deid import deidentify_file, deidentify_tree
+    from tools.ingest.deid import deidentify_file, deidentify_tree
 
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
@@ -230,7 +230,7 @@ def cmd_deid(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the model registry: every default and configured model, none loaded."""
-    from tools.registry import VisionConfig, models
+    from tools.models.registry import VisionConfig, models
 
     try:
         config = VisionConfig.from_env()
@@ -251,7 +251,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Build or search a case library (``retrievers/``)."""
-    from retrievers.cli import emit, run_index
+    from agent.cli.index import emit, run_index
     from retrievers.library import EmbedderMismatch
     from tools.errors import ToolInputError
 
@@ -320,11 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max-upload-mb", type=float, help="upload size limit (default 100)")
     web.set_defaults(func=cmd_app)
 
-    from retrievers.cli import add_index_parser
+    from agent.cli.index import add_index_parser
 
     add_index_parser(sub).set_defaults(func=cmd_index)
 
-    from agent.evaluation.cli import add_eval_parser
+    from agent.cli.eval import add_eval_parser
 
     add_eval_parser(sub)
     return p

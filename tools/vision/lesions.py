@@ -24,7 +24,7 @@ Each detection gets a probability of being real from its significance (logistic 
 one minus the chance that the strongest rejected blob was real. Orientation: quadrants are of
 the image; the patient's side is given where the display convention is known (axial CT/MR and
 frontal radiographs put the patient's right on the image's left). Measured on the phantom suite
-(``tools/phantoms.py``, 60 items of seed 1): count right on 90 %, diameter error 0.1 mm mean
+(``agent/evaluation/phantoms.py``, 60 items of seed 1): count right on 90 %, diameter error 0.1 mm mean
 when the count is right, 0.1–0.2 s per 192² image on one busy core.
 """
 
@@ -39,7 +39,7 @@ from langchain_core.tools import BaseTool
 from scipy import ndimage
 
 from tools.base import ImageArgs, make_tool
-from tools.basic import displayed_frame
+from tools.vision.basic import displayed_frame
 from tools.errors import ToolInputError
 from tools.evidence import Assertion, Box, Evidence, Measurement
 from tools.image import LoadedImage

@@ -1,6 +1,6 @@
 """Burned-in text: read it with the packaged OCR model, flag likely identifiers, black it out.
 
-Why: de-identifying the DICOM header (``tools.deid``) leaves the pixels alone, and ultrasound,
+Why: de-identifying the DICOM header (``tools.ingest.deid``) leaves the pixels alone, and ultrasound,
 secondary captures and scanned films often carry the patient's name, id and dates burned into
 the image. Text in the image is also useful evidence in its own right (side markers, "PWR",
 a scanner's annotation).

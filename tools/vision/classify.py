@@ -9,7 +9,7 @@ Two kinds of model can serve ``classify``:
 * ``MEDLOOP_CLASSIFIER=open_clip:REF`` — zero-shot, described below.
 
 No image-text weights ship in a package, so this is not a default: it is offered when
-``MEDLOOP_CLASSIFIER=open_clip:REF`` names a model (``tools.registry.VisionConfig``), where REF
+``MEDLOOP_CLASSIFIER=open_clip:REF`` names a model (``tools.models.registry.VisionConfig``), where REF
 is ``hf-hub:ORG/NAME`` (e.g. ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``,
 from the local hub cache when offline), ``local-dir:PATH`` or a folder holding
 ``open_clip_config.json`` and the weights. The CPU default classifier is the nearest-neighbour
@@ -36,7 +36,7 @@ from pydantic import Field
 from tools.base import ImageArgs, make_tool
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Assertion, Evidence
-from tools.registry import load_once, open_clip_ref, resolve_device
+from tools.models.registry import load_once, open_clip_ref, resolve_device
 from tools.store import ImageStore
 
 __all__ = [
@@ -177,7 +177,7 @@ def _load_supervised(ref: str, device: str) -> tuple[Any, Any]:
     ensure_torchvision()
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from tools.hf_vision import _from_pretrained
+    from tools.models.hf import _from_pretrained
 
     model = _from_pretrained("classifier", ref, AutoModelForImageClassification.from_pretrained)
     processor = _from_pretrained("classifier", ref, AutoImageProcessor.from_pretrained)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.ingest_guard import DecoderCrashedError, DecoderTimeoutError, IsolatedWorker
+from tools.ingest.guard import DecoderCrashedError, DecoderTimeoutError, IsolatedWorker
 
 __all__ = ["FuzzReport", "mutate", "png_bombs", "probe", "run_cases", "seed_files"]
 
@@ -39,7 +39,7 @@ BAD_OUTCOMES = ("uncaught", "crash", "hang")
 def probe(path: str, decode_timeout_s: float) -> tuple[str, str]:
     """Load one file and say how it went: ``(outcome, detail)`` (runs in the child)."""
     from tools.errors import IngestError
-    from tools.loader import load_image
+    from tools.ingest.loader import load_image
 
     try:
         load_image(path, decode_timeout_s=decode_timeout_s)

@@ -24,7 +24,7 @@ On top of dicognito this module:
 The pixel data is never touched: text burned into the pixels (common in ultrasound and
 secondary captures) survives. When ``BurnedInAnnotation`` is ``YES`` the file keeps
 ``PatientIdentityRemoved = NO`` (the standard defines YES as "removed from the attributes *and
-the pixel data*") and the report warns; ``tools.burned_in`` can find and black out such text.
+the pixel data*") and the report warns; ``tools.ingest.burned_in`` can find and black out such text.
 
 Files are read without ``force=True`` (arbitrary bytes are never parsed as a dataset) and
 reports name files by their name only, never their folder, since paths can hold patient names.

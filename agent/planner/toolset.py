@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from langchain_core.tools import BaseTool
 
-from tools.basic import basic_tools
-from tools.burned_in import burned_in_tools
-from tools.lesions import lesion_tools
-from tools.registry import VisionConfig
-from tools.segment import vision_tools
+from tools.vision.basic import basic_tools
+from tools.ingest.burned_in import burned_in_tools
+from tools.vision.lesions import lesion_tools
+from tools.models.registry import VisionConfig
+from tools.vision.segment import vision_tools
 from tools.store import ImageStore
 
 

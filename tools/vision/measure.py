@@ -32,9 +32,9 @@ from pydantic import Field
 from tools.base import ImageArgs, make_tool
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
-from tools.find import FoundLungs, find_lungs
+from tools.vision.find import FoundLungs, find_lungs
 from tools.image import LoadedImage
-from tools.medsam import Segmenter, get_predictor
+from tools.models.medsam import Segmenter, get_predictor
 from tools.store import ImageStore
 
 __all__ = [
@@ -319,7 +319,7 @@ def measure_mask(img: LoadedImage, mask: np.ndarray) -> MaskMeasurement:
     ``pixels`` (volume from ``meta["slice_spacing_mm"]``, HU over every voxel, area and axes
     on the slice where the mask is largest).
     """
-    from tools.basic import displayed_frame
+    from tools.vision.basic import displayed_frame
 
     m = np.asarray(mask).astype(bool)
     sp = img.spacing_mm

@@ -30,7 +30,7 @@ import numpy as np
 
 from tools.errors import IngestError, NotAnImageError, ToolInputError, UnsupportedImageError
 from tools.image import LoadedImage
-from tools.ingest_guard import (
+from tools.ingest.guard import (
     DEFAULT_DECODE_TIMEOUT_S,
     MAX_PIXELS,
     ImageTooLargeError,
@@ -283,7 +283,7 @@ def load_series(
             disagree on size / orientation / spacing, or two slices at one position.
         ImageTooLargeError: too many files, or the volume would exceed ``MAX_PIXELS``.
     """
-    from tools import loader
+    from tools.ingest import loader
 
     name = folder.name
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
@@ -528,7 +528,7 @@ def _read_nifti(path: Path) -> LoadedImage:
     if units not in ("mm", "unknown") or min(zooms) <= 0 or not all(np.isfinite(zooms)):
         notes.append(f"NIfTI voxel sizes {zooms} in {units!r} are not usable mm; spacing unknown")
         spacing = None
-    from tools.loader import percentile_window
+    from tools.ingest.loader import percentile_window
 
     middle = volume[volume.shape[0] // 2]
     meta: dict[str, Any] = {

@@ -1,0 +1,4 @@
+"""The expert tools the planner calls: each a pure function over arrays beside a thin
+LangChain wrapper that returns ``Evidence``."""
+
+__all__: list[str] = []
