@@ -27,13 +27,13 @@ from langchain_core.tools import BaseTool
 
 from agent.context import AgentContext
 from agent.llm.embedded import EmbeddedChatModel
-from agent.nodes.think import build_prompt
 from agent.planner.offer import offered_tools
+from agent.planner.prompt import build_prompt
 from tools.base import ImageArgs, make_tool
-from tools.vision.basic import basic_tools
 from tools.evidence import Evidence
 from tools.image import ImageRef
 from tools.store import ImageStore
+from tools.vision.basic import basic_tools
 
 IMG_CXR = "img-3e9a1c04b7d2"
 IMG_CT = "img-a71f0c5e3b98"
@@ -234,7 +234,7 @@ def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
     tools and worked examples on every call. Baseline: no saved states (capacity 0), in the
     same run, on the same prompts.
     """
-    from agent.llm.embedded import _PrefixStates
+    from agent.llm.embedded.runtime import PrefixStates
 
     ids = [f"img-{k:012x}" for k in range(1, n_images + 1)]
     rounds = []
@@ -246,7 +246,7 @@ def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
     loaded = model._loaded()[0]
     results = {}
     for label, capacity in (("no saved states (baseline)", 0), ("saved prompt states", 6)):
-        loaded.states = _PrefixStates(capacity=capacity)
+        loaded.states = PrefixStates(capacity=capacity)
         with model.generation_lock():
             model.llama().reset()
         times, tokens = [], []
@@ -260,7 +260,7 @@ def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
               f"(mean of {len(times) - 2}; prompts ~{statistics.median(tokens):.0f} tokens)")
     base, new = (statistics.mean(v) for v in results.values())
     print(f"{'ratio (saved / baseline)':34s} {new / base:8.2f}")
-    loaded.states = _PrefixStates()
+    loaded.states = PrefixStates()
 
 
 def main() -> None:

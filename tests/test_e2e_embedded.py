@@ -48,7 +48,8 @@ def test_embedded_planner_is_routed_to_the_lesion_tool_and_samples_its_answer():
     from agent import AgentContext, build_graph
     from agent.evaluation.phantoms import make_phantom
 
-    ctx = AgentContext(checkpoint="memory", max_rounds=3, answer_samples=2)
+    # from_env, as the CLI and the app build it: MEDLOOP_LLM_THREADS reaches the planner.
+    ctx = AgentContext.from_env(checkpoint="memory", max_rounds=3, answer_samples=2)
     ref = ctx.store.put(make_phantom(5, n_lesions=2).image)
     result = build_graph(ctx).invoke(
         {"messages": [("user", "How many focal lesions are in this image?")],

@@ -10,8 +10,13 @@ Specs (the CLI's ``--llm`` and ``AgentContext.llm``):
 - ``hf:ID_OR_PATH`` — a local transformers chat model (GPU when present).
 
 Every backend is a LangChain ``BaseChatModel`` whose ``bind_tools`` accepts OpenAI-format tool
-dicts and whose replies are ``AIMessage`` objects carrying ``tool_calls``. Backends that cannot
-call tools natively put JSON in the text; ``agent.llm.toolcalls`` parses and repairs it.
+dicts and whose replies are ``AIMessage`` objects carrying ``tool_calls`` (and
+``invalid_tool_calls`` for calls that cannot run). Backends whose models cannot call tools
+natively share one text protocol (``agent.llm.text_protocol``): the tools described in the
+prompt, the calls written as JSON, parsed and repaired by ``agent.llm.toolcalls``.
+
+Run settings reach a backend as arguments of ``make_chat_model`` (``AgentContext.llm_threads``
+and ``llm_temperature``); no backend reads the environment.
 """
 
 from __future__ import annotations
@@ -58,28 +63,46 @@ def parse_spec(spec: str) -> LLMSpec:
     raise ValueError(f"bad --llm {spec!r}: {forms}")
 
 
-_CACHE: dict[str, BaseChatModel] = {}
+_CACHE: dict[tuple[str, int | None, float], BaseChatModel] = {}
 _LOCK = threading.Lock()
 
 
-def make_chat_model(spec: str) -> BaseChatModel:
-    """The chat model for a spec, built once per process (weights load lazily inside)."""
+def make_chat_model(
+    spec: str, *, threads: int | None = None, temperature: float = 0.0
+) -> BaseChatModel:
+    """The chat model for a spec and settings, built once per process (weights load lazily).
+
+    Args:
+        spec: the backend (see the module docstring).
+        threads: CPU threads for the embedded model; None for its default rule (the CPUs this
+            process may use, at most 8). The other backends run where their server or device
+            is, and ignore it.
+        temperature: sampling temperature from 0 to 2; 0 (the default) is greedy, so the
+            planner's choices are reproducible.
+
+    Raises ValueError for a malformed spec or a setting out of range.
+    """
     parsed = parse_spec(spec)
+    if not 0.0 <= temperature <= 2.0:
+        raise ValueError(f"temperature must be from 0 to 2, got {temperature:g}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    key = (spec, threads, float(temperature))
     with _LOCK:
-        if spec in _CACHE:
-            return _CACHE[spec]
+        if key in _CACHE:
+            return _CACHE[key]
         model: BaseChatModel
         if parsed.kind == "embedded":
             from agent.llm.embedded import EmbeddedChatModel
 
-            model = EmbeddedChatModel()
+            model = EmbeddedChatModel(n_threads=threads, temperature=temperature)
         elif parsed.kind == "openai":
             from agent.llm.openai_compat import make_openai_model
 
-            model = make_openai_model(parsed)
+            model = make_openai_model(parsed, temperature=temperature)
         else:
             from agent.llm.hf import HFChatModel
 
-            model = HFChatModel(model_id=parsed.model)
-        _CACHE[spec] = model
+            model = HFChatModel(model_id=parsed.model, temperature=temperature)
+        _CACHE[key] = model
         return model

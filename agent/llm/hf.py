@@ -6,8 +6,10 @@ The model's own chat template formats the conversation. Templates that know abou
 form; the model then writes calls in the format it was trained on (``<tool_call>{...}</tool_call>``
 for Qwen/Hermes, bare JSON for Llama) and ``agent.llm.toolcalls`` reads any of them. Templates
 without tools get the same prompt-based protocol as ``openai-json:`` (``agent.llm.json_tools``).
+Either way the reply is read by the shared text protocol (``agent.llm.text_protocol``).
 
-Decoding is greedy: the planner's choices should not change between runs of the same question.
+Decoding is greedy unless a temperature is set: the planner's choices should not change
+between runs of the same question.
 Weights load on first use (not at construction), once per process for each (model, device),
 behind a lock; generation on one model is serialised, since concurrent ``generate`` calls on one
 model only compete for the same device.
@@ -24,20 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
 
-from agent.llm.json_tools import ToolLike, message_text, text_history, with_tools_prompt
-from agent.llm.toolcalls import parse_tool_calls
+from agent.llm.json_tools import with_tools_prompt
+from agent.llm.text_protocol import (
+    TextToolCalling,
+    chat_role,
+    message_text,
+    reply_with_tool_calls,
+    text_history,
+)
 from tools.errors import MedloopError
 from tools.models.registry import resolve_device
 
@@ -79,7 +80,7 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
-class HFChatModel(BaseChatModel):
+class HFChatModel(TextToolCalling, BaseChatModel):
     """A causal LM from transformers as a tool-calling chat model.
 
     Attributes:
@@ -90,12 +91,15 @@ class HFChatModel(BaseChatModel):
             the JSON repair where possible.
         gguf_file: load weights from this GGUF file inside ``model_id`` (dequantised by
             transformers: slow and fp32, but needs no other runtime).
+        temperature: 0 (the default) decodes greedily; above 0 samples. A ``temperature``
+            keyword on one call overrides it.
     """
 
     model_id: str
     device: str | None = None
     max_new_tokens: int = 384
     gguf_file: str | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
     @property
     def _llm_type(self) -> str:
@@ -104,18 +108,7 @@ class HFChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "gguf_file": self.gguf_file,
-                "max_new_tokens": self.max_new_tokens}
-
-    def bind_tools(
-        self,
-        tools: Sequence[ToolLike],
-        *,
-        tool_choice: str | None = None,
-        **kwargs: Any,
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools (converted to OpenAI format); ``tool_choice`` is ignored (greedy text)."""
-        del tool_choice
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
 
     def load(self) -> tuple[Any, Any]:
         """``(tokenizer, model)``, loading them on first use. Raises ``HFModelError``."""
@@ -137,7 +130,7 @@ class HFChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         tools = list(kwargs.get("tools") or [])
-        temperature = float(kwargs.get("temperature", 0.0))
+        temperature = float(kwargs.get("temperature", self.temperature))
         if not 0.0 <= temperature <= 2.0:
             raise HFModelError(f"temperature must be from 0 to 2, got {temperature:g}")
         loaded = _load(self.model_id, self.gguf_file, resolve_device(self.device or "auto"))
@@ -182,10 +175,7 @@ class HFChatModel(BaseChatModel):
 
 def message_from_output(text: str, tools: Sequence[Mapping[str, Any]]) -> AIMessage:
     """The ``AIMessage`` for a decoded reply: its text, and the tool calls written in it."""
-    if not tools:
-        return AIMessage(content=text)
-    parsed = parse_tool_calls(text, tools)
-    return AIMessage(content=text, tool_calls=parsed.calls, invalid_tool_calls=parsed.invalid)
+    return reply_with_tool_calls(AIMessage(content=text), tools)
 
 
 def decode_reply(tokenizer: Any, token_ids: Any) -> str:
@@ -251,27 +241,15 @@ def _fold_system(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": system["content"]}, *rest]
 
 
-def _role(m: BaseMessage) -> str:
-    if isinstance(m, SystemMessage):
-        return "system"
-    if isinstance(m, AIMessage):
-        return "assistant"
-    if isinstance(m, ToolMessage):
-        return "tool"
-    if isinstance(m, ChatMessage):
-        return m.role
-    return "user"
-
-
 def _text_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    return [{"role": _role(m), "content": message_text(m.content)} for m in messages]
+    return [{"role": chat_role(m), "content": message_text(m.content)} for m in messages]
 
 
 def _native_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     """Messages in the form tool-aware templates read (arguments as dicts, as Qwen's wants)."""
     out: list[dict[str, Any]] = []
     for m in messages:
-        entry: dict[str, Any] = {"role": _role(m), "content": message_text(m.content)}
+        entry: dict[str, Any] = {"role": chat_role(m), "content": message_text(m.content)}
         if isinstance(m, AIMessage) and m.tool_calls:
             entry["tool_calls"] = [
                 {"id": c.get("id"), "type": "function",

@@ -4,7 +4,8 @@
 ``--enable-auto-tool-choice --tool-call-parser ...`` for that). ``openai-json:MODEL@URL`` is for
 servers without it: the tools go into the prompt and the calls are read from the reply's JSON
 (``JsonToolsChatModel``). A native server that still answers with JSON text instead of
-``tool_calls`` is recovered later, by the *think* node, with the same parser.
+``tool_calls`` (a model its tool-call parser does not know) is recovered here, with the same
+text protocol (``agent.llm.text_protocol``), so every backend's replies carry their calls.
 
 The client's own errors ("Connection error.") do not say which server or what to try next;
 this module re-raises them as ``OpenAIServerError`` naming the URL, the model and the likely
@@ -14,17 +15,18 @@ fix, so the CLI and app can show one useful line.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 from langchain_core.language_models import BaseChatModel
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
 from agent.llm import LLMSpec
 from agent.llm.json_tools import JsonToolsChatModel
+from agent.llm.text_protocol import reply_with_tool_calls
 from tools.errors import MedloopError
 
 __all__ = ["DEFAULT_MAX_TOKENS", "DEFAULT_TIMEOUT_S", "OpenAIServerError", "make_openai_model"]
@@ -45,13 +47,14 @@ def make_openai_model(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    temperature: float = 0.0,
 ) -> BaseChatModel:
     """The chat model for an ``openai``/``openai-json`` spec.
 
     The key comes from ``OPENAI_API_KEY``; local servers ignore it, so a placeholder is sent
-    when it is unset. Temperature 0 keeps tool choices reproducible; one retry absorbs a
-    dropped connection without making a dead server slow to report. ``max_tokens`` bounds
-    one reply.
+    when it is unset. Temperature 0 (the default) keeps tool choices reproducible; one retry
+    absorbs a dropped connection without making a dead server slow to report. ``max_tokens``
+    bounds one reply.
     """
     if spec.kind != "openai" or not spec.base_url:
         raise ValueError(f"not an OpenAI-compatible spec: {spec}")
@@ -59,10 +62,13 @@ def make_openai_model(
         model=spec.model,
         base_url=spec.base_url,
         api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",  # type: ignore[arg-type]
-        temperature=0,
+        temperature=temperature,
         timeout=timeout_s,
         max_retries=1,
         max_completion_tokens=max_tokens,  # the field's alias; sent as max_tokens to local servers
+        # A streamed reply is passed on chunk by chunk, before the whole of it could be read
+        # for calls written as text; a planner's tool-calling reply gains nothing from it.
+        disable_streaming="tool_calling",
     )
     if spec.native_tools:
         return chat
@@ -74,8 +80,12 @@ class _ChatOpenAI(ChatOpenAI):
 
     It also sends the reply bound as ``max_tokens`` to servers other than OpenAI's own:
     ``ChatOpenAI`` renames it ``max_completion_tokens`` (OpenAI's newer name), which
-    llama.cpp's server ignores, so the bound would silently not apply there.
+    llama.cpp's server ignores, so the bound would silently not apply there. And when tools
+    are bound but the reply has no ``tool_calls``, the calls written in its text are read
+    (``reply_with_tool_calls``), so its replies carry their calls like every backend's.
     """
+
+    returns_parsed_tool_calls: ClassVar[bool] = True
 
     def _get_request_payload(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         payload: dict[str, Any] = super()._get_request_payload(*args, **kwargs)
@@ -85,11 +95,13 @@ class _ChatOpenAI(ChatOpenAI):
 
     def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._named_errors():
-            return super()._generate(*args, **kwargs)
+            result = super()._generate(*args, **kwargs)
+        return _with_text_calls(result, kwargs.get("tools"))
 
     async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
         with self._named_errors():
-            return await super()._agenerate(*args, **kwargs)
+            result = await super()._agenerate(*args, **kwargs)
+        return _with_text_calls(result, kwargs.get("tools"))
 
     def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         with self._named_errors():
@@ -109,6 +121,18 @@ class _ChatOpenAI(ChatOpenAI):
             if message is None:
                 raise
             raise OpenAIServerError(message) from exc
+
+
+def _with_text_calls(result: ChatResult, tools: Sequence[Mapping[str, Any]] | None) -> ChatResult:
+    """``result`` with calls written as text read into ``tool_calls`` (native ones kept)."""
+    if not tools:
+        return result
+    generations = [
+        ChatGeneration(message=reply_with_tool_calls(g.message, tools),
+                       generation_info=g.generation_info)
+        for g in result.generations
+    ]
+    return ChatResult(generations=generations, llm_output=result.llm_output)
 
 
 def _is_openai(url: str | None) -> bool:

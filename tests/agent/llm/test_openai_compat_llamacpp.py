@@ -57,9 +57,9 @@ def llama_server(tmp_path_factory) -> Iterator[str]:
             "--chat_format", "chatml", "--model_alias", "smollm2", "--n_threads", "1",
             "--n_threads_batch", "1"]
     # `python -m llama_cpp.server ARGS`, with the same guard the embedded backend loads under:
-    # llama.cpp builds with AMX crash on this model's first real prompt (see embedded.py).
+    # llama.cpp builds with AMX crash on this model's first real prompt (see agent/llm/embedded/runtime.py).
     launch = ("import runpy, sys\n"
-              "from agent.llm.embedded import _no_extra_buffer_types_if_amx as guard\n"
+              "from agent.llm.embedded.runtime import no_extra_buffer_types_if_amx as guard\n"
               f"sys.argv = ['llama_cpp.server', *{args!r}]\n"
               "with guard():\n"
               "    runpy.run_module('llama_cpp.server', run_name='__main__')\n")

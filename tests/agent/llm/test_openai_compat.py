@@ -1,4 +1,4 @@
-"""agent.llm.openai_compat and agent.llm.json_tools, against a local scripted OpenAI server.
+"""agent.llm.openai_compat (and its json mode), against a local scripted OpenAI server.
 
 The server is stdlib ``http.server`` on 127.0.0.1 (an OS-chosen port): it answers chat
 completions from a queue of scripted replies and records every request, so the tests check
@@ -14,20 +14,11 @@ import time
 from typing import Any
 
 import pytest
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import BaseModel, Field
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from agent.llm import parse_spec
-from agent.llm.json_tools import (
-    JsonToolsChatModel,
-    describe_tools,
-    text_history,
-    tools_system_prompt,
-)
+from agent.llm.json_tools import JsonToolsChatModel
 from agent.llm.openai_compat import DEFAULT_MAX_TOKENS, OpenAIServerError, make_openai_model
-from prompts import load_prompt
 
 SEGMENT = {
     "type": "function",
@@ -117,6 +108,30 @@ def test_native_history_keeps_the_wire_format(server, monkeypatch):
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]
     assert sent[2]["tool_calls"][0]["function"]["name"] == "segment"
     assert server.requests[0]["headers"]["authorization"] == "Bearer sk-local"
+
+
+def test_native_server_answering_with_json_text_still_gets_its_calls_read(server):
+    # A model the server's tool-call parser does not know writes the call as text; the backend
+    # reads it (the graph never parses text), and a plain answer stays an answer.
+    server.reply_text('<tool_call>{"name": "segment", "arguments": {"image_id": "img2"}}')
+    server.reply_text("The lungs are clear.")
+    model = make_openai_model(parse_spec(f"openai:m@{server.url}"))
+    assert model.returns_parsed_tool_calls  # type: ignore[attr-defined]
+    bound = model.bind_tools(TOOLS)
+    ai = bound.invoke(QUESTION)
+    assert [(c["name"], c["args"]) for c in ai.tool_calls] == [("segment", {"image_id": "img2"})]
+    assert ai.content.startswith("<tool_call>")
+    plain = bound.invoke(QUESTION)
+    assert (plain.tool_calls, plain.invalid_tool_calls) == ([], [])
+    assert plain.content == "The lungs are clear."
+    assert "tools" in server.requests[0]["body"]  # still a native request
+
+
+def test_temperature_is_an_argument(server):
+    server.reply_text("ok")
+    model = make_openai_model(parse_spec(f"openai:m@{server.url}"), temperature=0.7)
+    model.invoke(QUESTION)
+    assert server.requests[0]["body"]["temperature"] == 0.7
 
 
 # --- JSON mode ----------------------------------------------------------------------------
@@ -237,84 +252,6 @@ def test_server_without_tool_parser_suggests_json_mode(server):
 def test_make_openai_model_rejects_other_specs():
     with pytest.raises(ValueError, match="not an OpenAI"):
         make_openai_model(parse_spec("hf:some/model"))
-
-
-# --- JsonToolsChatModel with a scripted inner model ----------------------------------------
-
-
-class RecordingChat(BaseChatModel):
-    """A text-only chat model: replays ``script`` and records prompts and keyword arguments."""
-
-    script: list[str]
-    prompts: list[list[BaseMessage]] = Field(default_factory=list)
-    kwargs: list[dict[str, Any]] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "recording"
-
-    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
-        self.prompts.append(list(messages))
-        self.kwargs.append(kwargs)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(
-            content=self.script.pop(0), id="inner-1", response_metadata={"inner": True}))])
-
-
-class Measure(BaseModel):
-    """Measure a distance in millimetres."""
-
-    image_id: str = Field(description="the image")
-    points: list[list[float]] = Field(description="two points, (x, y) pixels")
-
-
-def test_system_prompt_is_created_when_missing_and_extra_kwargs_are_not_forwarded():
-    inner = RecordingChat(script=['{"tool": "Measure", "arguments": {"image_id": "img1", '
-                                  '"points": [[0, 0], [3, 4]]}}'])
-    model = JsonToolsChatModel(inner=inner)
-    ai = model.bind_tools([Measure], tool_choice="any").invoke("How far apart?")
-
-    assert ai.tool_calls[0]["name"] == "Measure"
-    assert ai.tool_calls[0]["args"]["points"] == [[0, 0], [3, 4]]
-    assert ai.response_metadata["inner"] is True
-    prompt = inner.prompts[0]
-    assert isinstance(prompt[0], SystemMessage)
-    assert prompt[0].content == tools_system_prompt([model_tool(Measure)])
-    assert isinstance(prompt[1], HumanMessage)
-    assert inner.kwargs == [{}]
-
-
-def model_tool(schema: type[BaseModel]) -> dict[str, Any]:
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-
-    return convert_to_openai_tool(schema)
-
-
-def test_without_tools_the_wrapper_passes_text_through():
-    inner = RecordingChat(script=['{"tool": "segment", "arguments": {"image_id": "img1"}}'])
-    ai = JsonToolsChatModel(inner=inner).invoke(QUESTION)
-    assert ai.tool_calls == []  # nothing was offered, so nothing is parsed
-    assert inner.prompts[0][0].content == "You are medloop."
-
-
-def test_describe_tools_is_one_line_per_tool_with_enums_and_optionals():
-    text = describe_tools(TOOLS)
-    lines = text.splitlines()
-    assert len(lines) == 2
-    assert lines[0] == ('- segment(image_id: "img1"|"img2", box?: list of number): '
-                        "Segment an organ in an image. — image_id: which image")
-    assert lines[1].startswith('- final_answer(answer: string, claims?: list of '
-                               '{statement: string, evidence_ids: list of "E1"}, '
-                               "confidence?: number): Answer the question.")
-    assert "$tools" not in tools_system_prompt(TOOLS)
-    assert load_prompt("tools_json").text.startswith(TOOLS_JSON_MARKER)
-
-
-def test_text_history_keeps_json_the_model_already_wrote():
-    said = '{"tool": "segment", "arguments": {"image_id": "img1"}}'
-    history = text_history([AIMessage(content=said, tool_calls=[
-        {"name": "segment", "args": {"image_id": "img1"}, "id": "c1", "type": "tool_call"}])])
-    assert [m.content for m in history] == [said]
-    assert history[0].tool_calls == []  # type: ignore[attr-defined]
 
 
 def test_openai_itself_gets_max_completion_tokens():

@@ -275,3 +275,9 @@ def test_gguf_path_means_its_folder_and_file(tmp_path):
     assert _source(str(gguf), None) == (str(tmp_path), "model.Q4.gguf")
     assert _source(str(tmp_path), "x.gguf") == (str(tmp_path), "x.gguf")
     assert _source("Qwen/Qwen2.5-0.5B-Instruct", None) == ("Qwen/Qwen2.5-0.5B-Instruct", None)
+
+
+def test_temperature_is_a_setting_and_loads_nothing():
+    model = make_chat_model("hf:some-org/some-model", temperature=0.4)
+    assert isinstance(model, HFChatModel) and model.temperature == 0.4
+    assert HFChatModel(model_id="x").temperature == 0.0

