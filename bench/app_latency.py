@@ -43,14 +43,14 @@ def start_app(home: Path, llm: str) -> tuple[Any, str]:
     """The app on a free loopback port, with the chosen planner and the basic tools."""
     import app
     from agent import AgentContext
-    from tools.vision.basic import basic_tools
     from tools.store import ImageStore
+    from tools.vision.basic import basic_tools
 
     store = ImageStore(home / "store")
     if llm == "scripted":
-        from tests.test_app import _planner
+        from tests.webapp.helpers import planner
 
-        model: Any = _planner()
+        model: Any = planner()
     else:
         model = llm
     ctx = AgentContext(llm=model, tools=basic_tools(store), home=home, checkpoint="sqlite")

@@ -1,7 +1,7 @@
 """Speech to text on spoken radiology questions: word error rate and real-time factor.
 
 Questions are synthesised with espeak-ng (en-us, 150 words per minute) and resampled to 16 kHz
-mono with sox, then transcribed by ``agent.speech`` with each packaged Whisper model, with and
+mono with sox, then transcribed by ``webapp.speech`` with each packaged Whisper model, with and
 without the radiology vocabulary prompt. The real-time factor is compute seconds per second of
 audio (model load excluded; it is reported apart). Run with ``nice``; it takes about a minute.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.speech import SpeechRecognizer, word_error_rate
+from webapp.speech import SpeechRecognizer, word_error_rate
 
 QUESTIONS = [
     "Is there a pleural effusion or a pneumothorax on this chest radiograph?",

@@ -35,13 +35,13 @@ def _start(home: Path, port: int):
     """The app on 127.0.0.1:``port`` with the scripted planner, real basic tools and SQLite."""
     import app
     from agent import AgentContext
-    from agent.speech import SpeechRecognizer
-    from tests.test_app import _planner
-    from tools.vision.basic import basic_tools
+    from tests.webapp.helpers import planner
     from tools.store import ImageStore
+    from tools.vision.basic import basic_tools
+    from webapp.speech import SpeechRecognizer
 
     store = ImageStore(home / "store")
-    ctx = AgentContext(llm=_planner(), tools=basic_tools(store), home=home, checkpoint="sqlite")
+    ctx = AgentContext(llm=planner(), tools=basic_tools(store), home=home, checkpoint="sqlite")
     ctx._store = store
     rec = SpeechRecognizer("tiny.en", home=home)  # the smaller packaged model: no joining
     demo = app.make_app(ctx, max_upload_mb=10, recognizer_factory=lambda: rec)
@@ -136,9 +136,9 @@ def test_bad_uploads_show_errors_and_the_app_keeps_working(server, browser, tmp_
     pw.expect(page.get_by_text("exceed the maximum allowed size", exact=False).first).to_be_visible()
 
     png = Path(tmp_path / "ok.png")
-    from tests.test_app import _png
+    from tests.webapp.helpers import png as make_png
 
-    _png(png)
+    make_png(png)
     page.locator("#upload input[type=file]").set_input_files(str(png))
     pw.expect(page.locator("#upload-status")).to_contain_text("de-identified")
     _ask(page, "Still working?")
@@ -150,7 +150,7 @@ def test_bad_uploads_show_errors_and_the_app_keeps_working(server, browser, tmp_
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
                     reason="espeak-ng and sox make the spoken question")
 def test_a_spoken_question_is_transcribed_and_sent(server, browser, tmp_path):
-    from tests.test_speech import speak
+    from tests.webapp.test_speech import speak
 
     wav = speak("Is the heart enlarged on this chest X-ray?", tmp_path / "q.wav")
     ctx, page = _open(browser, server)

@@ -13,16 +13,17 @@ import subprocess
 import numpy as np
 import pytest
 
-import app
 from agent import AgentContext
-from agent.speech import (
+from tests.fakes import ScriptedChatModel, final
+from webapp.handlers import make_respond, make_transcribe
+from webapp.sessions import Runner, new_thread
+from webapp.speech import (
     AudioError,
     SpeechRecognizer,
     load_audio,
     whisper_model_dir,
     word_error_rate,
 )
-from tests.fakes import ScriptedChatModel, final
 
 needs_tts = pytest.mark.skipif(
     not (shutil.which("espeak-ng") and shutil.which("sox")),
@@ -107,11 +108,11 @@ def test_spoken_question_reaches_the_agent(recognizer, tmp_path, store):
     model = ScriptedChatModel.of([final("No image to look at.", [], 0.1)] * 6)
     ctx = AgentContext(llm=model, tools=[], home=tmp_path, checkpoint="memory")
     ctx._store = store
-    transcribe = app.make_transcribe(lambda: recognizer)
+    transcribe = make_transcribe(lambda: recognizer)
     text, status = transcribe(speak("Is the heart enlarged?", tmp_path / "h.wav"), "")
     assert word_error_rate("Is the heart enlarged?", text) == 0.0, text
     assert status.startswith("🎤 transcribed") and "whisper-base" in status
-    history, *_ = list(app.make_respond(app.Runner(ctx))(text, [], [], app.new_thread()))[-1]
+    history, *_ = list(make_respond(Runner(ctx))(text, [], [], new_thread()))[-1]
     assert history[0] == {"role": "user", "content": text}
     asked = str(model.seen[0][-1].content).lower()
     assert "heart" in asked and "enlarged" in asked  # the planner read the spoken question
