@@ -81,10 +81,9 @@ def _measure(method: str, path: str, queue: Any) -> None:
     tracemalloc.stop()
     decoder_mib = None
     if method == "medloop":
-        from tools import ingest_guard
+        from tools.ingest.guard import stop_worker
 
-        if ingest_guard._WORKER is not None and ingest_guard._WORKER._proc is not None:
-            ingest_guard._WORKER.close()
+        if stop_worker():
             decoder_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     # Best of REPEATS: on a shared machine the minimum is the least disturbed estimate.
     queue.put({"shape": shape, "first": first, "warm": min(warm),

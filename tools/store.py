@@ -2,11 +2,11 @@
 
 Graph state and checkpoints hold image ids only; the arrays live here, keyed by the id that
 ``LoadedImage.content_id`` derives from the pixels. A volume (DICOM series, NIfTI) is stored
-whole under its id; ``put_plane`` / ``put_views`` store planes cut from it as 2D images of their
-own (with ``volume_id`` in their meta), which is how the 2D tools work on volumes. The store
-persists to a folder so that a conversation resumed from its checkpoint in a new process still
-finds its images. Only
-de-identified metadata is written: the loader strips identifiers before anything reaches here.
+whole under its id; ``put_plane`` / ``put_views`` store planes cut from it (``tools.planes``) as
+2D images of their own (with ``volume_id`` in their meta), which is how the 2D tools work on
+volumes. The store persists to a folder so that a conversation resumed from its checkpoint in a
+new process still finds its images. Only de-identified metadata is written: the loader strips
+identifiers before anything reaches here.
 
 Layout::
 
@@ -19,7 +19,6 @@ Layout::
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import uuid
@@ -29,15 +28,19 @@ import numpy as np
 
 from tools.errors import ToolInputError
 from tools.image import ImageRef, LoadedImage
+from tools.planes import is_volume, view_planes, volume_plane
 
 _ID = re.compile(r"^img-[0-9a-f]{12}$")
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def default_home() -> Path:
-    """Medloop's data folder: ``$MEDLOOP_HOME``, else ``~/.cache/medloop``."""
-    env = os.environ.get("MEDLOOP_HOME")
-    return Path(env) if env else Path.home() / ".cache" / "medloop"
+    """Medloop's data folder when none is configured: ``~/.cache/medloop``.
+
+    ``MEDLOOP_HOME`` is read by ``AgentContext.from_env`` (the one reader of settings), which
+    passes the folder down; nothing in ``tools`` reads the environment.
+    """
+    return Path.home() / ".cache" / "medloop"
 
 
 class ImageStore:
@@ -122,13 +125,11 @@ class ImageStore:
         The plane is an ordinary image (content id, pixels in the volume's units, spacing in
         mm), so every 2D tool works on it; its meta keeps ``volume_id``, ``plane`` and
         ``slice_index`` so answers can say where it came from. See
-        ``tools.ingest.volume.volume_plane`` for planes, indices and spacing.
+        ``tools.planes.volume_plane`` for planes, indices and spacing.
 
         Raises:
             ToolInputError: unknown id, not a volume, or a bad plane / index.
         """
-        from tools.ingest.volume import volume_plane
-
         img = volume_plane(self.get(volume_id), plane, index)
         img.meta["volume_id"] = volume_id
         return self.put(img)
@@ -137,10 +138,8 @@ class ImageStore:
         """Store the middle planes of a volume; returns their refs (idempotent: content ids).
 
         Axial stacks give their middle axial, coronal and sagittal planes; other stacks their
-        middle slice only (see ``tools.ingest.volume.view_planes``).
+        middle slice only (see ``tools.planes.view_planes``).
         """
-        from tools.ingest.volume import view_planes
-
         vol = self.get(volume_id)
         return [self.put_plane(volume_id, plane, index) for plane, index in view_planes(vol)]
 
@@ -169,8 +168,6 @@ class ImageStore:
 
 def make_ref(image_id: str, img: LoadedImage) -> ImageRef:
     """Summarise a loaded image in one de-identified line for the planner."""
-    from tools.ingest.volume import is_volume
-
     modality = str(img.meta.get("modality") or "unknown")
     h, w = img.display.shape[:2]
     parts = [f"{modality}"]

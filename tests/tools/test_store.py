@@ -1,14 +1,21 @@
+"""tools.store: images by content id on disk, and volumes' planes stored as images."""
+
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import phantom
+from tests.tools.ingest.helpers import POSITIONS, write_series
 from tools.errors import ToolInputError
 from tools.image import LoadedImage
+from tools.ingest.loader import load_image
+from tools.planes import is_volume
 from tools.store import ImageStore
+from tools.vision.basic import describe, measure_distance
 
 
 def test_put_get_round_trip_across_instances(medloop_home):
@@ -86,3 +93,37 @@ def test_volume_without_spacing_gives_planes_without_spacing(store):
     vol.spacing_mm, vol.spacing_source = None, None
     ref = store.put(vol)
     assert all(store.get(v.id).spacing_mm is None for v in store.put_views(ref.id))
+
+
+def test_store_keeps_the_volume_and_cuts_planes(tmp_path: Path, store: ImageStore) -> None:
+    write_series(tmp_path / "ct", POSITIONS)
+    vol = load_image(tmp_path / "ct")
+    assert is_volume(vol) and vol.meta["slice_orientation"] == "axial"
+    ref = store.put(vol)
+    assert ref.shape == (6, 128, 128) and "6-slice axial volume" in ref.summary
+    assert "2.5 mm apart" in ref.summary
+
+    views = store.put_views(ref.id)
+    assert [v.plane for v in views] == ["axial", "coronal", "sagittal"]
+    assert all(v.volume_id == ref.id and v.id != ref.id for v in views)
+    axial, coronal, sagittal = (store.get(v.id) for v in views)
+    px = store.get(ref.id).pixels  # the volume itself, kept whole by its id
+    np.testing.assert_array_equal(axial.pixels, px[3])
+    np.testing.assert_array_equal(coronal.pixels, px[::-1, 64])  # superior slice on top
+    np.testing.assert_array_equal(sagittal.pixels, px[::-1, :, 64])
+    assert axial.spacing_mm == pytest.approx((0.661468, 0.661468))
+    assert axial.spacing_source == "PixelSpacing" and coronal.spacing_source == "volume geometry"
+    # Reformatted rows are slices: their spacing is the slice spacing from the positions.
+    assert coronal.spacing_mm == pytest.approx((2.5, 0.661468))
+    assert sagittal.spacing_mm == pytest.approx((2.5, 0.661468))
+    assert coronal.meta["units"] == "HU" and coronal.meta["volume_id"] == ref.id
+    assert "coronal plane 65/128 of " + ref.id in views[1].summary
+    # 2D tools work on a plane, in real mm: 4 slices down the coronal plane = 10 mm.
+    assert measure_distance(coronal, [10, 0, 10, 4]).length_mm == pytest.approx(10.0)
+    d = describe(coronal)
+    assert d.stats.unit == "HU" and d.frames == 1
+    assert d.fov_mm == pytest.approx((128 * 0.661468, 6 * 2.5))
+    # Any slice can be asked for; one plane image per content, so asking twice is free.
+    first = store.put_plane(ref.id, "axial", 0)
+    np.testing.assert_array_equal(store.get(first.id).pixels, px[0])
+    assert store.put_plane(ref.id, "axial", 0).id == first.id

@@ -1,5 +1,13 @@
-"""Image ingest: files in (DICOM, raster, NIfTI, series folders), the hostile-input guard,
-de-identification and burned-in text, and the fuzz harness that checks them.
+"""Image ingest.
+
+Files in, by format: ``loader`` (``load_image``, the one entry point) hands each file to
+``dicom`` (one DICOM Part 10 file; its spacing and whitelisted metadata in ``dicom_meta``),
+``series`` (a folder of DICOM slices as one volume), ``nifti`` or ``raster`` (PNG / JPEG).
+Beside them: ``windowing`` (CT presets, the file's VOI LUT, percentile windows), ``values`` (the
+coercers every reader uses on untrusted DICOM values), ``guard`` (the hostile-input checks and
+the isolated decoder child), ``deid`` and ``burned_in`` (de-identification of files and of
+pixels) and ``fuzz`` (the harness that checks the guards). Modules import each other's public
+names only; planes of volumes are cut by the kernel's ``tools.planes``.
 
 Everything that turns bytes from outside into a stored, de-identified image lives here; the
 expert tools in ``tools.vision`` only ever see stored images. ``ingest_path`` is the one way a
@@ -26,8 +34,10 @@ def ingest_path(store: ImageStore, path: str | Path) -> tuple[LoadedImage, list[
     (``ImageStore.put_views``), so the 2D tools can work on it. Raises the loader's
     ``IngestError`` subclasses for a file that cannot be loaded.
     """
-    from tools.ingest.loader import load_image  # pydicom/Pillow only when a path comes in
-    from tools.ingest.volume import is_volume
+    # Imported here, not at the top: importing any ``tools.ingest`` module runs this file, and
+    # the decoder child, which imports ``tools.ingest.guard`` alone, must start light.
+    from tools.ingest.loader import load_image
+    from tools.planes import is_volume
 
     img = load_image(path)
     ref = store.put(img)

@@ -1,9 +1,9 @@
 """Burned-in text: read it with the packaged OCR model, flag likely identifiers, black it out.
 
-Why: de-identifying the DICOM header (``tools.ingest.deid``) leaves the pixels alone, and ultrasound,
-secondary captures and scanned films often carry the patient's name, id and dates burned into
-the image. Text in the image is also useful evidence in its own right (side markers, "PWR",
-a scanner's annotation).
+Why: de-identifying the DICOM header (``tools.ingest.deid``) leaves the pixels alone, and
+ultrasound, secondary captures and scanned films often carry the patient's name, id and
+dates burned into the image. Text in the image is also useful evidence in its own right (side
+markers, "PWR", a scanner's annotation).
 
 The OCR model is RapidOCR (PP-OCRv4 detection + recognition, ONNX, ~15 MB, shipped inside the
 ``rapidocr-onnxruntime`` package, so nothing is downloaded). It is loaded on first use, once per
@@ -11,7 +11,7 @@ process, behind a lock; calls are serialised through the same engine.
 
 Pure functions: ``find_text`` (image -> ``TextRegion`` list), ``identifier_kind`` (text ->
 a kind of possible identifier, or None) and ``redact`` (image + regions -> image with the boxes
-blacked out). ``burned_in_tools`` wraps ``find_text`` as the ``read_text`` LangChain tool.
+blacked out). ``TOOLS`` declares ``find_text`` as the ``read_text`` tool.
 
 Privacy: what OCR reads may itself be PHI. The evidence summary (which the planner reads and,
 with a remote LLM, leaves the machine) never quotes text classified as a possible identifier;
@@ -29,19 +29,22 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from langchain_core.tools import BaseTool
 
-from tools.base import ImageArgs, make_tool
+from tools.base import ImageArgs
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Box, Evidence
+from tools.packaged import RAPIDOCR
+from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 
 __all__ = [
+    "TOOLS",
     "TextRegion",
     "burned_in_tools",
     "find_text",
@@ -189,17 +192,31 @@ _READ_TEXT = (
 )
 
 
-def burned_in_tools(store: ImageStore) -> list[BaseTool]:
-    """``read_text`` over images in ``store`` (OCR of the displayed frame)."""
-
+def _read_text(deps: ToolDeps) -> Callable[[ImageArgs], Evidence]:
     def read_text(args: ImageArgs) -> Evidence:
-        img = store.get(args.image_id)
+        img = deps.store.get(args.image_id)
         regions = find_text(img.display)
         frames = int(img.pixels.shape[0]) if img.pixels.ndim > img.display.ndim else 1
         return text_evidence(regions, args.image_id, frames)
 
-    return [make_tool(read_text, name="read_text", description=_READ_TEXT,
-                      args_schema=ImageArgs)]
+    return read_text
+
+
+TOOLS = (
+    ToolSpec(
+        name="read_text", description=_READ_TEXT, args=ImageArgs, build=_read_text,
+        models=(RAPIDOCR,),
+        examples=("What text is written on the image?",
+                  "Which markers or labels are burned into the film?",
+                  "Is there an annotation on this image?"),
+    ),
+)
+"""``read_text``: OCR of the displayed frame."""
+
+
+def burned_in_tools(store: ImageStore) -> list[BaseTool]:
+    """``read_text`` over images in ``store`` (OCR of the displayed frame)."""
+    return [spec.tool(ToolDeps(store)) for spec in TOOLS]
 
 
 def text_evidence(regions: Sequence[TextRegion], image_id: str, frames: int = 1) -> Evidence:

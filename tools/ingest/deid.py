@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import IngestError, NotAnImageError
+from tools.ingest.values import one_line
 
 __all__ = [
     "DeidReport",
@@ -251,8 +252,7 @@ def deidentify_file(
     except InvalidDicomError as exc:
         raise NotAnImageError(f"{src.name}: not a DICOM file (no 'DICM' prefix)") from exc
     except Exception as exc:  # pydicom raises many types on malformed headers
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise IngestError(f"{src.name}: DICOM header cannot be parsed ({msg})") from exc
+        raise IngestError(f"{src.name}: DICOM header cannot be parsed ({one_line(exc)})") from exc
     dst.parent.mkdir(parents=True, exist_ok=True)
     part = dst.with_name(dst.name + ".part")
     try:
@@ -261,8 +261,7 @@ def deidentify_file(
         ds.save_as(part, enforce_file_format=True)
     except Exception as exc:  # malformed datasets fail in many ways while walked or written
         part.unlink(missing_ok=True)
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise IngestError(f"{src.name}: cannot be de-identified ({msg})") from exc
+        raise IngestError(f"{src.name}: cannot be de-identified ({one_line(exc)})") from exc
     part.replace(dst)
     report.output = dst.name
     return report

@@ -1,12 +1,13 @@
 """Fuzzing the loader: mutated real files must load or raise an ``IngestError``, never worse.
 
-Used by ``tests/test_ingest_hostile.py`` (a short run in the normal suite) and
+Used by ``tests/tools/ingest/test_fuzz.py`` (a short run in the normal suite) and
 ``bench/fuzz_ingest.py`` (>= 10,000 cases). It lives in the package, not in a test file,
-because each case runs in a ``spawn`` child that has to import the probe by module name.
+because each case runs in a child process (``tools.ingest.guard.IsolatedWorker``) that
+receives the probe by reference and imports it by module name.
 
-Each case is written to a temporary file and loaded by ``load_image`` inside a non-daemon
-child process (so the loader's own decoder child still runs below it, as in the app). The
-parent classifies the outcome:
+Each case is written to a temporary file and loaded by ``load_image`` inside that probe child
+(so the loader's own decoder child still runs below it, as in the app). The parent classifies
+the outcome:
 
 * ``ok``: loaded;
 * the ``IngestError`` subclass name (``IngestError``, ``TruncatedImageError``, ...): refused
@@ -29,18 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.errors import IngestError
 from tools.ingest.guard import DecoderCrashedError, DecoderTimeoutError, IsolatedWorker
+from tools.ingest.loader import load_image
 
-__all__ = ["FuzzReport", "mutate", "png_bombs", "probe", "run_cases", "seed_files"]
+__all__ = ["BAD_OUTCOMES", "FuzzReport", "cases", "mutate", "png_bombs", "probe", "run_cases",
+           "seed_files"]
 
 BAD_OUTCOMES = ("uncaught", "crash", "hang")
 
 
 def probe(path: str, decode_timeout_s: float) -> tuple[str, str]:
     """Load one file and say how it went: ``(outcome, detail)`` (runs in the child)."""
-    from tools.errors import IngestError
-    from tools.ingest.loader import load_image
-
     try:
         load_image(path, decode_timeout_s=decode_timeout_s)
     except IngestError as exc:
@@ -75,7 +76,6 @@ def seed_files() -> dict[str, bytes]:
     header) and gzipped.
     """
     import io
-    import tempfile
 
     import nibabel as nib
     from PIL import Image

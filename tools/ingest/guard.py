@@ -43,6 +43,7 @@ __all__ = [
     "check_file_size",
     "check_preamble",
     "run_isolated",
+    "stop_worker",
 ]
 
 # 2**28 pixels (268 M; 512 MiB at 16 bits) is far above any real CT volume file, whole-slide
@@ -350,3 +351,17 @@ def run_isolated(name: str, func: Callable[..., T], args: tuple[Any, ...],
             atexit.register(_WORKER.close)
         worker = _WORKER
     return worker.call(name, func, args, timeout_s)
+
+
+def stop_worker() -> bool:
+    """Stop the shared decoder child of ``run_isolated``; whether one was running.
+
+    The next ``run_isolated`` call starts a fresh child. For measurements: a child's peak
+    memory shows in ``resource.getrusage(RUSAGE_CHILDREN)`` only once it has exited.
+    """
+    with _WORKER_LOCK:
+        worker = _WORKER
+    if worker is None or worker._proc is None:
+        return False
+    worker.close()
+    return True

@@ -9,6 +9,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
 
+from tools.errors import ToolInputError
+from tools.evidence import Evidence
+from tools.image import LoadedImage
 from tools.ingest.burned_in import (
     TextRegion,
     burned_in_tools,
@@ -17,9 +20,6 @@ from tools.ingest.burned_in import (
     redact,
     text_evidence,
 )
-from tools.errors import ToolInputError
-from tools.evidence import Evidence
-from tools.image import LoadedImage
 from tools.ingest.loader import load_image
 from tools.store import ImageStore
 

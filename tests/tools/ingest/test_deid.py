@@ -9,8 +9,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from tools.ingest.deid import deidentify_file, deidentify_tree, new_anonymizer
 from tools.errors import IngestError, NotAnImageError
+from tools.ingest.deid import deidentify_file, deidentify_tree, new_anonymizer
 
 # Every string a careless de-identifier could leave behind; each must vanish from the bytes.
 PHI = {
