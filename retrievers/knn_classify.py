@@ -11,6 +11,7 @@ user library labelled with findings the same tool predicts findings.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +19,16 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from retrievers.library import CaseHit, CaseLibrary
-from tools.base import ImageArgs, make_tool
+from retrievers.similar import default_library
+from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Assertion, Evidence
+from tools.packaged import LITE_MEDSAM
+from tools.spec import ToolSpec
 from tools.store import ImageStore
+from tools.vision.classify import CLASSIFY_EXAMPLES
 
-__all__ = ["KnnResult", "knn_classify", "knn_classify_tools"]
+__all__ = ["TOOLS", "KnnResult", "knn_classify", "knn_classify_tools"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,8 @@ _DESCRIPTION = (
 )
 
 
-def knn_classify_tools(store: ImageStore, library: object) -> list[BaseTool]:
-    """``classify`` over ``store`` images.
-
-    ``library`` is a ``CaseLibrary`` or a zero-argument callable returning one (so the library
-    opens, or builds, on the first call).
-    """
+def _knn(store: ImageStore, library: object) -> Callable[[KnnArgs], Evidence]:
+    """kNN ``classify`` over ``store`` images; ``library`` as in ``knn_classify_tools``."""
 
     def classify(args: KnnArgs) -> Evidence:
         img = store.get(args.image_id)
@@ -104,5 +105,25 @@ def knn_classify_tools(store: ImageStore, library: object) -> list[BaseTool]:
             elapsed_s=time.perf_counter() - t0,
         )
 
-    return [make_tool(classify, name="classify", description=_DESCRIPTION,
-                      args_schema=KnnArgs)]
+    return classify
+
+
+# The CPU default ``classify``: offered unless a configured classifier (precedence 10,
+# ``tools.vision.classify``) outranks it. The library's images are embedded with LiteMedSAM.
+TOOLS = (
+    ToolSpec(
+        name="classify", description=_DESCRIPTION, args=KnnArgs, variant="knn",
+        build=lambda deps: _knn(deps.store, deps.library or default_library(deps.home)),
+        models=(LITE_MEDSAM,), examples=CLASSIFY_EXAMPLES,
+    ),
+)
+"""``classify`` by the labels of the nearest library cases."""
+
+
+def knn_classify_tools(store: ImageStore, library: object) -> list[BaseTool]:
+    """``classify`` over ``store`` images.
+
+    ``library`` is a ``CaseLibrary`` or a zero-argument callable returning one (so the library
+    opens, or builds, on the first call).
+    """
+    return [TOOLS[0].bind(_knn(store, library))]

@@ -8,13 +8,12 @@
   them mention the phrase literally.
 
 Both take the library lazily (a callable): by default the demo library (``retrievers.demo``),
-or the library named by ``$MEDLOOP_LIBRARY``, opened — or built, the first time — on the first
-call, never when the graph is built.
+or the library the run names (``AgentContext.library``), opened — or built, the first time — on
+the first call, never when the graph is built.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -25,26 +24,35 @@ from pydantic import BaseModel, Field
 
 from retrievers.library import CaseHit, CaseLibrary
 from retrievers.metadata import decode_thumbnail
-from tools.base import ImageArgs, make_tool
-from tools.errors import ToolFailure, ToolInputError
+from tools.base import ImageArgs
+from tools.errors import ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
+from tools.packaged import LITE_MEDSAM, MINILM
+from tools.spec import ToolSpec
 from tools.store import ImageStore
 
-__all__ = ["best_sentence", "default_library", "retrieval_tools"]
+__all__ = [
+    "REPORT_LOOKUP",
+    "SIMILAR_CASES",
+    "TOOLS",
+    "best_sentence",
+    "default_library",
+    "retrieval_tools",
+]
 
 _REPORT_CHARS = 400
 
 
-def default_library(home: str | Path | None = None) -> Callable[[], CaseLibrary]:
-    """A callable giving ``$MEDLOOP_LIBRARY`` if set, else the demo library.
+def default_library(home: str | Path | None = None,
+                    path: str | Path | None = None) -> Callable[[], CaseLibrary]:
+    """A callable giving the library at ``path`` if given, else the demo library under ``home``.
 
     The demo library is built once, in the background, the first time a tool asks for it;
-    until it is done the callable raises ``ToolInputError`` (the planner is told to use other
+    until it is done the callable raises ``ResourceNotReady`` (the planner is told to use other
     tools), so no tool call waits minutes for it.
     """
 
     def get() -> CaseLibrary:
-        path = os.environ.get("MEDLOOP_LIBRARY")
         if path:
             from retrievers.demo import _LOCK, _OPEN
 
@@ -60,7 +68,7 @@ def default_library(home: str | Path | None = None) -> Callable[[], CaseLibrary]
         failed = start_demo_build(home)
         if failed:
             raise ToolFailure(f"the demo case library could not be built: {failed}")
-        raise ToolInputError(
+        raise ResourceNotReady(
             "the case library is not ready: it is being built in the background (first use, "
             "a few minutes; `medloop index demo` builds it ahead of time). Use other tools now."
         )
@@ -116,13 +124,18 @@ _LOOKUP = (
 )
 
 
-def retrieval_tools(store: ImageStore,
-                    library: CaseLibrary | Callable[[], CaseLibrary] | None = None
-                    ) -> list[BaseTool]:
-    """``similar_cases`` and ``report_lookup`` (the library resolves on the first call)."""
-    get_lib = library if callable(library) else (lambda: library) if library is not None \
-        else default_library()
+def _getter(library: CaseLibrary | Callable[[], CaseLibrary] | None,
+            home: str | Path | None = None) -> Callable[[], CaseLibrary]:
+    """``library`` as a zero-argument callable (None: the demo library under ``home``)."""
+    if library is None:
+        return default_library(home)
+    if callable(library):
+        return library
+    return lambda: library
 
+
+def _similar(store: ImageStore, get_lib: Callable[[], CaseLibrary]
+             ) -> Callable[[SimilarArgs], Evidence]:
     def similar(args: SimilarArgs) -> Evidence:
         img = store.get(args.image_id)
         t0 = time.perf_counter()
@@ -146,6 +159,10 @@ def retrieval_tools(store: ImageStore,
                         data={"library": str(lib.root), "cases": cases},
                         elapsed_s=time.perf_counter() - t0)
 
+    return similar
+
+
+def _lookup(get_lib: Callable[[], CaseLibrary]) -> Callable[[LookupArgs], Evidence]:
     def lookup(args: LookupArgs) -> Evidence:
         query = " ".join(args.query.split())
         if not query:
@@ -165,7 +182,33 @@ def retrieval_tools(store: ImageStore,
                               "reports": [_hit_dict(h, None) for h in hits]},
                         elapsed_s=time.perf_counter() - t0)
 
-    return [
-        make_tool(similar, name="similar_cases", description=_SIMILAR, args_schema=SimilarArgs),
-        make_tool(lookup, name="report_lookup", description=_LOOKUP, args_schema=LookupArgs),
-    ]
+    return lookup
+
+
+# Both open the library on their first call (``deps.library``, else the demo library).
+SIMILAR_CASES = ToolSpec(
+    name="similar_cases", description=_SIMILAR, args=SimilarArgs,
+    build=lambda deps: _similar(deps.store, _getter(deps.library, deps.home)),
+    models=(LITE_MEDSAM,),
+    examples=("Show me similar cases.",
+              "Have we seen images like this one before?",
+              "Find prior cases that look like this."),
+)
+REPORT_LOOKUP = ToolSpec(
+    name="report_lookup", description=_LOOKUP, args=LookupArgs,
+    build=lambda deps: _lookup(_getter(deps.library, deps.home)),
+    models=(MINILM,),
+    examples=("What do radiology reports say about pleural effusion?",
+              "How is a pneumothorax usually described in a report?",
+              "Find report sentences that mention atelectasis."),
+)
+TOOLS = (SIMILAR_CASES, REPORT_LOOKUP)
+"""``similar_cases`` (image embeddings) and ``report_lookup`` (report sentences)."""
+
+
+def retrieval_tools(store: ImageStore,
+                    library: CaseLibrary | Callable[[], CaseLibrary] | None = None
+                    ) -> list[BaseTool]:
+    """``similar_cases`` and ``report_lookup`` (the library resolves on the first call)."""
+    get_lib = _getter(library)
+    return [SIMILAR_CASES.bind(_similar(store, get_lib)), REPORT_LOOKUP.bind(_lookup(get_lib))]

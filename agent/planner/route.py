@@ -4,7 +4,7 @@ A 135M planner does not weigh twelve tool descriptions against a question. Measu
 items with every default tool offered, it called the tool of the nearest worked example
 (report_lookup on 24 of 25 lesion questions), whatever the question asked. The router does
 that choice for it: it ranks the offered tools by the MiniLM similarity between the question
-and each tool's description and example questions (``prompts/tool_routes``), and the planner
+and each tool's description and example questions (its ``ToolSpec.examples``), and the planner
 is offered only the best one (two when the runner-up scores close to it), plus
 ``final_answer`` and any tool that works on a mask an earlier call made (``measure`` after
 ``segment``). The planner still fills in the arguments, reads the result and writes the answer.
@@ -17,7 +17,6 @@ on or off for any backend.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.answer import FINAL_ANSWER_TOOL
-from prompts import load_prompt
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +42,18 @@ class TextEmbedder(Protocol):
         ...
 
 
-@lru_cache(maxsize=4)
-def route_examples(version: int | None = None) -> dict[str, tuple[str, ...]]:
-    """Example questions per tool name, from ``prompts/tool_routes``."""
-    text = load_prompt("tool_routes", version).text
-    out: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        head = re.match(r"^##\s+(\S+)\s*$", line)
-        if head:
-            current = out.setdefault(head[1], [])
-        elif current is not None and line.startswith("- ") and line[2:].strip():
-            current.append(line[2:].strip())
-    return {k: tuple(v) for k, v in out.items()}
+@lru_cache(maxsize=1)
+def route_examples() -> dict[str, tuple[str, ...]]:
+    """Example questions per tool name, from each tool's declaration (``ToolSpec.examples``).
+
+    Backends that share a name (the ``classify`` ones) pool their questions, first seen first.
+    """
+    from agent.planner.toolset import tool_specs
+
+    out: dict[str, dict[str, None]] = {}
+    for spec in tool_specs():
+        out.setdefault(spec.name, {}).update(dict.fromkeys(spec.examples))
+    return {name: tuple(qs) for name, qs in out.items() if qs}
 
 
 def _name(spec: dict[str, Any]) -> str:

@@ -1,40 +1,191 @@
-"""The default tool set: everything from ``tools/`` and ``retrievers/`` that runs here."""
+"""The one list of tool modules, and everything built from their declarations.
+
+Each module in ``TOOL_MODULES`` declares its tools as ``TOOLS: tuple[ToolSpec, ...]``
+(``tools.spec``); so does any installed package that registers a module under the
+``medloop.tools`` entry-point group, e.g. in its ``pyproject.toml``::
+
+    [project.entry-points."medloop.tools"]
+    cxr = "my_package.cxr_tools"
+
+From those declarations come the default tool set (``default_tools``), the tool listing for the
+app's picker (``tool_catalog``), the models behind the offered tools (``tool_models``, what
+``medloop models`` prints) and the tool router's example questions
+(``agent.planner.route.route_examples``). Adding an expert is its module, its test and one
+line here.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 from langchain_core.tools import BaseTool
 
-from tools.vision.basic import basic_tools
-from tools.ingest.burned_in import burned_in_tools
-from tools.vision.lesions import lesion_tools
-from tools.models.registry import VisionConfig
-from tools.vision.segment import vision_tools
+from tools.models.registry import ModelInfo, describe_models
+from tools.packaged import MINILM, SMOLLM2
+from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 
+if TYPE_CHECKING:
+    from agent.context import AgentContext
 
-def default_tools(store: ImageStore, device: str = "auto") -> list[BaseTool]:
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "TOOL_MODULES",
+    "ToolEntry",
+    "default_tools",
+    "offered_specs",
+    "tool_catalog",
+    "tool_deps",
+    "tool_models",
+    "tool_specs",
+]
+
+log = logging.getLogger(__name__)
+
+TOOL_MODULES: tuple[str, ...] = (
+    "tools.vision.basic",
+    "tools.ingest.burned_in",
+    "tools.vision.lesions",
+    "tools.vision.segment",
+    "tools.vision.find",
+    "tools.vision.measure",
+    "tools.vision.classify",
+    "retrievers.similar",
+    "retrievers.knn_classify",
+    "tools.vision.window",
+)
+"""Modules declaring ``TOOLS``, in the order the planner is offered their tools."""
+
+ENTRY_POINT_GROUP = "medloop.tools"
+"""Entry-point group of third-party tool modules (or of ``ToolSpec`` sequences)."""
+
+AGENT_MODELS = (SMOLLM2, MINILM)
+"""Models the agent runs besides its tools: the embedded planner and the router's embedder."""
+
+
+def _specs_of(source: ModuleType | object, where: str) -> tuple[ToolSpec, ...]:
+    """A module's ``TOOLS``, or the sequence an entry point names, checked to be specs."""
+    found = getattr(source, "TOOLS", source) if isinstance(source, ModuleType) else source
+    specs = tuple(found) if isinstance(found, Iterable) else ()
+    if not specs or not all(isinstance(s, ToolSpec) for s in specs):
+        raise TypeError(f"{where} must declare TOOLS: a non-empty sequence of tools.spec.ToolSpec")
+    return specs
+
+
+def _plugin_specs() -> list[ToolSpec]:
+    """Specs from installed packages' ``medloop.tools`` entry points, in name order.
+
+    A plugin that fails to import is left out with a logged error: one broken package must not
+    stop the agent, and the log names it.
+    """
+    out: list[ToolSpec] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            loaded = ep.load()
+        except Exception:  # a third party's import failure: reported, not fatal
+            log.exception("medloop.tools entry point %r (%s) failed to load", ep.name, ep.value)
+            continue
+        out += _specs_of(loaded, f"entry point {ep.name!r} ({ep.value})")
+    return out
+
+
+@lru_cache(maxsize=1)
+def tool_specs() -> tuple[ToolSpec, ...]:
+    """Every declared tool: ``TOOL_MODULES`` in order, then the installed plugins.
+
+    Several specs may share a name (backends of ``classify``, ``find``); ``offered_specs``
+    picks one per name. Importing a tool module loads no model.
+    """
+    specs: list[ToolSpec] = []
+    for name in TOOL_MODULES:
+        specs += _specs_of(importlib.import_module(name), name)
+    return (*specs, *_plugin_specs())
+
+
+def offered_specs(specs: Sequence[ToolSpec], deps: ToolDeps) -> list[ToolSpec]:
+    """The enabled specs, one per name: the highest ``precedence``, in ``specs`` order.
+
+    Raises:
+        ValueError: two enabled specs share a name and a precedence (which one wins must be
+            declared, never left to the order of the list).
+    """
+    enabled = [s for s in specs if s.enabled(deps)]
+    best: dict[str, ToolSpec] = {}
+    for spec in enabled:
+        held = best.get(spec.name)
+        if held is not None and held.precedence == spec.precedence:
+            raise ValueError(f"two enabled {spec.name!r} tools ({held.variant or '?'}, "
+                             f"{spec.variant or '?'}) have precedence {spec.precedence}: "
+                             "declare which one outranks the other")
+        if held is None or spec.precedence > held.precedence:
+            best[spec.name] = spec
+    return [s for s in enabled if best[s.name] is s]
+
+
+def tool_deps(ctx: AgentContext, store: ImageStore | None = None) -> ToolDeps:
+    """What the tools are built over, from the run's context.
+
+    ``store`` (default ``ctx.store``), ``ctx``'s models and device, and the case library
+    (``ctx.library``, else the demo one under ``ctx.home``), opened on its first use.
+    """
+    from retrievers.similar import default_library
+
+    return ToolDeps(store=store if store is not None else ctx.store, vision=ctx.vision,
+                    library=default_library(ctx.home_dir, ctx.library_path), home=ctx.home_dir)
+
+
+def default_tools(ctx: AgentContext, store: ImageStore | None = None) -> list[BaseTool]:
     """The tools offered to the planner when the context names none.
 
-    ``device`` is ``AgentContext.device``; ``auto`` leaves the choice to ``MEDLOOP_DEVICE``
-    (else CUDA when present).
+    The models they use are ``ctx``'s choices (``AgentContext.vision``), the case library is
+    ``ctx.library`` (else the demo library under ``ctx.home``), and every tool reads and writes
+    ``store`` (default ``ctx.store``: the one the graph's *ingest* fills).
     """
-    tools = [*basic_tools(store), *burned_in_tools(store), *lesion_tools(store),
-             *vision_tools(store, config=VisionConfig.from_env(device))]
-    return [*tools, *case_library_tools(store, taken={t.name for t in tools})]
+    deps = tool_deps(ctx, store)
+    return [spec.tool(deps) for spec in offered_specs(tool_specs(), deps)]
 
 
-def case_library_tools(store: ImageStore, taken: set[str]) -> list[BaseTool]:
-    """The case-library tools: ``similar_cases``, ``report_lookup`` and the kNN ``classify``.
+@dataclass(frozen=True)
+class ToolEntry:
+    """One declared tool, for a picker or a listing.
 
-    The kNN ``classify`` is left out when a configured model already provides one. All run
-    over ``$MEDLOOP_LIBRARY`` or the demo library, which opens (or is built, the first time)
-    on the first call, not here.
+    Attributes:
+        name: the tool name the planner calls.
+        variant: which backend, when several share the name (``knn``, ``open_clip``...).
+        description: what the planner reads.
+        enabled: whether this run's configuration allows it.
+        offered: whether ``default_tools`` offers it (enabled and not outranked).
+        models: names of the models it runs (rows of ``tool_models``).
     """
-    from retrievers.knn_classify import knn_classify_tools
-    from retrievers.similar import default_library, retrieval_tools
 
-    library = default_library(store.root.parent)  # the store lives in the medloop home
-    extra = retrieval_tools(store, library)
-    if "classify" not in taken:
-        extra += knn_classify_tools(store, library)
-    return extra
+    name: str
+    variant: str
+    description: str
+    enabled: bool
+    offered: bool
+    models: tuple[str, ...]
+
+
+def tool_catalog(ctx: AgentContext) -> list[ToolEntry]:
+    """Every declared tool under ``ctx``'s configuration, offered or not; nothing is built."""
+    deps = tool_deps(ctx)
+    specs = tool_specs()
+    offered = {id(s) for s in offered_specs(specs, deps)}
+    return [ToolEntry(name=s.name, variant=s.variant, description=s.description,
+                      enabled=s.enabled(deps), offered=id(s) in offered,
+                      models=tuple(n.name for n in s.needs(ctx.vision)))
+            for s in specs]
+
+
+def tool_models(ctx: AgentContext) -> list[ModelInfo]:
+    """The models behind the offered tools and the agent itself, described, none loaded."""
+    deps = tool_deps(ctx)
+    needs = [n for s in offered_specs(tool_specs(), deps) for n in s.needs(ctx.vision)]
+    return describe_models([*needs, *AGENT_MODELS], ctx.vision)

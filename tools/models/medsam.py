@@ -23,7 +23,6 @@ Formats: ``display`` is the uint8 rendering, ``(H, W)`` grey or ``(H, W, 3)`` RG
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -57,13 +56,13 @@ def load_lite_medsam(device: str | None = None) -> Any:
 
     Loaded through the model registry (``tools.models.registry.load_once``, key
     ``lite-medsam:DEVICE``), on
-    ``device`` or else ``MEDLOOP_DEVICE`` (``auto``: CUDA when available). Raises
+    ``device`` (None or ``auto``: CUDA when available). Raises
     ``ToolFailure`` when the package or its weights are missing: a broken install is not
     something the planner can fix by retrying.
     """
     from tools.models.registry import load_once, resolve_device
 
-    dev = resolve_device(device or os.environ.get("MEDLOOP_DEVICE") or "auto")
+    dev = resolve_device(device or "auto")
     return load_once(f"lite-medsam:{dev}", lambda: _build_lite_medsam(dev))
 
 
@@ -276,7 +275,7 @@ class MedSamPredictor:
 
 
 def get_predictor(device: str | None = None) -> MedSamPredictor:
-    """The process-wide predictor for ``device`` (None: ``MEDLOOP_DEVICE``, else auto).
+    """The process-wide predictor for ``device`` (None: auto, CUDA when available).
 
     The network itself loads on the first ``predict``; its embedding cache is shared by every
     caller on that device (the tools and the case library's image embedder).

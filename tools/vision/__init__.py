@@ -1,4 +1,6 @@
-"""The expert tools the planner calls: each a pure function over arrays beside a thin
-LangChain wrapper that returns ``Evidence``."""
+"""The expert tools the planner calls.
+
+Each a pure function over arrays beside a thin LangChain wrapper that returns ``Evidence``.
+"""
 
 __all__: list[str] = []

@@ -2,7 +2,7 @@
 
 Deterministic observations on the stored pixels, so every result has ``score=1.0``. Each tool is
 a pure function over a ``LoadedImage`` that returns a small dataclass (``describe``,
-``region_stats``, ``measure_distance``) and a thin wrapper, built by ``basic_tools``, that fetches
+``region_stats``, ``measure_distance``) and a thin wrapper, declared in ``TOOLS``, that fetches
 the image from the store and turns the dataclass into ``Evidence``.
 
 Conventions (as everywhere in medloop): coordinates are pixels of the displayed 2D frame, x to
@@ -15,20 +15,22 @@ measured on their luma (0.299 R + 0.587 G + 0.114 B).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
-from tools.base import ImageArgs, make_tool
+from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
 from tools.image import LoadedImage
+from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 
 __all__ = [
+    "TOOLS",
     "Distance",
     "ImageDescription",
     "IntensityStats",
@@ -322,32 +324,58 @@ _DISTANCE = (
 )
 
 
-def basic_tools(store: ImageStore) -> list[BaseTool]:
-    """``describe_image``, ``region_stats`` and ``measure_distance`` over images in ``store``.
-
-    An unknown image id raises the store's ``ToolInputError``, which the agent hands back to
-    the model to retry.
-    """
-
+def _describe(deps: ToolDeps) -> Callable[[ImageArgs], Evidence]:
     def describe_tool(args: ImageArgs) -> Evidence:
-        img = store.get(args.image_id)
-        return _describe_evidence(describe(img), args.image_id)
+        return _describe_evidence(describe(deps.store.get(args.image_id)), args.image_id)
 
+    return describe_tool
+
+
+def _region(deps: ToolDeps) -> Callable[[RegionArgs], Evidence]:
     def region_tool(args: RegionArgs) -> Evidence:
-        img = store.get(args.image_id)
+        img = deps.store.get(args.image_id)
         return _region_evidence(region_stats(img, args.box), img, args.image_id)
 
+    return region_tool
+
+
+def _distance(deps: ToolDeps) -> Callable[[DistanceArgs], Evidence]:
     def distance_tool(args: DistanceArgs) -> Evidence:
-        img = store.get(args.image_id)
+        img = deps.store.get(args.image_id)
         return _distance_evidence(measure_distance(img, args.points), img, args.image_id)
 
-    return [
-        make_tool(describe_tool, name="describe_image", description=_DESCRIBE,
-                  args_schema=ImageArgs),
-        make_tool(region_tool, name="region_stats", description=_REGION, args_schema=RegionArgs),
-        make_tool(distance_tool, name="measure_distance", description=_DISTANCE,
-                  args_schema=DistanceArgs),
-    ]
+    return distance_tool
+
+
+# An unknown image id raises the store's ``ToolInputError``, which the agent hands back to the
+# model to retry. None of these runs a model.
+TOOLS = (
+    ToolSpec(
+        name="describe_image", description=_DESCRIBE, args=ImageArgs, build=_describe,
+        examples=("What does this image show?",
+                  "What modality and body part is this?",
+                  "What is the pixel spacing of this scan?",
+                  "How large is the field of view in mm?",
+                  "Is the image mostly dark or bright?"),
+    ),
+    ToolSpec(
+        name="region_stats", description=_REGION, args=RegionArgs, build=_region,
+        examples=("What is the mean intensity inside this box?",
+                  "What is the average Hounsfield value in the region [x0, y0, x1, y1]?",
+                  "How bright is this area compared with the rest?"),
+    ),
+    ToolSpec(
+        name="measure_distance", description=_DISTANCE, args=DistanceArgs, build=_distance,
+        examples=("How far apart are these two points?",
+                  "What is the distance in mm between (x, y) and (x, y)?"),
+    ),
+)
+"""``describe_image``, ``region_stats`` and ``measure_distance``."""
+
+
+def basic_tools(store: ImageStore) -> list[BaseTool]:
+    """``describe_image``, ``region_stats`` and ``measure_distance`` over images in ``store``."""
+    return [spec.tool(ToolDeps(store)) for spec in TOOLS]
 
 
 def _describe_evidence(d: ImageDescription, image_id: str) -> Evidence:

@@ -9,7 +9,8 @@ Two kinds of model can serve ``classify``:
 * ``MEDLOOP_CLASSIFIER=open_clip:REF`` — zero-shot, described below.
 
 No image-text weights ship in a package, so this is not a default: it is offered when
-``MEDLOOP_CLASSIFIER=open_clip:REF`` names a model (``tools.models.registry.VisionConfig``), where REF
+``MEDLOOP_CLASSIFIER=open_clip:REF`` names a model (``tools.models.registry.VisionConfig``),
+where REF
 is ``hf-hub:ORG/NAME`` (e.g. ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``,
 from the local hub cache when offline), ``local-dir:PATH`` or a folder holding
 ``open_clip_config.json`` and the weights. The CPU default classifier is the nearest-neighbour
@@ -25,7 +26,7 @@ The image goes through the model's own preprocessing (resize + centre crop + nor
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +34,23 @@ import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
-from tools.base import ImageArgs, make_tool
+from tools.base import ImageArgs
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Assertion, Evidence
-from tools.models.registry import load_once, open_clip_ref, resolve_device
+from tools.models.registry import (
+    configured_classifier,
+    load_once,
+    open_clip_ref,
+    resolve_device,
+)
+from tools.spec import ModelNeed, ToolDeps, ToolSpec, VisionConfig
 from tools.store import ImageStore
 
 __all__ = [
+    "CLASSIFY_EXAMPLES",
+    "SUPERVISED",
+    "TOOLS",
+    "ZERO_SHOT",
     "ClassScore",
     "SupervisedClassifier",
     "ZeroShotClassifier",
@@ -144,9 +155,8 @@ _CLASSIFY = (
 )
 
 
-def classify_tools(store: ImageStore, classifier: ZeroShotClassifier) -> list[BaseTool]:
-    """The ``classify`` tool over images in ``store`` (the model loads on the first call)."""
-
+def _zero_shot(store: ImageStore, classifier: ZeroShotClassifier
+               ) -> Callable[[ClassifyArgs], Evidence]:
     def classify_tool(args: ClassifyArgs) -> Evidence:
         img = store.get(args.image_id)
         t0 = time.perf_counter()
@@ -164,8 +174,12 @@ def classify_tools(store: ImageStore, classifier: ZeroShotClassifier) -> list[Ba
             elapsed_s=time.perf_counter() - t0,
         )
 
-    return [make_tool(classify_tool, name="classify", description=_CLASSIFY,
-                      args_schema=ClassifyArgs)]
+    return classify_tool
+
+
+def classify_tools(store: ImageStore, classifier: ZeroShotClassifier) -> list[BaseTool]:
+    """The zero-shot ``classify`` tool over images in ``store`` (loads on the first call)."""
+    return [ZERO_SHOT.bind(_zero_shot(store, classifier))]
 
 
 # =============================================================================================
@@ -233,10 +247,8 @@ _SUPERVISED = (
 )
 
 
-def supervised_classify_tools(store: ImageStore, classifier: SupervisedClassifier
-                              ) -> list[BaseTool]:
-    """The ``classify`` tool backed by a supervised model (loads on the first call)."""
-
+def _supervised(store: ImageStore, classifier: SupervisedClassifier
+                ) -> Callable[[ImageArgs], Evidence]:
     def classify_tool(args: ImageArgs) -> Evidence:
         img = store.get(args.image_id)
         t0 = time.perf_counter()
@@ -258,5 +270,48 @@ def supervised_classify_tools(store: ImageStore, classifier: SupervisedClassifie
             elapsed_s=time.perf_counter() - t0,
         )
 
-    return [make_tool(classify_tool, name="classify", description=_SUPERVISED,
-                      args_schema=ImageArgs)]
+    return classify_tool
+
+
+def supervised_classify_tools(store: ImageStore, classifier: SupervisedClassifier
+                              ) -> list[BaseTool]:
+    """The ``classify`` tool backed by a supervised model (loads on the first call)."""
+    return [SUPERVISED.bind(_supervised(store, classifier))]
+
+
+# =============================================================================================
+# Declarations
+# =============================================================================================
+CLASSIFY_EXAMPLES = ("Which body part is this?",
+                     "Is this a chest, abdomen or head image?",
+                     "Classify this image by body region.",
+                     "What kind of scan is this?")
+"""The router's questions for ``classify``, whichever backend serves it."""
+
+
+def _configured(deps: ToolDeps, prefix: str) -> bool:
+    return bool(deps.vision.classifier and deps.vision.classifier.startswith(prefix))
+
+
+def _classifier_models(config: VisionConfig) -> tuple[ModelNeed, ...]:
+    return tuple(filter(None, [configured_classifier(config)]))
+
+
+# A configured classifier (MEDLOOP_CLASSIFIER) outranks the case library's kNN ``classify``
+# (precedence 0, ``retrievers.knn_classify``); the two kinds exclude each other by prefix.
+ZERO_SHOT = ToolSpec(
+    name="classify", description=_CLASSIFY, args=ClassifyArgs, variant="open_clip",
+    precedence=10, enabled=lambda deps: _configured(deps, "open_clip:"),
+    build=lambda deps: _zero_shot(deps.store, ZeroShotClassifier(str(deps.vision.classifier),
+                                                                 deps.device)),
+    models=_classifier_models, examples=CLASSIFY_EXAMPLES,
+)
+SUPERVISED = ToolSpec(
+    name="classify", description=_SUPERVISED, args=ImageArgs, variant="hf",
+    precedence=10, enabled=lambda deps: _configured(deps, "hf:"),
+    build=lambda deps: _supervised(deps.store, SupervisedClassifier(str(deps.vision.classifier),
+                                                                    deps.device)),
+    models=_classifier_models, examples=CLASSIFY_EXAMPLES,
+)
+TOOLS = (ZERO_SHOT, SUPERVISED)
+"""``classify`` by a configured model: zero-shot open_clip or a supervised transformers one."""

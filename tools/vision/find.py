@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,23 @@ import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
-from tools.base import ImageArgs, make_tool
+from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence
 from tools.models.medsam import Segmenter, get_predictor
+from tools.models.registry import (
+    configured_detector,
+    detector_for,
+    segmenter_for,
+    segmenter_need,
+)
+from tools.packaged import LUNGS_FINDER, RAPIDOCR
+from tools.spec import ModelNeed, ToolSpec, VisionConfig
 from tools.store import ImageStore
 
 __all__ = [
     "GROUNDABLE",
+    "TOOLS",
     "FoundLungs",
     "Lung",
     "detect_lung_boxes",
@@ -377,13 +387,9 @@ def phrase_evidence(found: list[Found], target: str, store: ImageStore, image_id
     )
 
 
-def find_tools(store: ImageStore, predictor: Segmenter | None = None,
-               detector: Any = None) -> list[BaseTool]:
-    """The ``find`` tool over images in ``store``; models load on the first call.
-
-    ``detector`` (an ``HfDetector``) makes it open-vocabulary; without one only the lungs are
-    groundable (lungs-finder + the segmenter).
-    """
+def _finder(store: ImageStore, predictor: Segmenter | None,
+            detector: Any) -> Callable[[FindArgs], Evidence]:
+    """``find`` over ``store``: ``detector`` (an ``HfDetector``) or, if None, the lungs only."""
 
     def find_tool(args: FindArgs) -> Evidence:
         model = predictor or get_predictor()
@@ -404,5 +410,47 @@ def find_tools(store: ImageStore, predictor: Segmenter | None = None,
         found = find_lungs(img.display, model, args.image_id, img.meta)
         return find_evidence(found, target, store, args.image_id, time.perf_counter() - t0)
 
-    return [make_tool(find_tool, name="find", description=_find_description(detector is not None),
-                      args_schema=FindArgs)]
+    return find_tool
+
+
+def _lungs_models(config: VisionConfig) -> tuple[ModelNeed, ...]:
+    return (LUNGS_FINDER, segmenter_need(config), RAPIDOCR)
+
+
+def _open_vocab_models(config: VisionConfig) -> tuple[ModelNeed, ...]:
+    return (*filter(None, [configured_detector(config)]), segmenter_need(config), RAPIDOCR)
+
+
+_FIND_EXAMPLES = ("Where are the lungs?",
+                  "Outline the right lung.",
+                  "Locate the left lung on this radiograph.")
+
+TOOLS = (
+    ToolSpec(
+        name="find", description=_find_description(False), args=FindArgs, variant="lungs",
+        build=lambda deps: _finder(deps.store, segmenter_for(deps.vision), None),
+        models=_lungs_models, examples=_FIND_EXAMPLES,
+    ),
+    # A configured open-vocabulary detector (MEDLOOP_DETECTOR=hf:...) grounds any phrase, so
+    # it outranks the packaged lungs-only finder.
+    ToolSpec(
+        name="find", description=_find_description(True), args=FindArgs,
+        variant="open-vocabulary", precedence=10,
+        enabled=lambda deps: deps.vision.detector.startswith("hf:"),
+        build=lambda deps: _finder(deps.store, segmenter_for(deps.vision),
+                                   detector_for(deps.vision)),
+        models=_open_vocab_models, examples=_FIND_EXAMPLES,
+    ),
+)
+"""``find``: the packaged lungs finder, or a configured open-vocabulary detector."""
+
+
+def find_tools(store: ImageStore, predictor: Segmenter | None = None,
+               detector: Any = None) -> list[BaseTool]:
+    """The ``find`` tool over images in ``store``; models load on the first call.
+
+    ``detector`` (an ``HfDetector``) makes it open-vocabulary; without one only the lungs are
+    groundable (lungs-finder + the segmenter, ``predictor``: default the shared LiteMedSAM).
+    """
+    spec = TOOLS[1] if detector is not None else TOOLS[0]
+    return [spec.bind(_finder(store, predictor, detector))]

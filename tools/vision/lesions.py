@@ -24,13 +24,14 @@ Each detection gets a probability of being real from its significance (logistic 
 one minus the chance that the strongest rejected blob was real. Orientation: quadrants are of
 the image; the patient's side is given where the display convention is known (axial CT/MR and
 frontal radiographs put the patient's right on the image's left). Measured on the phantom suite
-(``agent/evaluation/phantoms.py``, 60 items of seed 1): count right on 90 %, diameter error 0.1 mm mean
-when the count is right, 0.1–0.2 s per 192² image on one busy core.
+(``agent/evaluation/phantoms.py``, 60 items of seed 1): count right on 90 %, diameter error
+0.1 mm mean when the count is right, 0.1–0.2 s per 192² image on one busy core.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -38,14 +39,15 @@ import numpy as np
 from langchain_core.tools import BaseTool
 from scipy import ndimage
 
-from tools.base import ImageArgs, make_tool
-from tools.vision.basic import displayed_frame
+from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Assertion, Box, Evidence, Measurement
 from tools.image import LoadedImage
+from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
+from tools.vision.basic import displayed_frame
 
-__all__ = ["Detection", "LesionReport", "detect_lesions", "lesion_tools"]
+__all__ = ["TOOLS", "Detection", "LesionReport", "detect_lesions", "lesion_tools"]
 
 _N_SCALES = 8
 _MAX_CANDIDATES = 300
@@ -335,13 +337,32 @@ def lesion_evidence(rep: LesionReport, image_id: str) -> Evidence:
     )
 
 
+def _detect(deps: ToolDeps) -> Callable[[ImageArgs], Evidence]:
+    def run(args: ImageArgs) -> Evidence:
+        return lesion_evidence(detect_lesions(deps.store.get(args.image_id)), args.image_id)
+
+    return run
+
+
+# Only the image id is asked for: a 135M planner fills optional numbers at random (it sent
+# max_diameter_mm=1.5), and the default 3–30 mm range covers nodules to small masses.
+TOOLS = (
+    ToolSpec(
+        name="detect_lesions", description=_DESCRIPTION, args=ImageArgs, build=_detect,
+        examples=("Is there a lesion in this image?",
+                  "Is there a nodule?",
+                  "Are there any masses in this scan?",
+                  "How many nodules can you see?",
+                  "How big is the mass in millimetres?",
+                  "Where is the nodule?",
+                  "Which side of the patient is the mass on?",
+                  "Is the spot in the right or the left half?",
+                  "Is there a bright round opacity?"),
+    ),
+)
+"""``detect_lesions``: classical blob detection, no model."""
+
+
 def lesion_tools(store: ImageStore) -> list[BaseTool]:
     """The ``detect_lesions`` tool over images in ``store`` (default size range, 3–30 mm)."""
-
-    def run(args: ImageArgs) -> Evidence:
-        return lesion_evidence(detect_lesions(store.get(args.image_id)), args.image_id)
-
-    # Only the image id is asked for: a 135M planner fills optional numbers at random (it
-    # sent max_diameter_mm=1.5), and the 3–30 mm range covers nodules to small masses.
-    return [make_tool(run, name="detect_lesions", description=_DESCRIPTION,
-                      args_schema=ImageArgs)]
+    return [spec.tool(ToolDeps(store)) for spec in TOOLS]

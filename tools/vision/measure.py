@@ -23,21 +23,26 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
-from tools.base import ImageArgs, make_tool
+from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
-from tools.vision.find import FoundLungs, find_lungs
 from tools.image import LoadedImage
 from tools.models.medsam import Segmenter, get_predictor
+from tools.models.registry import segmenter_for, segmenter_need
+from tools.packaged import LUNGS_FINDER
+from tools.spec import ToolSpec
 from tools.store import ImageStore
+from tools.vision.find import FoundLungs, find_lungs
 
 __all__ = [
+    "TOOLS",
     "Axes",
     "CardiothoracicRatio",
     "HuStats",
@@ -474,10 +479,7 @@ def measure_lungs_evidence(found: FoundLungs, img: LoadedImage, store: ImageStor
     )
 
 
-def measure_tools(store: ImageStore,
-                  predictor: Segmenter | None = None) -> list[BaseTool]:
-    """The ``measure`` (a stored mask) and ``measure_lungs`` tools over images in ``store``."""
-
+def _measurer(store: ImageStore) -> Callable[[MeasureArgs], Evidence]:
     def measure_tool(args: MeasureArgs) -> Evidence:
         img = store.get(args.image_id)
         key = args.mask_key.strip()
@@ -486,6 +488,11 @@ def measure_tools(store: ImageStore,
         mm = measure_mask(img, mask.astype(bool))
         return mask_measure_evidence(mm, args.image_id, key, time.perf_counter() - t0)
 
+    return measure_tool
+
+
+def _lung_measurer(store: ImageStore,
+                   predictor: Segmenter | None) -> Callable[[ImageArgs], Evidence]:
     def measure_lungs_tool(args: ImageArgs) -> Evidence:
         img = store.get(args.image_id)
         t0 = time.perf_counter()
@@ -493,8 +500,33 @@ def measure_tools(store: ImageStore,
         return measure_lungs_evidence(found, img, store, args.image_id,
                                       time.perf_counter() - t0)
 
-    return [
-        make_tool(measure_tool, name="measure", description=_MEASURE, args_schema=MeasureArgs),
-        make_tool(measure_lungs_tool, name="measure_lungs", description=_MEASURE_LUNGS,
-                  args_schema=ImageArgs),
-    ]
+    return measure_lungs_tool
+
+
+TOOLS = (
+    ToolSpec(
+        name="measure", description=_MEASURE, args=MeasureArgs,
+        build=lambda deps: _measurer(deps.store),
+        examples=("Measure the segmented mask.",
+                  "What is the area and long axis of that mask?",
+                  "What is the density in HU inside the outlined region?"),
+    ),
+    ToolSpec(
+        name="measure_lungs", description=_MEASURE_LUNGS, args=ImageArgs,
+        build=lambda deps: _lung_measurer(deps.store, segmenter_for(deps.vision)),
+        models=lambda config: (LUNGS_FINDER, segmenter_need(config)),
+        examples=("Is the heart enlarged?",
+                  "What is the cardiothoracic ratio?",
+                  "Is there cardiomegaly on this chest X-ray?",
+                  "How big are the lungs?"),
+    ),
+)
+"""``measure`` (a stored mask, no model) and ``measure_lungs`` (lungs-finder + segmenter)."""
+
+
+def measure_tools(store: ImageStore,
+                  predictor: Segmenter | None = None) -> list[BaseTool]:
+    """The ``measure`` (a stored mask) and ``measure_lungs`` tools over images in ``store``."""
+    measure, measure_lungs = TOOLS
+    return [measure.bind(_measurer(store)),
+            measure_lungs.bind(_lung_measurer(store, predictor))]

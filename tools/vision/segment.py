@@ -23,24 +23,25 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field, model_validator
 
-from tools.base import ImageArgs, make_tool
+from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
+from tools.models.medsam import Segmenter, get_predictor
+from tools.models.registry import VisionConfig, detector_for, segmenter_for, segmenter_need
+from tools.spec import ToolDeps, ToolSpec
+from tools.store import ImageStore
 from tools.vision.find import find_tools
 from tools.vision.measure import Quantity, mask_area, mask_axes, measure_tools
-from tools.models.medsam import Segmenter, get_predictor
-from tools.models.registry import VisionConfig
-from tools.store import ImageStore
 
 __all__ = [
+    "TOOLS",
     "Segmentation",
     "Segmenter",
     "mask_key",
@@ -342,21 +343,8 @@ def segmentation_evidence(seg: Segmentation, store: ImageStore, image_id: str, l
     )
 
 
-def segmenter_for(config: VisionConfig) -> Segmenter:
-    """The segmenter ``config`` names: the shared LiteMedSAM predictor, or a SAM checkpoint.
-
-    Nothing loads here; the weights load on the first prompt.
-    """
-    if config.segmenter.startswith("hf:"):
-        from tools.models.hf import HfSamSegmenter
-
-        return HfSamSegmenter(config.segmenter[3:], config.device)
-    return get_predictor(None if config.device == "auto" else config.device)
-
-
-def segment_tools(store: ImageStore, predictor: Segmenter | None = None) -> list[BaseTool]:
-    """The ``segment`` tool over images in ``store``."""
-
+def _segmenter(store: ImageStore,
+               predictor: Segmenter | None) -> Callable[[SegmentArgs], Evidence]:
     def segment_tool(args: SegmentArgs) -> Evidence:
         img = store.get(args.image_id)
         model = predictor or get_predictor()
@@ -366,34 +354,41 @@ def segment_tools(store: ImageStore, predictor: Segmenter | None = None) -> list
         return segmentation_evidence(seg, store, args.image_id, args.label, img.spacing_source,
                                      time.perf_counter() - t0, model=model.name)
 
-    return [make_tool(segment_tool, name="segment", description=_SEGMENT,
-                      args_schema=SegmentArgs)]
+    return segment_tool
+
+
+TOOLS = (
+    ToolSpec(
+        name="segment", description=_SEGMENT, args=SegmentArgs,
+        build=lambda deps: _segmenter(deps.store, segmenter_for(deps.vision)),
+        models=lambda config: (segmenter_need(config),),
+        examples=("Outline the structure inside this box.",
+                  "Segment the object at point (x, y).",
+                  "What is the area of the object in box [x0, y0, x1, y1]?"),
+    ),
+)
+"""``segment``: packaged LiteMedSAM, or the SAM-family checkpoint ``MEDLOOP_SEGMENTER`` names."""
+
+
+def segment_tools(store: ImageStore, predictor: Segmenter | None = None) -> list[BaseTool]:
+    """The ``segment`` tool over images in ``store`` (``predictor``: default LiteMedSAM)."""
+    return [TOOLS[0].bind(_segmenter(store, predictor))]
 
 
 def vision_tools(store: ImageStore, predictor: Segmenter | None = None,
                  config: VisionConfig | None = None) -> list[BaseTool]:
     """``segment``, ``find``, ``measure``, ``measure_lungs`` (and ``classify`` when configured).
 
-    ``config`` (default: from the environment, ``VisionConfig.from_env``) picks the models;
-    ``predictor`` overrides the segmenter (tests pass their own). Nothing loads here: each
-    model loads on the first call that needs it.
+    The vision experts alone, for tests and benchmarks (the planner's tool set is
+    ``agent.planner.toolset.default_tools``). ``config`` (default: the packaged models,
+    ``VisionConfig()``) picks the models; ``predictor`` overrides the segmenter (tests pass
+    their own). Nothing loads here: each model loads on the first call that needs it.
     """
-    cfg = config or VisionConfig.from_env()
+    from tools.vision.classify import TOOLS as CLASSIFY
+
+    cfg = config or VisionConfig()
     seg = predictor or segmenter_for(cfg)
-    detector: Any = None
-    if cfg.detector.startswith("hf:"):
-        from tools.models.hf import HfDetector
-
-        detector = HfDetector(cfg.detector[3:], cfg.device)
-    tools = [*segment_tools(store, seg), *find_tools(store, seg, detector),
-             *measure_tools(store, seg)]
-    if cfg.classifier and cfg.classifier.startswith("hf:"):
-        from tools.vision.classify import SupervisedClassifier, supervised_classify_tools
-
-        tools += supervised_classify_tools(store, SupervisedClassifier(cfg.classifier,
-                                                                       cfg.device))
-    elif cfg.classifier:
-        from tools.vision.classify import ZeroShotClassifier, classify_tools
-
-        tools += classify_tools(store, ZeroShotClassifier(cfg.classifier, cfg.device))
-    return tools
+    deps = ToolDeps(store, cfg)
+    return [*segment_tools(store, seg), *find_tools(store, seg, detector_for(cfg)),
+            *measure_tools(store, seg),
+            *(spec.tool(deps) for spec in CLASSIFY if spec.enabled(deps))]

@@ -10,20 +10,21 @@ import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent import AgentContext, build_graph
+from agent.evaluation.phantoms import phantom_suite
 from agent.planner.route import ToolRouter, route_examples
 from agent.planner.toolset import default_tools
 from tests.conftest import phantom
 from tests.fakes import ScriptedChatModel, ai, call, final
 from tests.loop_tools import loop_tools
-from agent.evaluation.phantoms import phantom_suite
 
 
 @pytest.fixture(scope="module")
 def default_specs(tmp_path_factory):
     from tools.store import ImageStore
 
-    store = ImageStore(tmp_path_factory.mktemp("route") / "store")
-    return [convert_to_openai_tool(t) for t in default_tools(store)]
+    home = tmp_path_factory.mktemp("route")
+    ctx = AgentContext(home=home, checkpoint=None)
+    return [convert_to_openai_tool(t) for t in default_tools(ctx, ImageStore(home / "store"))]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def test_every_routing_example_names_a_default_tool(default_specs):
     assert all(len(qs) >= 2 for qs in examples.values())
 
 
-# Questions written for this test, none of them in prompts/tool_routes, with the tool that
-# answers each. The five phantom question kinds are among them.
+# Questions written for this test, none of them among the tools' declared examples, with the
+# tool that answers each. The five phantom question kinds are among them.
 HELD_OUT = {
     "detect_lesions": [*sorted({it.question for it in phantom_suite(5, seed=0)}),
                        "Can you see any masses?", "Are there multiple nodules?",

@@ -20,8 +20,8 @@ import pytest
 from tools.errors import ToolFailure, ToolInputError
 from tools.models.hf import HfDetector, HfSamSegmenter, _suppress
 from tools.models.registry import VisionConfig, is_loaded
-from tools.vision.segment import segment, vision_tools
 from tools.torch_compat import ensure_torchvision
+from tools.vision.segment import segment, vision_tools
 
 pytestmark = pytest.mark.slow
 

@@ -22,15 +22,17 @@ from tools.models.registry import (
 )
 
 
-def test_config_from_env(monkeypatch):
+def test_context_from_env_reads_the_vision_choices(monkeypatch):
+    from agent.context import AgentContext
+
     for k in ("MEDLOOP_SEGMENTER", "MEDLOOP_DETECTOR", "MEDLOOP_CLASSIFIER", "MEDLOOP_DEVICE"):
         monkeypatch.delenv(k, raising=False)
-    assert VisionConfig.from_env() == VisionConfig()
+    assert AgentContext.from_env().vision == VisionConfig()
     monkeypatch.setenv("MEDLOOP_SEGMENTER", "hf:wanglab/medsam-vit-base")
     monkeypatch.setenv("MEDLOOP_DETECTOR", "hf:/models/owlv2")
     monkeypatch.setenv("MEDLOOP_CLASSIFIER", "open_clip:hf-hub:org/biomedclip")
     monkeypatch.setenv("MEDLOOP_DEVICE", "cpu")
-    cfg = VisionConfig.from_env()
+    cfg = AgentContext.from_env().vision
     assert (cfg.segmenter, cfg.detector, cfg.classifier, cfg.device) == (
         "hf:wanglab/medsam-vit-base", "hf:/models/owlv2", "open_clip:hf-hub:org/biomedclip", "cpu")
 
@@ -127,13 +129,38 @@ def test_cuda_without_a_gpu_is_a_clear_failure():
 
 
 def test_the_runs_device_setting_wins_over_the_environment(monkeypatch):
+    from agent.context import AgentContext
     from tools.models.medsam import get_predictor
     from tools.vision.segment import segmenter_for
 
     monkeypatch.setenv("MEDLOOP_DEVICE", "cuda")
-    assert VisionConfig.from_env("cpu").device == "cpu"  # AgentContext.device="cpu"
-    assert VisionConfig.from_env().device == "cuda"  # "auto" defers to MEDLOOP_DEVICE
+    assert AgentContext.from_env(device="cpu").vision.device == "cpu"  # --device cpu wins
+    assert AgentContext.from_env().vision.device == "cuda"  # else MEDLOOP_DEVICE
     # LiteMedSAM predictors (and their embedding caches) are kept per device.
     cpu = segmenter_for(VisionConfig(device="cpu"))
     assert cpu is get_predictor("cpu") and cpu is not get_predictor(None)
     assert segmenter_for(VisionConfig()) is get_predictor(None)
+
+
+def test_describe_models_lists_each_model_once_packaged_first():
+    from tools.models.registry import (
+        LITE_MEDSAM,
+        MINILM,
+        RAPIDOCR,
+        ModelNeed,
+        configured_classifier,
+        describe_models,
+    )
+
+    clip = configured_classifier(VisionConfig(classifier="open_clip:hf-hub:org/clip"))
+    assert clip is not None
+    plugin = ModelNeed("plugin-net", "classify (chest X-ray findings)", licence="MIT",
+                       distribution="medloop-no-such-dist", module="medloop_no_such_module")
+    rows = describe_models([clip, MINILM, plugin, RAPIDOCR, LITE_MEDSAM, MINILM],
+                           VisionConfig(device="cpu"))
+    assert [r.name for r in rows] == ["lite-medsam", "rapidocr-pp-ocrv4", "all-minilm-l6-v2",
+                                      "plugin-net", "open-clip-classifier"]
+    missing = rows[3]
+    assert (missing.offline, missing.default, missing.size_mb) == (False, True, None)
+    assert missing.note == "not installed: pip install medloop-no-such-dist"
+    assert (rows[4].source, rows[4].default) == ("org/clip", False)

@@ -9,12 +9,12 @@ import pytest
 from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
-from tools.vision.basic import basic_tools, describe, measure_distance, region_stats
 from tools.errors import ToolInputError
 from tools.evidence import Evidence
 from tools.image import LoadedImage
 from tools.ingest.loader import load_image, percentile_window
 from tools.store import ImageStore
+from tools.vision.basic import basic_tools, describe, measure_distance, region_stats
 
 # 200 px wide, 100 px tall; rows 0.25 mm apart, columns 0.5 mm apart:
 # field of view 200 * 0.5 = 100 mm wide, 100 * 0.25 = 25 mm tall.

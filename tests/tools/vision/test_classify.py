@@ -13,12 +13,12 @@ import json
 import numpy as np
 import pytest
 
-from tools.vision.classify import TEMPLATE, ZeroShotClassifier, classify_tools, clean_labels
 from tools.errors import ToolFailure, ToolInputError
 from tools.image import LoadedImage
 from tools.models.registry import VisionConfig, models
-from tools.vision.segment import vision_tools
 from tools.torch_compat import ensure_torchvision
+from tools.vision.classify import TEMPLATE, ZeroShotClassifier, classify_tools, clean_labels
+from tools.vision.segment import vision_tools
 
 pytestmark = pytest.mark.slow
 

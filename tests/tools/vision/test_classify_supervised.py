@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.vision.classify import SupervisedClassifier, supervised_classify_tools
 from tools.errors import ToolFailure
 from tools.image import LoadedImage
 from tools.models.registry import VisionConfig, models
-from tools.vision.segment import vision_tools
 from tools.torch_compat import ensure_torchvision
+from tools.vision.classify import SupervisedClassifier, supervised_classify_tools
+from tools.vision.segment import vision_tools
 
 pytestmark = pytest.mark.slow
 

