@@ -1,17 +1,49 @@
-"""``medloop eval SUITE``: the argument parser and the command, kept beside the harness."""
+"""``medloop eval SUITE``: a benchmark suite through the agent (``agent.evaluation``).
+
+Settings: ``--llm``, the planner options, ``--raw`` (``calibration="none"``) and
+``--temperature`` (``llm_temperature``) become ``AgentContext`` fields through
+``options.context``; the elicitor's model gets the planner's threads and temperature the way
+the *think* node's does. Nothing here edits the environment.
+
+The report leads with real-image figures when the suite has them: closed/open, per category and
+per organ, each beside the baselines (``--baselines``; the majority answer is cross-validated
+over ``--folds`` folds by image), and a calibration per image domain (``--save-calibration``
+with no path saves each under ``$MEDLOOP_HOME/calibration/<spec>.<domain>.json``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_eval_parser", "cmd_eval"]
+import agent.llm as backends
+from agent.build import build_graph
+from agent.cli.options import (
+    LLM_HELP,
+    BadInput,
+    add_planner_options,
+    checked_llm,
+    context,
+    emit_json,
+    planner_settings,
+)
+from agent.context import AgentContext
+from agent.evaluation.elicit import elicit_confidence
+from agent.evaluation.harness import BASELINES, evaluate
+from agent.evaluation.items import EvalItem
+from agent.evaluation.readers import SuiteError, load_suite
+from agent.evaluation.runner import Record, read_records
+from agent.nodes.answer import calibration_name
+from agent.planner.toolset import default_tools
+
+__all__ = ["add_parser", "cmd_eval", "run_context"]
 
 
-def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to ``sub`` (an argparse subparsers object)."""
     ev = sub.add_parser(
         "eval", help="run the agent over a benchmark suite and report accuracy and calibration"
@@ -24,18 +56,19 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                     help="leave out the first N items: split a long suite across processes "
                          "(--skip 0 --limit 100, --skip 100 --limit 100, ...) and report the "
                          "merged records with --records")
-    ev.add_argument("--llm", default="embedded",
-                    help="embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | "
-                         "hf:ID_OR_PATH")
+    ev.add_argument("--llm", help=LLM_HELP)
     ev.add_argument("--repeats", type=int, default=1, help="runs per item (default 1)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--tools", help="offer only these tools of the default set (comma-separated "
                                      "names); default: all of them")
-    from agent.cli.main import add_planner_options
-
     add_planner_options(ev)
-    ev.add_argument("--baselines", default="blank,shuffled,question_only",
-                    help="comma-separated sanity baselines, or 'none'")
+    ev.add_argument("--baselines", default=",".join(BASELINES),
+                    help="comma-separated sanity baselines (blank, shuffled, question_only: "
+                         "the agent shown other images; majority: the commonest answer of the "
+                         "question's category in the other folds), or 'none'")
+    ev.add_argument("--folds", type=int, default=5,
+                    help="k of the k-fold cross-validation by image (majority baseline, "
+                         "cross-fitted calibration; default 5)")
     ev.add_argument("--baseline-limit", type=int,
                     help="run the baselines on the first N items only")
     ev.add_argument("--fit-fraction", type=float, default=0.5,
@@ -43,13 +76,15 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--target-accuracy", type=float, default=0.9,
                     help="accuracy the abstention threshold is chosen for")
     ev.add_argument("--temperature", type=float,
-                    help="sample the embedded planner at this temperature (sets "
-                         "MEDLOOP_LLM_TEMPERATURE; repeats then differ: self-consistency)")
+                    help="sample the planner at this temperature, 0 to 2 (default: "
+                         "$MEDLOOP_LLM_TEMPERATURE, else 0; repeats then differ: "
+                         "self-consistency)")
     ev.add_argument("--elicit", action="store_true",
                     help="after each answer, ask the model to rate it (prompts/confidence); "
                          "one more model call per item")
     ev.add_argument("--raw", action="store_true",
-                    help="ignore any saved calibration (report raw confidences)")
+                    help="ignore any saved calibration, MEDLOOP_CALIBRATION included (report "
+                         "raw confidences)")
     ev.add_argument("--save-calibration", nargs="?", const="home", metavar="PATH",
                     help="save the fitted calibration (default: $MEDLOOP_HOME/calibration/)")
     ev.add_argument("--out", metavar="DIR", help="write report.json, records.jsonl and PNGs")
@@ -62,60 +97,101 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     return ev
 
 
+def _cell(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "-"
+    lo, hi = c["accuracy_ci95"]
+    open_ = (f" em {c['exact_match']} tr {c['token_recall']}" if "exact_match" in c else "")
+    return f"{c['accuracy']} [{lo}, {hi}]{open_}"
+
+
+def _splits(report: dict[str, Any]) -> list[str]:
+    """Accuracy per split, the agent beside each baseline (``[95% CI]``, open: em / tr)."""
+    variants = ["full", *report["baselines"]]
+    lines = []
+    for split, table in report.get("by_split", {}).items():
+        lines.append(f"by {split.replace('_', '/')}: " + " | ".join(variants))
+        for value, row in table.items():
+            n = max((c["n"] for c in row.values()), default=0)
+            lines.append(f"  {value:<10} n={n:<4} " + " | ".join(_cell(row.get(v))
+                                                              for v in variants))
+    return lines
+
+
+def _calibration(c: dict[str, Any]) -> list[str]:
+    lines = [f"calibration [{c.get('domain')}] {c['method']} fitted on {c['n_fit_items']} "
+             f"items, on the other {c['n_test_items']} (split by {c.get('split_by')}): ECE "
+             f"{c['ece_before']} → {c['ece_after']} (floor {c['ece_noise_floor']}), Brier "
+             f"{c['brier_before']} → {c['brier_after']}, AURC {c['aurc_before']} → "
+             f"{c['aurc_after']}; abstain below {c['abstain_below']} → coverage "
+             f"{c.get('coverage')}, selective accuracy {c['selective_accuracy']}"]
+    if c.get("crossfit_n_items"):
+        lines.append(f"cross-fitted ({c.get('crossfit_folds')} folds by image, all "
+                     f"{c['crossfit_n_items']} items): ECE {c['crossfit_ece_before']} → "
+                     f"{c['crossfit_ece_after']} (95% CI {c['crossfit_ece_after_ci95']}; "
+                     f"a perfectly calibrated confidence would show "
+                     f"{c['crossfit_ece_noise_floor']} on these items), Brier "
+                     f"{c['crossfit_brier_after']}, AURC {c['crossfit_aurc_after']}, coverage "
+                     f"{c.get('crossfit_coverage')} at selective accuracy "
+                     f"{c.get('crossfit_selective_accuracy')}")
+    if c.get("crossfit_ece_after_with_agreement") is not None:
+        lines.append(f"with self-consistency: ECE → "
+                     f"{c['crossfit_ece_after_with_agreement']} (floor "
+                     f"{c['crossfit_ece_noise_floor_with_agreement']}), AURC "
+                     f"{c['crossfit_aurc_after']} → {c['crossfit_aurc_after_with_agreement']}")
+    return lines
+
+
 def _human(report: dict[str, Any]) -> str:
     m = report["metrics"]
     lines = [f"suite {report['suite']}  ·  {report['n_items']} items  ·  llm {report['llm']}",
-             f"accuracy {m['accuracy']} (95% CI {m['accuracy_ci95']})  ECE {m['ece_15']}  "
-             f"Brier {m['brier']}  AURC {m['aurc']}",
-             f"abstained {m['abstention_rate']}  selective accuracy {m['selective_accuracy']}  "
-             f"grounding IoU {m['grounding_iou']}  size error {m['size_error_mm_mean']} mm",
+             f"accuracy {m['accuracy']} (95% CI {m['accuracy_ci95']})  closed "
+             f"{m.get('closed_accuracy')} (n={m.get('n_closed')})  open {m.get('open_accuracy')}"
+             f" (n={m.get('n_open')}; exact match {m.get('open_exact_match')}, token recall "
+             f"{m.get('open_token_recall')})",
+             f"ECE {m['ece_15']} (noise floor {m.get('ece_noise_floor')})  Brier {m['brier']}  "
+             f"AURC {m['aurc']}  abstained {m['abstention_rate']}  selective accuracy "
+             f"{m['selective_accuracy']}",
+             f"answers contradicting their cited evidence: "
+             f"{m.get('answers_contradicting_evidence')} given, "
+             f"{m.get('answers_contradicting_evidence_all')} in all",
+             f"grounding IoU {m['grounding_iou']}  size error {m['size_error_mm_mean']} mm  "
              f"latency p50 {m['latency_s_p50']} s  p95 {m['latency_s_p95']} s  "
              f"tool calls/item {m['tool_calls_per_item']}"]
     for name, b in report["baselines"].items():
         lines.append(f"baseline {name}: accuracy {b['accuracy']} (95% CI {b['accuracy_ci95']}),"
                      f" n={b['n_items']}")
-    c = report.get("calibration")
-    if c:
-        lines.append(f"calibration {c['method']} fitted on {c['n_fit_items']} items, on the "
-                     f"other {c['n_test_items']}: ECE {c['ece_before']} → {c['ece_after']}, "
-                     f"Brier {c['brier_before']} → {c['brier_after']}; abstain below "
-                     f"{c['abstain_below']} → abstention {c['abstention_rate']}, selective "
-                     f"accuracy {c['selective_accuracy']}")
-        if c.get("crossfit_n_items"):
-            lines.append(f"cross-fitted (each half mapped by the other's fit, all "
-                         f"{c['crossfit_n_items']} items): ECE {c['crossfit_ece_before']} → "
-                         f"{c['crossfit_ece_after']} (95% CI {c['crossfit_ece_after_ci95']}; "
-                         f"a perfectly calibrated confidence would show "
-                         f"{c['crossfit_ece_noise_floor']} on these items)")
-        if c.get("crossfit_ece_after_with_agreement") is not None:
-            lines.append(f"with self-consistency: ECE → "
-                         f"{c['crossfit_ece_after_with_agreement']} (floor "
-                         f"{c['crossfit_ece_noise_floor_with_agreement']}), AURC "
-                         f"{c['crossfit_aurc_after']} → {c['crossfit_aurc_after_with_agreement']}")
+    lines += _splits(report)
+    for c in (report.get("calibration_by_domain") or {}).values():
+        lines += _calibration(c)
     return "\n".join(lines)
 
 
-def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
-    """The suite's items and the baselines, or ``BadInput`` naming what is wrong."""
-    from agent.cli.main import BadInput, planner_settings
-    from agent.evaluation.readers import SuiteError, load_suite
-    from agent.evaluation.runner import VARIANTS
-    from agent.llm import parse_spec
+def run_context(args: argparse.Namespace) -> AgentContext:
+    """The settings of one evaluation: the options given over ``MEDLOOP_*``, in memory.
 
-    try:
-        parse_spec(args.llm)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
+    Each item runs in its own thread; the in-memory checkpointer keeps nothing on disk.
+    """
+    if args.temperature is not None and not 0.0 <= args.temperature <= 2.0:
+        raise BadInput(f"--temperature must be from 0 to 2, got {args.temperature:g}")
+    given = {"llm": args.llm, "calibration": "none" if args.raw else None,
+             "llm_temperature": args.temperature, **planner_settings(args)}
+    return context(given, checkpoint="memory")
+
+
+def _checked(args: argparse.Namespace) -> tuple[list[EvalItem], list[str]]:
+    """The suite's items and the baselines, or ``BadInput`` naming what is wrong."""
     if args.repeats < 1 or (args.limit is not None and args.limit < 1):
         raise BadInput("--repeats and --limit must be at least 1")
     if args.skip < 0:
         raise BadInput("--skip must be 0 or more")
-    planner_settings(args)
     baselines = [] if args.baselines == "none" else [
         b.strip() for b in args.baselines.split(",") if b.strip()]
-    bad = [b for b in baselines if b not in VARIANTS or b == "full"]
+    bad = [b for b in baselines if b not in BASELINES]
     if bad:
-        raise BadInput(f"unknown baseline {bad[0]!r}; choose from blank, shuffled, question_only")
+        raise BadInput(f"unknown baseline {bad[0]!r}; choose from {', '.join(BASELINES)}")
+    if args.folds < 2:
+        raise BadInput("--folds must be at least 2")
     try:
         items = load_suite(args.suite)
     except SuiteError as exc:
@@ -126,36 +202,31 @@ def _checked(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     return (items[: args.limit] if args.limit else items), baselines
 
 
-def _graph_factory(args: argparse.Namespace) -> Any:
-    """``make_graph()`` for the harness: a fresh graph on the run settings, tools filtered."""
-    from agent.build import build_graph
-    from agent.cli.main import BadInput, planner_settings
-    from agent.context import AgentContext
+def _graph_factory(ctx: AgentContext, tools: str | None) -> Callable[[], tuple[Any, Any]]:
+    """``make_graph()`` for the harness: a graph on ``ctx``, offering only ``tools`` if named."""
 
     def make_graph() -> tuple[Any, Any]:
-        ctx = AgentContext(llm=args.llm, checkpoint="memory", **planner_settings(args))
-        if args.tools:
-            from agent.planner.toolset import default_tools
-
-            wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
-            have = {t.name: t for t in default_tools(ctx.store, ctx.device)}
+        chosen = None
+        if tools:
+            wanted = [t.strip() for t in tools.split(",") if t.strip()]
+            have = {t.name: t for t in default_tools(ctx)}
             unknown = [t for t in wanted if t not in have]
             if unknown:
                 raise BadInput(f"unknown tool {unknown[0]!r}; have {', '.join(sorted(have))}")
-            ctx.tools = [have[t] for t in wanted]
-        return build_graph(ctx), ctx.store
+            chosen = [have[t] for t in wanted]
+        return build_graph(ctx, tools=chosen), ctx.store
 
     return make_graph
 
 
-def _progress(args: argparse.Namespace) -> Any:
+def _progress(args: argparse.Namespace) -> Callable[[Record, int, int], None]:
     """Progress lines on stderr, and each record appended to ``records.partial.jsonl``."""
     partial = Path(args.out) / "records.partial.jsonl" if args.out else None
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text("", encoding="utf-8")
 
-    def progress(rec: Any, k: int, n: int) -> None:
+    def progress(rec: Record, k: int, n: int) -> None:
         if partial is not None:  # so a run cut short can still be reported (--records)
             with partial.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(rec.as_dict(), default=str) + "\n")
@@ -168,65 +239,53 @@ def _progress(args: argparse.Namespace) -> Any:
     return progress
 
 
-def _elicitor(args: argparse.Namespace) -> Any:
-    """``elicit(question, answer, evidence)`` with the run's own planner model."""
-    from agent.evaluation.elicit import elicit_confidence
-    from agent.llm import make_chat_model
+def _elicitor(ctx: AgentContext, spec: str) -> Callable[[str, str, list[str]], float | None]:
+    """``elicit(question, answer, evidence)`` with the run's own planner model.
 
-    llm = make_chat_model(args.llm)
-    return lambda q, a, ev: elicit_confidence(llm, q, a, ev)
+    The model is made as the *think* node makes it (same spec, threads and temperature), so
+    the rating comes from the planner that answered.
+    """
+    model = backends.make_chat_model(spec, threads=ctx.llm_threads,
+                                     temperature=ctx.llm_temperature)
+    return lambda q, a, ev: elicit_confidence(model, q, a, ev)
+
+
+def _calibration_target(
+    given: str | None, ctx: AgentContext, spec: str
+) -> Path | Callable[[str], Path] | None:
+    """Where fitted maps are saved: a path, or under ``$MEDLOOP_HOME`` one file per domain.
+
+    ``home`` names each map as the answer node looks it up (``calibration_name(spec, samples,
+    domain)``), so the next run on the same configuration uses it for that domain only.
+    """
+    if not given:
+        return None
+    if given != "home":
+        return Path(given)
+
+    def home(domain: str) -> Path:
+        return ctx.home_dir / "calibration" / calibration_name(spec, ctx.answer_samples, domain)
+
+    return home
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run a suite through the agent and print (and optionally save) the report."""
-    import os
-
+    ctx = run_context(args)
+    spec = checked_llm(ctx)
     items, baselines = _checked(args)
-    from agent.cli.main import BadInput
-
-    settings: dict[str, str] = {}
-    if args.raw:
-        settings["MEDLOOP_CALIBRATION"] = "none"
-    if args.temperature is not None:
-        if not 0.0 <= args.temperature <= 2.0:
-            raise BadInput(f"--temperature must be from 0 to 2, got {args.temperature:g}")
-        settings["MEDLOOP_LLM_TEMPERATURE"] = repr(args.temperature)
-    before = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
-        return _run(args, items, baselines)
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _run(args: argparse.Namespace, items: list[Any], baselines: list[str]) -> int:
-    """Evaluate, print the report, write the files."""
-    from agent.evaluation.harness import evaluate
-    from agent.evaluation.runner import read_records
-    from agent.nodes.answer import calibration_name
-
-    save = None
-    if args.save_calibration:
-        from agent.context import AgentContext
-
-        name = calibration_name(args.llm, args.samples)
-        save = (Path(args.save_calibration) if args.save_calibration != "home"
-                else AgentContext().home_dir / "calibration" / name)
+    save = _calibration_target(args.save_calibration, ctx, spec)
     result = evaluate(
-        items, make_graph=_graph_factory(args), suite=args.suite, llm=args.llm,
-        baselines=baselines, baseline_limit=args.baseline_limit,  # type: ignore[arg-type]
-        repeats=args.repeats, seed=args.seed, fit_fraction=args.fit_fraction,
+        items, make_graph=_graph_factory(ctx, args.tools), suite=args.suite, llm=spec,
+        baselines=baselines, baseline_limit=args.baseline_limit,
+        repeats=args.repeats, seed=args.seed, folds=args.folds, fit_fraction=args.fit_fraction,
         target_accuracy=args.target_accuracy, out_dir=args.out, save_calibration_to=save,
         progress=_progress(args) if not args.records else None,
         records=read_records(args.records) if args.records else None,
-        elicit=_elicitor(args) if args.elicit else None,
+        elicit=_elicitor(ctx, spec) if args.elicit else None,
     )
     if args.json:
-        sys.stdout.write(json.dumps(result.report, indent=2, default=str) + "\n")
+        emit_json(result.report)
     else:
         sys.stdout.write(_human(result.report) + "\n")
         for f in result.files:

@@ -1,4 +1,4 @@
-"""``medloop index build|search|demo``: the case-library commands (wired in ``agent/cli/main.py``).
+"""``medloop index build|search|demo``: the case-library commands (``retrievers/``).
 
 ``build DIR --out INDEX`` reads the layout ``retrievers.build`` documents and prints counts,
 dimensions and the index type; ``search INDEX (--image PATH | --text "...") -k K`` prints
@@ -9,15 +9,20 @@ dimensions and the index type; ``search INDEX (--image PATH | --text "...") -k K
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from agent.cli.options import BadInput, context, emit_json
+from retrievers.build import build_from_rows, read_layout
+from retrievers.demo import demo_library
 from retrievers.embedders import Embedder, MedSamImageEmbedder, MiniLMTextEmbedder, OpenClipEmbedder
 from retrievers.index import KINDS
+from retrievers.library import CaseLibrary, EmbedderMismatch
 from tools.errors import ToolInputError
+from tools.ingest.loader import load_image
 
-__all__ = ["add_index_parser", "run_index"]
+__all__ = ["add_parser", "cmd_index", "emit", "run_index"]
 
 
 def _embedder(spec: str) -> Embedder | None:
@@ -32,8 +37,8 @@ def _embedder(spec: str) -> Embedder | None:
     raise ToolInputError(f"unknown embedder {spec!r}: litemedsam | minilm | open_clip:SPEC | none")
 
 
-def add_index_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``index`` and its subcommands to the ``medloop`` parser's subparsers."""
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``index`` and its subcommands to ``sub`` (an argparse subparsers object)."""
     idx = sub.add_parser("index", help="build and search a case library (images + reports)")
     isub = idx.add_subparsers(dest="index_command", required=True)
 
@@ -61,16 +66,21 @@ def add_index_parser(sub: Any) -> argparse.ArgumentParser:
 
     d = isub.add_parser("demo", help="build (first time) the demo library and print its summary")
     d.add_argument("--json", action="store_true")
+    idx.set_defaults(func=cmd_index)
     return idx
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Run one ``index`` subcommand and print its result."""
+    try:
+        emit(run_index(args), args.json)
+    except (ToolInputError, EmbedderMismatch) as exc:  # the user's to fix
+        raise BadInput(str(exc)) from exc
+    return 0
 
 
 def run_index(args: argparse.Namespace) -> Any:
     """Run one ``index`` subcommand; returns what the CLI prints."""
-    from pathlib import Path
-
-    from retrievers.build import build_from_rows, read_layout
-    from retrievers.library import CaseLibrary
-
     if args.index_command == "build":
         rows = read_layout(args.dir)
         if not rows:
@@ -87,23 +97,20 @@ def run_index(args: argparse.Namespace) -> Any:
         lib = CaseLibrary.open(Path(args.index))
         labels = [args.label] if args.label else None
         if args.image:
-            from tools.ingest.loader import load_image
-
             hits = lib.search_image(load_image(args.image).display, args.k,
                                     modality=args.modality, labels=labels)
         else:
             hits = lib.search_text(args.text, args.k, modality=args.modality, labels=labels,
                                    target=args.target)
         return [h.as_dict() for h in hits]
-    from retrievers.demo import demo_library
-
-    return demo_library(progress=True).stats()
+    # the demo library lives in the configured home (MEDLOOP_HOME), as the agent's does
+    return demo_library(home=context({}, checkpoint=None).home_dir, progress=True).stats()
 
 
 def emit(data: Any, as_json: bool) -> None:
     """Print JSON, or one line per hit for people."""
     if as_json or not isinstance(data, list):
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        emit_json(data)
         return
     for h in data:
         report = (h.get("report") or "").replace("\n", " ")

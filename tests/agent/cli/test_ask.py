@@ -1,4 +1,4 @@
-"""The ``medloop`` command line: JSON shapes, exit codes, conversation threads."""
+"""``medloop ask``: JSON shape, exit codes, conversation threads, progress, settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import pytest
 from pydicom.data import get_testdata_file
 
+from agent.cli.ask import progress_line
 from agent.cli.main import main
 from tools.ingest.loader import load_image
 
@@ -17,28 +18,6 @@ def run_cli(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def test_inspect_prints_deidentified_summary(capsys):
-    code, out, err = run_cli(capsys, "inspect", RG1, "--json")
-    assert code == 0, err
-    data = json.loads(out)
-    assert data["modality"] == "CR" and data["source_format"] == "dicom"
-    assert data["shape"][0] > 1000 and data["id"].startswith("img-")
-    import pydicom
-
-    ds = pydicom.dcmread(RG1, stop_before_pixels=True)
-    for phi in (str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))):
-        if phi:
-            assert phi not in out
-
-
-def test_inspect_bad_input_exits_2_with_one_line(capsys, tmp_path):
-    bad = tmp_path / "notes.txt"
-    bad.write_text("not an image at all")
-    code, out, err = run_cli(capsys, "inspect", str(bad), "--json")
-    assert code == 2 and out == ""
-    assert err.startswith("medloop: ") and err.count("\n") == 1 and "notes.txt" in err
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -92,29 +71,46 @@ def test_ask_end_to_end_with_an_openai_compatible_server(capsys, server):
     assert "Describe this image" in history and "A chest radiograph (CR)." in history
 
 
-def test_deid_cli_on_a_folder(capsys, tmp_path):
-    import shutil
-
-    src = tmp_path / "in"
-    src.mkdir()
-    shutil.copy(get_testdata_file("CT_small.dcm"), src / "a.dcm")
-    (src / "notes.txt").write_text("not dicom")
-    code, out, err = run_cli(capsys, "deid", str(src), str(tmp_path / "out"), "--json")
-    assert code == 0, err
-    data = json.loads(out)
-    assert data["files"] == 1 and data["skipped"] == ["notes.txt"]
-    assert (tmp_path / "out" / "a.dcm").exists()
-    import pydicom
-
-    assert pydicom.dcmread(tmp_path / "out" / "a.dcm").PatientIdentityRemoved == "YES"
-    code, _, err = run_cli(capsys, "deid", str(src), str(src / "inside"))
-    assert code == 2 and "must not lie inside" in err
-
-
 def test_bad_planner_settings_are_named_before_any_model_loads(capsys):
     code, _, err = run_cli(capsys, "ask", RG1, "What is this?", "--samples", "-1")
     assert code != 0 and "answer_samples must be 0" in err
-    code, _, err = run_cli(capsys, "eval", "phantoms:2", "--route-tools", "-1")
-    assert code != 0 and "route_tools must be 0" in err
-    code, _, err = run_cli(capsys, "eval", "phantoms:2", "--sample-temperature", "0")
-    assert code != 0 and "sample_temperature" in err
+    # (the same options of ``medloop eval``: tests/agent/cli/test_eval.py)
+
+
+def test_llm_comes_from_the_environment_unless_given(capsys, monkeypatch):
+    monkeypatch.setenv("MEDLOOP_LLM", "gpt-4")
+    code, _, err = run_cli(capsys, "ask", RG1, "q")
+    assert code == 2 and "bad --llm 'gpt-4'" in err  # MEDLOOP_LLM applies when --llm is unset
+    monkeypatch.setenv("MEDLOOP_LLM", "openai:m@http://127.0.0.1:9/v1")
+    code, _, err = run_cli(capsys, "ask", RG1, "q", "--llm", "hf:")
+    assert code == 2 and "bad --llm 'hf:'" in err  # --llm wins over it
+    monkeypatch.setenv("MEDLOOP_LLM_THREADS", "many")
+    code, _, err = run_cli(capsys, "ask", RG1, "q")
+    assert code == 2 and "MEDLOOP_LLM_THREADS" in err  # a malformed variable is named
+
+
+def test_ask_with_the_planner_from_medloop_llm(capsys, server, monkeypatch):
+    server.reply_calls(("final_answer", {"answer": "A radiograph.", "claims": [],
+                                         "confidence": 0.6}))
+    monkeypatch.setenv("MEDLOOP_LLM", f"openai:test@{server.url}")
+    code, out, err = run_cli(capsys, "ask", RG1, "What is it?", "--json", "--checkpoint",
+                             "memory", "--max-rounds", "1")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["llm"] == f"openai:test@{server.url}" and len(server.requests) >= 1
+    assert f"thinking with openai:test@{server.url}" in err
+
+
+def test_progress_lines_read_the_typed_trace():
+    assert progress_line({"turn": 1, "round": 2, "step": "think", "elapsed_s": 1.25,
+                          "calls": ["detect_lesions", "measure"]}) == \
+        "think  round 2: detect_lesions, measure (1.2 s)"
+    assert progress_line({"turn": 1, "round": 1, "step": "think", "elapsed_s": 0.5,
+                          "calls": []}).startswith("think  round 1: a reply")
+    assert progress_line({"turn": 1, "round": 1, "step": "act", "tool": "describe_image",
+                          "args": {}, "status": "ok", "evidence_id": "E1", "elapsed_s": 0.031,
+                          "summary": ""}) == "act    describe_image → ok (0.03 s)"
+    assert progress_line({"turn": 1, "round": 1, "step": "rethink", "decision": "think",
+                          "supported": 0, "problems": ["x", "y"], "contradictions": []}) == \
+        "rethink think: 2 problem(s)"
+    assert progress_line({"turn": 1, "step": "ingest", "images": []}) == "ingest"

@@ -1,0 +1,130 @@
+"""``medloop ask IMAGE... QUESTION``: run the agent once and print its answer.
+
+Progress (one line per trace record: think, act, rethink, ...) goes to stderr so ``--json`` on
+stdout stays machine-readable. ``--thread`` continues a conversation kept by the checkpointer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from agent.build import build_graph
+from agent.checkpoint import check_spec
+from agent.cli.options import (
+    DISCLAIMER,
+    LLM_HELP,
+    BadInput,
+    add_planner_options,
+    checked_llm,
+    context,
+    emit,
+    planner_settings,
+)
+from agent.trace import TraceStep
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
+__all__ = ["add_parser", "cmd_ask", "progress_line"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``ask`` to ``sub`` (an argparse subparsers object)."""
+    ask = sub.add_parser("ask", help="answer a question about one or more images")
+    ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION")
+    ask.add_argument("--llm", help=LLM_HELP)
+    ask.add_argument("--thread", help="continue this conversation thread")
+    add_planner_options(ask)
+    ask.add_argument("--checkpoint",
+                     help="sqlite (default) | sqlite:PATH | memory | none | postgresql://DSN")
+    ask.add_argument("--json", action="store_true", help="print JSON")
+    ask.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    ask.set_defaults(func=cmd_ask)
+    return ask
+
+
+def progress_line(step: TraceStep) -> str:
+    """One human line for a trace record (the ``[medloop]`` progress on stderr)."""
+    if step["step"] == "think":
+        calls = ", ".join(step["calls"]) or "a reply"
+        return f"think  round {step['round']}: {calls} ({step['elapsed_s']:.1f} s)"
+    if step["step"] == "act":
+        return f"act    {step['tool']} → {step['status']} ({step['elapsed_s']:.2f} s)"
+    if step["step"] == "rethink":
+        return f"rethink {step['decision']}: {len(step['problems'])} problem(s)"
+    return step["step"]
+
+
+def _progress(event: dict[str, Any]) -> None:
+    """Print the trace records one ``stream_mode="updates"`` event added."""
+    for update in event.values():
+        if not isinstance(update, dict):
+            continue
+        for step in update.get("trace") or []:
+            sys.stderr.write(f"[medloop] {progress_line(step)}\n")
+            sys.stderr.flush()
+
+
+def _human(data: dict[str, Any]) -> str:
+    """The answer, its confidence, findings, evidence and contradictions, for people."""
+    lines = [str(data["answer"]), ""]
+    lines.append(
+        f"confidence {data['confidence']:.2f}" + ("  (abstained)" if data["abstained"] else "")
+    )
+    for f in data["findings"]:
+        lines.append(f"- {f['statement']} [{', '.join(f['evidence_ids'])}]")
+    for e in data["evidence"]:
+        lines.append(f"  {e['id']} {e['tool']} ({e['status']}): {e['summary']}")
+    for c in data.get("contradictions") or []:
+        lines.append(f"! {c}")
+    lines.append(f"thread {data['thread']}  ·  {DISCLAIMER}")
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Run the agent once and print its answer."""
+    if len(args.items) < 2:
+        raise BadInput("ask needs at least one IMAGE and a QUESTION")
+    *images, question = args.items
+    if not question.strip():
+        raise BadInput("the question is empty")
+    ctx = context({"llm": args.llm, "checkpoint": args.checkpoint, **planner_settings(args)})
+    llm = checked_llm(ctx)
+    try:
+        check_spec(ctx.checkpoint)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    graph = build_graph(ctx)
+    thread = args.thread or uuid.uuid4().hex[:12]
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    t0 = time.perf_counter()
+    if not args.quiet:
+        sys.stderr.write(f"[medloop] thinking with {llm} …\n")
+    for event in graph.stream(
+        {"messages": [("user", question)], "images": images}, config, stream_mode="updates"
+    ):
+        if not args.quiet:
+            _progress(event)
+    state = graph.get_state(config).values
+    answer = state["answer"]
+    turn = state.get("turn")
+    out = {
+        "answer": answer.text,
+        "confidence": round(answer.confidence, 4),
+        "abstained": answer.abstained,
+        "findings": [f.model_dump() for f in answer.findings],
+        "contradictions": answer.contradictions,
+        "budget_exhausted": answer.budget_exhausted,
+        "evidence": [e.model_dump(mode="json") for e in state.get("evidence") or []],
+        "images": [r.model_dump(mode="json") for r in state.get("image_refs") or []],
+        "trace": [t for t in state.get("trace") or [] if t["turn"] == turn],
+        "thread": thread,
+        "llm": llm,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    emit(out, args.json, _human)
+    return 0
