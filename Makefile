@@ -37,11 +37,14 @@ system-deps:
 
 test: install system-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+# lint-imports fails on an import that goes up a layer (pyproject's [tool.importlinter]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 # Each prints a table with ratios against a baseline measured in the same run; figures from

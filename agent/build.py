@@ -12,7 +12,9 @@ checkpointer: the LangGraph server brings its own persistence.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -25,29 +27,52 @@ from agent.nodes.ingest import make_ingest
 from agent.nodes.rethink import make_rethink
 from agent.nodes.think import make_think
 from agent.state import AgentState, InputState
+from tools.store import ImageStore
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.tools import BaseTool
 
 __all__ = ["build_graph"]
 
 
 def build_graph(
-    ctx: AgentContext | None = None, *, checkpointer: Any = "from-context"
+    ctx: AgentContext | None = None,
+    *,
+    store: ImageStore | None = None,
+    tools: Sequence[BaseTool] | None = None,
+    llm: BaseChatModel | None = None,
+    checkpointer: Any = "from-context",
 ) -> CompiledStateGraph:
     """Compile the agent for ``ctx`` (default settings when None).
 
+    Run settings come from ``ctx``; the objects the graph is built from are keywords, so one
+    caller can share them between graphs and with its own code (the app renders from the
+    store the graph's *ingest* fills):
+
     Args:
-        ctx: run settings; its ``tools`` (or the default set) are fixed at build time, its LLM is
-            resolved lazily on the first *think*. A ``context=`` passed to ``invoke`` overrides
-            the other settings per run.
+        ctx: run settings. A ``context=`` passed to ``invoke`` overrides them per run (the
+            store and the tools stay the build-time ones).
+        store: the image store *ingest* writes and every tool reads (default: ``ctx.store``,
+            under ``ctx.home``).
+        tools: the tools to offer (default: ``ctx.tools``, else the default set built for
+            ``ctx`` over ``store``).
+        llm: a ready chat model for the planner (default: ``ctx.llm``, a spec resolved lazily
+            on the first *think*).
         checkpointer: a LangGraph checkpointer, None for none, or (default) the one
             ``ctx.checkpoint`` names.
     """
     ctx = ctx or AgentContext()
-    if ctx.tools is not None:
-        tools = list(ctx.tools)
-    else:
+    if llm is not None:
+        ctx = dataclasses.replace(ctx, llm=llm)
+    store = store if store is not None else ctx.store
+    if tools is None and ctx.tools is not None:
+        tools = ctx.tools
+    if tools is None:
         from agent.planner.toolset import default_tools
 
-        tools = default_tools(ctx.store, ctx.device)
+        tools = default_tools(ctx, store)
+    offered = list(tools)
     saver = (
         make_checkpointer(ctx.checkpoint, ctx.home_dir)
         if checkpointer == "from-context"
@@ -55,11 +80,11 @@ def build_graph(
     )
 
     builder = StateGraph(AgentState, context_schema=AgentContext, input_schema=InputState)
-    builder.add_node("ingest", make_ingest(ctx))
-    builder.add_node("think", make_think(ctx, tools))
-    builder.add_node("act", make_act(ctx, tools))
+    builder.add_node("ingest", make_ingest(store))
+    builder.add_node("think", make_think(ctx, offered))
+    builder.add_node("act", make_act(ctx, offered, store))
     builder.add_node("rethink", make_rethink(ctx))
-    builder.add_node("answer", make_answer(ctx, tools))
+    builder.add_node("answer", make_answer(ctx, offered))
     builder.add_edge(START, "ingest")
     builder.add_edge("ingest", "think")
     builder.set_finish_point("answer")
@@ -68,9 +93,13 @@ def build_graph(
 
 
 def __getattr__(name: str) -> Any:
-    """``agent.build.graph``: the default graph, built on first access (no checkpointer)."""
+    """``agent.build.graph``: the default graph, built on first access (no checkpointer).
+
+    Its settings come from the ``MEDLOOP_*`` environment (``AgentContext.from_env``): that is
+    how the LangGraph server, which imports this attribute, is configured.
+    """
     if name == "graph":
-        g = build_graph(AgentContext(checkpoint=None))
+        g = build_graph(AgentContext.from_env(checkpoint=None))
         globals()["graph"] = g
         return g
     raise AttributeError(name)

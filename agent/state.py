@@ -8,15 +8,24 @@ pixels, masks and embeddings live in the image store, keyed by the ids held here
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any
+from typing import Annotated
 
-from langchain_core.messages import AnyMessage
+from langchain_core.messages import AnyMessage, HumanMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
 from agent.answer import Answer, FinalAnswerArgs
+from agent.trace import TraceStep
 from tools.evidence import Evidence, merge_evidence
 from tools.image import ImageRef
+
+
+def current_question(state: AgentState | InputState) -> str:
+    """The current turn's question: the text of the last user message ("" when none)."""
+    for m in reversed(list(state.get("messages") or [])):
+        if isinstance(m, HumanMessage):
+            return str(m.content)
+    return ""
 
 
 def merge_refs(left: list[ImageRef], right: list[ImageRef]) -> list[ImageRef]:
@@ -48,5 +57,5 @@ class AgentState(InputState, total=False):
     feedback: list[str]
     answer: Answer | None
     budget_exhausted: bool
-    # One small dict per step (node, tool, status, timing) for the CLI, the app and evals.
-    trace: Annotated[list[dict[str, Any]], operator.add]
+    # One small typed record per step (agent.trace) for the CLI, the app and evaluation.
+    trace: Annotated[list[TraceStep], operator.add]

@@ -64,8 +64,8 @@ def one_tool(name: str) -> dict[str, float]:
 
     t_import = time.perf_counter()
     from tools.ingest.burned_in import burned_in_tools
-    from tools.vision.segment import vision_tools
     from tools.store import ImageStore
+    from tools.vision.segment import vision_tools
 
     store = ImageStore(tempfile.mkdtemp(prefix="bench-vision-"))
     img, other = _images()

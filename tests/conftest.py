@@ -16,10 +16,37 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(autouse=True)
 def medloop_home(tmp_path, monkeypatch):
-    """Every test gets its own store and checkpoint folder."""
+    """Every test gets its own medloop home: store, checkpoints, libraries, calibrations.
+
+    Both ways a home is found point at it: ``MEDLOOP_HOME`` (read by ``AgentContext.from_env``,
+    so CLI and app runs see it) and the default of a context built without one
+    (``tools.store.default_home``).
+    """
+    import tools.store
+
     home = tmp_path / "medloop-home"
     monkeypatch.setenv("MEDLOOP_HOME", str(home))
+    monkeypatch.setattr(tools.store, "default_home", lambda: home)
     return home
+
+
+@pytest.fixture(autouse=True)
+def no_real_embedded_llm_unless_slow(request, monkeypatch):
+    """Fail any test that runs the real embedded LLM (llama.cpp) without ``@pytest.mark.slow``.
+
+    Every use of the real weights passes ``runtime.check_real_model_allowed`` (a load, or a
+    model already cached by an earlier slow test); here it fails the test instead. A scripted
+    model or a missing-weights error never reaches it.
+    """
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    from agent.llm.embedded import runtime
+
+    def refuse(path: str) -> None:
+        pytest.fail(f"this test runs the real embedded LLM ({path}); mark it @pytest.mark.slow "
+                    f"or give it a scripted model", pytrace=False)
+
+    monkeypatch.setattr(runtime, "check_real_model_allowed", refuse)
 
 
 @pytest.fixture

@@ -3,6 +3,10 @@
 ``ToolInputError`` is *retryable*: the model passed something wrong (an unknown image id, a box
 outside the image). The agent hands its message back to the model so it can try again.
 
+``ResourceNotReady`` is *retryable later*: what the tool needs exists but is not ready yet (the
+case library still being built in the background). The model is told to use other tools now,
+not that its arguments were wrong.
+
 ``IngestError`` and ``ToolFailure`` are *terminal* for that input: the file is not an image, a
 model's weights are missing. They carry a one-line message that names the problem, which the CLI
 prints (exit 2) and the app shows; the agent records them as failed evidence, never as results.
@@ -17,6 +21,10 @@ class MedloopError(Exception):
 
 class ToolInputError(MedloopError, ValueError):
     """The caller (usually the LLM) gave arguments the tool cannot use; it may retry."""
+
+
+class ResourceNotReady(MedloopError, RuntimeError):
+    """What the tool needs is still being prepared (e.g. a library building); try later."""
 
 
 class ToolFailure(MedloopError, RuntimeError):

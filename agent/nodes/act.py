@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,12 @@ from pydantic import ValidationError
 
 from agent.context import AgentContext
 from agent.state import AgentState
-from tools.errors import ToolFailure, ToolInputError
+from agent.trace import ActStep
+from tools.errors import MedloopError, ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
+from tools.store import ImageStore
+
+log = logging.getLogger("medloop.tools")
 
 
 @dataclass
@@ -68,9 +73,16 @@ def describe_error(exc: BaseException, tool: str) -> str:
         return f"bad arguments for {tool}: {fields}. Fix them and call again."
     if isinstance(exc, ToolInputError):
         return f"bad arguments for {tool}: {exc}. Fix them and call again."
+    if isinstance(exc, ResourceNotReady):
+        return f"{tool} is not ready yet: {exc}"
     if isinstance(exc, ToolFailure):
         return f"{tool} failed: {exc}. Try another tool or answer without it."
     return f"{tool} crashed ({type(exc).__name__}: {exc}). Try another tool."
+
+
+def is_unexpected(exc: BaseException) -> bool:
+    """A bug rather than an outcome: not one of medloop's named errors or a schema rejection."""
+    return not isinstance(exc, MedloopError | ValidationError)
 
 
 def _key(call: ToolCall | dict[str, Any]) -> str:
@@ -128,6 +140,8 @@ def job_evidence(job: _Job, timeout_s: float) -> Evidence:
             timeout_s,
         )
     if job.error is not None:
+        if is_unexpected(job.error):  # a bug: its traceback goes to the log, not to the model
+            log.error("tool %s crashed on %s", name, job.call.get("args"), exc_info=job.error)
         return _failed(job.call, describe_error(job.error, name), job.elapsed)
     if not isinstance(job.value, Evidence):
         return _failed(job.call, f"{name} returned no evidence (internal error)", job.elapsed)
@@ -136,8 +150,13 @@ def job_evidence(job: _Job, timeout_s: float) -> Evidence:
     )
 
 
-def make_act(default: AgentContext, tools: list[BaseTool]) -> Callable[..., Any]:
-    """Build the act node for a fixed tool list."""
+def make_act(default: AgentContext, tools: list[BaseTool],
+             store: ImageStore | None = None) -> Callable[..., Any]:
+    """Build the act node for a fixed tool list.
+
+    ``store`` (the graph's) resolves the images a tool stored (``Evidence.new_image_ids``), which
+    join the conversation's images so the planner may name them in its next calls.
+    """
     by_name = {t.name: t for t in tools}
 
     def act(state: AgentState, runtime: Runtime[AgentContext]) -> Command[Literal["think"]]:
@@ -152,9 +171,13 @@ def make_act(default: AgentContext, tools: list[BaseTool]) -> Callable[..., Any]
             [j for j in jobs if isinstance(j, _Job)], ctx.max_parallel_tools, ctx.tool_timeout_s
         )
 
+        if ctx.raise_tool_errors:  # tests: a bug in a tool fails the test, not the answer
+            for j in jobs:
+                if isinstance(j, _Job) and j.error is not None and is_unexpected(j.error):
+                    raise j.error
         messages: list[ToolMessage] = []
         new_evidence: list[Evidence] = []
-        trace: list[dict[str, Any]] = []
+        trace: list[ActStep] = []
         for n, (call, job) in enumerate(zip(calls, jobs, strict=True), start=len(evidence) + 1):
             ev = job if isinstance(job, Evidence) else job_evidence(job, ctx.tool_timeout_s)
             ev = ev.model_copy(update={"id": f"E{n}"})
@@ -168,21 +191,24 @@ def make_act(default: AgentContext, tools: list[BaseTool]) -> Callable[..., Any]
                 )
             )
             trace.append(
-                {
-                    "turn": turn,
-                    "round": rnd,
-                    "step": "act",
-                    "tool": call["name"],
-                    "args": call.get("args") or {},
-                    "status": ev.status,
-                    "evidence_id": ev.id,
-                    "elapsed_s": ev.elapsed_s,
-                    "summary": ev.summary,
-                }
+                ActStep(
+                    turn=turn,
+                    round=rnd,
+                    step="act",
+                    tool=call["name"],
+                    args=call.get("args") or {},
+                    status=ev.status,
+                    evidence_id=ev.id,
+                    elapsed_s=ev.elapsed_s,
+                    summary=ev.summary,
+                )
             )
-        return Command(
-            goto="think",
-            update={"messages": messages, "evidence": new_evidence, "feedback": [], "trace": trace},
-        )
+        new_refs = [store.ref(i) for ev in new_evidence if ev.status == "ok"
+                    for i in ev.new_image_ids if store is not None and i in store]
+        update: dict[str, Any] = {"messages": messages, "evidence": new_evidence,
+                                  "feedback": [], "trace": trace}
+        if new_refs:
+            update["image_refs"] = new_refs
+        return Command(goto="think", update=update)
 
     return act

@@ -14,19 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agent.context import AgentContext
 from agent.state import AgentState
+from agent.trace import IngestStep
 from tools.image import ImageRef
 from tools.ingest import ingest_path
+from tools.store import ImageStore
 
 
-def make_ingest(default: AgentContext) -> Callable[..., Any]:
-    """Build the ingest node bound to the default context."""
-    from langgraph.runtime import Runtime
+def make_ingest(store: ImageStore) -> Callable[..., Any]:
+    """Build the ingest node over ``store``: the one every tool of the graph reads."""
 
-    def ingest(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        ctx = runtime.context or default
-        store = ctx.store
+    def ingest(state: AgentState) -> dict[str, Any]:
         refs: list[ImageRef] = []
         for item in state.get("images") or []:
             if item in store:
@@ -43,7 +41,7 @@ def make_ingest(default: AgentContext) -> Callable[..., Any]:
             "feedback": [],
             "answer": None,
             "budget_exhausted": False,
-            "trace": [{"turn": turn, "step": "ingest", "images": [r.id for r in refs]}],
+            "trace": [IngestStep(turn=turn, step="ingest", images=[r.id for r in refs])],
         }
 
     return ingest

@@ -16,9 +16,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
-from agent.trust.checks import review
 from agent.context import AgentContext
-from agent.state import AgentState
+from agent.state import AgentState, current_question
+from agent.trace import RethinkStep
+from agent.trust.checks import review
 from prompts import load_prompt
 
 
@@ -40,16 +41,11 @@ def make_rethink(default: AgentContext) -> Callable[..., Any]:
     ) -> Command[Literal["think", "answer"]]:
         ctx = runtime.context or default
         proposal = state.get("proposal") or FinalAnswerArgs(answer="", claims=[], confidence=0.0)
-        result = review(proposal, state.get("evidence") or [])
+        result = review(proposal, state.get("evidence") or [], current_question(state))
         rnd, turn = int(state.get("round") or 0), int(state.get("turn") or 0)
-        step: dict[str, Any] = {
-            "turn": turn,
-            "round": rnd,
-            "step": "rethink",
-            "supported": len(result.supported),
-            "problems": result.problems,
-            "contradictions": result.contradictions,
-        }
+        step = RethinkStep(turn=turn, round=rnd, step="rethink", decision="answer",
+                           supported=len(result.supported), problems=result.problems,
+                           contradictions=result.contradictions)
         call_id = _final_call_id(state)
         if result.ok or rnd >= ctx.max_rounds:
             msgs = []

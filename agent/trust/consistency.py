@@ -33,20 +33,16 @@ class Samples:
     agreement: float | None = None
     elapsed_s: float = 0.0
 
-    def trace(self) -> dict[str, Any]:
-        """The trace step's fields."""
-        out: dict[str, Any] = {"samples": self.answers, "agreement": self.agreement,
-                               "elapsed_s": round(self.elapsed_s, 4)}
-        if self.errors:
-            out["sample_errors"] = self.errors
-        return out
 
+def _answer_of(reply: Any, offer: list[dict[str, Any]], parsed: bool = True) -> str | None:
+    """The answer text of a sampled reply: its final_answer call, else its JSON, else text.
 
-def _answer_of(reply: Any, offer: list[dict[str, Any]]) -> str | None:
-    """The answer text of a sampled reply: its final_answer call, else its JSON, else text."""
+    ``parsed``: the backend already read its reply's calls (medloop's backends declare
+    ``returns_parsed_tool_calls``); only another model's text is read for calls here.
+    """
     ai = reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply.content))
     calls = list(ai.tool_calls)
-    if not calls and isinstance(ai.content, str):
+    if not calls and not parsed and isinstance(ai.content, str):
         calls = list(parse_tool_calls(ai.content, offer).calls)
     for call in calls:
         if call["name"] == FINAL_ANSWER_TOOL:
@@ -77,10 +73,11 @@ def sample_answers(
     if not any(t["function"]["name"] == FINAL_ANSWER_TOOL for t in offer):
         offer = [*offer, final_answer_schema([])]
     bound = llm.bind_tools(offer, tool_choice=FINAL_ANSWER_TOOL)
+    parsed = bool(getattr(llm, "returns_parsed_tool_calls", False))
     t0 = time.perf_counter()
     for _ in range(n):
         try:
-            answer = _answer_of(bound.invoke(prompt, temperature=temperature), offer)
+            answer = _answer_of(bound.invoke(prompt, temperature=temperature), offer, parsed)
         except Exception as exc:  # one bad sample must not cost the answer
             out.errors.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
             continue

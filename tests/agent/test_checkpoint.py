@@ -13,7 +13,7 @@ import pytest
 
 from agent import AgentContext, build_graph
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
     import itertools, os, sys

@@ -26,8 +26,7 @@ def run(store, medloop_home):
         model = ScriptedChatModel.of(script)
         ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint="memory",
                            answer_samples=n, **kw)
-        ctx._store = store
-        result = build_graph(ctx).invoke({"messages": [("user", QUESTION)], "images": [ref.id]},
+        result = build_graph(ctx, store=store).invoke({"messages": [("user", QUESTION)], "images": [ref.id]},
                                          config={"configurable": {"thread_id": "t"}})
         return result, model
 
