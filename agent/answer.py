@@ -49,6 +49,8 @@ class Answer(BaseModel):
         abstained: True when the evidence does not support an answer: the text then says what
             is known and recommends review by a radiologist.
         contradictions: disagreements between tools, named.
+        conflicts: where the proposed answer said the opposite of its own cited evidence
+            (present/absent, normal, side, count); an answer with any abstains.
         budget_exhausted: True when the round budget ran out before a supported answer.
         notes: what was dropped or adjusted on the way (unsupported claims, repairs).
     """
@@ -58,6 +60,7 @@ class Answer(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0)
     abstained: bool = False
     contradictions: list[str] = Field(default_factory=list)
+    conflicts: list[str] = Field(default_factory=list)
     budget_exhausted: bool = False
     notes: list[str] = Field(default_factory=list)
 

@@ -49,6 +49,10 @@ class Assertion(BaseModel):
     finding: str
     present: bool
     probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    # The patient's side the finding is on (``both`` for bilateral), when the tool knows it.
+    side: Literal["left", "right", "both"] | None = None
+    # How many were found, when the tool counts (a detector); None when it does not.
+    count: int | None = Field(default=None, ge=0)
 
 
 class Evidence(BaseModel):
@@ -67,6 +71,9 @@ class Evidence(BaseModel):
     assertions: list[Assertion] = Field(default_factory=list)
     # Keys of arrays (masks, thumbnails) in the image store.
     mask_keys: list[str] = Field(default_factory=list)
+    # Ids of images this tool stored (a re-windowed CT, say): the agent adds them to the
+    # conversation's images so the planner can pass them to other tools.
+    new_image_ids: list[str] = Field(default_factory=list)
     # Small JSON-able extras specific to one tool (e.g. retrieved case ids).
     data: dict[str, Any] = Field(default_factory=dict)
     args: dict[str, Any] = Field(default_factory=dict)

@@ -7,33 +7,39 @@ line citing its evidence: it answers with what it knows and says so.
 
 Calibration: the pooled (raw) confidence goes through the calibration map fitted for this
 model configuration (``medloop eval ... --save-calibration``), and the abstention threshold
-fitted with it replaces ``ctx.abstain_below``. The map is looked up by the ``llm`` spec, first
-in ``$MEDLOOP_HOME/calibration/<spec>.json``, then in the one shipped in ``agent/calibration/``;
-``MEDLOOP_CALIBRATION`` names a file to use instead, or ``none`` for raw confidences. The raw
-value is kept in the trace, so a calibration can be refitted from any run.
+fitted with it replaces ``ctx.abstain_below``. A map is fitted on one domain of images
+(``phantom`` or ``clinical``, ``agent.trust.calibration.domain_of``) and applied only to
+questions about that domain: a map fitted on phantoms never calibrates a clinical answer. It is
+looked up by the ``llm`` spec and the domain, ``$MEDLOOP_HOME/calibration/<spec>.<domain>.json``
+then ``<spec>.json`` (when its recorded domain matches), then the shipped ones in
+``agent/calibration/``; ``AgentContext.calibration`` names a file to use instead (still only on
+its own domain), or ``none`` for raw confidences. Without a map for the domain the confidence
+stays raw and the answer's notes say so. The raw value is kept in the trace, so a calibration
+can be refitted from any run.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from agent.answer import Answer, Claim, FinalAnswerArgs
-from agent.trust.checks import review
-from agent.trust.consistency import Samples, sample_answers
 from agent.context import AgentContext
-from agent.nodes.think import build_prompt, resolve_llm, round_offer
-from agent.state import AgentState
-from prompts import load_prompt
-from agent.trust.calibration import Calibration, load_calibration
+from agent.nodes.think import resolve_llm, round_offer
+from agent.planner.prompt import build_prompt
+from agent.state import AgentState, current_question
+from agent.trace import AnswerStep
+from agent.trust.calibration import Calibration, domain_of, load_calibration
+from agent.trust.checks import review
 from agent.trust.confidence import answer_form_score, combine_confidence, evidence_consistency
+from agent.trust.consistency import Samples, sample_answers
+from prompts import load_prompt
 
 _SHIPPED = Path(__file__).resolve().parent.parent / "calibration"
 
@@ -50,42 +56,46 @@ def _cached(path: Path) -> Calibration | None:
         return None
 
 
-def calibration_for(ctx: AgentContext) -> Calibration | None:
-    """The calibration map for ``ctx``'s model configuration, or None (raw confidences)."""
-    env = os.environ.get("MEDLOOP_CALIBRATION", "").strip()
-    if env:
-        if env.lower() == "none":
+def calibration_for(ctx: AgentContext, domain: str | None = None) -> Calibration | None:
+    """The calibration map for ``ctx``'s model configuration and ``domain``, or None (raw).
+
+    ``domain`` is the image domain of the question (``agent.trust.calibration.domain_of`` over
+    the state's ``image_refs``): a map fitted on another domain is never applied, not even one
+    named by ``ctx.calibration``, so a phantom map cannot speak for a clinical image. The map
+    for a domain is looked up as ``<spec>.<domain>.json``, then as ``<spec>.json`` (kept when its
+    recorded domain matches), first under ``$MEDLOOP_HOME/calibration/``, then among the shipped
+    maps. ``domain=None`` skips the domain check: for inspecting a map, never for answering.
+    """
+    chosen = str(ctx.calibration or "").strip()
+    if chosen:
+        if chosen.lower() == "none":
             return None
-        cal = _cached(Path(env))
+        cal = _cached(Path(chosen))
         if cal is None:
-            raise FileNotFoundError(f"MEDLOOP_CALIBRATION: {env} does not exist")
-        return cal
+            raise FileNotFoundError(f"calibration file {chosen} does not exist")
+        return cal if domain is None or cal.domain == domain else None
     if not isinstance(ctx.llm, str):
         return None
-    name = calibration_name(ctx.llm, ctx.answer_samples)
+    names = [calibration_name(ctx.llm, ctx.answer_samples, d)
+             for d in dict.fromkeys([domain, None])]
     for folder in (ctx.home_dir / "calibration", _SHIPPED):
-        cal = _cached(folder / name)
-        if cal is not None:
-            return cal
+        for name in names:
+            cal = _cached(folder / name)
+            if cal is not None and (domain is None or cal.domain == domain):
+                return cal
     return None
 
 
-def _question(state: AgentState) -> str:
-    """The current turn's question (the last user message)."""
-    for m in reversed(list(state.get("messages") or [])):
-        if isinstance(m, HumanMessage):
-            return str(m.content)
-    return ""
-
-
-def calibration_name(llm: str, answer_samples: int = 0) -> str:
-    """The file name a calibration for the ``llm`` spec is saved under.
+def calibration_name(llm: str, answer_samples: int = 0, domain: str | None = None) -> str:
+    """The file name a calibration for the ``llm`` spec (and image ``domain``) is saved under.
 
     Sampling extra answers changes what the raw confidence means, so a configuration that
-    samples has its own file (``embedded-sc3.json``).
+    samples has its own file (``embedded-sc3.json``); so does each domain
+    (``embedded.clinical.json``).
     """
     stem = re.sub(r"[^A-Za-z0-9]+", "-", llm).strip("-").lower()
-    return f"{stem}-sc{answer_samples}.json" if answer_samples else f"{stem}.json"
+    stem = f"{stem}-sc{answer_samples}" if answer_samples else stem
+    return f"{stem}.{domain}.json" if domain else f"{stem}.json"
 
 
 def compose_answer(
@@ -104,18 +114,20 @@ def compose_answer(
     ok = [e for e in evidence if e.status == "ok"]
     proposal: FinalAnswerArgs | None = state.get("proposal")
     exhausted = bool(state.get("budget_exhausted"))
-    result = review(proposal, evidence) if proposal is not None else None
+    question = current_question(state)
+    result = review(proposal, evidence, question) if proposal is not None else None
     contradictions = result.contradictions if result else []
     notes = [f"dropped unsupported claim: {s}" for s in (result.dropped if result else [])]
     if exhausted:
         notes.append(f"the round budget ({ctx.max_rounds}) ran out")
 
-    if proposal is not None and result is not None and result.supported:
+    conflicts = result.conflicts if result else []
+    if proposal is not None and result is not None and result.supported and not conflicts:
         cited = {i for c in result.supported for i in c.evidence_ids}
         scores = [e.score for e in ok if e.id in cited and e.score is not None]
         # Two checks of the answer itself: does it have the form the question asks for, and do
         # the facts it states match the evidence it cites.
-        checks = [answer_form_score(_question(state), proposal.answer),
+        checks = [answer_form_score(question, proposal.answer),
                   evidence_consistency(proposal.answer,
                                        [e.summary for e in ok if e.id in cited])]
         raw = combine_confidence(
@@ -136,12 +148,17 @@ def compose_answer(
             confidence=conf,
             abstained=abstained,
             contradictions=contradictions,
+            conflicts=conflicts,
             budget_exhausted=exhausted,
             notes=notes,
         ), raw
 
+    # An answer that still says the opposite of its evidence is not given at all: the user
+    # sees what was observed and what did not agree.
     reason = (
-        "The round budget ran out before a supported answer."
+        "The proposed answer contradicted its own evidence: " + "; ".join(conflicts) + "."
+        if conflicts
+        else "The round budget ran out before a supported answer."
         if exhausted
         else "The evidence does not support an answer."
     )
@@ -160,6 +177,7 @@ def compose_answer(
         confidence=conf,
         abstained=True,
         contradictions=contradictions,
+        conflicts=conflicts,
         budget_exhausted=exhausted,
         notes=notes,
     ), raw
@@ -173,11 +191,11 @@ def _samples(state: AgentState, ctx: AgentContext, tools: list[Any]) -> Samples 
     """
     proposal: FinalAnswerArgs | None = state.get("proposal")
     evidence = state.get("evidence") or []
-    if proposal is None or not review(proposal, evidence).supported:
+    if proposal is None or not review(proposal, evidence, current_question(state)).supported:
         return None
     llm = resolve_llm(ctx)
     offer, _, _ = round_offer(tools, state, ctx, llm)
-    return sample_answers(llm, build_prompt(state, ctx), offer, _question(state),
+    return sample_answers(llm, build_prompt(state, ctx), offer, current_question(state),
                           proposal.answer, ctx.answer_samples, ctx.sample_temperature)
 
 
@@ -186,22 +204,25 @@ def make_answer(default: AgentContext, tools: list[Any] | None = None) -> Callab
 
     def answer(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         ctx = runtime.context or default
-        cal = calibration_for(ctx)
+        # A map applies only to the domain it was fitted on: phantom maps never to clinical.
+        domain = domain_of(state.get("image_refs") or [])
+        cal = calibration_for(ctx, domain)
         samples = _samples(state, ctx, tools or []) if ctx.answer_samples else None
         ans, raw = compose_answer(state, ctx, cal,
                                   agreement=samples.agreement if samples else None)
-        step: dict[str, Any] = {
-            "turn": int(state.get("turn") or 0),
-            "round": int(state.get("round") or 0),
-            "step": "answer",
-            "confidence": ans.confidence,
-            "raw_confidence": raw,
-            "calibration": cal.method if cal is not None else None,
-            "abstained": ans.abstained,
-            "budget_exhausted": ans.budget_exhausted,
-        }
+        step = AnswerStep(turn=int(state.get("turn") or 0), round=int(state.get("round") or 0),
+                          step="answer", confidence=ans.confidence, raw_confidence=raw,
+                          calibration=cal.method if cal is not None else None,
+                          abstained=ans.abstained, budget_exhausted=ans.budget_exhausted,
+                          conflicts=ans.conflicts, domain=domain)
+        if cal is None and str(ctx.calibration or "").lower() != "none":
+            ans.notes.append(f"uncalibrated for {domain} images: the confidence is the raw score")
         if samples is not None:
-            step.update(samples.trace())
+            step["samples"] = samples.answers
+            step["agreement"] = samples.agreement
+            step["elapsed_s"] = round(samples.elapsed_s, 4)
+            if samples.errors:
+                step["sample_errors"] = samples.errors
         return {"answer": ans, "messages": [AIMessage(content=ans.text)], "trace": [step]}
 
     return answer

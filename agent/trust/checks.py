@@ -1,9 +1,13 @@
-"""What *rethink* checks: whether each claim is backed by evidence and the tools agree.
+"""What *rethink* checks: whether each claim is backed by evidence, in numbers and in meaning.
 
 Pure functions over the proposal and the evidence list, so the rules are testable without a
 graph. A claim is supported when it cites at least one existing, successful evidence item and
-every number it states appears in the cited evidence (within a small tolerance): a small
-planner that invents "12 mm" is caught here, not by trusting it.
+every number it states appears in the cited evidence (within a small tolerance; a number with a
+unit only matches evidence numbers in that unit, and nothing but zero matches a zero): a small
+planner that invents "12 mm" is caught here, not by trusting it. The answer and its claims must
+also mean what the cited evidence asserts (``agent.trust.agreement``: present/absent, normal,
+side, count); a conflict sends the planner back with the conflict named, and an answer that
+still conflicts when the budget is spent abstains.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.answer import Claim, FinalAnswerArgs, ProposedClaim
+from agent.trust.agreement import answer_conflicts
 from tools.evidence import Evidence
 
 _NUMBER = re.compile(r"(?<![\w.])(?<!\w-)[-+]?\d+(?:\.\d+)?")
@@ -27,6 +32,8 @@ class ReviewResult:
     problems: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     contradictions: list[str] = field(default_factory=list)
+    # The answer or a claim saying the opposite of what its cited evidence asserts.
+    conflicts: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -37,6 +44,32 @@ class ReviewResult:
 def numbers_in(text: str) -> list[float]:
     """The numbers written in ``text`` (integers and decimals)."""
     return [float(m) for m in _NUMBER.findall(text)]
+
+
+# Units a stated number can carry, and the factor to the unit compared (mm, mm², HU, %).
+_UNITS = {"mm": ("mm", 1.0), "cm": ("mm", 10.0), "mm2": ("mm2", 1.0), "mm²": ("mm2", 1.0),
+          "cm2": ("mm2", 100.0), "cm²": ("mm2", 100.0), "hu": ("hu", 1.0), "%": ("%", 1.0),
+          "px": ("px", 1.0), "pixels": ("px", 1.0)}
+_WITH_UNIT = re.compile(r"(?<![\w.])(?<!\w-)([-+]?\d+(?:\.\d+)?)\s*(mm²|mm2|mm|cm²|cm2|cm|hu|%|px|"
+                        r"pixels)(?![\w²])", re.IGNORECASE)
+
+
+def numbers_with_units(text: str) -> list[tuple[float, str]]:
+    """The numbers of ``text`` that carry a unit, converted (cm -> mm): ``(value, unit)``."""
+    out = []
+    for value, unit in _WITH_UNIT.findall(text):
+        base, factor = _UNITS[unit.lower()]
+        out.append((float(value) * factor, base))
+    return out
+
+
+def _evidence_units(ev: Evidence) -> list[tuple[float, str]]:
+    vals = numbers_with_units(ev.summary)
+    for m in ev.measurements:
+        unit = _UNITS.get(m.unit.lower().replace("^2", "2"))
+        if unit is not None:
+            vals.append((m.value * unit[1], unit[0]))
+    return vals
 
 
 def _evidence_numbers(ev: Evidence) -> list[float]:
@@ -52,7 +85,9 @@ def _evidence_numbers(ev: Evidence) -> list[float]:
 
 
 def _matches(x: float, pool: Sequence[float]) -> bool:
-    return any(abs(x - y) <= max(_REL_TOL * abs(y), 0.051) for y in pool)
+    # Rounding slack for non-zero values; a zero in the evidence ("0.0 noise sd") supports
+    # only a zero, not "0.01 mm".
+    return any(abs(x - y) <= (max(_REL_TOL * abs(y), 0.051) if y else 1e-9) for y in pool)
 
 
 def check_claim(claim: ProposedClaim, evidence: dict[str, Evidence]) -> str | None:
@@ -67,11 +102,17 @@ def check_claim(claim: ProposedClaim, evidence: dict[str, Evidence]) -> str | No
     if failed:
         return f"{label} cites failed tool calls {', '.join(failed)}"
     pool: list[float] = []
+    units: list[tuple[float, str]] = []
     for i in claim.evidence_ids:
         pool.extend(_evidence_numbers(evidence[i]))
+        units.extend(_evidence_units(evidence[i]))
     # Evidence ids and image ids contain digits of their own; ignore those.
     text = re.sub(r"\b(E\d+|img-[0-9a-f]+)\b", "", claim.statement)
-    unsupported = [x for x in numbers_in(text) if not _matches(x, pool)]
+    unsupported = [x for x in numbers_in(_WITH_UNIT.sub(" ", text)) if not _matches(x, pool)]
+    for value, unit in numbers_with_units(text):
+        same = [v for v, u in units if u == unit]
+        if not _matches(value, same if same else pool):
+            unsupported.append(value)
     if unsupported:
         nums = ", ".join(f"{x:g}" for x in unsupported)
         cited = ", ".join(claim.evidence_ids)
@@ -99,8 +140,12 @@ def find_contradictions(evidence: Sequence[Evidence]) -> list[str]:
     return out
 
 
-def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence]) -> ReviewResult:
-    """Check every claim of ``proposal`` and look for contradictions among the evidence."""
+def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: str = ""
+           ) -> ReviewResult:
+    """Check every claim of ``proposal`` and look for contradictions among the evidence.
+
+    ``question`` (the user's, when known) lets a bare "yes"/"no" answer be read for meaning.
+    """
     by_id = {e.id: e for e in evidence}
     result = ReviewResult(contradictions=find_contradictions(evidence))
     if not proposal.claims:
@@ -122,4 +167,9 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence]) -> ReviewRes
         else:
             result.problems.append(why)
             result.dropped.append(claim.statement)
+    cited = [(c.statement, [by_id[i] for i in c.evidence_ids]) for c in result.supported]
+    result.conflicts = answer_conflicts(proposal.answer, cited, question) if cited else []
+    result.problems.extend(
+        f"{c}; make the answer say what the evidence says, or call another tool"
+        for c in result.conflicts)
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
@@ -25,8 +27,7 @@ def setup(store, medloop_home):
             checkpoint=kw.pop("checkpoint", "memory"),
             **kw,
         )
-        ctx._store = store
-        return build_graph(ctx), model
+        return build_graph(ctx, store=store), model
 
     return make, ref.id, intervals
 
@@ -310,3 +311,157 @@ def test_multi_turn_memory_and_thread_isolation(setup, store):
     assert "Question for b?" not in text and img2 not in text
     assert [r_.id for r_ in r["image_refs"]] == [img]
     assert r["turn"] == 2 and r["answer"].text == "again"
+
+
+# ------------------------------------------------------------ errors at the right tier
+def _extra_tool(name, exc):
+    from tools.base import ImageArgs, make_tool
+
+    def run(a: ImageArgs):
+        raise exc
+
+    return make_tool(run, name=name, description=f"{name} tool.", args_schema=ImageArgs)
+
+
+def _graph_with(store, medloop_home, tool, script, **kw):
+    ctx = AgentContext(llm=ScriptedChatModel.of(script), tools=[tool], home=medloop_home,
+                       checkpoint="memory", max_rounds=2, **kw)
+    return build_graph(ctx, store=store)
+
+
+def test_a_bug_in_a_tool_is_logged_with_its_traceback(store, medloop_home, caplog):
+    img = store.put(phantom()).id
+    buggy = _extra_tool("buggy", ZeroDivisionError("division by zero"))
+    script = [ai(call("buggy", image_id=img)), final("Cannot tell.", [], 0.2)]
+    with caplog.at_level("ERROR", logger="medloop.tools"):
+        result = run(_graph_with(store, medloop_home, buggy, script), "q?", [img])
+    assert "buggy crashed (ZeroDivisionError" in result["evidence"][0].summary
+    rec = next(r for r in caplog.records if r.name == "medloop.tools")
+    assert "buggy crashed" in rec.getMessage() and rec.exc_info[0] is ZeroDivisionError
+
+
+def test_raise_tool_errors_lets_a_bug_fail_the_run(store, medloop_home):
+    img = store.put(phantom()).id
+    buggy = _extra_tool("buggy", ZeroDivisionError("division by zero"))
+    graph = _graph_with(store, medloop_home, buggy, [ai(call("buggy", image_id=img))],
+                        raise_tool_errors=True)
+    with pytest.raises(ZeroDivisionError):
+        run(graph, "q?", [img])
+    # Named errors are outcomes, not bugs: they still go back to the planner.
+    from tools.errors import ToolFailure
+
+    broken = _extra_tool("broken", ToolFailure("weights missing"))
+    script = [ai(call("broken", image_id=img)), final("Cannot tell.", [], 0.2)]
+    result = run(_graph_with(store, medloop_home, broken, script, raise_tool_errors=True),
+                 "q?", [img])
+    assert result["evidence"][0].summary.startswith("broken failed: weights missing")
+
+
+def test_a_resource_still_being_prepared_is_its_own_kind_of_error(store, medloop_home):
+    from tools.errors import ResourceNotReady
+
+    img = store.put(phantom()).id
+    waiting = _extra_tool("similar", ResourceNotReady("the case library is being built"))
+    script = [ai(call("similar", image_id=img)), final("Cannot tell.", [], 0.2)]
+    result = run(_graph_with(store, medloop_home, waiting, script), "q?", [img])
+    summary = result["evidence"][0].summary
+    assert summary == "similar is not ready yet: the case library is being built"
+    assert "bad arguments" not in summary
+
+
+# ------------------------------------------------------------ meaning checked against evidence
+def test_an_answer_against_its_evidence_is_sent_back_then_abstains(setup):
+    make, img, _ = setup
+    wrong = final("No, there is no nodule.", [("nodule finding reported", ["E1"])], 0.9)
+    graph, model = make([ai(call("finding", image_id=img, present=True)), wrong, wrong],
+                        max_rounds=3)
+    result = run(graph, "Is there a nodule?", [img])
+    rethinks = [t for t in result["trace"] if t["step"] == "rethink"]
+    assert rethinks[0]["decision"] == "think"
+    assert any("says there is no lesion, but E1 (finding) reports nodule present" in p
+               for p in rethinks[0]["problems"])
+    # the planner was told the conflict in words
+    assert "reports nodule present" in " ".join(str(m.content) for m in model.seen[2])
+    answer = result["answer"]
+    assert answer.abstained and answer.conflicts
+    assert "contradicted its own evidence" in answer.text
+    step = next(t for t in result["trace"] if t["step"] == "answer")
+    assert step["conflicts"] == answer.conflicts
+
+
+def test_an_answer_that_agrees_is_accepted(setup):
+    make, img, _ = setup
+    graph, _ = make([ai(call("finding", image_id=img, present=True)),
+                     final("Yes, there is a nodule.", [("nodule present", ["E1"])], 0.8)])
+    answer = run(graph, "Is there a nodule?", [img])["answer"]
+    assert not answer.abstained and answer.conflicts == []
+
+
+# ------------------------------------------------------------ build-time objects
+def test_build_graph_takes_the_store_tools_and_a_ready_model(store, medloop_home):
+    img = store.put(phantom()).id
+    tools, _ = loop_tools(store)
+    model = ScriptedChatModel.of([ai(call("mean_intensity", image_id=img)),
+                                  final("Mean reported.", [("mean intensity", ["E1"])], 0.9)])
+    ctx = AgentContext(llm="embedded", home=medloop_home, checkpoint="memory")
+    graph = build_graph(ctx, store=store, tools=tools[:1], llm=model)
+    result = run(graph, "What is the mean?", [img])
+    assert result["evidence"][0].tool == "mean_intensity"  # the given tool, the given model
+    assert [t["function"]["name"] for t in model.offered[0]] == ["mean_intensity"]
+    assert ctx.llm == "embedded"  # the caller's context is not modified
+
+
+def test_an_image_a_tool_stores_joins_the_conversation(store, medloop_home):
+    from pydicom.data import get_testdata_file
+
+    from tools.ingest.loader import load_image
+    from tools.spec import ToolDeps
+    from tools.vision.basic import basic_tools
+    from tools.vision.window import TOOLS as WINDOW
+
+    ct = store.put(load_image(get_testdata_file("CT_small.dcm"))).id
+    tools = [WINDOW[0].tool(ToolDeps(store)),
+             *[t for t in basic_tools(store) if t.name == "describe_image"]]
+
+    def describe_the_new_one(msgs):
+        new_id = re.search(r"The re-windowed image is (img-[0-9a-f]{12})", str(msgs)).group(1)
+        return ai(call("describe_image", image_id=new_id))
+
+    model = ScriptedChatModel.of([ai(call("window", image_id=ct, preset="lung")),
+                                  describe_the_new_one,
+                                  final("Windowed.", [("lung window applied", ["E1"])], 0.8)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint="memory")
+    result = run(build_graph(ctx, store=store), "Show the lungs.", [ct])
+    new_id = result["evidence"][0].new_image_ids[0]
+    assert [r.id for r in result["image_refs"]] == [ct, new_id]
+    enum = {t["function"]["name"]: t for t in model.offered[1]}["describe_image"]
+    assert enum["function"]["parameters"]["properties"]["image_id"]["enum"] == [ct, new_id]
+    assert result["evidence"][1].status == "ok" and result["evidence"][1].image_id == new_id
+
+
+def test_a_phantom_calibration_is_never_applied_to_a_clinical_image(store, medloop_home, tmp_path):
+    import dataclasses
+
+    from agent.trust.calibration import Calibration, save_calibration
+
+    tools, _ = loop_tools(store)
+    squash = save_calibration(Calibration("temperature", {"T": 4.0}, domain="phantom"),
+                              tmp_path / "phantom-map.json")
+    clinical = store.put(phantom()).id  # a synthetic test image, but not a medloop phantom
+    marked = store.put(dataclasses.replace(phantom(seed=1), source_format="phantom")).id
+
+    def ask(image):
+        model = ScriptedChatModel.of([ai(call("mean_intensity", image_id=image)),
+                                      final("Mean reported.", [("mean intensity", ["E1"])], 0.9)])
+        ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint="memory",
+                           calibration=str(squash))
+        return run(build_graph(ctx, store=store), "What is the mean?", [image])
+
+    on_clinical, on_phantom = ask(clinical), ask(marked)
+    step = next(t for t in on_clinical["trace"] if t["step"] == "answer")
+    assert step["domain"] == "clinical" and step["calibration"] is None
+    assert on_clinical["answer"].confidence == step["raw_confidence"]
+    assert "uncalibrated for clinical images" in " ".join(on_clinical["answer"].notes)
+    step = next(t for t in on_phantom["trace"] if t["step"] == "answer")
+    assert step["domain"] == "phantom" and step["calibration"] == "temperature"
+    assert on_phantom["answer"].confidence < step["raw_confidence"]  # T=4 pulls towards 0.5

@@ -89,3 +89,66 @@ def test_review_splits_supported_and_dropped():
 def test_review_without_claims_asks_for_evidence_or_claims():
     assert "no evidence yet" in review(FinalAnswerArgs(answer="x"), []).problems[0]
     assert "makes no claim" in review(FinalAnswerArgs(answer="x"), [ev(1, "y")]).problems[0]
+
+
+# ---------------------------------------------------------------- numbers with units, zeros
+def test_a_zero_in_the_evidence_supports_only_a_zero():
+    # The detector found nothing ("strongest candidate 0.0 noise sd"); "0.01 mm" is invented.
+    found_nothing = {"E1": ev(1, "no focal lesion found (strongest candidate 0.0 noise sd)")}
+    why = check_claim(ProposedClaim(statement="the lesion measures 0.01 mm", evidence_ids=["E1"]),
+                      found_nothing)
+    assert why is not None and "0.01" in why
+    assert check_claim(ProposedClaim(statement="0 lesions", evidence_ids=["E1"]),
+                       found_nothing) is None
+
+
+def test_a_number_with_a_unit_matches_only_evidence_in_that_unit():
+    evidence = {"E1": ev(1, "1 focal lesion found: L1 12 px diameter; image 12 mm from the edge",
+                         measurements=[Measurement(name="L1_diameter", value=4.2, unit="mm")])}
+    ok = check_claim(ProposedClaim(statement="L1 is 4.2 mm across", evidence_ids=["E1"]),
+                     evidence)
+    assert ok is None
+    assert check_claim(ProposedClaim(statement="L1 is 0.42 cm across", evidence_ids=["E1"]),
+                       evidence) is None  # cm converted to mm
+    bad = check_claim(ProposedClaim(statement="L1 is 12 mm across", evidence_ids=["E1"]),
+                      {"E1": ev(1, "L1 12 px", measurements=[
+                          Measurement(name="L1_diameter", value=4.2, unit="mm")])})
+    assert bad is not None and "12" in bad  # 12 px is not 12 mm
+
+
+# ---------------------------------------------------------------- meaning: review sends back
+def _lesions(n, side=None):
+    return ev(1, f"{n} focal lesions found", tool="detect_lesions",
+              assertions=[Assertion(finding="focal lesion", present=n > 0, count=n, side=side)])
+
+
+def test_review_names_an_answer_that_contradicts_its_evidence():
+    proposal = FinalAnswerArgs(answer="No, the kidneys appear to be normal.",
+                               claims=[ProposedClaim(statement="76 focal lesions found",
+                                                     evidence_ids=["E1"])], confidence=0.9)
+    result = review(proposal, [_lesions(76)], "Do the kidneys appear to be normal?")
+    assert not result.ok
+    assert result.conflicts and "contradicts itself" in result.conflicts[0]
+    assert any("make the answer say what the evidence says" in p for p in result.problems)
+
+
+def test_review_accepts_an_answer_that_agrees_with_its_evidence():
+    proposal = FinalAnswerArgs(answer="Yes, there are 2 nodules.",
+                               claims=[ProposedClaim(statement="2 focal lesions found",
+                                                     evidence_ids=["E1"])])
+    result = review(proposal, [_lesions(2)], "Is there a nodule?")
+    assert result.ok and result.conflicts == []
+
+
+@pytest.mark.parametrize("answer, question, expected", [
+    ("No, there is no nodule.", "Is there a nodule?", "says there is no lesion"),
+    ("No.", "Is there a nodule?", "says there is no lesion"),
+    ("The lungs are normal.", "Describe the lungs.", "calls it normal"),
+    ("There are three lesions.", "How many lesions?", "counts 3 lesion"),
+    ("The nodule is on the right.", "Which side is the nodule on?", "places the lesion on the right"),
+])
+def test_review_catches_polarity_normality_count_and_side(answer, question, expected):
+    proposal = FinalAnswerArgs(answer=answer, claims=[ProposedClaim(
+        statement="focal lesions found", evidence_ids=["E1"])])
+    result = review(proposal, [_lesions(2, side="left")], question)
+    assert any(expected in c for c in result.conflicts), result.conflicts

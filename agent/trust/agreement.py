@@ -1,0 +1,239 @@
+"""Does an answer mean what its evidence says? Polarity, normality, side and count, checked.
+
+The number check (``agent.trust.checks``) catches a planner that invents "12 mm"; this module
+catches the subtler failure seen on real images: "No, the kidneys appear to be normal." citing
+evidence that reports 76 lesions. Each sentence (the answer, each claim) is read into a
+``Stance`` — which findings it names, whether it says they are present or absent, whether it
+calls the image normal, which side and how many — and compared with the structured
+``Assertion`` items of the evidence it cites. Reading is rule-based on purpose: short,
+predictable, testable, and it only has to recognise the few words that carry meaning in a
+radiology answer (yes/no, no/without/absent, normal/unremarkable, left/right/bilateral,
+counts). What it cannot read it leaves alone rather than guessing: a check that cries wolf on
+every paraphrase would train users to ignore it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from tools.evidence import Assertion, Evidence
+
+__all__ = ["Stance", "answer_conflicts", "conflicts_with", "finding_family", "stance_of"]
+
+# Findings that name the same thing in different words (lower case, singular).
+_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("lesion", ("lesion", "focal lesion", "nodule", "mass", "tumor", "tumour", "metastasis",
+                "metastase", "cyst", "blob", "opacity", "spot")),
+    ("effusion", ("effusion", "pleural effusion", "fluid")),
+    ("cardiomegaly", ("cardiomegaly", "enlarged heart", "heart enlargement",
+                      "enlarged cardiac silhouette")),
+    ("pneumothorax", ("pneumothorax",)),
+    ("fracture", ("fracture", "break")),
+    ("consolidation", ("consolidation", "pneumonia", "infiltrate")),
+    ("edema", ("edema", "oedema")),
+    ("atelectasis", ("atelectasis", "collapse")),
+    ("hemorrhage", ("hemorrhage", "haemorrhage", "bleed", "hematoma", "haematoma")),
+)
+_NEGATION = re.compile(
+    r"\b(no|not|without|absent|absence of|negative for|free of|none|neither|nor|never|"
+    r"cannot be seen|is not seen|are not seen|rules? out|ruled out)\b")
+_NORMAL = re.compile(r"\b(normal|unremarkable|healthy|within normal limits|no abnormalit\w*|"
+                     r"nothing abnormal)\b")
+_ABNORMAL = re.compile(r"\b(abnormal|abnormality|abnormalities|patholog\w*|diseased)\b")
+_NOT_NORMAL = re.compile(r"\b(not|isn't|is not|are not|aren't)\s+(\w+\s+)?normal\b")
+# A bare yes/no: the word alone or followed by punctuation ("No nodules" is not a "No").
+_YES = re.compile(r"^\s*(yes|yeah|correct|true|present|positive)\s*([,.;:!—-]|$)")
+_NO = re.compile(r"^\s*(no|none|false|absent|negative)\s*([,.;:!—-]|$)")
+_WORD_NUMBERS = {"no": 0, "zero": 0, "none": 0, "one": 1, "a single": 1, "single": 1, "two": 2,
+                 "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+                 "ten": 10}
+_COUNT = re.compile(r"\b(\d+|zero|one|a single|single|two|three|four|five|six|seven|eight|nine|"
+                    r"ten)\s+(?:\w+\s+){0,2}?(\w+)\b")
+
+
+_KNOWN = frozenset(f for f, _ in _FAMILIES)
+
+
+def _singular(word: str) -> str:
+    if word.endswith(("ss", "us", "is")):  # mass, thrombus, metastasis: already singular
+        return word
+    for suffix, repl in (("ies", "y"), ("ses", "s"), ("es", "e"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def _normalise(text: str) -> str:
+    words = re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
+    return " ".join(_singular(w) for w in words)
+
+
+def finding_family(finding: str) -> str:
+    """The canonical name of ``finding`` ("nodules" -> "lesion"); itself when unknown."""
+    norm = _normalise(finding)
+    for family, words in _FAMILIES:
+        if any(re.search(rf"\b{re.escape(w)}\b", norm) for w in words):
+            return family
+    return norm
+
+
+def _families_in(text: str) -> set[str]:
+    norm = _normalise(text)
+    return {family for family, words in _FAMILIES
+            if any(re.search(rf"\b{re.escape(w)}\b", norm) for w in words)}
+
+
+@dataclass(frozen=True)
+class Stance:
+    """What one sentence asserts.
+
+    Attributes:
+        findings: canonical families of the findings it names (``finding_family``).
+        polarity: ``present`` / ``absent`` for the named findings (a bare yes/no counts only
+            when the question it answers asks about a finding); None when it says neither.
+        normal: True when it calls the image or organ normal, False when abnormal, else None.
+        sides: ``left`` / ``right`` it places findings on (both for "bilateral").
+        count: how many findings it says there are (None when it gives no number).
+        self_conflict: why the sentence contradicts itself ("No, ... normal" to "normal?").
+    """
+
+    findings: frozenset[str]
+    polarity: str | None
+    normal: bool | None
+    sides: frozenset[str]
+    count: int | None
+    self_conflict: str = ""
+
+
+def _count_of(low: str, findings: set[str]) -> int | None:
+    for m in _COUNT.finditer(low):
+        noun = finding_family(m.group(2))
+        if noun in findings or (not findings and noun in _KNOWN):
+            raw = m.group(1)
+            return int(raw) if raw.isdigit() else _WORD_NUMBERS[raw]
+    words = [w for f, ws in _FAMILIES if f in findings for w in ws]
+    if words and re.search(r"\bno\s+(\w+\s+)?(" + "|".join(map(re.escape, words)) + r")", low):
+        return 0
+    return None
+
+
+def _normality(low: str) -> bool | None:
+    if _NOT_NORMAL.search(low):
+        return False
+    if _NORMAL.search(low):
+        return True
+    if _ABNORMAL.search(low) and not _NEGATION.search(low):
+        return False
+    return None
+
+
+def _yes_no(low: str) -> bool | None:
+    if _YES.search(low):
+        return True
+    if _NO.search(low):
+        return False
+    return None
+
+
+def stance_of(text: str, question: str = "") -> Stance:
+    """Read ``text`` (answering ``question``, when given) into a ``Stance``.
+
+    A leading yes/no is read through the question: "No" to "Are the kidneys normal?" means
+    abnormal; "No" to "Is there a nodule?" means no nodule. Without the question a bare yes/no
+    says nothing the evidence could contradict.
+    """
+    low = text.lower()
+    findings = _families_in(low)
+    normal = _normality(low)
+    polarity: str | None = None
+    if findings:
+        polarity = "absent" if _NEGATION.search(low) else "present"
+    yes = _yes_no(low)
+    conflict = ""
+    if yes is not None and question.strip():
+        q = question.lower()
+        q_normal = re.search(r"\b(normal|unremarkable)\b", q) is not None
+        q_abnormal = _ABNORMAL.search(q) is not None
+        q_findings = _families_in(q)
+        if q_normal or q_abnormal:
+            said = yes if q_normal else not yes
+            if normal is not None and normal != said:
+                conflict = (f"it answers {'yes' if yes else 'no'} to whether it is "
+                            f"{'normal' if q_normal else 'abnormal'}, then calls it "
+                            f"{'normal' if normal else 'abnormal'}")
+            normal = said
+        elif q_findings and not findings:
+            findings = q_findings
+            polarity = "present" if yes else "absent"
+    sides = ({"left", "right"} if re.search(r"\b(bilateral\w*|both sides)\b", low)
+             else {s for s in ("left", "right") if re.search(rf"\b{s}\b", low)})
+    return Stance(frozenset(findings), polarity, normal, frozenset(sides),
+                  _count_of(low, findings), conflict)
+
+
+def _reliable(ev: Evidence) -> list[Assertion]:
+    """The assertions a sentence can be held to: from successful, in-domain evidence only."""
+    if ev.status != "ok" or ev.data.get("out_of_domain"):
+        return []
+    return list(ev.assertions)
+
+
+def _side_words(side: str | None) -> set[str]:
+    return {"left", "right"} if side == "both" else ({side} if side else set())
+
+
+def _finding_conflicts(st: Stance, ev: Evidence, a: Assertion, who: str) -> list[str]:
+    """One assertion against the sentence: polarity, normality, side, count."""
+    fam = finding_family(a.finding)
+    about = fam in st.findings
+    where = f"{ev.id} ({ev.tool}) reports {a.finding} {'present' if a.present else 'absent'}"
+    out = []
+    if about and st.polarity == "absent" and a.present:
+        out.append(f"{who} says there is no {fam}, but {where}")
+    elif about and st.polarity == "present" and not a.present:
+        out.append(f"{who} says there is {fam}, but {where}")
+    if st.normal is True and a.present and fam in _KNOWN:
+        out.append(f"{who} calls it normal, but {where}")
+    if about and a.present and st.sides and a.side and st.sides != _side_words(a.side):
+        out.append(f"{who} places the {fam} on the {'/'.join(sorted(st.sides))}, but "
+                   f"{ev.id} ({ev.tool}) reports the patient's {a.side} side")
+    if about and st.count and a.count is not None and st.count != a.count:
+        out.append(f"{who} counts {st.count} {fam}, but {ev.id} ({ev.tool}) counts {a.count}")
+    return out
+
+
+def conflicts_with(text: str, evidence: Iterable[Evidence], *, question: str = "",
+                   who: str = "the answer") -> list[str]:
+    """Why ``text`` contradicts itself or the assertions of ``evidence`` (empty: it agrees).
+
+    Each message names the sentence and the evidence id that says otherwise, in words the
+    planner can act on. Only findings medloop knows to be abnormal (``_FAMILIES``) count
+    against "normal"; a classifier's "chest: present" does not.
+    """
+    st = stance_of(text, question)
+    out = [f"{who} contradicts itself: {st.self_conflict}"] if st.self_conflict else []
+    pairs = [(ev, a) for ev in evidence for a in _reliable(ev)]
+    for ev, a in pairs:
+        out.extend(_finding_conflicts(st, ev, a, who))
+    known = [(ev, a) for ev, a in pairs if finding_family(a.finding) in _KNOWN]
+    if st.normal is False and known and all(not a.present for _, a in known):
+        ids = ", ".join(sorted({ev.id for ev, _ in known}))
+        out.append(f"{who} calls it abnormal, but {ids} report no finding present")
+    return list(dict.fromkeys(out))
+
+
+def answer_conflicts(answer: str, claims: Sequence[tuple[str, Sequence[Evidence]]],
+                     question: str = "") -> list[str]:
+    """Conflicts of the answer with everything its claims cite, then of each claim with its own.
+
+    ``claims`` pairs each claim's statement with the evidence it cites; the answer is read
+    through ``question`` (its yes/no), the claims on their own words.
+    """
+    cited = list({id(ev): ev for _, evs in claims for ev in evs}.values())
+    out = (conflicts_with(answer, cited, question=question, who="the answer")
+           if answer.strip() else [])
+    for statement, evs in claims:
+        out.extend(conflicts_with(statement, evs, who=f"claim {statement[:60]!r}"))
+    return list(dict.fromkeys(out))

@@ -1,0 +1,76 @@
+"""Reading an answer's meaning and holding it to the evidence's assertions."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.trust.agreement import answer_conflicts, conflicts_with, finding_family, stance_of
+from tools.evidence import Assertion, Evidence
+
+
+def ev(i, *assertions, tool="t", status="ok", **data):
+    return Evidence(id=f"E{i}", tool=tool, summary="s", status=status,
+                    assertions=list(assertions), data=data)
+
+
+@pytest.mark.parametrize("finding, family", [
+    ("Nodules", "lesion"), ("focal lesion", "lesion"), ("a mass", "lesion"),
+    ("Pleural effusion", "effusion"), ("enlarged heart", "cardiomegaly"),
+    ("chest", "chest"),  # unknown words stay themselves
+])
+def test_finding_family(finding, family):
+    assert finding_family(finding) == family
+
+
+@pytest.mark.parametrize("text, question, polarity, normal, sides, count", [
+    ("There are 2 nodules in the left lung.", "", "present", None, {"left"}, 2),
+    ("No nodules are seen.", "", "absent", None, set(), 0),  # "No nodules" is not a bare "No"
+    ("There is a mass on the right.", "", "present", None, {"right"}, None),
+    ("Bilateral effusions.", "", "present", None, {"left", "right"}, None),
+    ("Yes.", "Is there a pneumothorax?", "present", None, set(), None),
+    ("No.", "Is there a pneumothorax?", "absent", None, set(), None),
+    ("No.", "Is the heart normal?", None, False, set(), None),
+    ("Yes", "Is there an abnormality?", None, False, set(), None),
+    ("The study is unremarkable.", "", None, True, set(), None),
+    ("The heart is not normal.", "", None, False, set(), None),
+    ("Yes.", "", None, None, set(), None),  # a bare yes/no needs its question
+])
+def test_stance_of(text, question, polarity, normal, sides, count):
+    st = stance_of(text, question)
+    assert (st.polarity, st.normal, set(st.sides), st.count) == (polarity, normal, sides, count)
+
+
+def test_a_no_that_then_calls_it_normal_contradicts_itself():
+    st = stance_of("No, the kidneys appear to be normal.", "Do the kidneys appear to be normal?")
+    assert "answers no" in st.self_conflict and "normal" in st.self_conflict
+
+
+def test_failed_and_out_of_domain_evidence_cannot_be_contradicted():
+    present = Assertion(finding="lesion", present=True)
+    assert conflicts_with("No lesion.", [ev(1, present, status="error")]) == []
+    assert conflicts_with("No lesion.", [ev(1, present, out_of_domain=True)]) == []
+    assert conflicts_with("No lesion.", [ev(1, present)]) != []
+
+
+def test_labels_that_are_not_findings_do_not_count_against_normal():
+    # A kNN classifier's "chest: present" is not an abnormality.
+    chest = ev(1, Assertion(finding="chest", present=True, probability=0.9), tool="classify")
+    assert conflicts_with("The chest radiograph is normal.", [chest]) == []
+    lesion = ev(2, Assertion(finding="focal lesion", present=True), tool="detect_lesions")
+    assert conflicts_with("The chest radiograph is normal.", [chest, lesion])
+
+
+def test_abnormal_against_evidence_that_found_nothing():
+    nothing = ev(1, Assertion(finding="focal lesion", present=False, count=0))
+    out = conflicts_with("The scan is abnormal.", [nothing])
+    assert out and "calls it abnormal" in out[0]
+
+
+def test_answer_conflicts_checks_the_answer_and_each_claim():
+    lesion = ev(1, Assertion(finding="nodule", present=True, count=1, side="right"))
+    out = answer_conflicts("Yes, one nodule on the right.",
+                           [("a nodule in the left lung", [lesion])], "Is there a nodule?")
+    assert out == ["claim 'a nodule in the left lung' places the lesion on the left, but E1 (t) "
+                   "reports the patient's right side"]
+    assert answer_conflicts("Yes, one nodule on the right.",
+                            [("one nodule, right side", [lesion])], "Is there a nodule?") == []
