@@ -8,22 +8,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.evaluation.baselines import MAJORITY, majority_records
 from agent.evaluation.items import EvalItem
-from agent.evaluation.report import calibrate_split, summarise, write_report
+from agent.evaluation.report import calibrate_by_domain, summarise, write_report
 from agent.evaluation.runner import Record, Variant, run_suite
+from agent.evaluation.splits import split_table
 from agent.trust.calibration import Calibration, save_calibration
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["BASELINES", "EvalResult", "evaluate"]
+
+# The sanity baselines: three the runner makes by changing the images the agent is shown, and
+# the majority answer, computed from labels alone (``agent.evaluation.baselines``).
+BASELINES: tuple[str, ...] = ("blank", "shuffled", "question_only", MAJORITY)
 
 
 @dataclass
 class EvalResult:
-    """The records, the report (JSON-able) and the files written."""
+    """The records, the report (JSON-able) and the files written.
+
+    ``records`` are the agent's runs (``records.jsonl``); ``baseline_records`` the majority
+    baseline's, recomputable from the items at any time. ``calibration`` is the map of the
+    suite's main image domain, ``calibrations`` every domain's.
+    """
 
     records: list[Record]
     report: dict[str, Any]
     calibration: Calibration | None = None
     files: list[str] = field(default_factory=list)
+    baseline_records: list[Record] = field(default_factory=list)
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
+
+
+def _majority(items: Sequence[EvalItem], records: Sequence[Record], folds: int,
+              seed: int) -> list[Record]:
+    """The majority baseline on the items the agent answered (all of them in a full run)."""
+    done = {r.item_id for r in records if r.variant == "full"}
+    return majority_records([it for it in items if it.id in done], folds, seed)
+
+
+def _save_path(target: str | Path | Callable[[str], Path], domain: str, main: bool) -> Path:
+    """Where a domain's map is saved: the callable's choice, or the path given.
+
+    With a path, a domain other than the main one goes beside it as ``<stem>.<domain>.json``.
+    """
+    if callable(target):
+        return target(domain)
+    path = Path(target)
+    return path if main else path.with_name(f"{path.stem}.{domain}{path.suffix}")
 
 
 def evaluate(
@@ -32,51 +63,68 @@ def evaluate(
     make_graph: Callable[[], tuple[Any, Any]],
     suite: str = "",
     llm: str = "",
-    baselines: Sequence[Variant] = ("blank", "shuffled", "question_only"),
+    baselines: Sequence[str] = BASELINES,
     baseline_limit: int | None = None,
     repeats: int = 1,
     seed: int = 0,
+    folds: int = 5,
     fit_fraction: float = 0.5,
     target_accuracy: float = 0.9,
     out_dir: str | Path | None = None,
-    save_calibration_to: str | Path | None = None,
+    save_calibration_to: str | Path | Callable[[str], Path] | None = None,
     progress: Callable[[Record, int, int], None] | None = None,
     records: list[Record] | None = None,
     elicit: Callable[[str, str, list[str]], float | None] | None = None,
 ) -> EvalResult:
     """Run ``items`` (and the baselines) and build the report.
 
-    ``make_graph()`` returns a compiled graph and the image store its tools read. The
-    calibration is fitted on ``fit_fraction`` of the items and reported on the rest; the map
-    refitted on every item is saved to ``save_calibration_to`` when given. ``records`` from an
-    earlier run (``records.jsonl``) are reported again instead of running anything.
+    ``make_graph()`` returns a compiled graph and the image store its tools read. Per image
+    domain (phantom, clinical), a calibration is fitted on ``fit_fraction`` of the images'
+    items and reported on the rest, and cross-fitted over ``folds`` folds by image; the
+    majority baseline is cross-validated over the same number of folds by image. The map
+    refitted on every item of a domain is saved to ``save_calibration_to`` when given (a path,
+    or a function of the domain giving one). ``records`` from an earlier run
+    (``records.jsonl``) are reported again instead of running anything.
     """
     t0 = time.perf_counter()
+    variants: list[Variant] = [b for b in baselines if b != MAJORITY]  # type: ignore[misc]
     if records is None:
-        records = run_suite(make_graph, items, variants=("full", *baselines), repeats=repeats,
+        records = run_suite(make_graph, items, variants=("full", *variants), repeats=repeats,
                             seed=seed, baseline_limit=baseline_limit, progress=progress,
                             elicit=elicit)
-    summary = summarise(records)
-    split = calibrate_split(records, fit_fraction=fit_fraction, seed=seed,
-                            target_accuracy=target_accuracy)
-    cal, held = split if split else (None, None)
-    if cal is not None:
-        cal.fitted_for = llm
+    extra = _majority(items, records, folds, seed) if MAJORITY in baselines else []
+    summary = summarise([*records, *extra])
+    fitted = calibrate_by_domain(records, fit_fraction=fit_fraction, seed=seed,
+                                 target_accuracy=target_accuracy, folds=folds)
+    for fit_map, _ in fitted.values():
+        fit_map.fitted_for = llm
+    main = next(iter(fitted), None)  # the domain with the most items
+    cal = fitted[main][0] if main is not None else None
+    held = fitted[main][1] if main is not None else None
     report: dict[str, Any] = {
         "suite": suite,
         "llm": llm,
         "n_items": len({r.item_id for r in records if r.variant == "full"}),
         "repeats": repeats,
         "seed": seed,
+        "folds": folds,
         "metrics": summary.get("full", {}),
         "baselines": {k: v for k, v in summary.items() if k != "full"},
-        "calibration": ({k: v for k, v in held.items() if not k.startswith("reliability")}
-                        if held else None),
+        "by_split": split_table([*records, *extra]),
+        "calibration": _public(held) if held else None,
+        "calibration_by_domain": {d: _public(h) for d, (_, h) in fitted.items()},
         "elapsed_s": round(time.perf_counter() - t0, 2),
     }
     files: list[str] = []
     if out_dir is not None:
         files = [str(Path(out_dir) / f) for f in write_report(records, report, out_dir, held)]
-    if save_calibration_to is not None and cal is not None:
-        files.append(str(save_calibration(cal, save_calibration_to)))
-    return EvalResult(records=records, report=report, calibration=cal, files=files)
+    if save_calibration_to is not None:
+        for d, (c, _) in fitted.items():
+            files.append(str(save_calibration(c, _save_path(save_calibration_to, d, d == main))))
+    return EvalResult(records=records, report=report, calibration=cal, files=files,
+                      baseline_records=extra, calibrations={d: c for d, (c, _) in fitted.items()})
+
+
+def _public(held: dict[str, Any]) -> dict[str, Any]:
+    """The held-out figures without the reliability bins (those go to the plot)."""
+    return {k: v for k, v in held.items() if not k.startswith("reliability")}

@@ -19,9 +19,12 @@
        "options": [], "tolerance": null,               # number: allowed absolute error
        "boxes": [[10, 20, 40, 50]], "value_mm": null}  # optional ground truth for grounding
 
-  Relative image paths are relative to the file. The format is guessed from the keys of the
-  first record; ``FORMAT:PATH`` (``vqa-rad:``, ``slake:``, ``pathvqa:``, ``chestagentbench:``,
-  ``jsonl:``) forces one. A malformed file raises ``SuiteError`` naming it.
+  Relative image paths are relative to the file. Any other key (VQA-RAD's ``organ`` and
+  ``category``, say) is kept in the item's ``meta``; a question category is normalised
+  (``normalise_category``: ``"ATRIB"`` → ``ATTRIB``, ``"PRES, ATTRIB"`` → primary ``PRES``,
+  all of them in ``meta["categories"]``) so the report can split by it. The format is guessed
+  from the keys of the first record; ``FORMAT:PATH`` (``vqa-rad:``, ``slake:``, ``pathvqa:``,
+  ``chestagentbench:``, ``jsonl:``) forces one. A malformed file raises ``SuiteError`` naming it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from typing import Any
 from agent.evaluation.items import AnswerType, EvalItem
 from tools.errors import MedloopError
 
-__all__ = ["FORMATS", "SuiteError", "load_suite", "phantom_items"]
+__all__ = ["FORMATS", "SuiteError", "load_suite", "normalise_category", "phantom_items"]
+
+# VQA-RAD's question types as published, with the misspellings and case the files carry.
+_CATEGORY_ALIASES = {"ATRIB": "ATTRIB", "ATTRIBUTE": "ATTRIB", "POSITION": "POS",
+                     "PRESENCE": "PRES", "ABNORMALITY": "ABN", "MODALITY": "MODALITY",
+                     "COLOUR": "COLOR"}
+_GENERIC_KEYS = frozenset({"id", "images", "question", "answer", "answer_type", "options",
+                           "tolerance", "boxes", "value_mm", "meta"})
 
 
 class SuiteError(MedloopError, ValueError):
@@ -56,6 +66,28 @@ def phantom_items(n: int = 100, seed: int = 0) -> list[EvalItem]:
             meta={"question_kind": it.question_kind, "phantom_kind": it.phantom.kind,
                   "n_lesions": len(it.phantom.lesions), "list_options": False},
         ))
+    return out
+
+
+def normalise_category(raw: object) -> tuple[str, list[str]]:
+    """``(primary, all)`` question categories from a label such as ``"PRES, ATTRIB"``.
+
+    Upper case, VQA-RAD's misspellings fixed (``ATRIB`` → ``ATTRIB``, ``Other`` → ``OTHER``);
+    a multi-category label keeps its first category as the primary one (the one the report
+    splits by) and lists all of them. An empty label gives ``("", [])``.
+    """
+    parts = [p.strip().upper() for p in re.split(r"[,;/|]", str(raw or "")) if p.strip()]
+    cats = list(dict.fromkeys(_CATEGORY_ALIASES.get(p, p) for p in parts))
+    return (cats[0] if cats else ""), cats
+
+
+def _split_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its category normalised and its organ upper-cased (when present)."""
+    out = dict(meta)
+    if "category" in out:
+        out["category"], out["categories"] = normalise_category(out["category"])
+    if out.get("organ"):
+        out["organ"] = str(out["organ"]).strip().upper()
     return out
 
 
@@ -103,7 +135,10 @@ def _vqa_rad(path: Path, recs: list[dict[str, Any]]) -> list[EvalItem]:
             answer_type=_closed(ans),
             images=[_image(path.parent, str(r["image_name"]),
                            ("VQA_RAD Image Folder", "images"))],
-            meta={k: r[k] for k in ("question_type", "answer_type", "image_organ") if k in r},
+            meta=_split_meta({
+                **{k: r[k] for k in ("question_type", "answer_type", "image_organ") if k in r},
+                **({"category": r["question_type"]} if "question_type" in r else {}),
+                **({"organ": r["image_organ"]} if "image_organ" in r else {})}),
         ))
     return out
 
@@ -184,7 +219,8 @@ def _generic(path: Path, recs: list[dict[str, Any]]) -> list[EvalItem]:
             options=[str(o) for o in r.get("options") or []],
             boxes=[tuple(float(v) for v in b) for b in r.get("boxes") or []],  # type: ignore[misc]
             value_mm=r.get("value_mm"), tolerance=r.get("tolerance"),
-            meta=dict(r.get("meta") or {}),
+            meta=_split_meta({**{k: v for k, v in r.items() if k not in _GENERIC_KEYS},
+                              **dict(r.get("meta") or {})}),
         ))
     return out
 

@@ -3,9 +3,14 @@
 ``summarise(records)`` computes, per variant: accuracy (with a Wilson 95 % interval over items,
 and the spread over repeats), ECE (15 bins), Brier, AURC (with bootstrap intervals), the
 agent's own abstention rate and its selective accuracy, grounding IoU, measurement error,
-latency p50/p95 and tool calls per item. ``calibrate_split`` fits a calibration map on a
-held-out part of the full-variant items (split by item, with a fixed seed) and reports ECE and
-Brier before and after on the rest, with the abstention threshold for a target accuracy.
+latency p50/p95 and tool calls per item; closed and open accuracy, the open answers' exact
+match and token recall, and the answers that contradict their own cited evidence
+(``agent.evaluation.splits``). ``calibrate_split`` fits a calibration map on a held-out part of
+the full-variant items (split by *image*, with a fixed seed: no image's questions on both
+sides) and reports ECE and Brier before and after on the rest, with the abstention threshold
+for a target accuracy; it also cross-fits (k folds by image) so every item gets an
+out-of-sample calibrated confidence. ``calibrate_by_domain`` does this once per image domain
+(phantom, clinical): each map is fitted, reported and saved for its own domain only.
 ``write_report`` saves ``report.json``, ``records.jsonl`` and two PNGs (reliability diagram,
 latency histogram) drawn with matplotlib's Agg backend.
 """
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.evaluation.folds import folds_by_image, image_groups
 from agent.evaluation.metrics import (
     aurc,
     bootstrap_ci,
@@ -33,10 +39,18 @@ from agent.evaluation.metrics import (
     wilson_ci,
 )
 from agent.evaluation.runner import Record
-from agent.trust.calibration import Calibration, abstain_threshold, fit_calibration
+from agent.evaluation.splits import conflict_counts, open_figures
+from agent.trust.calibration import (
+    CLINICAL,
+    PHANTOM,
+    Calibration,
+    abstain_threshold,
+    fit_calibration,
+)
 from agent.trust.confidence import combine_confidence
 
-__all__ = ["calibrate_split", "summarise", "write_report"]
+__all__ = ["calibrate_by_domain", "calibrate_split", "record_domain", "summarise",
+           "write_report"]
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -66,6 +80,7 @@ def _variant_summary(recs: Sequence[Record]) -> dict[str, Any]:
         "accuracy_per_repeat": [_r(a) for a in per_repeat],
         "ece_15": _r(ece(conf, y)),
         "ece_ci95": [_r(v) for v in bootstrap_ci(ece, conf, y)],
+        "ece_noise_floor": _r(ece_noise_floor(conf)),
         "brier": _r(brier(conf, y)),
         "brier_ci95": [_r(v) for v in bootstrap_ci(brier, conf, y)],
         "aurc": _r(aurc(conf, y)),
@@ -83,6 +98,8 @@ def _variant_summary(recs: Sequence[Record]) -> dict[str, Any]:
                                   float("nan"), 3),
         "errors": sum(1 for r in recs if r.error),
     }
+    out.update(open_figures(recs))
+    out.update(conflict_counts(recs))
     out.update(_other_signals(recs))
     kinds = sorted({str(r.meta.get("question_kind")) for r in recs if r.meta.get(
         "question_kind")})
@@ -123,6 +140,35 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
     return {v: _variant_summary([r for r in records if r.variant == v]) for v in variants}
 
 
+def record_domain(record: Record) -> str:
+    """The image domain of a record's item; older records without one are told by their meta."""
+    return record.domain or (PHANTOM if record.meta.get("phantom_kind") else CLINICAL)
+
+
+def _record_keys(record: Record) -> list[str]:
+    """A record's images, or its item id for records saved before images were recorded."""
+    return list(record.item_images) or [f"item:{record.item_id}"]
+
+
+def _fit_split(full: Sequence[Record], fit_fraction: float, seed: int) -> set[str] | None:
+    """The item ids to fit on: whole image groups, shuffled, up to ``fit_fraction`` of items.
+
+    None when the items cannot be split (a single image group).
+    """
+    groups = [sorted({full[i].item_id for i in g}) for g in image_groups(full, keys=_record_keys)]
+    if len(groups) < 2:
+        return None
+    random.Random(seed).shuffle(groups)
+    n_items = sum(len(g) for g in groups)
+    cut = max(1, min(n_items - 1, round(n_items * fit_fraction)))
+    fit: set[str] = set()
+    for g in groups[:-1]:  # the last group always stays out: both sides are non-empty
+        if len(fit) >= cut:
+            break
+        fit.update(g)
+    return fit
+
+
 def calibrate_split(
     records: Sequence[Record],
     *,
@@ -130,21 +176,24 @@ def calibrate_split(
     seed: int = 0,
     target_accuracy: float = 0.9,
     method: str = "auto",
+    folds: int = 2,
+    domain: str | None = None,
 ) -> tuple[Calibration, dict[str, Any]] | None:
     """Fit calibration on part of the ``full`` items' raw confidences, evaluate on the rest.
 
-    Items (not runs) are split, so repeats of one item never straddle the split. Returns the
-    map (refitted on every item, for saving) and the held-out figures, or None when there are
-    fewer than 4 items.
+    Images (not items, not runs) are split, so neither a repeat of an item nor a reworded
+    question about the same image straddles the split; ``folds`` is the k of the cross-fit.
+    ``domain`` is recorded on the map (default: the records' domain, ``clinical`` if they
+    mix). Returns the map (refitted on every item, for saving) and the held-out figures, or
+    None when there are fewer than 4 items or a single image.
     """
     full = [r for r in records if r.variant == "full" and r.error is None]
     ids = sorted({r.item_id for r in full})
     if len(ids) < 4:
         return None
-    rng = random.Random(seed)
-    rng.shuffle(ids)
-    cut = max(1, min(len(ids) - 1, round(len(ids) * fit_fraction)))
-    fit_ids = set(ids[:cut])
+    fit_ids = _fit_split(full, fit_fraction, seed)
+    if fit_ids is None:
+        return None
     fit = [r for r in full if r.item_id in fit_ids]
     test = [r for r in full if r.item_id not in fit_ids]
     cal = fit_calibration([r.raw_confidence for r in fit], [r.correct for r in fit],
@@ -155,9 +204,13 @@ def calibrate_split(
     cal_f = [float(v) for v in cal.apply(np.asarray([r.raw_confidence for r in fit]))]
     thr = abstain_threshold(cal_f, [r.correct for r in fit], target_accuracy)
     abst, sel = selective(cal_t, y_t, thr) if thr is not None else (1.0, float("nan"))
+    domains = {record_domain(r) for r in full}
+    domain = domain or (domains.pop() if len(domains) == 1 else CLINICAL)
     held = {
+        "domain": domain,
         "method": cal.method,
         "params": cal.params,
+        "split_by": "image" if all(r.item_images for r in full) else "item",
         "n_fit_items": len(fit_ids),
         "n_test_items": len(ids) - len(fit_ids),
         "n_test_runs": len(test),
@@ -174,21 +227,42 @@ def calibrate_split(
         "target_accuracy": target_accuracy,
         "abstain_below": _r(thr),
         "abstention_rate": _r(abst),
+        "coverage": _r(1.0 - abst),
         "selective_accuracy": _r(sel),
         "cv_log_loss": cal.metrics,
         "reliability_before": reliability_bins(raw_t, y_t),
         "reliability_after": reliability_bins(cal_t, y_t),
     }
-    held.update(_crossfit(full, ids, cut, method))
+    held.update(_crossfit(full, folds, seed, method, target_accuracy))
     final = fit_calibration([r.raw_confidence for r in full], [r.correct for r in full],
                             method=cal.method)
     final_cal = [float(v) for v in final.apply(np.asarray([r.raw_confidence for r in full]))]
     final.abstain_below = abstain_threshold(final_cal, [r.correct for r in full],
                                             target_accuracy)
     final.target_accuracy = target_accuracy
+    final.domain = domain
     final.metrics = {"held_out_ece_before": float(ece(raw_t, y_t)),
                      "held_out_ece_after": float(ece(cal_t, y_t))}
     return final, held
+
+
+def calibrate_by_domain(
+    records: Sequence[Record], **kwargs: Any
+) -> dict[str, tuple[Calibration, dict[str, Any]]]:
+    """``calibrate_split`` on each image domain's records alone, largest domain first.
+
+    A phantom map and a clinical map are never fitted on each other's items; a domain with too
+    few items to split gets no map (its answers stay uncalibrated).
+    """
+    by: dict[str, list[Record]] = {}
+    for r in records:
+        by.setdefault(record_domain(r), []).append(r)
+    out: dict[str, tuple[Calibration, dict[str, Any]]] = {}
+    for d in sorted(by, key=lambda d: -sum(r.variant == "full" for r in by[d])):
+        split = calibrate_split(by[d], domain=d, **kwargs)
+        if split is not None:
+            out[d] = split
+    return out
 
 
 def agreement(records: Sequence[Record]) -> list[float | None]:
@@ -203,16 +277,19 @@ def agreement(records: Sequence[Record]) -> list[float | None]:
             if len(by_item[r.item_id]) > 1 else None for r in records]
 
 
-def _crossfit(full: Sequence[Record], ids: Sequence[str], cut: int, method: str
-              ) -> dict[str, Any]:
-    """Two-fold cross-fitting: each half calibrated by a map fitted on the other half.
+def _crossfit(full: Sequence[Record], k: int, seed: int, method: str,
+              target_accuracy: float) -> dict[str, Any]:
+    """k-fold cross-fitting by image: each fold calibrated by a map fitted on the others.
 
     Every item then has an out-of-sample calibrated confidence, so ECE is measured on all of
-    them rather than on the held-out half only (finite-sample ECE is biased upward, more so on
-    fewer items). With repeats, the same is done for the raw confidence pooled with
-    self-consistency (``combine_confidence(..., agreement=)``).
+    them rather than on the held-out part only (finite-sample ECE is biased upward, more so on
+    fewer items). Each fold's abstention threshold is chosen on its fitting folds, so the
+    coverage and selective accuracy are out of sample too. With repeats, the same is done for
+    the raw confidence pooled with self-consistency (``combine_confidence(..., agreement=)``).
     """
-    folds = [set(ids[:cut]), set(ids[cut:])]
+    folds = folds_by_image(full, k, seed, keys=_record_keys)
+    if len(folds) < 2:
+        return {}
     agree = agreement(full)
     signals: dict[str, list[float]] = {"": [r.raw_confidence for r in full]}
     if all(a is not None for a in agree):
@@ -220,24 +297,30 @@ def _crossfit(full: Sequence[Record], ids: Sequence[str], cut: int, method: str
             combine_confidence(None, [r.raw_confidence], agreement=a)
             for r, a in zip(full, agree, strict=True)]
     y = [float(r.correct) for r in full]
-    out: dict[str, Any] = {"crossfit_n_items": len(ids)}
+    out: dict[str, Any] = {"crossfit_n_items": len({r.item_id for r in full}),
+                           "crossfit_folds": len(folds)}
     for suffix, x in signals.items():
         cal_x = list(x)
+        answered = [False] * len(full)
         for fold in folds:
-            train = [i for i, r in enumerate(full) if r.item_id not in fold]
-            test = [i for i, r in enumerate(full) if r.item_id in fold]
-            if not train or not test:
-                return {}
-            fitted = fit_calibration([x[i] for i in train], [bool(y[i]) for i in train],
+            fitted = fit_calibration([x[i] for i in fold.fit], [bool(y[i]) for i in fold.fit],
                                      method=method)  # type: ignore[arg-type]
-            for i, v in zip(test, fitted.apply(np.asarray([x[i] for i in test])), strict=True):
+            on_fit = [float(v) for v in fitted.apply(np.asarray([x[i] for i in fold.fit]))]
+            thr = abstain_threshold(on_fit, [y[i] for i in fold.fit], target_accuracy)
+            for i, v in zip(fold.scored, fitted.apply(np.asarray([x[i] for i in fold.scored])),
+                            strict=True):
                 cal_x[i] = float(v)
+                answered[i] = thr is not None and cal_x[i] >= thr
+        kept = [y[i] for i in range(len(full)) if answered[i]]
         out[f"crossfit_ece_before{suffix}"] = _r(ece(x, y))
         out[f"crossfit_ece_after{suffix}"] = _r(ece(cal_x, y))
         out[f"crossfit_ece_after{suffix}_ci95"] = [_r(v) for v in bootstrap_ci(ece, cal_x, y)]
         out[f"crossfit_ece_noise_floor{suffix}"] = _r(ece_noise_floor(cal_x))
         out[f"crossfit_brier_after{suffix}"] = _r(brier(cal_x, y))
         out[f"crossfit_aurc_after{suffix}"] = _r(aurc(cal_x, y))
+        out[f"crossfit_coverage{suffix}"] = _r(len(kept) / len(full))
+        out[f"crossfit_selective_accuracy{suffix}"] = (
+            _r(float(np.mean(kept))) if kept else None)
     return out
 
 

@@ -13,26 +13,39 @@ is shown, for the sanity baselines that SURE-VQA and MediConfusion recommend:
 
 The record of a run holds what the metrics need: the graded answer, the calibrated and raw
 confidence, abstention, boxes of the cited evidence, the size read from the answer, latency
-and the number of tool calls.
+and the number of tool calls (read from the typed trace, ``agent.trace``: the *act* records
+and the *answer* record). For open answers it also holds the normalised exact match and the
+token recall (``agent.evaluation.scoring.open_scores``); for every answer, the conflicts
+between what it says and the evidence it cites (``agent.trust.agreement.answer_conflicts``,
+recomputed from the final state: the answer text and each finding with its cited evidence),
+the keys of the item's own images (for folds by image) and their domain (phantom/clinical).
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from agent.evaluation.folds import image_keys
 from agent.evaluation.items import EvalItem
 from agent.evaluation.metrics import grounding_iou
-from agent.evaluation.scoring import grade
+from agent.evaluation.scoring import grade, open_scores
+from agent.trace import ActStep, AnswerStep, TraceStep, steps_of
+from agent.trust.agreement import answer_conflicts
+from agent.trust.calibration import domain_of
 from tools.image import LoadedImage
 
-__all__ = ["VARIANTS", "Record", "read_records", "run_item", "run_suite", "variant_images"]
+__all__ = ["VARIANTS", "Record", "evidence_conflicts", "read_records", "run_item", "run_suite",
+           "variant_images"]
 
 Variant = Literal["full", "blank", "shuffled", "question_only"]
 VARIANTS: tuple[Variant, ...] = ("full", "blank", "shuffled", "question_only")
@@ -64,6 +77,11 @@ class Record:
     agreement: float | None = None  # answer-time self-consistency (``--samples``)
     evidence: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    exact_match: bool | None = None  # open answers: normalised exact match
+    token_recall: float | None = None  # open answers: share of the reference's words said
+    conflicts: list[str] = field(default_factory=list)  # the answer against its cited evidence
+    item_images: list[str] = field(default_factory=list)  # the item's own images (folds)
+    domain: str = ""  # the item's image domain: phantom or clinical ("" in older records)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -106,6 +124,25 @@ def variant_images(
     return [list(items[order[i]].images) for i in range(n)]
 
 
+_ABSTAIN_PREFIX = re.compile(r"^\s*Uncertain \(confidence [0-9.]+\):\s*")
+
+
+def evidence_conflicts(state: dict[str, Any], question: str) -> list[str]:
+    """What the final answer says against its own cited evidence (empty: it agrees).
+
+    Recomputed from the state, not copied from the answer node: the answer text (without an
+    abstention's "Uncertain (confidence ...):" prefix) against everything its findings cite,
+    and each finding against its own citations.
+    """
+    answer = state.get("answer")
+    if answer is None:
+        return []
+    evidence = {e.id: e for e in state.get("evidence") or []}
+    claims = [(c.statement, [evidence[i] for i in c.evidence_ids if i in evidence])
+              for c in answer.findings]
+    return answer_conflicts(_ABSTAIN_PREFIX.sub("", answer.text), claims, question)
+
+
 def _cited_boxes(state: dict[str, Any]) -> list[tuple[float, ...]]:
     answer = state.get("answer")
     evidence = {e.id: e for e in state.get("evidence") or []}
@@ -130,6 +167,7 @@ def run_item(
     broken item does not stop a benchmark); ``KeyboardInterrupt`` still stops it.
     """
     ids = [store.put(_load(im)).id for im in images]
+    keys, domain = image_keys(item), domain_of(item.images)
     thread = f"eval-{item.id}-{variant}-{repeat}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
@@ -140,7 +178,8 @@ def run_item(
     except Exception as exc:  # recorded, not hidden: the report counts errors
         return Record(item.id, variant, repeat, item.prompt, item.answer, item.answer_type,
                       "", None, False, 0.0, 0.0, True, time.perf_counter() - t0, 0,
-                      error=f"{type(exc).__name__}: {exc}"[:300], meta=dict(item.meta))
+                      error=f"{type(exc).__name__}: {exc}"[:300], meta=dict(item.meta),
+                      item_images=keys, domain=domain)
     latency = time.perf_counter() - t0
     ans = state["answer"]
     text = " ".join([ans.text, *(c.statement for c in ans.findings)])
@@ -149,30 +188,31 @@ def run_item(
     if g.parsed is None and ans.findings:  # the reply's first sentence said nothing: the claims
         g = grade(text, item.answer, item.answer_type, options=item.options,
                   tolerance=item.tolerance)
-    trace = state.get("trace") or []
-    acts = [t for t in trace if t.get("step") == "act"]
-    final: dict[str, Any] = next(
-        (t for t in reversed(trace) if t.get("step") == "answer"), {})
+    trace: list[TraceStep] = state.get("trace") or []
+    acts: list[ActStep] = steps_of(trace, "act")
+    answers: list[AnswerStep] = steps_of(trace, "answer")
+    final = answers[-1] if answers else None
     iou = grounding_iou(item.boxes, _cited_boxes(state)) if item.boxes and images else None
     size_err = (abs(g.value - item.value_mm) if item.value_mm is not None and g.value is not None
                 and item.answer_type == "number" else None)
+    scores = open_scores(ans.text, item.answer) if item.answer_type == "open" else None
     return Record(
         evidence=[e.for_prompt() for e in state.get("evidence") or []],
         item_id=item.id, variant=variant, repeat=repeat, question=item.prompt,
         reference=item.answer, answer_type=item.answer_type, answer=ans.text,
         parsed=g.parsed, correct=g.correct, confidence=float(ans.confidence),
-        raw_confidence=float(final.get("raw_confidence", ans.confidence)),
+        raw_confidence=float(final["raw_confidence"] if final else ans.confidence),
         abstained=bool(ans.abstained), latency_s=latency, tool_calls=len(acts),
-        tools=[str(t.get("tool")) for t in acts], iou=iou, size_error_mm=size_err,
-        agreement=final.get("agreement"), meta=dict(item.meta),
+        tools=[t["tool"] for t in acts], iou=iou, size_error_mm=size_err,
+        agreement=final.get("agreement") if final else None, meta=dict(item.meta),
+        exact_match=scores.exact if scores else None,
+        token_recall=scores.token_recall if scores else None,
+        conflicts=evidence_conflicts(state, item.prompt), item_images=keys, domain=domain,
     )
 
 
 def read_records(path: str) -> list[Record]:
     """Records saved one JSON object a line (``records.jsonl``)."""
-    import json
-    from pathlib import Path
-
     return [Record(**json.loads(line)) for line in Path(path).read_text(
         encoding="utf-8").splitlines() if line.strip()]
 

@@ -5,6 +5,12 @@ and only that: the first yes/no word, the first count, the first size in mm, the
 named. A reply that names several options is graded by the first it names, so listing every
 possibility never scores. Open answers (VQA-RAD / SLAKE / PathVQA open questions) are right
 when the normalised reference answer appears in the normalised reply.
+
+Open answers are also scored the two ways the VQA-RAD literature reports (``open_scores``):
+normalised exact match (the reply's answer phrase, once articles, punctuation and a trailing
+period are dropped, equals the reference) and token recall (the share of the reference's words
+found in the reply). The first is strict and the second lenient; the agent answers in
+sentences, so the report gives both beside the containment grade above.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Grade", "grade", "normalise", "parse_count", "parse_mm", "parse_yesno"]
+__all__ = ["Grade", "OpenScores", "answer_tokens", "grade", "normalise", "open_scores",
+           "parse_count", "parse_mm", "parse_yesno"]
 
 _WORDS = {
     "no": 0, "zero": 0, "none": 0, "one": 1, "single": 1, "a": 1, "an": 1, "two": 2,
@@ -29,6 +36,49 @@ class Grade:
     correct: bool
     parsed: str | None
     value: float | None = None
+
+
+@dataclass(frozen=True)
+class OpenScores:
+    """An open answer against its reference: exact match of the phrase and token recall (0–1)."""
+
+    exact: bool
+    token_recall: float
+
+
+_ARTICLES = frozenset({"a", "an", "the"})
+_ABSTAIN_PREFIX = re.compile(r"^\s*Uncertain \(confidence [0-9.]+\):\s*")
+# Lead-ins a sentence answer puts before the phrase that answers: "The answer is CT." -> "CT".
+_LEAD_IN = re.compile(r"^(?:(?:yes|no)\s+)?(?:(?:the\s+)?answer\s+is|it\s+is|this\s+is|"
+                      r"it\s+s|this\s+s|(?:the\s+)?image\s+(?:is|shows)|there\s+is|"
+                      r"there\s+are)\s+")
+
+
+def answer_tokens(text: str) -> list[str]:
+    """Words of ``text`` for open-answer scoring: lower case, hyphens joined, no articles.
+
+    ``"X-ray"``, ``"Xray"`` and ``"x ray"`` differ only in spelling; joining hyphenated words
+    makes the first two one token (the third stays two: no spelling list is tuned per item).
+    """
+    t = re.sub(r"(?<=[a-z0-9])-(?=[a-z0-9])", "", text.lower())
+    return [w for w in re.sub(r"[^a-z0-9]+", " ", t).split() if w not in _ARTICLES]
+
+
+def open_scores(text: str, answer: str) -> OpenScores:
+    """Normalised exact match and token recall of a reply ``text`` against ``answer``.
+
+    Exact match compares the reference with the reply's first sentence after an abstention
+    prefix and a lead-in ("The answer is ...", "It is ...") are dropped; token recall counts
+    the reference's tokens (``answer_tokens``) present anywhere in the reply.
+    """
+    text = _ABSTAIN_PREFIX.sub("", text)
+    first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+    phrase = " ".join(answer_tokens(first))
+    phrase = _LEAD_IN.sub("", phrase)
+    ref = answer_tokens(answer)
+    said = set(answer_tokens(text))
+    recall = sum(w in said for w in ref) / len(ref) if ref else 0.0
+    return OpenScores(bool(ref) and phrase == " ".join(ref), float(recall))
 
 
 def normalise(text: str) -> str:

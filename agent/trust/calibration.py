@@ -15,27 +15,42 @@ turns it into one (Guo et al. 2017; Platt 1999; Zadrozny & Elkan 2002):
 ``abstain_threshold`` picks the lowest confidence above which the answered items reach a target
 accuracy. A ``Calibration`` is saved as JSON beside the model configuration it was fitted for;
 ``load_calibration`` reads it back (``None`` when there is no file).
+
+A map is only valid on the kind of image it was fitted on: how often the agent is right at a
+given raw confidence on medloop's synthetic phantoms says nothing about real radiographs (the
+phantom map's ECE of 0.03 became 0.36 on real images). Every map therefore records its
+``domain`` (``image_domain``: ``phantom`` or ``clinical``), and the answer node applies it only
+to questions about images of that domain (``domain_of``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 __all__ = [
+    "CLINICAL",
+    "DOMAINS",
     "METHODS",
+    "PHANTOM",
     "Calibration",
     "abstain_threshold",
+    "domain_of",
     "fit_calibration",
+    "image_domain",
     "load_calibration",
     "save_calibration",
 ]
+
+PHANTOM = "phantom"
+CLINICAL = "clinical"
+DOMAINS = (PHANTOM, CLINICAL)
 
 Method = Literal["identity", "temperature", "platt", "isotonic"]
 METHODS: tuple[Method, ...] = ("identity", "temperature", "platt", "isotonic")
@@ -54,6 +69,10 @@ class Calibration:
         target_accuracy: the accuracy the threshold was chosen for.
         n_fit: items it was fitted on; ``fitted_for``: the model configuration (e.g. the
             ``--llm`` spec and the prompt versions); ``metrics``: before/after figures.
+        domain: the image domain it was fitted on (``phantom`` or ``clinical``). It defaults to
+            ``phantom`` because every map saved before domains were recorded was fitted on the
+            phantom suite; a map read from such a file is therefore never applied to clinical
+            images.
     """
 
     method: Method = "identity"
@@ -63,6 +82,7 @@ class Calibration:
     n_fit: int = 0
     fitted_for: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    domain: str = PHANTOM
 
     def __call__(self, p: float) -> float:
         """The calibrated probability of a raw confidence ``p``."""
@@ -219,6 +239,30 @@ def abstain_threshold(
         if acc[i] >= target_accuracy:
             best = float(ps[i])
     return best
+
+
+def image_domain(source_format: str | None, meta: Mapping[str, Any] | None = None) -> str:
+    """``phantom`` for an image made by ``agent.evaluation.phantoms``, else ``clinical``.
+
+    The phantom generator marks its images with ``source_format="phantom"`` and
+    ``meta["phantom"] = True`` (the blank-image baseline keeps both); an image read from a file
+    (DICOM, PNG, JPEG, NIfTI) is taken to be clinical, the safe side: a clinical map is fitted
+    on real images, while a phantom map applied to one would claim an accuracy it never had.
+    """
+    if source_format == PHANTOM or bool((meta or {}).get("phantom")):
+        return PHANTOM
+    return CLINICAL
+
+
+def domain_of(images: Iterable[Any]) -> str:
+    """The domain of a question about ``images`` (``LoadedImage`` or ``ImageRef`` objects).
+
+    ``phantom`` only when there is at least one image and every one is a phantom; a question
+    about a clinical image, or about no image at all, is ``clinical``.
+    """
+    domains = [image_domain(getattr(im, "source_format", None), getattr(im, "meta", None))
+               for im in images]
+    return PHANTOM if domains and all(d == PHANTOM for d in domains) else CLINICAL
 
 
 def save_calibration(cal: Calibration, path: str | Path) -> Path:

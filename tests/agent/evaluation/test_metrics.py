@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from agent.evaluation.metrics import (
@@ -79,3 +80,17 @@ def test_percentile_and_bootstrap():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="3 confidences but 2 outcomes"):
         ece([0.1, 0.2, 0.3], [1, 0])
+
+
+def test_ece_noise_floor_is_what_perfect_calibration_scores_on_few_items():
+    from agent.evaluation.metrics import ece, ece_noise_floor
+
+    assert ece_noise_floor([1.0] * 50 + [0.0] * 50) == 0.0  # certain outcomes: no noise
+    floor_small = ece_noise_floor([0.8] * 50)
+    floor_big = ece_noise_floor([0.8] * 5000)
+    # Bernoulli(0.8) on 50 items: |mean - 0.8| averages about sqrt(0.16/50)*0.8 = 0.045
+    assert 0.03 < floor_small < 0.06
+    assert floor_big < floor_small / 5  # shrinks as 1/sqrt(n)
+    rng = np.random.default_rng(1)
+    calibrated = [ece([0.8] * 50, list(rng.random(50) < 0.8)) for _ in range(300)]
+    assert abs(float(np.mean(calibrated)) - floor_small) < 0.01

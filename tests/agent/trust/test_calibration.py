@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,8 @@ from agent.trust.calibration import (
     load_calibration,
     save_calibration,
 )
+
+MINI = Path(__file__).resolve().parents[2] / "fixtures" / "vqa_rad_mini"
 
 
 def _sample(n: int, seed: int, overconfidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +86,8 @@ def test_empty_input_is_refused():
 
 
 def test_answer_node_finds_the_calibration_for_its_model(tmp_path, monkeypatch):
+    from dataclasses import replace
+
     from agent.context import AgentContext
     from agent.nodes.answer import calibration_for, calibration_name
 
@@ -93,8 +99,14 @@ def test_answer_node_finds_the_calibration_for_its_model(tmp_path, monkeypatch):
     save_calibration(Calibration("temperature", {"T": 2.0}), tmp_path / "calibration" / name)
     cal = calibration_for(ctx)
     assert cal is not None and cal(0.9) == pytest.approx(0.75, abs=0.01)
+    assert calibration_for(replace(ctx, calibration="none")) is None  # --raw
     monkeypatch.setenv("MEDLOOP_CALIBRATION", "none")
-    assert calibration_for(ctx) is None
+    assert calibration_for(AgentContext.from_env(llm=ctx.llm, home=tmp_path)) is None
+    other = tmp_path / "other.json"
+    save_calibration(Calibration("temperature", {"T": 1.0}), other)
+    assert calibration_for(replace(ctx, calibration=str(other)))(0.9) == pytest.approx(0.9)
+    with pytest.raises(FileNotFoundError, match=r"missing\.json does not exist"):
+        calibration_for(replace(ctx, calibration=str(tmp_path / "missing.json")))
 
 
 def test_answer_checks_feed_the_confidence():
@@ -123,3 +135,53 @@ def test_isotonic_with_ties_has_one_value_per_knot():
     assert list(xs) == sorted(set(xs))
     assert np.all(np.diff(cal.params["y"]) >= 0)
     assert cal(0.6) < 0.3 < cal(0.8) <= cal(0.9)
+
+
+def test_images_are_told_apart_by_domain():
+    from agent.evaluation import load_suite
+    from agent.evaluation.runner import variant_images
+    from agent.trust.calibration import domain_of, image_domain
+    from tools.image import ImageRef
+    from tools.ingest.loader import load_image
+
+    phantoms = load_suite("phantoms:2")
+    ph = phantoms[0].images[0]
+    assert image_domain(ph.source_format, ph.meta) == "phantom"
+    blank = variant_images(phantoms, "blank")[0][0]  # the blank baseline keeps the marks
+    assert domain_of([blank]) == "phantom"
+    real = load_image(str(MINI / "images" / "synpic17145.jpg"))
+    assert domain_of([real]) == "clinical"
+    assert domain_of([ph, real]) == "clinical"  # any clinical image: clinical
+    assert domain_of([]) == "clinical"  # no image: the safe side
+    assert domain_of([ImageRef(id="img-1", source_format="phantom")]) == "phantom"
+
+
+def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from agent.context import AgentContext
+    from agent.nodes.answer import calibration_for, calibration_name
+
+    monkeypatch.delenv("MEDLOOP_CALIBRATION", raising=False)
+    ctx = AgentContext(llm="embedded", home=tmp_path)
+    folder = tmp_path / "calibration"
+    # A map saved before domains were recorded was fitted on phantoms: it says so when read.
+    folder.mkdir()
+    (folder / "embedded.json").write_text('{"method": "temperature", "params": {"T": 2.0}}')
+    assert load_calibration(folder / "embedded.json").domain == "phantom"
+    assert calibration_for(ctx, "phantom").params == {"T": 2.0}
+    assert calibration_for(ctx, "clinical") is None  # raw confidence on real images
+    # a map fitted on real images is looked up by its domain's own name
+    assert calibration_name("embedded", 0, "clinical") == "embedded.clinical.json"
+    assert calibration_name("embedded", 3, "clinical") == "embedded-sc3.clinical.json"
+    save_calibration(Calibration("platt", {"a": 1.0, "b": -1.0}, domain="clinical"),
+                     folder / calibration_name("embedded", 0, "clinical"))
+    assert calibration_for(ctx, "clinical").method == "platt"
+    assert calibration_for(ctx, "phantom").method == "temperature"
+    # even a map named explicitly is not applied outside its domain
+    named = save_calibration(Calibration("temperature", {"T": 3.0}), tmp_path / "ph.json")
+    explicit = replace(ctx, calibration=str(named))
+    assert calibration_for(explicit, "clinical") is None
+    assert calibration_for(explicit, "phantom").params == {"T": 3.0}
+    back = load_calibration(folder / "embedded.clinical.json")
+    assert back.domain == "clinical"
