@@ -21,7 +21,6 @@ keeping the aspect ratio.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +29,21 @@ import numpy as np
 
 from tools.errors import ToolFailure
 from tools.image import to_rgb
-from tools.models.registry import load_once, resolve_device
+from tools.models.lazy import EmbeddingCache, LazyModel
 
-__all__ = ["Detection", "HfDetector", "HfSamSegmenter"]
+__all__ = ["Detection", "HfDetector", "HfSamSegmenter", "from_pretrained"]
 
 # Detectors' boxes overlapping more than this (IoU) with a better box of the same label are
 # duplicates: OWLv2 in particular proposes one box per patch.
 _NMS_IOU = 0.5
 
 
-def _from_pretrained(kind: str, ref: str, load: Any) -> Any:
+def from_pretrained(kind: str, ref: str, load: Any) -> Any:
+    """``load(ref)`` (a transformers ``from_pretrained``), or ``ToolFailure`` naming ``kind``.
+
+    Offline, a hub id missing from the local cache fails here: the message says so in one line
+    instead of the library's page of advice about network access.
+    """
     try:
         return load(ref)
     except (OSError, ValueError) as exc:
@@ -64,19 +68,19 @@ def _load_sam(ref: str, device: str) -> tuple[Any, Any, str]:
     ensure_torchvision()
     from transformers import AutoConfig, Sam2Model, Sam2Processor, SamModel, SamProcessor
 
-    cfg = _from_pretrained("segmenter", ref, AutoConfig.from_pretrained)
+    cfg = from_pretrained("segmenter", ref, AutoConfig.from_pretrained)
     classes: dict[str, tuple[Any, Any]] = {"sam": (SamModel, SamProcessor),
                                            "sam2": (Sam2Model, Sam2Processor)}
     if cfg.model_type not in classes:
         raise ToolFailure(f"segmenter {ref!r} is a {cfg.model_type!r} model; MEDLOOP_SEGMENTER "
                           "needs a SAM or SAM 2 checkpoint in transformers format")
     model_cls, processor_cls = classes[cfg.model_type]
-    model = _from_pretrained("segmenter", ref, model_cls.from_pretrained).to(device).eval()
-    processor = _from_pretrained("segmenter", ref, processor_cls.from_pretrained)
+    model = from_pretrained("segmenter", ref, model_cls.from_pretrained).to(device).eval()
+    processor = from_pretrained("segmenter", ref, processor_cls.from_pretrained)
     return model, processor, str(cfg.model_type)
 
 
-class HfSamSegmenter:
+class HfSamSegmenter(LazyModel[tuple[Any, Any, str]]):
     """Box- and point-prompted segmentation with transformers SAM-family models.
 
     ``SamModel`` (SAM, MedSAM) or ``Sam2Model`` (SAM 2), told apart by the checkpoint's config.
@@ -86,49 +90,41 @@ class HfSamSegmenter:
     ``encoder_calls`` counts image-encoder runs.
     """
 
+    kind = "hf-sam"
     supports_points = True
 
     def __init__(self, ref: str, device: str = "auto", cache_size: int = 8) -> None:
-        self.ref = ref
-        self.device = resolve_device(device)
+        super().__init__(ref, device)
         self.name = f"hf:{ref}"
-        self._cache: OrderedDict[str, _SamEntry] = OrderedDict()
-        self._cache_size = cache_size
+        self._embeddings: EmbeddingCache[_SamEntry] = EmbeddingCache(cache_size)
         self._lock = threading.RLock()
-        self.encoder_calls = 0
 
     @property
-    def key(self) -> str:
-        """The registry key this model is cached under."""
-        return f"hf-sam:{self.ref}:{self.device}"
+    def encoder_calls(self) -> int:
+        """Image-encoder runs so far (each cache miss is one)."""
+        return self._embeddings.computed
+
+    def _load(self) -> tuple[Any, Any, str]:
+        return _load_sam(self.ref, self.device)
 
     def _model(self) -> tuple[Any, Any, str]:
-        return load_once(self.key, lambda: _load_sam(self.ref, self.device))
+        return self.model()
 
     def _encode(self, image_id: str | None, display: np.ndarray) -> _SamEntry:
         import torch
 
-        from tools.models.medsam import _content_key
-
-        key = image_id or _content_key(display)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit.original == tuple(display.shape[:2]):
-                self._cache.move_to_end(key)
-                return hit
+        def compute() -> _SamEntry:
             model, processor, kind = self._model()
             inputs = processor(images=to_rgb(display), return_tensors="pt")
             with torch.inference_mode():
                 emb = model.get_image_embeddings(inputs["pixel_values"].to(self.device))
-            self.encoder_calls += 1
             oh, ow = (int(v) for v in inputs["original_sizes"][0])
             rh, rw = ((int(v) for v in inputs["reshaped_input_sizes"][0]) if kind == "sam"
                       else (oh, ow))
-            entry = _SamEntry(embedding=emb, original=(oh, ow), reshaped=(rh, rw))
-            self._cache[key] = entry
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return entry
+            return _SamEntry(embedding=emb, original=(oh, ow), reshaped=(rh, rw))
+
+        with self._lock:
+            return self._embeddings.get(image_id, display, compute)
 
     def predict(self, image_id: str | None, display: np.ndarray,
                 box_xyxy: Sequence[float]) -> tuple[np.ndarray, float]:
@@ -185,8 +181,7 @@ class HfSamSegmenter:
 
     def clear(self) -> None:
         """Forget every cached embedding."""
-        with self._lock:
-            self._cache.clear()
+        self._embeddings.clear()
 
 
 # =============================================================================================
@@ -210,31 +205,30 @@ def _load_detector(ref: str, device: str) -> tuple[Any, Any, str]:
     ensure_torchvision()
     from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    cfg = _from_pretrained("detector", ref, AutoConfig.from_pretrained)
+    cfg = from_pretrained("detector", ref, AutoConfig.from_pretrained)
     if cfg.model_type not in _DETECTOR_TYPES:
         raise ToolFailure(f"detector {ref!r} is a {cfg.model_type!r} model; MEDLOOP_DETECTOR "
                           f"needs one of {', '.join(_DETECTOR_TYPES)}")
-    model = _from_pretrained("detector", ref,
+    model = from_pretrained("detector", ref,
                              AutoModelForZeroShotObjectDetection.from_pretrained)
-    processor = _from_pretrained("detector", ref, AutoProcessor.from_pretrained)
+    processor = from_pretrained("detector", ref, AutoProcessor.from_pretrained)
     return model.to(device).eval(), processor, str(cfg.model_type)
 
 
-class HfDetector:
+class HfDetector(LazyModel[tuple[Any, Any, str]]):
     """Boxes with scores for free-text phrases, from OWLv2 / OWL-ViT or Grounding DINO."""
 
+    kind = "hf-det"
+
     def __init__(self, ref: str, device: str = "auto") -> None:
-        self.ref = ref
-        self.device = resolve_device(device)
+        super().__init__(ref, device)
         self.name = f"hf:{ref}"
 
-    @property
-    def key(self) -> str:
-        """The registry key this model is cached under."""
-        return f"hf-det:{self.ref}:{self.device}"
+    def _load(self) -> tuple[Any, Any, str]:
+        return _load_detector(self.ref, self.device)
 
     def _model(self) -> tuple[Any, Any, str]:
-        return load_once(self.key, lambda: _load_detector(self.ref, self.device))
+        return self.model()
 
     def detect(self, display: np.ndarray, phrases: Sequence[str], threshold: float = 0.2,
                max_boxes: int = 10) -> list[Detection]:

@@ -22,10 +22,8 @@ Formats: ``display`` is the uint8 rendering, ``(H, W)`` grey or ``(H, W, 3)`` RG
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tools.errors import ToolFailure
+from tools.models.lazy import EmbeddingCache
 
 __all__ = [
     "INPUT_SIZE",
@@ -142,7 +141,11 @@ class Segmenter(Protocol):
 
     name: str
     supports_points: bool
-    encoder_calls: int
+
+    @property
+    def encoder_calls(self) -> int:
+        """Image-encoder runs so far: what the embedding cache saves is counted here."""
+        ...
 
     def predict(self, image_id: str | None, display: np.ndarray,
                 box_xyxy: Sequence[float]) -> tuple[np.ndarray, float]:
@@ -177,10 +180,13 @@ class MedSamPredictor:
                  device: str | None = None) -> None:
         self._net = net
         self._device = device
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        self._cache_size = cache_size
+        self._embeddings: EmbeddingCache[_Cached] = EmbeddingCache(cache_size)
         self._lock = threading.RLock()
-        self.encoder_calls = 0
+
+    @property
+    def encoder_calls(self) -> int:
+        """Image-encoder runs so far (each cache miss is one)."""
+        return self._embeddings.computed
 
     @property
     def net(self) -> Any:
@@ -192,23 +198,16 @@ class MedSamPredictor:
     def _encode(self, image_id: str | None, display: np.ndarray) -> _Cached:
         import torch
 
-        key = image_id or _content_key(display)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit.prepared.original == tuple(display.shape[:2]):
-                self._cache.move_to_end(key)
-                return hit
+        def compute() -> _Cached:
             net = self.net
             prepared = preprocess(display)
             dev = next(net.parameters()).device
             with torch.inference_mode():
                 emb = net.image_encoder(prepared.tensor.to(dev))  # (1, 256, 64, 64)
-            self.encoder_calls += 1
-            entry = _Cached(embedding=emb, prepared=prepared)
-            self._cache[key] = entry
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return entry
+            return _Cached(embedding=emb, prepared=prepared)
+
+        with self._lock:  # one encoder run at a time: the network is not re-entrant
+            return self._embeddings.get(image_id, display, compute)
 
     def predict(
         self, image_id: str | None, display: np.ndarray, box_xyxy: Sequence[float]
@@ -270,8 +269,7 @@ class MedSamPredictor:
 
     def clear(self) -> None:
         """Forget every cached embedding."""
-        with self._lock:
-            self._cache.clear()
+        self._embeddings.clear()
 
 
 def get_predictor(device: str | None = None) -> MedSamPredictor:
@@ -284,11 +282,3 @@ def get_predictor(device: str | None = None) -> MedSamPredictor:
         if device not in _PREDICTORS:
             _PREDICTORS[device] = MedSamPredictor(device=device)
         return _PREDICTORS[device]
-
-
-def _content_key(display: np.ndarray) -> str:
-    """A cache key from the pixels, for callers that have no image id."""
-    h = hashlib.sha1(usedforsecurity=False)
-    h.update(str(display.shape).encode())
-    h.update(np.ascontiguousarray(display).tobytes())
-    return "px-" + h.hexdigest()

@@ -17,7 +17,8 @@ from tools.errors import ToolFailure, ToolInputError
 from tools.image import LoadedImage
 from tools.models.registry import VisionConfig, models
 from tools.torch_compat import ensure_torchvision
-from tools.vision.classify import TEMPLATE, ZeroShotClassifier, classify_tools, clean_labels
+from tools.models.classifiers import TEMPLATE, ZeroShotClassifier, clean_labels
+from tools.vision.classify import classify_tools
 from tools.vision.segment import vision_tools
 
 pytestmark = pytest.mark.slow
