@@ -37,6 +37,7 @@ from retrievers.embedders import (
     MedSamImageEmbedder,
     MiniLMTextEmbedder,
     OpenClipEmbedder,
+    image_embedder_by_name,
 )
 from retrievers.index import IndexKind, IndexParams, VectorIndex, choose_kind
 from retrievers.metadata import CaseRecord, MetadataDB, encode_thumbnail
@@ -109,7 +110,10 @@ def embedder_from_identity(ident: dict[str, Any] | None) -> Embedder | None:
         return MiniLMTextEmbedder()
     if name.startswith("open_clip:"):
         return OpenClipEmbedder(name.removeprefix("open_clip:"))
-    raise EmbedderMismatch(f"the library was built with an unknown embedder {name!r}")
+    try:  # the pooled LiteMedSAM / EfficientNet / baseline image embedders
+        return image_embedder_by_name(name)
+    except ValueError:
+        raise EmbedderMismatch(f"the library was built with an unknown embedder {name!r}") from None
 
 
 def _ident(e: Embedder | None) -> dict[str, Any] | None:

@@ -110,12 +110,16 @@ class ToolDeps:
             ``retrievers.library.CaseLibrary``); it opens, or starts building, on its first
             call. None when the run has no case library.
         home: the medloop home folder (caches, the demo library).
+        library_path: the configured case library's folder (None: the demo library), so an
+            ``enabled`` rule can look for what a library holds (question-answer pairs,
+            trained heads) without opening it.
     """
 
     store: ImageStore
     vision: VisionConfig = field(default_factory=VisionConfig)
     library: Callable[[], Any] | None = None
     home: Path | None = None
+    library_path: Path | None = None
 
     @property
     def device(self) -> str:

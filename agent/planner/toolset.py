@@ -59,6 +59,8 @@ TOOL_MODULES: tuple[str, ...] = (
     "tools.vision.classify",
     "retrievers.similar",
     "retrievers.knn_classify",
+    "retrievers.heads",
+    "retrievers.case_answers",
     "tools.vision.window",
 )
 """Modules declaring ``TOOLS``, in the order the planner is offered their tools."""
@@ -138,7 +140,8 @@ def tool_deps(ctx: AgentContext, store: ImageStore | None = None) -> ToolDeps:
     from retrievers.similar import default_library
 
     return ToolDeps(store=store if store is not None else ctx.store, vision=ctx.vision,
-                    library=default_library(ctx.home_dir, ctx.library_path), home=ctx.home_dir)
+                    library=default_library(ctx.home_dir, ctx.library_path), home=ctx.home_dir,
+                    library_path=ctx.library_path)
 
 
 def default_tools(ctx: AgentContext, store: ImageStore | None = None) -> list[BaseTool]:

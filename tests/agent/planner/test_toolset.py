@@ -65,7 +65,8 @@ def test_default_tools_in_the_order_the_planner_always_saw(ctx, store):
 
 def test_every_declared_tool_comes_from_the_module_list_and_has_examples():
     specs = tool_specs()
-    assert {s.name for s in specs} == set(DEFAULT_NAMES)
+    # case_answer is declared too: offered only over a library of question-answer pairs
+    assert {s.name for s in specs} == {*DEFAULT_NAMES, "case_answer"}
     assert all(s.examples and s.description for s in specs)
     assert len(TOOL_MODULES) == len(set(TOOL_MODULES))
 
@@ -156,3 +157,23 @@ def test_default_tools_offer_retrieval_without_opening_the_library(store, medloo
     assert names.count("classify") == 1
     assert not (medloop_home / "retrieval").exists()  # nothing built or opened yet
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_library_of_labelled_cases_adds_case_answer_and_its_trained_heads(medloop_home, store,
+                                                                            tmp_path):
+    from retrievers.heads import HEADS_FILE
+    from retrievers.vqa_library import QA_FILE
+
+    lib = tmp_path / "vqa-lib"
+    lib.mkdir()
+    ctx = AgentContext(home=medloop_home, checkpoint=None, device="cpu", library=str(lib))
+    assert "case_answer" not in [t.name for t in default_tools(ctx, store)]  # no pairs yet
+    (lib / QA_FILE).write_text("")
+    names = [t.name for t in default_tools(ctx, store)]
+    assert names == [*DEFAULT_NAMES[:-1], "case_answer", "window"]
+    knn = {e.variant for e in tool_catalog(ctx) if e.name == "classify" and e.offered}
+    assert knn == {"knn"}
+    (lib / HEADS_FILE).write_text("{}")  # trained heads outrank the kNN classify
+    offered = {e.variant for e in tool_catalog(ctx) if e.name == "classify" and e.offered}
+    assert offered == {"trained-heads"}
+    assert [t.name for t in default_tools(ctx, store)].count("classify") == 1

@@ -1,0 +1,315 @@
+"""Answers from labelled cases: similar images, their most similar questions, their answers.
+
+Retrieval-augmented answering in the manner of in-context VQA (M3Ret, TemMed-Bench): for the
+current image and question,
+
+1. the ``k_images`` library images most similar to the image (cosine of image embeddings;
+   optionally centred — the library's mean vector removed — so that the component every
+   medical image shares does not make unrelated images look alike);
+2. among each neighbour's own questions, the one most similar to the question (MiniLM cosine),
+   kept when at least ``min_question_sim`` and of the same kind (a yes/no question only takes
+   yes/no answers, an open one only open answers);
+3. each kept answer votes with weight ``question_sim x max(image_sim, 0.001)``; answers are
+   compared normalised (``retrievers.vqa_library.normalise_answer``).
+
+The answer is the heaviest; its **score is the neighbours' agreement**: its share of the vote
+weight, times ``n / (n + 1)`` for ``n`` voting neighbours, so that one neighbour agreeing with
+itself is not full agreement. No vote: no answer (the tool says the library has no similar
+question, rather than guessing).
+
+``CaseBank`` is the pure, array-only form (what ``bench/case_library.py`` cross-validates);
+``CaseBank.from_library`` reads it from a library built by ``retrievers.vqa_library``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.tools import BaseTool
+from pydantic import Field
+
+from retrievers.embedders import Embedder, l2_normalise, shared_minilm
+from retrievers.vqa_library import QA_FILE, QAItem, load_qa, normalise_answer
+from tools.base import ImageArgs
+from tools.errors import ToolInputError
+from tools.evidence import Evidence
+from tools.packaged import LITE_MEDSAM, MINILM
+from tools.spec import ToolDeps, ToolSpec
+from tools.store import ImageStore
+
+__all__ = [
+    "CENTRED",
+    "K_IMAGES",
+    "MIN_QUESTION_SIM",
+    "TOOLS",
+    "CaseAnswer",
+    "CaseBank",
+    "CaseVote",
+    "answer_from_cases",
+    "bank_for",
+    "case_answer_tools",
+    "is_yesno_question",
+    "token_recall",
+]
+
+CENTRED = True
+"""Remove the library's mean image vector before comparing: 9 of the 10 learnt poolings gave
+better neighbours centred than raw (``bench/case_library.md``), and unrelated images stop
+scoring 0.75-0.93 (mean cosine to a random other image ~0 instead of ~0.9)."""
+K_IMAGES = 10
+"""Neighbour images consulted (of 2 x 4 settings tried on the dev set, see
+``bench/case_library.md``)."""
+MIN_QUESTION_SIM = 0.75
+"""A neighbour's question must be a near paraphrase (MiniLM cosine): at 0.6, questions naming
+another plane or organ voted too, and plane and organ questions fell below the majority."""
+
+_YESNO_START = re.compile(
+    r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
+    r"might|must)\b", re.IGNORECASE)
+
+
+def is_yesno_question(question: str) -> bool:
+    """True when the question opens with an auxiliary verb ("Is there...", "Does the...")."""
+    return bool(_YESNO_START.match(question)) and not re.search(r"\bor\b", question.lower())
+
+
+def token_recall(predicted: str, truth: str) -> float:
+    """Share of the true answer's normalised words found in the predicted answer (0..1)."""
+    want = normalise_answer(truth).split()
+    have = set(normalise_answer(predicted).split())
+    return sum(w in have for w in want) / len(want) if want else 0.0
+
+
+@dataclass(frozen=True)
+class CaseVote:
+    """One neighbour's vote: which case, how similar its image and its question were."""
+
+    case_id: str
+    image_sim: float
+    question: str
+    question_sim: float
+    answer: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class CaseAnswer:
+    """The neighbours' answer, its agreement score in [0, 1], and every vote behind it.
+
+    ``shares`` maps each normalised answer to its share of the vote weight (highest first).
+    """
+
+    answer: str
+    score: float
+    agreement: float
+    shares: list[tuple[str, float]]
+    votes: list[CaseVote]
+
+
+@dataclass
+class CaseBank:
+    """Library images and their question–answer pairs as arrays.
+
+    ``image_vectors`` ``(M, D)`` are unit rows for ``case_ids`` (after centring when
+    ``mean`` is set: ``query`` applies the same); ``question_vectors`` ``(N, Dq)`` are the unit
+    question vectors of ``items``; ``case_of_item[i]`` is the row of ``items[i]``'s image.
+    """
+
+    case_ids: list[str]
+    image_vectors: np.ndarray
+    items: list[QAItem]
+    question_vectors: np.ndarray
+    case_of_item: np.ndarray
+    mean: np.ndarray | None = None
+    items_of_case: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def from_arrays(cls, case_ids: Sequence[str], image_vectors: np.ndarray,
+                    items: Sequence[QAItem], question_vectors: np.ndarray,
+                    centred: bool = CENTRED) -> CaseBank:
+        """A bank from image vectors (rows of ``case_ids``) and the pairs of those images.
+
+        Pairs whose image is not among ``case_ids`` are dropped.
+        """
+        row = {c: i for i, c in enumerate(case_ids)}
+        keep = [i for i, it in enumerate(items) if it.image in row]
+        x = np.asarray(image_vectors, np.float32)
+        mean = x.mean(axis=0) if centred and len(x) > 1 else None
+        bank = cls(list(case_ids), l2_normalise(x - mean) if mean is not None else l2_normalise(x),
+                   [items[i] for i in keep], l2_normalise(np.asarray(question_vectors)[keep]),
+                   np.array([row[items[i].image] for i in keep], int), mean)
+        bank.items_of_case = [[] for _ in case_ids]
+        for i, c in enumerate(bank.case_of_item.tolist()):
+            bank.items_of_case[c].append(i)
+        return bank
+
+    @classmethod
+    def from_library(cls, library: Any, centred: bool = CENTRED) -> CaseBank:
+        """The bank of a ``CaseLibrary`` built by ``retrievers.vqa_library``."""
+        qa = load_qa(library.root)
+        rows = sorted(int(i) for i in library.image_index.ids())
+        records = library.db.get(rows)
+        case_ids = [records[r].case_id for r in rows]
+        return cls.from_arrays(case_ids, library.image_index.reconstruct(rows), qa.items,
+                               qa.vectors, centred)
+
+    def query(self, image_vector: np.ndarray) -> np.ndarray:
+        """A query image vector ``(D,)`` in the bank's space (centred like the rows)."""
+        v = np.asarray(image_vector, np.float32).reshape(-1)
+        return l2_normalise(v - self.mean if self.mean is not None else v)[0]
+
+
+def answer_from_cases(bank: CaseBank, image_vector: np.ndarray, question_vector: np.ndarray,
+                      question: str, k_images: int = K_IMAGES,
+                      min_question_sim: float = MIN_QUESTION_SIM) -> CaseAnswer | None:
+    """The neighbours' answer to ``question`` about an image (see the module docstring).
+
+    ``image_vector`` ``(D,)`` comes from the bank's image embedder, ``question_vector``
+    ``(Dq,)`` from its text embedder. None when no neighbour has a similar question.
+    """
+    if not bank.case_ids:
+        return None
+    sims = bank.image_vectors @ bank.query(image_vector)  # (M,)
+    qv = l2_normalise(question_vector)[0]
+    yesno = is_yesno_question(question)
+    votes: list[CaseVote] = []
+    for c in np.argsort(-sims)[:k_images].tolist():
+        mine = [i for i in bank.items_of_case[c]
+                if (bank.items[i].answer_type == "yesno") == yesno]
+        if not mine:
+            continue
+        qs = bank.question_vectors[mine] @ qv
+        best = int(np.argmax(qs))
+        if qs[best] < min_question_sim:
+            continue
+        it = bank.items[mine[best]]
+        votes.append(CaseVote(bank.case_ids[c], float(sims[c]), it.question, float(qs[best]),
+                              it.answer, float(qs[best]) * max(float(sims[c]), 1e-3)))
+    if not votes:
+        return None
+    weight: dict[str, float] = {}
+    for v in votes:
+        key = normalise_answer(v.answer)
+        weight[key] = weight.get(key, 0.0) + v.weight
+    total = sum(weight.values())
+    shares = sorted(((a, w / total) for a, w in weight.items()), key=lambda t: -t[1])
+    top = shares[0][0]
+    shown = max((v for v in votes if normalise_answer(v.answer) == top), key=lambda v: v.weight)
+    agreement = shares[0][1]
+    return CaseAnswer(answer=shown.answer, score=agreement * len(votes) / (len(votes) + 1),
+                      agreement=agreement, shares=shares, votes=votes)
+
+
+_BANKS: dict[Path, tuple[float, CaseBank]] = {}
+_BANKS_LOCK = threading.Lock()
+
+
+def bank_for(library: Any) -> CaseBank:
+    """The library's bank, read once per process (again when its ``qa.jsonl`` changes)."""
+    root = Path(library.root)
+    stamp = (root / "qa.jsonl").stat().st_mtime if (root / "qa.jsonl").exists() else -1.0
+    with _BANKS_LOCK:
+        hit = _BANKS.get(root)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, CaseBank.from_library(library))
+            _BANKS[root] = hit
+        return hit[1]
+
+
+class CaseAnswerArgs(ImageArgs):
+    """Arguments of ``case_answer``."""
+
+    question: str = Field(description="the user's question about the image, as asked")
+    k: int = Field(default=K_IMAGES, ge=1, le=40,
+                   description=f"how many similar images (default {K_IMAGES})")
+
+
+_DESCRIPTION = (
+    "Answer from real labelled cases: finds the library images most similar to this image, "
+    "the most similar questions that were asked about them, and reports their answers with "
+    "the neighbours' agreement as the score. Use for modality, organ, plane and other "
+    "questions that similar cases answer."
+)
+
+
+def _summary(res: CaseAnswer | None, k: int) -> str:
+    if res is None:
+        return (f"None of the {k} most similar library images was asked a similar question; "
+                "the case library cannot answer this.")
+    listed = "; ".join(f"{v.case_id} (image {v.image_sim:.2f}, question {v.question_sim:.2f}): "
+                       f"'{v.question}' -> {v.answer}" for v in res.votes[:3])
+    shares = ", ".join(f"'{a}' {s:.0%}" for a, s in res.shares[:3])
+    return (f"Similar cases answer '{res.answer}' (agreement {res.agreement:.0%} of "
+            f"{len(res.votes)} neighbours: {shares}). {listed}")
+
+
+def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
+                 text_embedder: Callable[[], Embedder]) -> Callable[[CaseAnswerArgs], Evidence]:
+    def case_answer(args: CaseAnswerArgs) -> Evidence:
+        question = " ".join(args.question.split())
+        if not question:
+            raise ToolInputError("question is empty: pass the user's question")
+        img = store.get(args.image_id)
+        t0 = time.perf_counter()
+        lib = get_lib()
+        try:
+            bank = bank_for(lib)
+        except FileNotFoundError as exc:
+            raise ToolInputError(f"{exc}; use another tool") from None
+        vec = lib.image_embedder.embed_images([img.display])[0]
+        qvec = text_embedder().embed_texts([question])[0]
+        res = answer_from_cases(bank, vec, qvec, question, k_images=args.k)
+        data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None}
+        if res is not None:
+            data |= {"answer": res.answer, "agreement": round(res.agreement, 4),
+                     "shares": [[a, round(s, 4)] for a, s in res.shares],
+                     "votes": [{"case_id": v.case_id, "image_sim": round(v.image_sim, 4),
+                                "question": v.question, "question_sim": round(v.question_sim, 4),
+                                "answer": v.answer} for v in res.votes]}
+        return Evidence(tool="case_answer", image_id=args.image_id, summary=_summary(res, args.k),
+                        score=res.score if res is not None else 0.0, data=data,
+                        elapsed_s=time.perf_counter() - t0)
+
+    return case_answer
+
+
+def _has_pairs(deps: ToolDeps) -> bool:
+    """Offered only over a library built from question-answer pairs (``vqa_library``)."""
+    return deps.library is not None and deps.library_path is not None and (
+        deps.library_path / QA_FILE).exists()
+
+
+TOOLS = (
+    ToolSpec(
+        name="case_answer", description=_DESCRIPTION, args=CaseAnswerArgs,
+        build=lambda deps: _case_answer(deps.store, deps.library or _no_library, shared_minilm),
+        models=(LITE_MEDSAM, MINILM), enabled=_has_pairs, variant="vqa-library",
+        examples=("What imaging modality was used?",
+                  "Is this an MRI or a CT?",
+                  "In which plane is this image taken?",
+                  "Which organ system is shown?",
+                  "Is this a T2 weighted image?"),
+    ),
+)
+"""``case_answer``: neighbours' answers from a library of real question-answer pairs."""
+
+
+def _no_library() -> Any:
+    raise ToolInputError("no case library is configured; use another tool")
+
+
+def case_answer_tools(store: ImageStore, library_getter: Callable[[], Any],
+                      text_embedder: Callable[[], Embedder] = shared_minilm) -> list[BaseTool]:
+    """``case_answer`` over ``store`` images; the library opens on the first call.
+
+    ``library_getter`` returns a ``CaseLibrary`` built by ``retrievers.vqa_library`` (its
+    pairs beside it); ``text_embedder`` must be the one its questions were embedded with.
+    """
+    return [TOOLS[0].bind(_case_answer(store, library_getter, text_embedder))]

@@ -1,0 +1,153 @@
+"""Case-based answering: neighbours' answers and their agreement, and the ``case_answer`` tool."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrievers.case_answers import (
+    CaseBank,
+    answer_from_cases,
+    case_answer_tools,
+    is_yesno_question,
+    token_recall,
+)
+from retrievers.embedders import shared_minilm
+from retrievers.vqa_library import (
+    QAItem,
+    build_vqa_library,
+    folds_by_image,
+    load_display,
+    normalise_answer,
+    read_items,
+)
+from tests.retrievers.test_vqa_library import MINI, HashText
+from tools.errors import ToolInputError
+from tools.ingest import ingest_path
+
+
+def _bank(centred: bool = False) -> tuple[CaseBank, HashText]:
+    """Three 'CT' images near +x, one 'MR' image near +y, each asked the modality."""
+    text = HashText()
+    images = ["ct1", "ct2", "ct3", "mr1"]
+    vecs = np.array([[1, 0.1, 0], [1, 0, 0.1], [1, 0.05, 0.05], [0, 1, 0]], np.float32)
+    items = [QAItem(f"q{i}", im, "What modality is this?", "CT" if im.startswith("ct") else "MRI",
+                    "open") for i, im in enumerate(images)]
+    items.append(QAItem("y1", "ct1", "Is there a mass?", "yes", "yesno"))
+    items.append(QAItem("y2", "ct2", "Is there a mass?", "no", "yesno"))
+    qv = text.embed_texts([it.question for it in items])
+    return CaseBank.from_arrays(images, vecs, items, qv, centred=centred), text
+
+
+def test_neighbours_answer_with_their_agreement() -> None:
+    bank, text = _bank()
+    q = "What modality is this?"
+    res = answer_from_cases(bank, np.array([1, 0.02, 0.02]), text.embed_texts([q])[0], q,
+                            k_images=4)
+    assert res is not None and normalise_answer(res.answer) == "ct"
+    assert res.shares[0][0] == "ct" and 0.9 < res.agreement < 1.0  # the MR image is far
+    assert res.score == pytest.approx(res.agreement * 4 / 5)
+    assert {v.case_id for v in res.votes} == {"ct1", "ct2", "ct3", "mr1"}
+
+
+def test_only_the_nearest_images_vote() -> None:
+    bank, text = _bank()
+    q = "What modality is this?"
+    res = answer_from_cases(bank, np.array([0, 1, 0]), text.embed_texts([q])[0], q, k_images=1)
+    assert res is not None and res.answer == "MRI" and res.agreement == 1.0
+    assert res.score == pytest.approx(0.5)  # one neighbour agreeing with itself
+
+
+def test_yes_no_questions_take_only_yes_no_answers_and_split() -> None:
+    bank, text = _bank()
+    q = "Is there a mass?"
+    res = answer_from_cases(bank, np.array([1, 0.05, 0.05]), text.embed_texts([q])[0], q)
+    assert res is not None and {normalise_answer(v.answer) for v in res.votes} == {"yes", "no"}
+    assert res.agreement < 0.6
+
+
+def test_no_similar_question_no_answer() -> None:
+    bank, text = _bank()
+    q = "How large is the liver lesion?"
+    assert answer_from_cases(bank, np.array([1, 0, 0]), text.embed_texts([q])[0], q) is None
+
+
+def test_centring_removes_the_shared_component() -> None:
+    bank, _ = _bank(centred=True)
+    assert bank.mean is not None
+    sims = bank.image_vectors @ bank.query(np.array([1, 0.05, 0.05]))
+    assert sims[3] < 0 < sims[2]  # the MR image is now on the other side
+
+
+def test_question_kinds_and_token_recall() -> None:
+    assert is_yesno_question("Is there a mass?") and is_yesno_question("does it enhance")
+    assert not is_yesno_question("What plane is this?")
+    assert not is_yesno_question("Is this an AP or PA film?")
+    assert token_recall("MRI T2 weighted", "T2 weighted") == 1.0
+    assert token_recall("CT", "MRI") == 0.0
+
+
+def _fold_accuracy(items: list[QAItem], x: np.ndarray, images: list[str],
+                   qv: np.ndarray) -> tuple[int, int, int]:
+    """(right, majority right, n) on modality/organ/plane questions over 4 folds by image."""
+    folds = folds_by_image(images, 4)
+    row = {im: i for i, im in enumerate(images)}
+    right = majority = n = 0
+    for f in range(4):
+        fit_imgs = [im for im in images if folds[im] != f]
+        fit = [i for i, it in enumerate(items) if folds[it.image] != f]
+        bank = CaseBank.from_arrays(fit_imgs, x[[row[im] for im in fit_imgs]],
+                                    [items[i] for i in fit], qv[fit])
+        base: dict[tuple[str | None, str], Counter[str]] = {}
+        for i in fit:
+            base.setdefault((items[i].category, items[i].answer_type), Counter())[
+                normalise_answer(items[i].answer)] += 1
+        for i, it in enumerate(items):
+            if folds[it.image] != f or it.category not in ("MODALITY", "ORGAN", "PLANE"):
+                continue
+            counts = base.get((it.category, it.answer_type))
+            guess = counts.most_common(1)[0][0] if counts else ""
+            res = answer_from_cases(bank, x[row[it.image]], qv[i], it.question)
+            said = normalise_answer(res.answer) if res is not None else guess
+            right += said == normalise_answer(it.answer)
+            majority += guess == normalise_answer(it.answer)
+            n += 1
+    return right, majority, n
+
+
+@pytest.mark.slow
+def test_neighbours_beat_the_majority_on_held_out_images(mini_embedder) -> None:
+    """Modality / organ / plane questions about held-out fixture images (4 folds by image).
+
+    The majority answer per (category, answer type) comes from the fitting folds; abstentions
+    fall back to it, so only what the neighbours say can make the difference.
+    """
+    items = read_items(MINI)
+    images = sorted({it.image for it in items})
+    x = mini_embedder.embed_images(
+        [load_display(MINI.parent / im) for im in images])
+    qv = shared_minilm().embed_texts([it.question for it in items])
+    right, majority, n = _fold_accuracy(items, x, images, qv)
+    assert n >= 20
+    assert right > majority, (right, majority, n)
+
+
+@pytest.mark.slow
+def test_the_tool_answers_from_a_built_library(tmp_path: Path, store, mini_embedder) -> None:
+    lib = build_vqa_library(MINI, tmp_path / "lib", mini_embedder, HashText())
+    try:
+        _, refs = ingest_path(store, MINI.parent / "images" / "synpic33892.jpg")
+        tool = case_answer_tools(store, lambda: lib, text_embedder=HashText)[0]
+        ev = tool.invoke({"image_id": refs[0].id, "question": "What image modality is this?"})
+        assert ev.tool == "case_answer" and ev.data["answer"] is not None
+        assert ev.data["votes"][0]["case_id"] == "images/synpic33892.jpg"  # itself, first
+        assert 0.0 < ev.score <= 1.0 and "agreement" in ev.summary
+        none = tool.invoke({"image_id": refs[0].id, "question": "zebra quantum teapot?"})
+        assert none.data["answer"] is None and none.score == 0.0
+        with pytest.raises(ToolInputError, match="empty"):
+            tool.invoke({"image_id": refs[0].id, "question": "  "})
+    finally:
+        lib.close()

@@ -1,0 +1,131 @@
+"""Trained heads: calibrated logistic regression on frozen embeddings, saved with a library."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrievers.heads import (
+    fit_head,
+    head_classify_tools,
+    load_heads,
+    predict_heads,
+    save_heads,
+    train_heads,
+)
+from retrievers.vqa_library import (
+    build_vqa_library,
+    folds_by_image,
+    image_labels,
+    load_display,
+    read_items,
+)
+from tests.retrievers.test_vqa_library import MINI, HashText
+from tools.errors import ToolInputError
+from tools.ingest import ingest_path
+
+
+def _blobs(n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 16)) * 2
+    y = rng.integers(0, 3, n)
+    return centres[y] + rng.normal(size=(n, 16)), [("ct", "mr", "xray")[i] for i in y]
+
+
+def test_a_head_learns_and_its_probabilities_sum_to_one() -> None:
+    x, y = _blobs(120)
+    head = fit_head(x[:90], y[:90], task="modality", embedder="e")
+    p = head.predict_proba(x[90:])
+    assert p.shape == (30, 3)
+    assert p.sum(axis=1) == pytest.approx(np.ones(30))
+    acc = np.mean([head.classes[i] == t for i, t in zip(p.argmax(axis=1), y[90:], strict=True)])
+    assert acc >= 0.9
+    assert head.temperature > 0 and head.fitted_on == dict(Counter(y[:90]))
+
+
+def test_calibration_tempers_an_overconfident_fit() -> None:
+    # Labels that are half noise: a raw fit is near-certain on its training cases; the
+    # out-of-fold temperature must pull the mean top probability towards the true accuracy.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 40))
+    y = ["a" if (v > 0) ^ (rng.random() < 0.35) else "b" for v in x[:, 0]]
+    raw = fit_head(x, y, calibrate=False)
+    cal = fit_head(x, y)
+    xt = rng.normal(size=(200, 40))
+    assert cal.predict_proba(xt).max(axis=1).mean() < raw.predict_proba(xt).max(axis=1).mean()
+    assert cal.temperature > 1.0
+
+
+def test_two_classes_and_one_class() -> None:
+    x, y = _blobs(60)
+    two = [("ct" if v == "ct" else "other") for v in y]
+    head = fit_head(x, two)
+    assert head.classes == ["ct", "other"] and head.weights.shape == (2, 16)
+    with pytest.raises(ToolInputError, match="two classes"):
+        fit_head(x, ["ct"] * len(y))
+
+
+def test_save_load_and_embedder_check(tmp_path: Path) -> None:
+    x, y = _blobs(60)
+    heads = {"modality": fit_head(x, y, task="modality", embedder="e")}
+    save_heads(tmp_path, heads)
+    back = load_heads(tmp_path)
+    assert back["modality"].predict_proba(x[:5]) == pytest.approx(
+        heads["modality"].predict_proba(x[:5]))
+    assert predict_heads(back, x[0], "e")["modality"][0][1] > 0.3
+    with pytest.raises(ToolInputError, match="retrain"):
+        predict_heads(back, x[0], "other-embedder")
+    assert load_heads(tmp_path / "none") == {}
+
+
+@pytest.mark.slow
+def test_heads_beat_the_majority_on_held_out_images(mini_embedder) -> None:
+    """Organ, modality and plane of held-out fixture images, 4 folds by image."""
+    items = read_items(MINI)
+    labels = image_labels(items)
+    images = sorted(labels)
+    x = mini_embedder.embed_images([load_display(MINI.parent / im) for im in images])
+    folds = folds_by_image(images, 4)
+    right = majority = n = 0
+    for task in ("organ", "modality", "plane"):
+        for f in range(4):
+            fit = [i for i, im in enumerate(images) if folds[im] != f and task in labels[im]]
+            test = [i for i, im in enumerate(images) if folds[im] == f and task in labels[im]]
+            y = [labels[images[i]][task] for i in fit]
+            if not test or len(set(y)) < 2:
+                continue
+            head = fit_head(x[fit], y, task)
+            base = Counter(y).most_common(1)[0][0]
+            for i, p in zip(test, head.predict_proba(x[test]), strict=True):
+                truth = labels[images[i]][task]
+                right += head.classes[int(p.argmax())] == truth
+                majority += base == truth
+                n += 1
+    assert n >= 15
+    assert right > majority
+    assert right / n >= 0.7
+
+
+@pytest.mark.slow
+def test_train_heads_on_a_library_and_classify(tmp_path: Path, store, mini_embedder) -> None:
+
+    lib = build_vqa_library(MINI, tmp_path / "lib", mini_embedder, HashText())
+    try:
+        heads = train_heads(lib)
+        assert set(heads) >= {"organ", "modality"}
+        assert heads["organ"].classes == ["abd", "chest", "head"]
+        save_heads(lib.root, heads)
+        _, refs = ingest_path(store, MINI.parent / "images" / "synpic53816.jpg")
+        tool = head_classify_tools(store, lambda: lib)[0]
+        ev = tool.invoke({"image_id": refs[0].id, "task": "organ"})
+        assert ev.tool == "classify" and ev.data["method"] == "trained-heads"
+        ranked = ev.data["probabilities"]["organ"]
+        assert ranked[0][0] == "head"  # an image of the library itself
+        assert 0.0 < ev.score <= 1.0 and "organ: head" in ev.summary
+        with pytest.raises(ToolInputError, match="no head for task"):
+            tool.invoke({"image_id": refs[0].id, "task": "finding"})
+    finally:
+        lib.close()
