@@ -1,7 +1,10 @@
 """``medloop index build|search|demo``: the case-library commands (``retrievers/``).
 
-``build DIR --out INDEX`` reads the layout ``retrievers.build`` documents and prints counts,
-dimensions and the index type; ``search INDEX (--image PATH | --text "...") -k K`` prints
+``build DIR --out INDEX`` reads the layout ``retrievers.build`` documents — or a labelled set
+of question-answer pairs in the evaluation's JSON-lines format (``items.jsonl``, as the VQA-RAD
+dev set: ``retrievers.vqa_library``), which becomes a library the ``case_answer`` tool answers
+from — and prints counts, dimensions and the index type;
+``search INDEX (--image PATH | --text "...") -k K`` prints
 ``[{"case_id", "score", "image", "report", ...}]``. Problems the user can fix raise
 ``ToolInputError`` / ``EmbedderMismatch`` (the CLI turns them into exit code 2).
 """
@@ -16,9 +19,21 @@ from typing import Any
 from agent.cli.options import BadInput, context, emit_json
 from retrievers.build import build_from_rows, read_layout
 from retrievers.demo import demo_library
-from retrievers.embedders import Embedder, MedSamImageEmbedder, MiniLMTextEmbedder, OpenClipEmbedder
+from retrievers.embedders import (
+    Embedder,
+    MedSamImageEmbedder,
+    MiniLMTextEmbedder,
+    OpenClipEmbedder,
+    image_embedder_by_name,
+)
 from retrievers.index import KINDS
 from retrievers.library import CaseLibrary, EmbedderMismatch
+from retrievers.vqa_library import (
+    DEFAULT_IMAGE_EMBEDDER,
+    build_vqa_library,
+    load_qa,
+    vqa_items_file,
+)
 from tools.errors import ToolInputError
 from tools.ingest.loader import load_image
 
@@ -42,7 +57,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="build and search a case library (images + reports)")
     isub = idx.add_subparsers(dest="index_command", required=True)
 
-    b = isub.add_parser("build", help="index a folder (cases.csv / cases.jsonl or images)")
+    b = isub.add_parser("build", help="index a folder (cases.csv / cases.jsonl or images) or a "
+                                      "labelled items.jsonl (question-answer pairs)")
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--out", required=True, metavar="INDEX", help="library folder (resumable)")
     b.add_argument("--kind", default="auto", choices=("auto", *KINDS))
@@ -82,6 +98,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 def run_index(args: argparse.Namespace) -> Any:
     """Run one ``index`` subcommand; returns what the CLI prints."""
     if args.index_command == "build":
+        items = vqa_items_file(args.dir)
+        if items is not None:
+            return _build_from_pairs(items, args)
         rows = read_layout(args.dir)
         if not rows:
             raise ToolInputError(f"{args.dir}: no cases found (see the layout in the README)")
@@ -105,6 +124,24 @@ def run_index(args: argparse.Namespace) -> Any:
         return [h.as_dict() for h in hits]
     # the demo library lives in the configured home (MEDLOOP_HOME), as the agent's does
     return demo_library(home=context({}, checkpoint=None).home_dir, progress=True).stats()
+
+
+def _build_from_pairs(items: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A labelled-case library: one case per image, its question-answer pairs beside it.
+
+    The image embedder defaults to the one measured best for it (``DEFAULT_IMAGE_EMBEDDER``);
+    an existing ``--out`` is refused (no resume for this format).
+    """
+    spec = args.image_embedder
+    image_e = (image_embedder_by_name(DEFAULT_IMAGE_EMBEDDER) if spec == "litemedsam"
+               else _embedder(spec))
+    if image_e is None:
+        raise ToolInputError("a library of question-answer pairs needs an image embedder")
+    lib = build_vqa_library(items, args.out, image_e)
+    try:
+        return {**lib.stats(), "pairs": len(load_qa(args.out).items), "source": str(items)}
+    finally:
+        lib.close()
 
 
 def emit(data: Any, as_json: bool) -> None:
