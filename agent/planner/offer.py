@@ -10,7 +10,6 @@ the agent looks before it speaks.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,26 +17,9 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
+from agent.llm.text_protocol import inline_refs
 from tools.evidence import Evidence
 from tools.image import ImageRef
-
-
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """Resolve local ``$ref``s so every backend sees a self-contained schema."""
-    defs = schema.pop("$defs", {}) or schema.pop("definitions", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
-                return walk(copy.deepcopy(defs[ref.rsplit("/", 1)[-1]]))
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    out: dict[str, Any] = walk(schema)
-    return out
 
 
 def _set_enum(params: dict[str, Any], key: str, values: list[str], *, array: bool) -> None:
@@ -56,7 +38,7 @@ def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
     """The ``final_answer`` tool in OpenAI format, citing only ``evidence_ids``."""
     spec = convert_to_openai_tool(FinalAnswerArgs)
     spec["function"]["name"] = FINAL_ANSWER_TOOL
-    params = _inline_refs(spec["function"]["parameters"])
+    params = inline_refs(spec["function"]["parameters"])
     claims = params["properties"]["claims"]
     claim = claims["items"]
     _set_enum(claim, "evidence_ids", evidence_ids, array=True)
@@ -84,7 +66,7 @@ def offered_tools(
     out: list[dict[str, Any]] = []
     for tool in tools:
         spec = convert_to_openai_tool(tool)
-        params = _inline_refs(spec["function"].get("parameters", {}))
+        params = inline_refs(spec["function"].get("parameters", {}))
         if "mask_key" in params.get("required", []) and not mask_keys:
             continue
         if "image_id" in params.get("required", []) and not image_ids:
