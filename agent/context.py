@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.tools import BaseTool
 
+    from tools.ingest.pseudonym import SiteKey
+
 
 @dataclass
 class AgentContext:
@@ -53,6 +55,9 @@ class AgentContext:
             anything else is the path of a calibration file.
         llm_threads: CPU threads for the embedded planner (None: its default rule).
         llm_temperature: the planner's sampling temperature (0: greedy, reproducible).
+        deid_secret: the site secret that keys de-identification (at least 32 characters), so
+            one study always gets the same pseudonymous UIDs and date shift; None uses the
+            secret generated once under ``home`` (``site_secret``, mode 0600).
         raise_tool_errors: re-raise an unexpected exception inside a tool (a bug, not one of
             medloop's named errors) out of the graph instead of reporting "crashed" to the
             planner; tests turn it on, as LangGraph's ``ToolNode(handle_tool_errors=False)``.
@@ -88,6 +93,7 @@ class AgentContext:
     llm_threads: int | None = None
     llm_temperature: float = 0.0
     raise_tool_errors: bool = False
+    deid_secret: str | None = field(default=None, repr=False)
     _store: ImageStore | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,7 +121,8 @@ class AgentContext:
         graph call it); nothing else in medloop reads the environment for a setting:
         ``MEDLOOP_LLM``, ``MEDLOOP_HOME``, ``MEDLOOP_DEVICE``, ``MEDLOOP_SEGMENTER``,
         ``MEDLOOP_DETECTOR``, ``MEDLOOP_CLASSIFIER``, ``MEDLOOP_LIBRARY``,
-        ``MEDLOOP_CALIBRATION``, ``MEDLOOP_LLM_THREADS``, ``MEDLOOP_LLM_TEMPERATURE``.
+        ``MEDLOOP_CALIBRATION``, ``MEDLOOP_LLM_THREADS``, ``MEDLOOP_LLM_TEMPERATURE``,
+        ``MEDLOOP_DEID_SECRET``.
         An empty variable counts as unset; a malformed one raises ValueError naming it.
         Every override wins, None included (``checkpoint=None`` means no persistence); a
         front end drops the options its user left unset before passing them.
@@ -138,6 +145,17 @@ class AgentContext:
         """The vision model choices as the tools take them."""
         return VisionConfig(segmenter=self.segmenter, detector=self.detector,
                             classifier=self.classifier, device=self.device)
+
+    def site_key(self) -> SiteKey:
+        """The key of keyed pseudonymisation.
+
+        ``deid_secret`` when set, else the home's secret file (created on first use).
+        """
+        from tools.ingest.pseudonym import SECRET_FILE, SiteKey
+
+        if self.deid_secret:
+            return SiteKey.from_text(self.deid_secret)
+        return SiteKey.load_or_create(self.home_dir / SECRET_FILE)
 
     @property
     def library_path(self) -> Path | None:
@@ -177,6 +195,7 @@ _ENV = {
     "MEDLOOP_CALIBRATION": "calibration",
     "MEDLOOP_LLM_THREADS": "llm_threads",
     "MEDLOOP_LLM_TEMPERATURE": "llm_temperature",
+    "MEDLOOP_DEID_SECRET": "deid_secret",
 }
 
 

@@ -2,6 +2,9 @@
 
 Progress (one line per trace record: think, act, rethink, ...) goes to stderr so ``--json`` on
 stdout stays machine-readable. ``--thread`` continues a conversation kept by the checkpointer.
+``--sr OUT.dcm`` also writes the answer as a DICOM Structured Report and its masks as DICOM
+Segmentations (``agent.dicom_sr``), referencing the DICOM inputs by their keyed pseudonymous
+UIDs (the site secret, ``$MEDLOOP_HOME/site_secret``, is created on first use).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.build import build_graph
@@ -41,6 +45,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_planner_options(ask)
     ask.add_argument("--checkpoint",
                      help="sqlite (default) | sqlite:PATH | memory | none | postgresql://DSN")
+    ask.add_argument("--sr", metavar="OUT.dcm",
+                     help="also write the answer as a DICOM Structured Report (TID 1500) and "
+                          "its masks as DICOM Segmentation (OUT-seg.dcm); needs a DICOM image")
+    ask.add_argument("--seg", metavar="SEG.dcm", help="where --sr writes the masks")
     ask.add_argument("--json", action="store_true", help="print JSON")
     ask.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     ask.set_defaults(func=cmd_ask)
@@ -81,6 +89,9 @@ def _human(data: dict[str, Any]) -> str:
         lines.append(f"  {e['id']} {e['tool']} ({e['status']}): {e['summary']}")
     for c in data.get("contradictions") or []:
         lines.append(f"! {c}")
+    if data.get("dicom"):
+        lines.append("wrote " + ", ".join(data["dicom"]["written"]))
+        lines += [f"  note: {n}" for n in data["dicom"]["notes"]]
     lines.append(f"thread {data['thread']}  ·  {DISCLAIMER}")
     return "\n".join(lines)
 
@@ -92,6 +103,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     *images, question = args.items
     if not question.strip():
         raise BadInput("the question is empty")
+    if args.seg and not args.sr:
+        raise BadInput("--seg needs --sr")
     ctx = context({"llm": args.llm, "checkpoint": args.checkpoint, **planner_settings(args)})
     llm = checked_llm(ctx)
     try:
@@ -126,5 +139,54 @@ def cmd_ask(args: argparse.Namespace) -> int:
         "llm": llm,
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
+    if args.sr:
+        out["dicom"] = _write_dicom(args, ctx, images, state, llm)
     emit(out, args.json, _human)
     return 0
+
+
+def _write_dicom(args: argparse.Namespace, ctx: Any, images: list[str], state: dict[str, Any],
+                 llm: str) -> dict[str, Any]:
+    """Write the SR (and SEGs) for the run's answer; the files written and what was left out."""
+    from agent.dicom_sr import build_results, write_results
+    key = ctx.site_key()
+    sources = dicom_sources(images, key)
+    if not sources:
+        raise BadInput("--sr needs at least one DICOM file among the images")
+    store = ctx.store
+    results = build_results(state["answer"], state.get("evidence") or [], sources,
+                            store.get_array, planner=llm)
+    written = write_results(results, args.sr, args.seg)
+    return {"written": [str(p) for p in written], "notes": results.notes,
+            "site_key": key.fingerprint}
+
+
+def dicom_sources(images: list[str], key: Any) -> dict[str, Any]:
+    """Store image id -> ``DicomSource`` for each single DICOM file among ``images``.
+
+    The id is the one *ingest* gave the file (content addressed, so loading it again finds
+    it); the header is de-identified with the site key, so it names the same pseudonymous UIDs
+    as any other de-identification of the file at this site.
+    """
+    import pydicom
+
+    from agent.dicom_sr import DicomSource
+    from tools.ingest.deid import new_anonymizer, read_deidentified
+    from tools.ingest.dicom import DICOM_HEADER_BYTES, has_dicm_prefix
+    from tools.ingest.loader import load_image
+    from tools.ingest.pseudonym import patient_key
+
+    anonymizer = new_anonymizer(key=key)
+    out: dict[str, Any] = {}
+    for item in images:
+        path = Path(item)
+        if not path.is_file():
+            continue
+        with path.open("rb") as f:
+            if not has_dicm_prefix(f.read(DICOM_HEADER_BYTES)):
+                continue
+        original = pydicom.dcmread(path, stop_before_pixels=True)
+        shift = key.date_shift_days(patient_key(original))
+        out[load_image(path).content_id()] = DicomSource(
+            header=read_deidentified(path, anonymizer), date_shift_days=shift)
+    return out

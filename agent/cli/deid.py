@@ -1,6 +1,10 @@
 """``medloop deid IN OUT``: de-identify a DICOM file or folder (DICOM PS3.15 Basic Profile).
 
-Pixel data is not changed: the summary says so, because burned-in text survives this step.
+Pseudonyms are keyed by the site secret (``MEDLOOP_DEID_SECRET``, else ``$MEDLOOP_HOME/
+site_secret``): the same study gets the same pseudonymous UIDs and date shift every time, in
+every process, so a prior study still matches a current one; ``--random`` makes this run's
+mapping unlinkable instead. Pixel data is not changed: the summary says so, because burned-in
+text survives this step.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli.options import BadInput, emit_json
-from tools.ingest.deid import DeidReport, deidentify_file, deidentify_tree
+from agent.cli.options import BadInput, context, emit_json
+from tools.ingest.deid import DeidReport, deidentify_file, deidentify_tree, new_anonymizer
 
 __all__ = ["add_parser", "cmd_deid"]
 
@@ -23,6 +27,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     de.add_argument("input", metavar="IN")
     de.add_argument("output", metavar="OUT")
     de.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
+    de.add_argument("--random", action="store_true",
+                    help="random pseudonyms for this run (not linkable to other runs)")
     de.add_argument("--json", action="store_true")
     de.set_defaults(func=cmd_deid)
     return de
@@ -57,13 +63,15 @@ def cmd_deid(args: argparse.Namespace) -> int:
     if dst.resolve() == src.resolve() or dst.resolve().is_relative_to(src.resolve()):
         raise BadInput("OUT must differ from IN and must not lie inside it")
     t0 = time.perf_counter()
+    key = None if args.random else context({}, checkpoint=None).site_key()
+    anonymizer = new_anonymizer(key=key) if key is not None else None
     if src.is_dir():
-        reports = deidentify_tree(src, dst)
+        reports = deidentify_tree(src, dst, anonymizer)
     else:
         out = dst / src.name if dst.is_dir() else dst
         if out.exists() and not args.overwrite:
             raise BadInput(f"{out.name}: already exists (use --overwrite)")
-        reports = [deidentify_file(src, out)]
+        reports = [deidentify_file(src, out, anonymizer)]
     done = [r for r in reports if not r.skipped]
     warnings = sorted({w for r in done for w in r.warnings})
     elapsed = round(time.perf_counter() - t0, 3)

@@ -75,3 +75,12 @@ def test_no_module_but_the_context_reads_a_medloop_variable():
     # The front ends' own launch options (the CLI's MEDLOOP_DEBUG) are not run settings.
     readers.pop("agent/cli/main.py", None)
     assert readers == {}
+
+
+def test_the_site_key_comes_from_the_secret_or_the_home(tmp_path):
+    given = AgentContext.from_env({"MEDLOOP_DEID_SECRET": "x" * 40}, home=tmp_path)
+    from_home = AgentContext(home=tmp_path)
+    assert given.site_key().fingerprint != from_home.site_key().fingerprint
+    assert from_home.site_key().fingerprint == AgentContext(home=tmp_path).site_key().fingerprint
+    assert (tmp_path / "site_secret").exists()
+    assert "x" * 40 not in repr(given)  # the secret is not printed with the settings

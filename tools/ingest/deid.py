@@ -9,6 +9,11 @@ elements (PatientID, AccessionNumber, StationName, ...) with fake ids, and insti
 elements with fake addresses. One ``Anonymizer`` reused over the files of a study therefore maps
 the same StudyInstanceUID (or PatientID) in to the same one out.
 
+With a site key (``new_anonymizer(key=SiteKey...)``, ``tools.ingest.pseudonym``) the mapping is
+keyed instead of random: the same original UID, id or patient maps to the same pseudonym and the
+same date shift in every run and process, so a re-uploaded study lands on the same pseudonymous
+study; different sites' keys give unrelated mappings.
+
 On top of dicognito this module:
 
 * removes free-text and descriptor elements the profile marks X (comments, descriptions,
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import IngestError, NotAnImageError
+from tools.ingest.pseudonym import KeyedAnonymizer, SiteKey
 from tools.ingest.values import one_line
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "deidentify_file",
     "deidentify_tree",
     "new_anonymizer",
+    "read_deidentified",
 ]
 
 # Elements the Basic Profile removes (action X, or X/Z, X/D where removal is allowed) that
@@ -159,13 +166,17 @@ class DeidReport:
         return asdict(self)
 
 
-def new_anonymizer(seed: str | None = None) -> Any:
+def new_anonymizer(seed: str | None = None, key: SiteKey | None = None) -> Any:
     """A dicognito ``Anonymizer``; reuse one across the files of a study for consistent UIDs.
 
-    ``seed`` None gives a random mapping per run (the default, and what de-identification
-    wants: the same input de-identified twice gets unlinkable outputs). A fixed seed makes
-    the mapping reproducible, which also makes it linkable: keep such a seed secret.
+    ``seed`` and ``key`` None give a random mapping per run: the same input de-identified twice
+    gets unlinkable outputs. ``key`` (a site's ``SiteKey``) gives the keyed, per-patient mapping
+    of ``tools.ingest.pseudonym``: the same in every run and process, so linkable at will by the
+    site, and by anyone who gets its secret. A fixed ``seed`` alone makes dicognito's mapping
+    reproducible with one date shift for everybody; prefer ``key``.
     """
+    if key is not None:
+        return KeyedAnonymizer(key)
     from dicognito.anonymizer import Anonymizer
 
     return Anonymizer(seed=seed)
@@ -203,12 +214,15 @@ def deidentify_dataset(ds: Any, anonymizer: Any, source: str = "<dataset>") -> D
     identity_removed = burned_in != "YES"
     ds.PatientIdentityRemoved = "YES" if identity_removed else "NO"
     # LO, so at most 64 characters per value: several values rather than one long sentence.
-    ds.DeidentificationMethod = [
+    method = [
         f"medloop: dicognito {dicognito.__version__} Basic Profile",
         "free text, descriptors, overlays, curves removed",
         "private tags removed",
         "pixel data unchanged",
     ]
+    if isinstance(anonymizer, KeyedAnonymizer):  # which key: a site can tell its own outputs
+        method.append(f"keyed pseudonyms, site key {anonymizer.key.fingerprint}")
+    ds.DeidentificationMethod = method
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = _BASIC_PROFILE
     ds.DeidentificationMethodCodeSequence = [code]
@@ -227,6 +241,25 @@ def deidentify_dataset(ds: Any, anonymizer: Any, source: str = "<dataset>") -> D
     return report
 
 
+def read_deidentified(path: str | Path, anonymizer: Any) -> Any:
+    """The header of the DICOM file at ``path`` (no pixel data), de-identified by ``anonymizer``.
+
+    What results written back as DICOM (``agent.export``) take their patient, study and
+    source-image references from: with a keyed anonymizer these are the pseudonymous UIDs every
+    other de-identification at the site gives this file, never the originals.
+
+    Raises:
+        NotAnImageError: not a DICOM Part 10 file. IngestError: missing or unparsable.
+    """
+    src = Path(path)
+    ds = _read(src, stop_before_pixels=True)
+    try:
+        deidentify_dataset(ds, anonymizer, source=src.name)
+    except Exception as exc:  # malformed datasets fail in many ways while walked
+        raise IngestError(f"{src.name}: cannot be de-identified ({one_line(exc)})") from exc
+    return ds
+
+
 def deidentify_file(
     in_path: str | Path, out_path: str | Path, anonymizer: Any | None = None
 ) -> DeidReport:
@@ -241,18 +274,8 @@ def deidentify_file(
             valid Part 10 file (e.g. its file meta lacks the SOP Class / Instance UIDs); no
             output file is left behind.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     src, dst = Path(in_path), Path(out_path)
-    if not src.is_file():
-        raise IngestError(f"{src.name}: file not found")
-    try:
-        ds = pydicom.dcmread(src)  # no force=True: a file without the DICM prefix is refused
-    except InvalidDicomError as exc:
-        raise NotAnImageError(f"{src.name}: not a DICOM file (no 'DICM' prefix)") from exc
-    except Exception as exc:  # pydicom raises many types on malformed headers
-        raise IngestError(f"{src.name}: DICOM header cannot be parsed ({one_line(exc)})") from exc
+    ds = _read(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     part = dst.with_name(dst.name + ".part")
     try:
@@ -298,6 +321,21 @@ def deidentify_tree(
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+def _read(src: Path, stop_before_pixels: bool = False) -> Any:
+    """Parse a DICOM Part 10 file, refusing anything without the ``DICM`` prefix."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not src.is_file():
+        raise IngestError(f"{src.name}: file not found")
+    try:  # no force=True: a file without the DICM prefix is refused
+        return pydicom.dcmread(src, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise NotAnImageError(f"{src.name}: not a DICOM file (no 'DICM' prefix)") from exc
+    except Exception as exc:  # pydicom raises many types on malformed headers
+        raise IngestError(f"{src.name}: DICOM header cannot be parsed ({one_line(exc)})") from exc
+
+
 def _remove_elements(ds: Any) -> None:
     """Delete ``_REMOVE`` keywords, overlays and curves, at every nesting level."""
     from pydicom.datadict import tag_for_keyword

@@ -114,3 +114,44 @@ def test_progress_lines_read_the_typed_trace():
                           "supported": 0, "problems": ["x", "y"], "contradictions": []}) == \
         "rethink think: 2 problem(s)"
     assert progress_line({"turn": 1, "step": "ingest", "images": []}) == "ingest"
+
+
+def test_ask_sr_writes_a_structured_report_on_keyed_pseudonyms(capsys, server, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from tests.tools.export.test_dicom_seg import dciodvfy_errors
+
+    ct = get_testdata_file("CT_small.dcm")
+    image_id = load_image(ct).content_id()
+    for _ in range(2):  # two runs, two processes' worth of state: one pseudonymous study
+        server.reply_calls(("describe_image", {"image_id": image_id}))
+        server.reply_calls(("final_answer", {
+            "answer": "A CT image.",
+            "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E1"]}],
+            "confidence": 0.8}))
+    outs = []
+    for run in ("one", "two"):
+        out = tmp_path / run / "answer.dcm"
+        code, stdout, err = run_cli(capsys, "ask", ct, "What is this?", "--json", "--sr",
+                                    str(out), "--llm", f"openai:test@{server.url}")
+        assert code == 0, err
+        data = json.loads(stdout)
+        assert data["dicom"]["written"] == [str(out)]  # no masks, so no SEG
+        assert dciodvfy_errors(out) == []
+        outs.append(pydicom.dcmread(out))
+    first, second = outs
+    original = pydicom.dcmread(ct, stop_before_pixels=True)
+    assert first.StudyInstanceUID == second.StudyInstanceUID != original.StudyInstanceUID
+    assert first.PatientID == second.PatientID != original.PatientID
+    assert first.SOPInstanceUID != second.SOPInstanceUID  # two reports of one study
+    sr = hd.sr.srread(tmp_path / "one" / "answer.dcm")
+    groups = sr.content.get_image_measurement_groups()
+    assert groups[0].tracking_identifier == "Answer: A CT image."
+    spacing = {m.name.meaning: (m.value, m.unit.value) for m in groups[1].get_measurements()}
+    assert spacing["row_spacing"][1] == "mm"
+
+
+def test_ask_sr_needs_a_dicom_image(capsys, server, tmp_path):
+    code, _, err = run_cli(capsys, "ask", RG1, "q", "--seg", str(tmp_path / "s.dcm"))
+    assert code == 2 and "--seg needs --sr" in err

@@ -40,3 +40,22 @@ def test_deid_cli_for_people_and_an_existing_file(cli, tmp_path):
     assert cli("deid", str(src), str(out), "--overwrite")[0] == 0
     code, _, err = cli("deid", str(tmp_path / "missing.dcm"), str(out))
     assert code == 2 and "missing.dcm: not found" in err
+
+
+def test_deid_cli_pseudonyms_are_keyed_by_the_site_secret(cli, tmp_path, monkeypatch):
+    import pydicom
+
+    src = get_testdata_file("CT_small.dcm")
+
+    def run(name, *extra):
+        out = tmp_path / name
+        code, _, err = cli("deid", src, str(out), *extra)
+        assert code == 0, err
+        ds = pydicom.dcmread(out)
+        return ds.StudyInstanceUID, ds.PatientID, ds.StudyDate
+
+    first, again = run("a.dcm"), run("b.dcm")
+    assert first == again  # the home's secret: same study, same pseudonyms and date shift
+    assert run("r.dcm", "--random")[0] != first[0]
+    monkeypatch.setenv("MEDLOOP_DEID_SECRET", "another site's secret, long enough to key it!")
+    assert run("other.dcm")[0] != first[0]  # another site's secret: unrelated mapping
