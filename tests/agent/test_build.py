@@ -25,6 +25,7 @@ def setup(store, medloop_home):
             tools=tools,
             home=medloop_home,
             checkpoint=kw.pop("checkpoint", "memory"),
+            raise_tool_errors=kw.pop("raise_tool_errors", True),  # a bug in a tool fails here
             **kw,
         )
         return build_graph(ctx, store=store), model
