@@ -36,6 +36,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
+from retrievers.similar import LIBRARY_DOMAIN
 from retrievers.vqa_library import QA_FILE, QAItem, load_qa, normalise_answer
 from tools.base import ImageArgs
 from tools.errors import ToolInputError
@@ -296,6 +297,7 @@ TOOLS = (
                   "In which plane is this image taken?",
                   "Which organ system is shown?",
                   "Is this a T2 weighted image?"),
+        domain=LIBRARY_DOMAIN,
     ),
 )
 """``case_answer``: neighbours' answers from a library of real question-answer pairs."""
@@ -312,4 +314,4 @@ def case_answer_tools(store: ImageStore, library_getter: Callable[[], Any],
     ``library_getter`` returns a ``CaseLibrary`` built by ``retrievers.vqa_library`` (its
     pairs beside it); ``text_embedder`` must be the one its questions were embedded with.
     """
-    return [TOOLS[0].bind(_case_answer(store, library_getter, text_embedder))]
+    return [TOOLS[0].bind(_case_answer(store, library_getter, text_embedder), store)]

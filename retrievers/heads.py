@@ -27,6 +27,7 @@ import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
+from retrievers.similar import LIBRARY_DOMAIN
 from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Assertion, Evidence
@@ -302,6 +303,7 @@ TOOLS = (
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="trained-heads",
         build=lambda deps: _head_classify(deps.store, deps.library or _no_library),
         models=(LITE_MEDSAM,), enabled=_has_heads, precedence=5, examples=CLASSIFY_EXAMPLES,
+        domain=LIBRARY_DOMAIN,
     ),
 )
 """``classify`` by the library's trained heads: outranks the kNN one (0), not a configured
@@ -314,4 +316,4 @@ def _no_library() -> Any:
 
 def head_classify_tools(store: ImageStore, library_getter: Callable[[], Any]) -> list[BaseTool]:
     """``classify`` by the library's trained heads (the library opens on the first call)."""
-    return [TOOLS[0].bind(_head_classify(store, library_getter))]
+    return [TOOLS[0].bind(_head_classify(store, library_getter), store)]

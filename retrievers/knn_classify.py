@@ -19,7 +19,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from retrievers.library import CaseHit, CaseLibrary
-from retrievers.similar import default_library
+from retrievers.similar import LIBRARY_DOMAIN, default_library
 from tools.base import ImageArgs
 from tools.errors import ToolInputError
 from tools.evidence import Assertion, Evidence
@@ -114,7 +114,7 @@ TOOLS = (
     ToolSpec(
         name="classify", description=_DESCRIPTION, args=KnnArgs, variant="knn",
         build=lambda deps: _knn(deps.store, deps.library or default_library(deps.home)),
-        models=(LITE_MEDSAM,), examples=CLASSIFY_EXAMPLES,
+        models=(LITE_MEDSAM,), examples=CLASSIFY_EXAMPLES, domain=LIBRARY_DOMAIN,
     ),
 )
 """``classify`` by the labels of the nearest library cases."""
@@ -126,4 +126,4 @@ def knn_classify_tools(store: ImageStore, library: object) -> list[BaseTool]:
     ``library`` is a ``CaseLibrary`` or a zero-argument callable returning one (so the library
     opens, or builds, on the first call).
     """
-    return [TOOLS[0].bind(_knn(store, library))]
+    return [TOOLS[0].bind(_knn(store, library), store)]

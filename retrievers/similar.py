@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from retrievers.library import CaseHit, CaseLibrary
 from retrievers.metadata import decode_thumbnail
 from tools.base import ImageArgs
+from tools.domain import Domain
 from tools.errors import ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
@@ -186,6 +187,13 @@ def _lookup(get_lib: Callable[[], CaseLibrary]) -> Callable[[LookupArgs], Eviden
 
 
 # Both open the library on their first call (``deps.library``, else the demo library).
+LIBRARY_DOMAIN = Domain(
+    validated_on="the kinds of image the case library holds (its neighbours' similarity and "
+                 "agreement are the score)",
+    why="a retrieval answers from the library's cases; an image unlike them gets distant "
+        "neighbours and a low score, which says so better than a fixed list of modalities")
+"""The domain of every tool that answers from the case library's neighbours."""
+
 SIMILAR_CASES = ToolSpec(
     name="similar_cases", description=_SIMILAR, args=SimilarArgs,
     build=lambda deps: _similar(deps.store, _getter(deps.library, deps.home)),
@@ -193,6 +201,7 @@ SIMILAR_CASES = ToolSpec(
     examples=("Show me similar cases.",
               "Have we seen images like this one before?",
               "Find prior cases that look like this."),
+    domain=LIBRARY_DOMAIN,
 )
 REPORT_LOOKUP = ToolSpec(
     name="report_lookup", description=_LOOKUP, args=LookupArgs,
@@ -201,6 +210,7 @@ REPORT_LOOKUP = ToolSpec(
     examples=("What do radiology reports say about pleural effusion?",
               "How is a pneumothorax usually described in a report?",
               "Find report sentences that mention atelectasis."),
+    domain=LIBRARY_DOMAIN,
 )
 TOOLS = (SIMILAR_CASES, REPORT_LOOKUP)
 """``similar_cases`` (image embeddings) and ``report_lookup`` (report sentences)."""
@@ -211,4 +221,5 @@ def retrieval_tools(store: ImageStore,
                     ) -> list[BaseTool]:
     """``similar_cases`` and ``report_lookup`` (the library resolves on the first call)."""
     get_lib = _getter(library)
-    return [SIMILAR_CASES.bind(_similar(store, get_lib)), REPORT_LOOKUP.bind(_lookup(get_lib))]
+    return [SIMILAR_CASES.bind(_similar(store, get_lib), store),
+            REPORT_LOOKUP.bind(_lookup(get_lib), store)]

@@ -23,10 +23,11 @@ from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
 from tools.base import make_tool
+from tools.domain import ANY_IMAGE, Domain, ImageFacts, flag_evidence
 from tools.evidence import Evidence
 from tools.store import ImageStore
 
-__all__ = ["ModelNeed", "ToolDeps", "ToolSpec", "VisionConfig", "always"]
+__all__ = ["Domain", "ModelNeed", "ToolDeps", "ToolSpec", "VisionConfig", "always"]
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -151,6 +152,9 @@ class ToolSpec:
         variant: what tells this backend from others of the same name, e.g. ``"knn"``.
         examples: questions a user asks that this tool answers, for the tool router; one
             sentence each, as a user would write it.
+        domain: the kinds of image it was validated on and what it does with others
+            (``tools.domain``); the wrapper judges the ``image_id`` of each call against it
+            before the tool runs, and the planner's offer and router read it too.
     """
 
     name: str
@@ -162,16 +166,46 @@ class ToolSpec:
     precedence: int = 0
     variant: str = ""
     examples: tuple[str, ...] = field(default=())
+    domain: Domain = ANY_IMAGE
 
     def needs(self, config: VisionConfig) -> tuple[ModelNeed, ...]:
         """The models this tool runs under ``config`` (nothing is loaded)."""
         return tuple(self.models(config) if callable(self.models) else self.models)
 
-    def bind(self, run: Runner) -> BaseTool:
-        """The LangChain tool for ``run`` under this spec's name, description and arguments."""
-        return make_tool(run, name=self.name, description=self.description,
-                         args_schema=self.args)
+    def bind(self, run: Runner, store: ImageStore | None = None) -> BaseTool:
+        """The LangChain tool for ``run`` under this spec's name, description and arguments.
+
+        With ``store``, each call's ``image_id`` is judged against ``domain`` first (see
+        ``screened``). The tool's ``metadata["domain"]`` is the declaration, for the offer.
+        """
+        tool = make_tool(self.screened(run, store) if store is not None else run,
+                         name=self.name, description=self.description, args_schema=self.args)
+        tool.metadata = {**(tool.metadata or {}), "domain": self.domain}
+        return tool
+
+    def screened(self, run: Runner, store: ImageStore) -> Runner:
+        """``run`` behind the domain check: the one place a tool's domain is enforced.
+
+        Before ``run``, the image named by the arguments' ``image_id`` (if any) is judged
+        against ``domain``: refused with ``ToolInputError``, run and flagged
+        (``tools.domain.flag_evidence``), or run as usual. Tools valid on any image skip it.
+        """
+        if self.domain.is_any:
+            return run
+        domain, name = self.domain, self.name
+
+        def checked(args: Any) -> Evidence:
+            image_id = getattr(args, "image_id", None)
+            note = None
+            if isinstance(image_id, str) and (domain.applies is None or domain.applies(args)):
+                note = domain.screen(ImageFacts.of_image(store.get(image_id)), name)
+            ev = run(args)
+            if note is None or ev.status != "ok":
+                return ev
+            return flag_evidence(ev, note, domain.validated_on)
+
+        return checked
 
     def tool(self, deps: ToolDeps) -> BaseTool:
-        """The tool built over ``deps``: ``bind(build(deps))``."""
-        return self.bind(self.build(deps))
+        """The tool built over ``deps``, its domain checked on ``deps.store``'s images."""
+        return self.bind(self.build(deps), deps.store)

@@ -6,6 +6,12 @@ right now written in as ``enum`` values: ``image_id`` may only name a loaded ima
 model) then cannot produce an id that does not exist, and a larger model is told exactly what
 it may cite. ``final_answer`` is withheld until there is evidence when images are attached:
 the agent looks before it speaks.
+
+Each tool's declared domain (``tools.domain``, on the tool as ``metadata["domain"]``) is read
+against the images' modality and format: an image a tool refuses is left out of its
+``image_id`` enum (the tool is withheld when no image is left), and a tool that would run
+flagged on every image gets ``OUTSIDE_NOTE`` and the reason appended to its description, which
+the planner reads and the router (``agent.planner.route``) ranks last.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.llm.text_protocol import inline_refs
+from tools.domain import Domain, ImageFacts
 from tools.evidence import Evidence
 from tools.image import ImageRef
+
+OUTSIDE_NOTE = "Not validated for"
+"""Starts the sentence appended to a tool's description when every attached image is outside
+its declared domain; the router finds it there."""
 
 
 def _set_enum(params: dict[str, Any], key: str, values: list[str], *, array: bool) -> None:
@@ -52,6 +63,29 @@ def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
     return spec
 
 
+def _domain_fit(tool: BaseTool, images: Sequence[ImageRef]) -> tuple[list[str], str]:
+    """The image ids ``tool`` may be offered, and a note when it is outside for all of them.
+
+    Only what the refs say is judged (modality, format): a ref carries no body part or view, so
+    an *unknown* verdict here is not held against the tool; the wrapper judges the full
+    metadata when it runs. A domain that covers only some calls (``applies``) never drops one.
+    """
+    domain = (tool.metadata or {}).get("domain")
+    ids = [r.id for r in images]
+    if not isinstance(domain, Domain) or domain.is_any:
+        return ids, ""
+    verdicts = {r.id: domain.judge(ImageFacts.of_ref(r)) for r in images}
+    partial = domain.applies is not None
+    kept = [i for i in ids if partial or verdicts[i].status != "outside"
+            or domain.outside != "refuse"]
+    outside = [i for i in kept if verdicts[i].status == "outside"]
+    if not kept or len(outside) < len(kept):
+        return kept, ""
+    reasons = "; ".join(dict.fromkeys(verdicts[i].reason for i in outside))
+    return kept, (f"{OUTSIDE_NOTE} {', '.join(outside)} (validated on {domain.validated_on}; "
+                  f"this is {reasons}): its results there are not findings.")
+
+
 def offered_tools(
     tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence]
 ) -> list[dict[str, Any]]:
@@ -59,9 +93,9 @@ def offered_tools(
 
     Image ids and mask keys become enums of the ones that exist, so a constrained planner
     cannot invent one; a tool that needs a mask is withheld until some tool has made one, and
-    one that needs an image while none is attached is withheld.
+    one that needs an image while none it accepts is attached is withheld. Domains: see the
+    module docstring.
     """
-    image_ids = [r.id for r in images]
     mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
     out: list[dict[str, Any]] = []
     for tool in tools:
@@ -69,8 +103,11 @@ def offered_tools(
         params = inline_refs(spec["function"].get("parameters", {}))
         if "mask_key" in params.get("required", []) and not mask_keys:
             continue
+        image_ids, note = _domain_fit(tool, images)
         if "image_id" in params.get("required", []) and not image_ids:
-            continue  # no image to run it on: offered, it only invites a made-up id
+            continue  # no image it can run on: offered, it only invites a made-up id
+        if note:
+            spec["function"]["description"] = f"{spec['function'].get('description', '')} {note}"
         _set_enum(params, "image_id", image_ids, array=False)
         _set_enum(params, "mask_key", mask_keys, array=False)
         spec["function"]["parameters"] = params

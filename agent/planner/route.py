@@ -9,6 +9,11 @@ is offered only the best one (two when the runner-up scores close to it), plus
 ``final_answer`` and any tool that works on a mask an earlier call made (``measure`` after
 ``segment``). The planner still fills in the arguments, reads the result and writes the answer.
 
+A tool the offer marks as outside its validated domain for every attached image
+(``agent.planner.offer.OUTSIDE_NOTE`` in its description: the phantom-validated lesion detector
+on a clinical image) loses ``OUTSIDE_PENALTY``, so it is never ranked first over a tool that
+is inside; its note is not part of what is matched.
+
 Larger planners choose for themselves: routing is on by default only for chat models that
 declare ``prefers_tool_routing`` (the embedded one), and ``AgentContext.route_tools`` turns it
 on or off for any backend.
@@ -26,12 +31,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.answer import FINAL_ANSWER_TOOL
+from agent.planner.offer import OUTSIDE_NOTE
 
 log = logging.getLogger(__name__)
 
 EARLIER_WEIGHT = 0.3
 """Weight of the previous question in a follow-up's score: "and how big is it?" after "is
 there a nodule?" stays with the lesion tool; a new topic ("is the heart enlarged?") does not."""
+
+
+OUTSIDE_PENALTY = 1.0
+"""Subtracted from the score of a tool outside its domain for every image: more than any
+cosine similarity gap, so an in-domain tool always ranks above it."""
 
 
 class TextEmbedder(Protocol):
@@ -58,6 +69,13 @@ def route_examples() -> dict[str, tuple[str, ...]]:
 
 def _name(spec: dict[str, Any]) -> str:
     return str(spec["function"]["name"])
+
+
+def _description(spec: dict[str, Any]) -> tuple[str, bool]:
+    """The tool's own description, and whether the offer marked it outside its domain."""
+    desc = str(spec["function"].get("description") or _name(spec))
+    own, mark, _ = desc.partition(f" {OUTSIDE_NOTE} ")
+    return own, bool(mark)
 
 
 def _follows_up(spec: dict[str, Any]) -> bool:
@@ -106,13 +124,17 @@ class ToolRouter:
         """Each tool's match to the question.
 
         A tool scores its best cosine similarity over its description and example questions,
-        blended with the previous question's when there is one.
+        blended with the previous question's when there is one, less ``OUTSIDE_PENALTY`` when
+        the offer marked it outside its domain.
         """
         examples = route_examples()
         keys: list[tuple[str, str]] = []
+        outside: set[str] = set()
         for spec in tools:
             name = _name(spec)
-            desc = str(spec["function"].get("description") or name)
+            desc, marked = _description(spec)
+            if marked:
+                outside.add(name)
             keys += [(name, desc), *((name, q) for q in examples.get(name, ()))]
         asked = [question] + ([earlier] if earlier else [])
         vecs = self._embed([t for _, t in keys] + asked)
@@ -123,7 +145,7 @@ class ToolRouter:
             if earlier:
                 s = (1 - EARLIER_WEIGHT) * s + EARLIER_WEIGHT * float(sims[1, j])
             out[name] = max(out.get(name, -1.0), s)
-        return out
+        return {n: v - OUTSIDE_PENALTY if n in outside else v for n, v in out.items()}
 
     def route(
         self, offer: Sequence[dict[str, Any]], question: str, earlier: str | None = None

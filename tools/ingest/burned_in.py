@@ -37,6 +37,7 @@ import numpy as np
 from langchain_core.tools import BaseTool
 
 from tools.base import ImageArgs
+from tools.domain import Domain
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Box, Evidence
 from tools.packaged import RAPIDOCR
@@ -209,6 +210,8 @@ TOOLS = (
         examples=("What text is written on the image?",
                   "Which markers or labels are burned into the film?",
                   "Is there an annotation on this image?"),
+        domain=Domain(validated_on="any image with printed text (RapidOCR reads any picture)",
+                      why="OCR of burned-in text means the same on every modality"),
     ),
 )
 """``read_text``: OCR of the displayed frame."""

@@ -34,14 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from tools.errors import ToolFailure
 from tools.packaged import LITE_MEDSAM, LUNGS_FINDER, MINILM, PACKAGED, RAPIDOCR, SMOLLM2
 from tools.spec import ModelNeed, VisionConfig
-
-if TYPE_CHECKING:
-    from tools.models.medsam import Segmenter
 
 __all__ = [
     "LITE_MEDSAM",
@@ -57,13 +54,11 @@ __all__ = [
     "configured_detector",
     "configured_segmenter",
     "describe_models",
-    "detector_for",
     "is_loaded",
     "load_once",
     "models",
     "open_clip_ref",
     "resolve_device",
-    "segmenter_for",
     "segmenter_need",
 ]
 
@@ -224,32 +219,6 @@ def configured_classifier(config: VisionConfig) -> ModelNeed | None:
 def segmenter_need(config: VisionConfig) -> ModelNeed:
     """The segmenter ``config`` runs: the configured checkpoint, else packaged LiteMedSAM."""
     return configured_segmenter(config) or LITE_MEDSAM
-
-
-def segmenter_for(config: VisionConfig) -> Segmenter:
-    """The segmenter ``config`` names: the shared LiteMedSAM predictor, or a SAM checkpoint.
-
-    Nothing loads here; the weights load on the first prompt.
-    """
-    if config.segmenter.startswith("hf:"):
-        from tools.models.hf import HfSamSegmenter
-
-        return HfSamSegmenter(config.segmenter[3:], config.device)
-    from tools.models.medsam import get_predictor
-
-    return get_predictor(None if config.device == "auto" else config.device)
-
-
-def detector_for(config: VisionConfig) -> Any:
-    """The open-vocabulary detector ``config`` names (an ``HfDetector``), or None (lungs only).
-
-    Nothing loads here; the weights load on the first call.
-    """
-    if not config.detector.startswith("hf:"):
-        return None
-    from tools.models.hf import HfDetector
-
-    return HfDetector(config.detector[3:], config.device)
 
 
 def _row(need: ModelNeed, gpu: str) -> ModelInfo:

@@ -23,6 +23,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from tools.base import ImageArgs
+from tools.domain import ANY_IMAGE
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
 from tools.image import LoadedImage
@@ -348,7 +349,8 @@ def _distance(deps: ToolDeps) -> Callable[[DistanceArgs], Evidence]:
 
 
 # An unknown image id raises the store's ``ToolInputError``, which the agent hands back to the
-# model to retry. None of these runs a model.
+# model to retry. None of these runs a model, so each is valid on any image (ANY_IMAGE): pixel
+# statistics and distances mean the same on every modality (in HU only where the pixels are).
 TOOLS = (
     ToolSpec(
         name="describe_image", description=_DESCRIBE, args=ImageArgs, build=_describe,
@@ -357,17 +359,20 @@ TOOLS = (
                   "What is the pixel spacing of this scan?",
                   "How large is the field of view in mm?",
                   "Is the image mostly dark or bright?"),
+        domain=ANY_IMAGE,
     ),
     ToolSpec(
         name="region_stats", description=_REGION, args=RegionArgs, build=_region,
         examples=("What is the mean intensity inside this box?",
                   "What is the average Hounsfield value in the region [x0, y0, x1, y1]?",
                   "How bright is this area compared with the rest?"),
+        domain=ANY_IMAGE,
     ),
     ToolSpec(
         name="measure_distance", description=_DISTANCE, args=DistanceArgs, build=_distance,
         examples=("How far apart are these two points?",
                   "What is the distance in mm between (x, y) and (x, y)?"),
+        domain=ANY_IMAGE,
     ),
 )
 """``describe_image``, ``region_stats`` and ``measure_distance``."""

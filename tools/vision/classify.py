@@ -32,6 +32,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from tools.base import ImageArgs
+from tools.domain import Domain
 from tools.evidence import Assertion, Evidence
 from tools.models.classifiers import (
     MAX_LABELS as MAX_LABELS,
@@ -105,7 +106,7 @@ def _zero_shot(store: ImageStore, classifier: ZeroShotClassifier
 
 def classify_tools(store: ImageStore, classifier: ZeroShotClassifier) -> list[BaseTool]:
     """The zero-shot ``classify`` tool over images in ``store`` (loads on the first call)."""
-    return [ZERO_SHOT.bind(_zero_shot(store, classifier))]
+    return [ZERO_SHOT.bind(_zero_shot(store, classifier), store)]
 
 
 # =============================================================================================
@@ -146,7 +147,7 @@ def _supervised(store: ImageStore, classifier: SupervisedClassifier
 def supervised_classify_tools(store: ImageStore, classifier: SupervisedClassifier
                               ) -> list[BaseTool]:
     """The ``classify`` tool backed by a supervised model (loads on the first call)."""
-    return [SUPERVISED.bind(_supervised(store, classifier))]
+    return [SUPERVISED.bind(_supervised(store, classifier), store)]
 
 
 # =============================================================================================
@@ -167,6 +168,12 @@ def _classifier_models(config: VisionConfig) -> tuple[ModelNeed, ...]:
     return tuple(filter(None, [configured_classifier(config)]))
 
 
+CONFIGURED_MODEL = Domain(
+    validated_on="whatever the configured classifier was trained on (its model card says; "
+                 "medloop cannot check it)",
+    why="the probabilities are the evidence's score; a site that configures a model vouches "
+        "for its domain")
+
 # A configured classifier (MEDLOOP_CLASSIFIER) outranks the case library's kNN ``classify``
 # (precedence 0, ``retrievers.knn_classify``); the two kinds exclude each other by prefix.
 ZERO_SHOT = ToolSpec(
@@ -174,14 +181,14 @@ ZERO_SHOT = ToolSpec(
     precedence=10, enabled=lambda deps: _configured(deps, "open_clip:"),
     build=lambda deps: _zero_shot(deps.store, ZeroShotClassifier(str(deps.vision.classifier),
                                                                  deps.device)),
-    models=_classifier_models, examples=CLASSIFY_EXAMPLES,
+    models=_classifier_models, examples=CLASSIFY_EXAMPLES, domain=CONFIGURED_MODEL,
 )
 SUPERVISED = ToolSpec(
     name="classify", description=_SUPERVISED, args=ImageArgs, variant="hf",
     precedence=10, enabled=lambda deps: _configured(deps, "hf:"),
     build=lambda deps: _supervised(deps.store, SupervisedClassifier(str(deps.vision.classifier),
                                                                     deps.device)),
-    models=_classifier_models, examples=CLASSIFY_EXAMPLES,
+    models=_classifier_models, examples=CLASSIFY_EXAMPLES, domain=CONFIGURED_MODEL,
 )
 TOOLS = (ZERO_SHOT, SUPERVISED)
 """``classify`` by a configured model: zero-shot open_clip or a supervised transformers one."""

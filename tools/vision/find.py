@@ -35,15 +35,12 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from tools.base import ImageArgs
+from tools.domain import RADIOGRAPH_MODALITIES, Domain
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence
 from tools.models.medsam import Segmenter, get_predictor
-from tools.models.registry import (
-    configured_detector,
-    detector_for,
-    segmenter_for,
-    segmenter_need,
-)
+from tools.models.registry import configured_detector, segmenter_need
+from tools.models.select import detector_for, segmenter_for
 from tools.packaged import LUNGS_FINDER, RAPIDOCR
 from tools.spec import ModelNeed, ToolSpec, VisionConfig
 from tools.store import ImageStore
@@ -80,6 +77,22 @@ _BOX_MARGIN = 0.04
 _NOT_RADIOGRAPH = {"CT", "MR", "US", "NM", "PT", "XA", "RF", "MG", "OP", "SM"}
 # BodyPartExamined values under which a film can show the lungs.
 _CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "CHEST_PA", "TORSO"}
+
+FRONTAL_CHEST_RADIOGRAPH = Domain(
+    validated_on="frontal (PA/AP) chest radiographs (lungs-finder's detectors were trained on "
+                 "them; checked on pydicom-data's RG1_UNCI)",
+    modalities=RADIOGRAPH_MODALITIES,
+    body_parts=frozenset(_CHEST_PARTS - {"CHEST_LAT"}),
+    projections=frozenset({"PA", "AP"}),
+    outside="refuse", unknown="flag",
+    why="on a CT, an MR or a film of another part the detectors still box two 'lungs', which "
+        "would be measured as such: refused, so the planner picks another tool. Without DICOM "
+        "tags (a JPEG) they box two 'lungs' on head and abdominal images too (66 of the 77 "
+        "non-chest VQA-RAD dev images), so the result runs flagged, never as a finding",
+    applies=lambda args: _SYNONYMS.get(_key(getattr(args, "target", "lungs"))) != "text",
+)
+"""Where the lungs-only ``find`` and ``measure_lungs`` are valid (OCR of text: any image)."""
+
 # Open-vocabulary detections scoring below this are not reported.
 DETECT_THRESHOLD = 0.2
 
@@ -113,9 +126,13 @@ class FoundLungs:
         return next(lung for lung in self.lungs if lung.side == side)
 
 
+def _key(target: str) -> str:
+    return " ".join(str(target).lower().replace("_", " ").split())
+
+
 def normalise_target(target: str) -> str:
     """The canonical groundable target for ``target``, or ``ToolInputError`` naming them."""
-    key = " ".join(str(target).lower().replace("_", " ").split())
+    key = _key(target)
     if key in _SYNONYMS:
         return _SYNONYMS[key]
     raise ToolInputError(
@@ -393,8 +410,8 @@ def _finder(store: ImageStore, predictor: Segmenter | None,
 
     def find_tool(args: FindArgs) -> Evidence:
         model = predictor or get_predictor()
-        key = " ".join(str(args.target).lower().replace("_", " ").split())
-        if _SYNONYMS.get(key) == "text":  # text is the OCR's job, with or without a detector
+        # Text is the OCR's job, with or without a detector.
+        if _SYNONYMS.get(_key(args.target)) == "text":
             img = store.get(args.image_id)
             frames = int(img.pixels.shape[0]) if img.pixels.ndim > img.display.ndim else 1
             return text_find_evidence(img.display, args.image_id, frames)
@@ -429,7 +446,7 @@ TOOLS = (
     ToolSpec(
         name="find", description=_find_description(False), args=FindArgs, variant="lungs",
         build=lambda deps: _finder(deps.store, segmenter_for(deps.vision), None),
-        models=_lungs_models, examples=_FIND_EXAMPLES,
+        models=_lungs_models, examples=_FIND_EXAMPLES, domain=FRONTAL_CHEST_RADIOGRAPH,
     ),
     # A configured open-vocabulary detector (MEDLOOP_DETECTOR=hf:...) grounds any phrase, so
     # it outranks the packaged lungs-only finder.
@@ -440,6 +457,8 @@ TOOLS = (
         build=lambda deps: _finder(deps.store, segmenter_for(deps.vision),
                                    detector_for(deps.vision)),
         models=_open_vocab_models, examples=_FIND_EXAMPLES,
+        domain=Domain(validated_on="whatever the configured open-vocabulary detector was "
+                                   "trained on (medloop cannot know: its scores say)"),
     ),
 )
 """``find``: the packaged lungs finder, or a configured open-vocabulary detector."""
@@ -453,4 +472,4 @@ def find_tools(store: ImageStore, predictor: Segmenter | None = None,
     groundable (lungs-finder + the segmenter, ``predictor``: default the shared LiteMedSAM).
     """
     spec = TOOLS[1] if detector is not None else TOOLS[0]
-    return [spec.bind(_finder(store, predictor, detector))]
+    return [spec.bind(_finder(store, predictor, detector), store)]

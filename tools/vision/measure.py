@@ -31,15 +31,17 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from tools.base import ImageArgs
+from tools.domain import ANY_IMAGE
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
 from tools.image import LoadedImage
 from tools.models.medsam import Segmenter, get_predictor
-from tools.models.registry import segmenter_for, segmenter_need
+from tools.models.registry import segmenter_need
+from tools.models.select import segmenter_for
 from tools.packaged import LUNGS_FINDER
 from tools.spec import ToolSpec
 from tools.store import ImageStore
-from tools.vision.find import FoundLungs, find_lungs
+from tools.vision.find import FRONTAL_CHEST_RADIOGRAPH, FoundLungs, find_lungs
 
 __all__ = [
     "TOOLS",
@@ -510,6 +512,7 @@ TOOLS = (
         examples=("Measure the segmented mask.",
                   "What is the area and long axis of that mask?",
                   "What is the density in HU inside the outlined region?"),
+        domain=ANY_IMAGE,  # geometry of a stored mask; HU statistics only where pixels are HU
     ),
     ToolSpec(
         name="measure_lungs", description=_MEASURE_LUNGS, args=ImageArgs,
@@ -519,6 +522,7 @@ TOOLS = (
                   "What is the cardiothoracic ratio?",
                   "Is there cardiomegaly on this chest X-ray?",
                   "How big are the lungs?"),
+        domain=FRONTAL_CHEST_RADIOGRAPH,
     ),
 )
 """``measure`` (a stored mask, no model) and ``measure_lungs`` (lungs-finder + segmenter)."""
@@ -528,5 +532,5 @@ def measure_tools(store: ImageStore,
                   predictor: Segmenter | None = None) -> list[BaseTool]:
     """The ``measure`` (a stored mask) and ``measure_lungs`` tools over images in ``store``."""
     measure, measure_lungs = TOOLS
-    return [measure.bind(_measurer(store)),
-            measure_lungs.bind(_lung_measurer(store, predictor))]
+    return [measure.bind(_measurer(store), store),
+            measure_lungs.bind(_lung_measurer(store, predictor), store)]

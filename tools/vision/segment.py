@@ -31,10 +31,12 @@ from langchain_core.tools import BaseTool
 from pydantic import Field, model_validator
 
 from tools.base import ImageArgs
+from tools.domain import Domain
 from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
 from tools.models.medsam import Segmenter, get_predictor
-from tools.models.registry import VisionConfig, detector_for, segmenter_for, segmenter_need
+from tools.models.registry import VisionConfig, segmenter_need
+from tools.models.select import detector_for, segmenter_for
 from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 from tools.vision.find import find_tools
@@ -365,6 +367,12 @@ TOOLS = (
         examples=("Outline the structure inside this box.",
                   "Segment the object at point (x, y).",
                   "What is the area of the object in box [x0, y0, x1, y1]?"),
+        domain=Domain(
+            validated_on="broad medical imaging (LiteMedSAM: trained on about 1.5 million "
+                         "image-mask pairs of CT, MR, X-ray, ultrasound, endoscopy, dermoscopy, "
+                         "fundus, mammography, OCT and microscopy)",
+            why="a box-prompted segmenter trained across modalities; its predicted IoU, the "
+                "evidence's score, already says how well a mask fits"),
     ),
 )
 """``segment``: packaged LiteMedSAM, or the SAM-family checkpoint ``MEDLOOP_SEGMENTER`` names."""
@@ -372,7 +380,7 @@ TOOLS = (
 
 def segment_tools(store: ImageStore, predictor: Segmenter | None = None) -> list[BaseTool]:
     """The ``segment`` tool over images in ``store`` (``predictor``: default LiteMedSAM)."""
-    return [TOOLS[0].bind(_segmenter(store, predictor))]
+    return [TOOLS[0].bind(_segmenter(store, predictor), store)]
 
 
 def vision_tools(store: ImageStore, predictor: Segmenter | None = None,

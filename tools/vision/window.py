@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from tools.base import ImageArgs
+from tools.domain import Domain
 from tools.errors import ToolInputError
 from tools.evidence import Evidence, Measurement
 from tools.image import LoadedImage
@@ -151,6 +152,14 @@ TOOLS = (
                   "Use a bone window on this scan.",
                   "Re-window the image for soft tissue in the mediastinum.",
                   "Can I see this head CT in a brain window?"),
+        domain=Domain(
+            validated_on="CT in Hounsfield units (other images' pixels are not in Hounsfield "
+                         "units)",
+            modalities=frozenset({"CT"}),
+            outside="refuse", unknown="run",
+            why="a HU window means nothing on other modalities: refused so the planner picks "
+                "another tool; without a modality the tool's own check (pixels in HU, "
+                "meta['units']) decides"),
     ),
 )
 """``window``: no model, a linear HU -> grey map."""

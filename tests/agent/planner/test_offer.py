@@ -57,3 +57,42 @@ def test_image_tools_are_withheld_when_no_image_is_attached():
     # A question without an image: an image tool could only be called with a made-up id.
     specs = offered_tools(_tools(), [], [])
     assert _names(specs) == ["final_answer"]
+
+
+def _domain_tools():
+    from tools.domain import Domain
+
+    def run(a: ImgArgs) -> Evidence:
+        return Evidence(tool="t", summary="x")
+
+    chest = make_tool(run, name="lungs", description="Find lungs.", args_schema=ImgArgs)
+    chest.metadata = {"domain": Domain(validated_on="chest films", modalities=frozenset({"DX"}),
+                                       outside="refuse", unknown="flag")}
+    blobs = make_tool(run, name="blobs", description="Find blobs.", args_schema=ImgArgs)
+    blobs.metadata = {"domain": Domain(validated_on="phantoms", synthetic_only=True)}
+    return [chest, blobs]
+
+
+def test_a_tool_is_offered_only_the_images_its_domain_admits():
+    ct = ImageRef(id="img-c", modality="CT", source_format="dicom")
+    jpeg = ImageRef(id="img-j", source_format="jpeg")
+    offer = offered_tools(_domain_tools(), [ct, jpeg], [])
+    # The chest tool refuses the CT: only the JPEG (modality unknown: judged when it runs).
+    assert _props(offer, "lungs")["image_id"]["enum"] == ["img-j"]
+    assert offered_tools(_domain_tools(), [ct], []) and "lungs" not in _names(
+        offered_tools(_domain_tools(), [ct], []))
+
+
+def test_a_tool_outside_its_domain_for_every_image_says_so_in_its_description():
+    from agent.planner.offer import OUTSIDE_NOTE
+
+    jpeg = ImageRef(id="img-j", source_format="jpeg")
+    phantom = ImageRef(id="img-p", modality="CT", source_format="phantom")
+    [desc] = [s["function"]["description"] for s in offered_tools(_domain_tools(), [jpeg], [])
+              if s["function"]["name"] == "blobs"]
+    assert desc.startswith("Find blobs. " + OUTSIDE_NOTE + " img-j (validated on phantoms;")
+    assert "not findings" in desc
+    [mixed] = [s["function"]["description"]
+               for s in offered_tools(_domain_tools(), [jpeg, phantom], [])
+               if s["function"]["name"] == "blobs"]
+    assert mixed == "Find blobs."  # inside for one image: nothing to warn about

@@ -38,7 +38,9 @@ def _names(specs):
 
 def test_every_routing_example_names_a_default_tool(default_specs):
     examples = route_examples()
-    assert set(examples) == set(_names(default_specs))
+    # every declared tool has examples; case_answer is declared but offered only over a
+    # library of question-answer pairs
+    assert set(examples) == {*_names(default_specs), "case_answer"}
     assert all(len(qs) >= 2 for qs in examples.values())
 
 
@@ -207,3 +209,36 @@ def test_a_failing_router_offers_every_tool_and_says_why(graph_for, monkeypatch)
     step = next(s for s in result["trace"] if s["step"] == "think")
     assert "embedder missing" in step["route_error"]
     assert result["answer"].findings
+
+
+def test_a_tool_marked_outside_its_domain_is_not_ranked_first():
+    from agent.planner.offer import OUTSIDE_NOTE
+    from agent.planner.route import OUTSIDE_PENALTY
+
+    emb = _Axes({"q": [1, 0, 0], "near": [1, 0.1, 0], "close": [1, 0.5, 0]})
+    marked = f"near {OUTSIDE_NOTE} img-1 (validated on phantoms): not findings."
+    offer = [_spec("near_tool", marked, "image_id"), _spec("close_tool", "close", "image_id")]
+    router = ToolRouter(top_k=1, embedder=emb)
+    chosen, scores = router.route(offer, "q")
+    assert _names(chosen) == ["close_tool"]
+    raw = router.scores([_spec("near_tool", "near", "image_id")], "q")["near_tool"]
+    assert router.scores(offer, "q")["near_tool"] == pytest.approx(raw - OUTSIDE_PENALTY)
+    assert marked not in router._vectors  # the note is not what is matched
+
+
+def test_a_lesion_question_on_a_clinical_image_avoids_the_phantom_detector(tmp_path, router):
+    """Issue 14: "Do the kidneys appear normal?" on a CT went to detect_lesions (76 blobs)."""
+    from agent.planner.offer import offered_tools
+    from tools.image import ImageRef
+    from tools.store import ImageStore
+
+    ctx = AgentContext(home=tmp_path, checkpoint=None)
+    tools = default_tools(ctx, ImageStore(tmp_path / "store"))
+    clinical = [ImageRef(id="img-000000000001", modality="CT", source_format="jpeg")]
+    offer = offered_tools(tools, clinical, [])
+    for q in ("Is there a mass in the liver?", "Do the kidneys appear to be normal?"):
+        _, scores = router.route(offer, q)
+        assert "detect_lesions" not in scores, (q, scores)
+    phantom = [ImageRef(id="img-000000000002", modality="CT", source_format="phantom")]
+    _, scores = router.route(offered_tools(tools, phantom, []), "Is there a mass in the liver?")
+    assert list(scores) == ["detect_lesions"]

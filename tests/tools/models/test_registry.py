@@ -131,7 +131,7 @@ def test_cuda_without_a_gpu_is_a_clear_failure():
 def test_the_runs_device_setting_wins_over_the_environment(monkeypatch):
     from agent.context import AgentContext
     from tools.models.medsam import get_predictor
-    from tools.vision.segment import segmenter_for
+    from tools.models.select import segmenter_for
 
     monkeypatch.setenv("MEDLOOP_DEVICE", "cuda")
     assert AgentContext.from_env(device="cpu").vision.device == "cpu"  # --device cpu wins

@@ -1,0 +1,74 @@
+"""tools.domain: judging an image against a tool's declared domain, and flagging evidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tools.domain import ANY_IMAGE, FLAGGED_SCORE_FACTOR, Domain, ImageFacts, flag_evidence
+from tools.errors import ToolInputError
+from tools.evidence import Evidence
+from tools.image import ImageRef, LoadedImage
+
+CHEST = Domain(validated_on="frontal chest radiographs", modalities=frozenset({"CR", "DX"}),
+               body_parts=frozenset({"CHEST"}), projections=frozenset({"PA", "AP"}),
+               outside="refuse", unknown="flag")
+PHANTOMS = Domain(validated_on="phantoms", synthetic_only=True, outside="flag")
+
+
+def _img(meta: dict, fmt: str = "dicom") -> LoadedImage:
+    return LoadedImage(pixels=np.zeros((4, 4)), display=np.zeros((4, 4), np.uint8), meta=meta,
+                       source_format=fmt)
+
+
+@pytest.mark.parametrize("meta, status", [
+    ({"modality": "CR", "body_part": "CHEST", "view_position": "PA"}, "inside"),
+    ({"modality": "CT"}, "outside"),
+    ({"modality": "DX", "body_part": "KNEE", "view_position": "AP"}, "outside"),
+    ({"modality": "DX", "body_part": "chest", "view_position": "LL"}, "outside"),
+    ({"modality": "unknown"}, "unknown"),  # a JPEG: the loader writes "unknown"
+    ({"modality": "DX", "body_part": "CHEST"}, "unknown"),  # no view
+])
+def test_metadata_decides_inside_outside_or_unknown(meta, status):
+    assert CHEST.judge(ImageFacts.of_image(_img(meta))).status == status
+
+
+def test_synthetic_only_domains_take_phantoms_and_nothing_clinical():
+    assert PHANTOMS.judge(ImageFacts.of_image(_img({"modality": "CT"}, "phantom"))).status \
+        == "inside"
+    assert PHANTOMS.judge(ImageFacts.of_image(_img({"phantom": True}, "png"))).status == "inside"
+    verdict = PHANTOMS.judge(ImageFacts.of_image(_img({"modality": "unknown"}, "jpeg")))
+    assert verdict.status == "outside" and "clinical jpeg" in verdict.reason
+
+
+def test_screen_refuses_flags_or_runs_per_the_declaration():
+    with pytest.raises(ToolInputError, match=r"frontal chest radiographs only.*modality is CT"):
+        CHEST.screen(ImageFacts(modality="CT", source_format="dicom"), "find")
+    note = CHEST.screen(ImageFacts(source_format="jpeg"), "find")
+    assert note and "cannot be established" in note
+    assert CHEST.screen(ImageFacts(modality="CR", body_part="CHEST", view="PA"), "find") is None
+    runs = Domain(validated_on="x", modalities=frozenset({"CT"}), unknown="run")
+    assert runs.screen(ImageFacts(source_format="jpeg"), "window") is None
+    assert ANY_IMAGE.is_any and ANY_IMAGE.admits(ImageFacts(modality="MR"))
+    assert not CHEST.admits(ImageFacts(modality="MR")) and CHEST.admits(ImageFacts())
+
+
+def test_a_ref_knows_modality_and_format_only():
+    ref = ImageRef(id="img-000000000000", modality="CT", source_format="dicom")
+    facts = ImageFacts.of_ref(ref)
+    assert (facts.modality, facts.body_part, facts.synthetic) == ("CT", None, False)
+    assert ImageFacts.of_ref(ImageRef(id="img-000000000001", source_format="phantom")).synthetic
+
+
+def test_flagged_evidence_says_so_scores_lower_and_is_flagged_once():
+    ev = Evidence(tool="t", summary="3 things found.", score=0.9, data={"k": 1})
+    flagged = flag_evidence(ev, "a clinical jpeg", "phantoms")
+    assert flagged.data == {"k": 1, "out_of_domain": True, "domain_note": "a clinical jpeg"}
+    assert flagged.score == pytest.approx(0.9 * FLAGGED_SCORE_FACTOR)
+    assert flagged.summary == ("Outside what this tool was validated for (phantoms; a clinical "
+                               "jpeg): 3 things found.")
+    assert ev.data == {"k": 1} and ev.score == 0.9  # the original is unchanged
+    again = flag_evidence(flagged, "76 detections", "phantoms")
+    assert again.score == flagged.score and again.summary == flagged.summary
+    assert again.data["domain_note"] == "a clinical jpeg; 76 detections"
+    assert flag_evidence(Evidence(tool="t", summary="s"), "n", "v").score == FLAGGED_SCORE_FACTOR
