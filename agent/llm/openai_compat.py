@@ -24,8 +24,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
-from agent.llm import LLMSpec
 from agent.llm.json_tools import JsonToolsChatModel
+from agent.llm.spec import LLMSpec
 from agent.llm.text_protocol import reply_with_tool_calls
 from tools.errors import MedloopError
 

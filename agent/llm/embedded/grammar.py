@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage
 
-from agent.llm.embedded.runtime import EmbeddedModelError
+from agent.llm.embedded.errors import EmbeddedModelError
 from agent.llm.text_protocol import inline_refs, parameters_of, tool_name
 
 if TYPE_CHECKING:

