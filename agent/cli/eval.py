@@ -246,7 +246,7 @@ def _elicitor(ctx: AgentContext, spec: str) -> Callable[[str, str, list[str]], f
     the rating comes from the planner that answered.
     """
     model = backends.make_chat_model(spec, threads=ctx.llm_threads,
-                                     temperature=ctx.llm_temperature)
+                                     temperature=ctx.llm_temperature, home=ctx.home_dir)
     return lambda q, a, ev: elicit_confidence(model, q, a, ev)
 
 

@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 DISCLAIMER = "medloop is research software, not a medical device; do not use it for diagnosis."
-LLM_HELP = ("embedded | openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | hf:ID_OR_PATH "
+LLM_HELP = ("embedded | embedded:smollm2-135m|qwen2.5-0.5b|qwen2.5-1.5b | gguf:PATH | "
+            "openai:MODEL@BASE_URL | openai-json:MODEL@BASE_URL | hf:ID_OR_PATH "
             "(default: $MEDLOOP_LLM, else embedded)")
 
 

@@ -31,6 +31,7 @@ from langgraph.runtime import Runtime
 
 from agent.answer import Answer, Claim, FinalAnswerArgs
 from agent.context import AgentContext
+from agent.llm import canonical_spec
 from agent.nodes.think import resolve_llm, round_offer
 from agent.planner.prompt import build_prompt
 from agent.state import AgentState, current_question
@@ -89,11 +90,13 @@ def calibration_for(ctx: AgentContext, domain: str | None = None) -> Calibration
 def calibration_name(llm: str, answer_samples: int = 0, domain: str | None = None) -> str:
     """The file name a calibration for the ``llm`` spec (and image ``domain``) is saved under.
 
+    Keyed by the planner the spec runs (``embedded`` is ``embedded:smollm2-135m`` today, and
+    the default can change: a map fitted for one planner must not calibrate another).
     Sampling extra answers changes what the raw confidence means, so a configuration that
-    samples has its own file (``embedded-sc3.json``); so does each domain
-    (``embedded.clinical.json``).
+    samples has its own file (``embedded-smollm2-135m-sc3.json``); so does each domain
+    (``embedded-smollm2-135m.clinical.json``).
     """
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", llm).strip("-").lower()
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", canonical_spec(llm)).strip("-").lower()
     stem = f"{stem}-sc{answer_samples}" if answer_samples else stem
     return f"{stem}.{domain}.json" if domain else f"{stem}.json"
 

@@ -39,8 +39,8 @@ def resolve_llm(ctx: AgentContext) -> BaseChatModel:
     """The context's chat model: a given instance, or the backend its spec names."""
     if isinstance(ctx.llm, BaseChatModel):
         return ctx.llm
-    return make_chat_model(ctx.llm, threads=getattr(ctx, "llm_threads", None),
-                           temperature=getattr(ctx, "llm_temperature", 0.0))
+    return make_chat_model(ctx.llm, threads=ctx.llm_threads, temperature=ctx.llm_temperature,
+                           home=ctx.home_dir)
 
 
 SMALL_PLANNER_ROUTE = 2

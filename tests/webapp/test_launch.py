@@ -51,10 +51,11 @@ def test_auth_pairs():
 
 
 def test_medloop_app_forwards_its_flags(monkeypatch):
+    import webapp.launch
     from agent import cli
 
     seen = []
-    monkeypatch.setattr(app, "main", lambda argv: seen.append(argv))
+    monkeypatch.setattr(webapp.launch, "main", lambda argv: seen.append(argv))
     assert cli.main(["app", "--port", "7001", "--auth", "ann:pw", "--max-upload-mb", "5"]) == 0
-    assert seen == [["--port", "7001", "--llm", "embedded", "--auth", "ann:pw",
-                     "--max-upload-mb", "5.0"]]
+    # only the options given: --llm is left to MEDLOOP_LLM (else embedded) in the app itself
+    assert seen == [["--port", "7001", "--auth", "ann:pw", "--max-upload-mb", "5.0"]]

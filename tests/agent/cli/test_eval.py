@@ -198,7 +198,10 @@ def test_the_elicitor_gets_the_planners_threads_and_temperature(monkeypatch, cap
     code = main(["eval", "phantoms:1", "--tools", "detect_lesions", "--elicit", "--temperature",
                  "0.5", "--baselines", "none", "--json", "-q"])
     assert code == 0, capsys.readouterr().err
-    assert made and all(m == ("embedded", {"threads": 2, "temperature": 0.5}) for m in made)
+    # think and the elicitor ask for the same model: same spec, threads, temperature and home
+    assert made and all(m[0] == "embedded" and m[1]["threads"] == 2
+                        and m[1]["temperature"] == 0.5 for m in made)
+    assert len({str(m[1]["home"]) for m in made}) == 1
 
 
 def test_medloop_eval_on_real_vqa_rad_items_reports_splits_baselines_and_domain(
@@ -233,9 +236,9 @@ def test_medloop_eval_on_real_vqa_rad_items_reports_splits_baselines_and_domain(
     assert rep["calibration"]["domain"] == "clinical"
     assert list(rep["calibration_by_domain"]) == ["clinical"]
     # saved under the name the answer node looks up for clinical images only
-    saved = json.loads((medloop_home / "calibration" / "embedded.clinical.json").read_text())
+    saved = json.loads((medloop_home / "calibration" / "embedded-smollm2-135m.clinical.json").read_text())
     assert saved["domain"] == "clinical" and saved["n_fit"] == 24
-    assert not (medloop_home / "calibration" / "embedded.json").exists()
+    assert not (medloop_home / "calibration" / "embedded-smollm2-135m.json").exists()
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert {r["variant"] for r in records} == {"full", "question_only"}
     full = [r for r in records if r["variant"] == "full"]

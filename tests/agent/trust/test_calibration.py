@@ -172,8 +172,9 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
     assert calibration_for(ctx, "phantom").params == {"T": 2.0}
     assert calibration_for(ctx, "clinical") is None  # raw confidence on real images
     # a map fitted on real images is looked up by its domain's own name
-    assert calibration_name("embedded", 0, "clinical") == "embedded.clinical.json"
-    assert calibration_name("embedded", 3, "clinical") == "embedded-sc3.clinical.json"
+    assert calibration_name("embedded", 0, "clinical") == "embedded-smollm2-135m.clinical.json"
+    assert calibration_name("embedded", 3, "clinical") == (
+        "embedded-smollm2-135m-sc3.clinical.json")
     save_calibration(Calibration("platt", {"a": 1.0, "b": -1.0}, domain="clinical"),
                      folder / calibration_name("embedded", 0, "clinical"))
     assert calibration_for(ctx, "clinical").method == "platt"

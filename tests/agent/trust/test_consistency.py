@@ -78,5 +78,5 @@ def test_sampling_settings_are_checked_and_name_their_own_calibration():
         AgentContext(answer_samples=-1)
     with pytest.raises(ValueError, match="sample_temperature"):
         AgentContext(sample_temperature=0)
-    assert calibration_name("embedded") == "embedded.json"
-    assert calibration_name("embedded", 3) == "embedded-sc3.json"
+    assert calibration_name("embedded") == "embedded-smollm2-135m.json"
+    assert calibration_name("embedded", 3) == "embedded-smollm2-135m-sc3.json"

@@ -71,8 +71,12 @@ def test_the_tool_stores_a_new_image_with_unchanged_hu(store):
 def test_non_ct_and_unknown_presets_are_refused(store):
     mr = store.put(load_image(get_testdata_file("MR_small.dcm"))).id
     tool = TOOLS[0].tool(ToolDeps(store))
-    with pytest.raises(ToolInputError, match="not in Hounsfield units"):
+    # The tool's domain (CT) refuses an MR before it runs; its own check refuses pixels that
+    # are not HU whatever the modality says.
+    with pytest.raises(ToolInputError, match=r"window is validated on CT in Hounsfield units.*modality is MR, not CT"):
         tool.invoke({"image_id": mr, "preset": "brain"})
+    with pytest.raises(ToolInputError, match="not in Hounsfield units"):
+        rewindow(store.get(mr), "brain")
     ct = store.put(_ct_ramp()).id
     with pytest.raises(ToolInputError, match="unknown window preset 'liver'"):
         tool.invoke({"image_id": ct, "preset": "liver"})
