@@ -15,9 +15,9 @@ import pytest
 
 from tools.errors import ToolFailure, ToolInputError
 from tools.image import LoadedImage
+from tools.models.classifiers import TEMPLATE, ZeroShotClassifier, clean_labels
 from tools.models.registry import VisionConfig, models
 from tools.torch_compat import ensure_torchvision
-from tools.models.classifiers import TEMPLATE, ZeroShotClassifier, clean_labels
 from tools.vision.classify import classify_tools
 from tools.vision.segment import vision_tools
 

@@ -13,9 +13,9 @@ import pytest
 
 from tools.errors import ToolFailure
 from tools.image import LoadedImage
+from tools.models.classifiers import SupervisedClassifier
 from tools.models.registry import VisionConfig, models
 from tools.torch_compat import ensure_torchvision
-from tools.models.classifiers import SupervisedClassifier
 from tools.vision.classify import supervised_classify_tools
 from tools.vision.segment import vision_tools
 
