@@ -167,8 +167,9 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
     folder = tmp_path / "calibration"
     # A map saved before domains were recorded was fitted on phantoms: it says so when read.
     folder.mkdir()
-    (folder / "embedded.json").write_text('{"method": "temperature", "params": {"T": 2.0}}')
-    assert load_calibration(folder / "embedded.json").domain == "phantom"
+    old = folder / calibration_name("embedded")  # embedded-smollm2-135m.json
+    old.write_text('{"method": "temperature", "params": {"T": 2.0}}')
+    assert load_calibration(old).domain == "phantom"
     assert calibration_for(ctx, "phantom").params == {"T": 2.0}
     assert calibration_for(ctx, "clinical") is None  # raw confidence on real images
     # a map fitted on real images is looked up by its domain's own name
@@ -184,5 +185,5 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
     explicit = replace(ctx, calibration=str(named))
     assert calibration_for(explicit, "clinical") is None
     assert calibration_for(explicit, "phantom").params == {"T": 3.0}
-    back = load_calibration(folder / "embedded.clinical.json")
+    back = load_calibration(folder / calibration_name("embedded", 0, "clinical"))
     assert back.domain == "clinical"
