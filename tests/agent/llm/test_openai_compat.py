@@ -19,46 +19,8 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from agent.llm import parse_spec
 from agent.llm.json_tools import JsonToolsChatModel
 from agent.llm.openai_compat import DEFAULT_MAX_TOKENS, OpenAIServerError, make_openai_model
+from tests.agent.llm.tool_dicts import TOOLS
 
-SEGMENT = {
-    "type": "function",
-    "function": {
-        "name": "segment",
-        "description": "Segment an organ in an image.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "image_id": {"type": "string", "enum": ["img1", "img2"],
-                             "description": "which image"},
-                "box": {"anyOf": [{"type": "array", "items": {"type": "number"}},
-                                  {"type": "null"}], "default": None},
-            },
-            "required": ["image_id"],
-        },
-    },
-}
-FINAL = {
-    "type": "function",
-    "function": {
-        "name": "final_answer",
-        "description": "Answer the question.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "answer": {"type": "string"},
-                "claims": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {"statement": {"type": "string"},
-                                   "evidence_ids": {"type": "array",
-                                                    "items": {"type": "string", "enum": ["E1"]}}},
-                    "required": ["statement", "evidence_ids"]}},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-            "required": ["answer"],
-        },
-    },
-}
-TOOLS = [SEGMENT, FINAL]
 QUESTION = [SystemMessage(content="You are medloop."), HumanMessage(content="Segment the lungs.")]
 TOOLS_JSON_MARKER = "You can call tools."  # first line of prompts/tools_json
 

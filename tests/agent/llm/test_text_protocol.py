@@ -21,47 +21,9 @@ from agent.llm.text_protocol import (
     tools_system_prompt,
 )
 from prompts import load_prompt
+from tests.agent.llm.tool_dicts import SEGMENT, TOOLS
 
 TOOLS_JSON_MARKER = "You can call tools."  # first line of prompts/tools_json
-SEGMENT = {
-    "type": "function",
-    "function": {
-        "name": "segment",
-        "description": "Segment an organ in an image.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "image_id": {"type": "string", "enum": ["img1", "img2"],
-                             "description": "which image"},
-                "box": {"anyOf": [{"type": "array", "items": {"type": "number"}},
-                                  {"type": "null"}], "default": None},
-            },
-            "required": ["image_id"],
-        },
-    },
-}
-FINAL = {
-    "type": "function",
-    "function": {
-        "name": "final_answer",
-        "description": "Answer the question.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "answer": {"type": "string"},
-                "claims": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {"statement": {"type": "string"},
-                                   "evidence_ids": {"type": "array",
-                                                    "items": {"type": "string", "enum": ["E1"]}}},
-                    "required": ["statement", "evidence_ids"]}},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-            "required": ["answer"],
-        },
-    },
-}
-TOOLS = [SEGMENT, FINAL]
 MEASURE = {"type": "function", "function": {
     "name": "measure_distance", "description": "Distance in mm between two points.",
     "parameters": {"type": "object", "properties": {
