@@ -39,7 +39,7 @@ from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.similar import LIBRARY_DOMAIN
 from retrievers.vqa_library import QA_FILE, QAItem, load_qa, normalise_answer
 from tools.base import ImageArgs
-from tools.errors import ToolInputError
+from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
 from tools.spec import ToolDeps, ToolSpec
@@ -283,14 +283,13 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
 
 def _has_pairs(deps: ToolDeps) -> bool:
     """Offered only over a library built from question-answer pairs (``vqa_library``)."""
-    return deps.library is not None and deps.library_path is not None and (
-        deps.library_path / QA_FILE).exists()
+    return deps.library_has(QA_FILE)
 
 
 TOOLS = (
     ToolSpec(
         name="case_answer", description=_DESCRIPTION, args=CaseAnswerArgs,
-        build=lambda deps: _case_answer(deps.store, deps.library or _no_library, shared_minilm),
+        build=lambda deps: _case_answer(deps.store, _library(deps), shared_minilm),
         models=(LITE_MEDSAM, MINILM), enabled=_has_pairs, variant="vqa-library",
         examples=("What imaging modality was used?",
                   "Is this an MRI or a CT?",
@@ -303,8 +302,11 @@ TOOLS = (
 """``case_answer``: neighbours' answers from a library of real question-answer pairs."""
 
 
-def _no_library() -> Any:
-    raise ToolInputError("no case library is configured; use another tool")
+def _library(deps: ToolDeps) -> Callable[[], Any]:
+    """The run's library getter; the tool is only enabled when there is one."""
+    if deps.library is None:
+        raise ToolFailure("this tool needs a case library (MEDLOOP_LIBRARY)")
+    return deps.library
 
 
 def case_answer_tools(store: ImageStore, library_getter: Callable[[], Any],

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from retrievers.similar import LIBRARY_DOMAIN
 from tools.base import ImageArgs
-from tools.errors import ToolInputError
+from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Assertion, Evidence
 from tools.packaged import LITE_MEDSAM
 from tools.spec import ToolDeps, ToolSpec
@@ -294,14 +294,13 @@ def _head_classify(store: ImageStore, get_lib: Callable[[], Any]
 
 def _has_heads(deps: ToolDeps) -> bool:
     """Offered only when the configured library has trained heads (``medloop library train``)."""
-    return deps.library is not None and deps.library_path is not None and (
-        deps.library_path / HEADS_FILE).exists()
+    return deps.library_has(HEADS_FILE)
 
 
 TOOLS = (
     ToolSpec(
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="trained-heads",
-        build=lambda deps: _head_classify(deps.store, deps.library or _no_library),
+        build=lambda deps: _head_classify(deps.store, _library(deps)),
         models=(LITE_MEDSAM,), enabled=_has_heads, precedence=5, examples=CLASSIFY_EXAMPLES,
         domain=LIBRARY_DOMAIN,
     ),
@@ -310,8 +309,11 @@ TOOLS = (
 model (10)."""
 
 
-def _no_library() -> Any:
-    raise ToolInputError("no case library is configured; use another tool")
+def _library(deps: ToolDeps) -> Callable[[], Any]:
+    """The run's library getter; the tool is only enabled when there is one."""
+    if deps.library is None:
+        raise ToolFailure("this tool needs a case library (MEDLOOP_LIBRARY)")
+    return deps.library
 
 
 def head_classify_tools(store: ImageStore, library_getter: Callable[[], Any]) -> list[BaseTool]:

@@ -122,6 +122,11 @@ class ToolDeps:
     home: Path | None = None
     library_path: Path | None = None
 
+    def library_has(self, filename: str) -> bool:
+        """Whether the run's own case library holds ``filename`` (looked for, not opened)."""
+        return (self.library is not None and self.library_path is not None
+                and (self.library_path / filename).exists())
+
     @property
     def device(self) -> str:
         """``auto``, ``cpu`` or ``cuda``: the run's device setting."""
