@@ -35,9 +35,11 @@ import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
+from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
+from retrievers.heads import Head, load_heads, predict_heads
 from retrievers.similar import LIBRARY_DOMAIN
-from retrievers.vqa_library import QA_FILE, QAItem, load_qa, normalise_answer
+from retrievers.vqa_library import QA_FILE, QAItem, label_question, load_qa, normalise_answer
 from tools.base import ImageArgs
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Evidence
@@ -53,11 +55,13 @@ __all__ = [
     "CaseAnswer",
     "CaseBank",
     "CaseVote",
+    "YesNo",
     "answer_from_cases",
     "bank_for",
     "case_answer_tools",
     "is_yesno_question",
     "token_recall",
+    "yesno_from_library",
 ]
 
 CENTRED = True
@@ -251,6 +255,43 @@ def _summary(res: CaseAnswer | None, k: int) -> str:
             f"{len(res.votes)} neighbours: {shares}). {listed}")
 
 
+@dataclass(frozen=True)
+class YesNo:
+    """A yes/no answer from a library model: which one, ``P(yes)``, and why in words."""
+
+    answer: str
+    p_yes: float
+    method: str
+    summary: str
+
+
+def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedder: str,
+                       heads: dict[str, Head], model: AnswerModel | None) -> YesNo | None:
+    """Answer a yes/no question from the library's trained models, or None.
+
+    A question about what the whole image is ("Is this an MRI?", ``label_question``) is read
+    off the trained head of that task when there is one (0.92-1.00 right on the dev set);
+    any other yes/no question goes to the answer model (question wording + image, about 62 %
+    right on the dev set: it knows priors, not findings), when the library has one.
+    """
+    asked = label_question(question)
+    if asked is not None and asked[0] in heads and asked[1] in heads[asked[0]].classes:
+        task, value = asked
+        probs = dict(predict_heads({task: heads[task]}, vec, embedder)[task])
+        p = probs[value]
+        return YesNo("yes" if p >= 0.5 else "no", p, f"head:{task}",
+                     f"The library's {task} classifier gives {value} {p:.2f}, so the answer "
+                     f"to this {task} question is '{'yes' if p >= 0.5 else 'no'}'.")
+    if model is None:
+        return None
+    p = model.p_yes(qvec, vec)
+    return YesNo("yes" if p >= 0.5 else "no", p, "answer-model",
+                 f"A model fitted on {sum(model.head.fitted_on.values())} labelled yes/no "
+                 f"questions of the library (their wording and their images' overall "
+                 f"appearance; it cannot see a finding) gives P(yes) = {p:.2f}: "
+                 f"'{'yes' if p >= 0.5 else 'no'}'.")
+
+
 def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                  text_embedder: Callable[[], Embedder]) -> Callable[[CaseAnswerArgs], Evidence]:
     def case_answer(args: CaseAnswerArgs) -> Evidence:
@@ -267,6 +308,9 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         vec = lib.image_embedder.embed_images([img.display])[0]
         qvec = text_embedder().embed_texts([question])[0]
         res = answer_from_cases(bank, vec, qvec, question, k_images=args.k)
+        yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name,
+                                 load_heads(lib.root), load_answer_model(lib.root))
+              if is_yesno_question(question) else None)
         data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None}
         if res is not None:
             data |= {"answer": res.answer, "agreement": round(res.agreement, 4),
@@ -274,9 +318,14 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                      "votes": [{"case_id": v.case_id, "image_sim": round(v.image_sim, 4),
                                 "question": v.question, "question_sim": round(v.question_sim, 4),
                                 "answer": v.answer} for v in res.votes]}
-        return Evidence(tool="case_answer", image_id=args.image_id, summary=_summary(res, args.k),
-                        score=res.score if res is not None else 0.0, data=data,
-                        elapsed_s=time.perf_counter() - t0)
+        summary = _summary(res, args.k)
+        score = res.score if res is not None else 0.0
+        if yn is not None:
+            data |= {"answer": yn.answer, "p_yes": round(yn.p_yes, 4), "method": yn.method}
+            summary = f"{yn.summary} Neighbours: {summary}"
+            score = max(yn.p_yes, 1.0 - yn.p_yes)
+        return Evidence(tool="case_answer", image_id=args.image_id, summary=summary,
+                        score=score, data=data, elapsed_s=time.perf_counter() - t0)
 
     return case_answer
 

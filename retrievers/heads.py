@@ -93,14 +93,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _fit_linear(x: np.ndarray, y: Sequence[str], classes: list[str]) -> tuple[np.ndarray,
-                                                                              np.ndarray]:
+def _fit_linear(x: np.ndarray, y: Sequence[str], classes: list[str], c: float = _C,
+                standardise: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Weights ``(K, D)`` and bias ``(K,)`` on the raw features (standardisation folded in)."""
     from sklearn.linear_model import LogisticRegression
 
-    mu = x.mean(axis=0)
-    sd = x.std(axis=0) + 1e-6
-    lr = LogisticRegression(C=_C, max_iter=3000)
+    mu = x.mean(axis=0) if standardise else np.zeros(x.shape[1])
+    sd = x.std(axis=0) + 1e-6 if standardise else np.ones(x.shape[1])
+    lr = LogisticRegression(C=c, max_iter=3000)
     lr.fit((x - mu) / sd, list(y))
     coef, icpt = np.asarray(lr.coef_, np.float64), np.asarray(lr.intercept_, np.float64)
     if len(classes) == 2:  # sklearn keeps one row for two classes: logits [0, w.x + b]
@@ -112,7 +112,8 @@ def _fit_linear(x: np.ndarray, y: Sequence[str], classes: list[str]) -> tuple[np
     return weights, icpt - weights @ mu
 
 
-def _temperature(x: np.ndarray, y: Sequence[str], classes: list[str]) -> float:
+def _temperature(x: np.ndarray, y: Sequence[str], classes: list[str], c: float = _C,
+                 standardise: bool = True) -> float:
     """The temperature minimising the out-of-fold negative log-likelihood (1.0 if too few)."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -124,7 +125,7 @@ def _temperature(x: np.ndarray, y: Sequence[str], classes: list[str]) -> float:
     oof = np.zeros((len(y), len(classes)))
     for fit, held in StratifiedKFold(n_splits, shuffle=True, random_state=0).split(x, yi):
         sub = sorted({classes[i] for i in yi[fit]})
-        w, b = _fit_linear(x[fit], [classes[i] for i in yi[fit]], sub)
+        w, b = _fit_linear(x[fit], [classes[i] for i in yi[fit]], sub, c, standardise)
         z = np.full((len(held), len(classes)), -1e9)
         z[:, [classes.index(c) for c in sub]] = x[held] @ w.T + b
         oof[held] = z
@@ -134,17 +135,19 @@ def _temperature(x: np.ndarray, y: Sequence[str], classes: list[str]) -> float:
 
 
 def fit_head(x: np.ndarray, y: Sequence[str], task: str = "label", embedder: str = "",
-             calibrate: bool = True) -> Head:
+             calibrate: bool = True, c: float = _C, standardise: bool = True) -> Head:
     """A calibrated logistic-regression head on embeddings ``x`` ``(N, D)`` for labels ``y``.
 
-    Raises ``ToolInputError`` when ``y`` has fewer than two classes.
+    ``c`` is the inverse L2 strength, on standardised features unless ``standardise`` is
+    False (unit vectors whose scale already means something). Raises ``ToolInputError`` when
+    ``y`` has fewer than two classes.
     """
     x = np.asarray(x, np.float64)
     classes = sorted(set(y))
     if len(classes) < 2:
         raise ToolInputError(f"task {task!r}: needs at least two classes, has {classes}")
-    weights, bias = _fit_linear(x, y, classes)
-    temp = _temperature(x, y, classes) if calibrate else 1.0
+    weights, bias = _fit_linear(x, y, classes, c, standardise)
+    temp = _temperature(x, y, classes, c, standardise) if calibrate else 1.0
     return Head(task, classes, weights, bias, temp, embedder, dict(Counter(y)))
 
 

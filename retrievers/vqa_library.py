@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ __all__ = [
     "folds_by_image",
     "image_labels",
     "is_vqa_items",
+    "label_question",
+    "library_image_vectors",
     "load_display",
     "load_qa",
     "normalise_answer",
@@ -185,6 +187,32 @@ def _evidence_texts(item: QAItem) -> list[str]:
     return out
 
 
+_LABEL_QUESTION = re.compile(
+    r"^\s*(is|was)\s+(this|it|the (image|scan|study|film|picture|section)|this (image|scan|"
+    r"study|film|picture|section))\b", re.IGNORECASE)
+_NOT_A_LABEL = re.compile(r"contrast|enhanc|weighted|\bt[12]\b|flair|artifact|expos|phase|"
+                          r"kind|type|kub|\bap\b|\bpa\b|anterior|posterior|\bor\b|\bnot\b",
+                          re.IGNORECASE)
+
+
+def label_question(question: str) -> tuple[str, str] | None:
+    """The ``(task, value)`` a yes/no question asks about the whole image, or None.
+
+    "Is this an MRI?" -> ``("modality", "mr")``; "Is the image in the axial plane?" ->
+    ``("plane", "axial")``. Only questions about what the image IS (opening "is this ...",
+    "is the image ...") that name exactly one modality or one plane (axial, coronal, sagittal,
+    lateral) and nothing that qualifies it (contrast, weighting, a kind of film, AP/PA, "or",
+    "not"): "Is this CT enhanced by IV contrast?" asks about contrast, not about CT.
+    """
+    if not _LABEL_QUESTION.match(question) or _NOT_A_LABEL.search(question):
+        return None
+    modalities = _mentions(question, _MODALITY_WORDS)
+    planes = _mentions(question, _PLANE_WORDS) - {"frontal"}
+    if len(modalities) + len(planes) != 1:
+        return None
+    return ("modality", modalities.pop()) if modalities else ("plane", planes.pop())
+
+
 def image_labels(items: Iterable[QAItem]) -> dict[str, dict[str, str]]:
     """Per image: ``{"organ": ..., "modality": ..., "plane": ...}`` (each only when known).
 
@@ -290,12 +318,16 @@ def case_labels(labels: dict[str, str]) -> list[str]:
 
 def build_vqa_library(items_path: str | Path, root: str | Path,
                       image_embedder: Embedder, text_embedder: Embedder | None = None,
-                      images: Sequence[str] | None = None) -> CaseLibrary:
+                      images: Sequence[str] | None = None,
+                      image_vectors: Mapping[str, np.ndarray] | None = None) -> CaseLibrary:
     """A new library in ``root`` from the items file (only ``images`` of it when given).
 
     One case per image (case id = the image's relative path), labelled by ``image_labels``;
     the pairs and their question vectors (``text_embedder``, default the packaged MiniLM)
-    are saved beside it. Returns the library opened for writing (close it when done).
+    are saved beside it. ``image_vectors`` (image -> its vector from ``image_embedder``, e.g.
+    read from a library of every image) saves embedding them again: the cross-validation
+    folds of one set share their images' vectors. Returns the library opened for writing
+    (close it when done).
     """
     items_path = Path(items_path)
     items = read_items(items_path)
@@ -313,10 +345,24 @@ def build_vqa_library(items_path: str | Path, root: str | Path,
         cases.append(NewCase(case_id=image, display=load_display(items_path.parent / image),
                              image=image, labels=case_labels(lab),
                              modality=MODALITY_CODES.get(lab.get("modality", ""))))
-    lib.add(cases)
+    if image_vectors is not None and all(c.case_id in image_vectors for c in cases):
+        lib.add_embedded(cases, np.stack([image_vectors[c.case_id] for c in cases]), None)
+    else:
+        lib.add(cases)
     vectors = text_embedder.embed_texts([it.question for it in items])
     save_qa(root, QABank(items, vectors, dict(text_embedder.identity)))
     return lib
+
+
+def library_image_vectors(library: CaseLibrary) -> dict[str, np.ndarray]:
+    """Case id -> image vector of every case with one (to build other libraries from)."""
+    index = library.image_index
+    if index is None:
+        return {}
+    rows = sorted(int(i) for i in index.ids())
+    records = library.db.get(rows)
+    vecs = index.reconstruct(rows) if rows else np.zeros((0, 0))
+    return {records[r].case_id: vecs[k] for k, r in enumerate(rows) if r in records}
 
 
 def open_case_library(root: str | Path, writable: bool = False) -> CaseLibrary:

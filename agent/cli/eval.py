@@ -14,11 +14,12 @@ with no path saves each under ``$MEDLOOP_HOME/calibration/<spec>.<domain>.json``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import agent.llm as backends
 from agent.build import build_graph
@@ -32,13 +33,16 @@ from agent.cli.options import (
     planner_settings,
 )
 from agent.context import AgentContext
+from agent.evaluation.baselines import MAJORITY
 from agent.evaluation.elicit import elicit_confidence
 from agent.evaluation.harness import BASELINES, evaluate
 from agent.evaluation.items import EvalItem
+from agent.evaluation.libraries import fold_libraries
 from agent.evaluation.readers import SuiteError, load_suite
-from agent.evaluation.runner import Record, read_records
+from agent.evaluation.runner import Record, Variant, read_records, run_suite
 from agent.nodes.answer import calibration_name
 from agent.planner.toolset import default_tools
+from retrievers.vqa_library import vqa_items_file
 
 __all__ = ["add_parser", "cmd_eval", "run_context"]
 
@@ -69,6 +73,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     ev.add_argument("--folds", type=int, default=5,
                     help="k of the k-fold cross-validation by image (majority baseline, "
                          "cross-fitted calibration; default 5)")
+    ev.add_argument("--library-folds", action="store_true",
+                    help="answer each item with a case library built from the suite's OTHER "
+                         "folds (by image, --folds of them; with its trained heads and answer "
+                         "model): cross-fitted case-based tools on a labelled JSON-lines suite; "
+                         "libraries are kept under $MEDLOOP_HOME/eval-libraries/")
     ev.add_argument("--baseline-limit", type=int,
                     help="run the baselines on the first N items only")
     ev.add_argument("--fit-fraction", type=float, default=0.5,
@@ -269,19 +278,50 @@ def _calibration_target(
     return home
 
 
+def _cross_fitted(args: argparse.Namespace, ctx: AgentContext, items: list[EvalItem],
+                  baselines: list[str]) -> list[Record]:
+    """Records of ``items``, each answered with the library of the other folds' images."""
+    if args.records:
+        raise BadInput("--library-folds runs the agent; it cannot be given --records")
+    items_file = vqa_items_file(args.suite.split(":", 1)[-1])
+    if items_file is None:
+        raise BadInput(f"--library-folds needs a labelled JSON-lines suite (the VQA-RAD dev "
+                       f"set's format), not {args.suite!r}")
+    every = load_suite(args.suite)
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            sys.stderr.write(f"[eval] {msg}\n")
+
+    library_of = fold_libraries(items_file, every, args.folds, args.seed,
+                                ctx.home_dir / "eval-libraries", progress=say)
+    variants = cast("list[Variant]", ["full", *[b for b in baselines if b != MAJORITY]])
+    progress = _progress(args)
+    records: list[Record] = []
+    for path in sorted({library_of[it.id] for it in items}):
+        part = [it for it in items if library_of[it.id] == path]
+        fold_ctx = dataclasses.replace(ctx, library=path)
+        records += run_suite(_graph_factory(fold_ctx, args.tools), part, variants=variants,
+                             repeats=args.repeats, seed=args.seed,
+                             baseline_limit=args.baseline_limit, progress=progress)
+    return records
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run a suite through the agent and print (and optionally save) the report."""
     ctx = run_context(args)
     spec = checked_llm(ctx)
     items, baselines = _checked(args)
     save = _calibration_target(args.save_calibration, ctx, spec)
+    records = (_cross_fitted(args, ctx, items, baselines) if args.library_folds
+               else read_records(args.records) if args.records else None)
     result = evaluate(
         items, make_graph=_graph_factory(ctx, args.tools), suite=args.suite, llm=spec,
         baselines=baselines, baseline_limit=args.baseline_limit,
         repeats=args.repeats, seed=args.seed, folds=args.folds, fit_fraction=args.fit_fraction,
         target_accuracy=args.target_accuracy, out_dir=args.out, save_calibration_to=save,
-        progress=_progress(args) if not args.records else None,
-        records=read_records(args.records) if args.records else None,
+        progress=_progress(args) if records is None else None,
+        records=records,
         elicit=_elicitor(ctx, spec) if args.elicit else None,
     )
     if args.json:

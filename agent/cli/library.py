@@ -1,10 +1,12 @@
-"""``medloop library train INDEX``: fit the library's trained heads.
+"""``medloop library train INDEX``: fit the library's trained heads and its answer model.
 
 Light classifiers (logistic regression on the library's frozen image embeddings, probabilities
 calibrated out of fold: ``retrievers.heads``) for every label task the library's cases carry
 (modality, organ, plane, any label a site adds), saved as ``INDEX/heads.json``. With them the
 library serves ``classify`` (trained heads outrank the kNN vote; a configured model outranks
-both) when it is the run's library (``MEDLOOP_LIBRARY``).
+both) when it is the run's library (``MEDLOOP_LIBRARY``). A library built from question-answer
+pairs also gets its yes/no answer model (``retrievers.answer_model``, ``INDEX/answer_model.json``),
+which ``case_answer`` uses for yes/no questions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 from typing import Any
 
 from agent.cli.options import BadInput, emit_json
+from retrievers import answer_model
 from retrievers.heads import train_and_save
 from retrievers.library import EmbedderMismatch
 from retrievers.vqa_library import open_case_library
@@ -43,7 +46,10 @@ def cmd_library(args: argparse.Namespace) -> int:
     except (ToolInputError, EmbedderMismatch) as exc:
         raise BadInput(str(exc)) from exc
     try:
-        emit_json(train_and_save(lib, args.task or None))
+        summary = train_and_save(lib, args.task or None)
+        if not args.task:
+            summary["answer_model"] = answer_model.train_and_save(lib)
+        emit_json(summary)
     except (ToolInputError, ValueError) as exc:
         raise BadInput(str(exc)) from exc
     finally:

@@ -8,18 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrievers import answer_model
+from retrievers.answer_model import fit_answer_model
 from retrievers.case_answers import (
     CaseBank,
     answer_from_cases,
     case_answer_tools,
     is_yesno_question,
     token_recall,
+    yesno_from_library,
 )
 from retrievers.embedders import shared_minilm
+from retrievers.heads import fit_head, train_and_save
 from retrievers.vqa_library import (
     QAItem,
     build_vqa_library,
     folds_by_image,
+    label_question,
     load_display,
     normalise_answer,
     read_items,
@@ -149,5 +154,59 @@ def test_the_tool_answers_from_a_built_library(tmp_path: Path, store, mini_embed
         assert none.data["answer"] is None and none.score == 0.0
         with pytest.raises(ToolInputError, match="empty"):
             tool.invoke({"image_id": refs[0].id, "question": "  "})
+    finally:
+        lib.close()
+
+
+@pytest.mark.parametrize(("question", "asked"), [
+    ("Is this an MRI?", ("modality", "mr")),
+    ("Is this a CT scan?", ("modality", "ct")),
+    ("Is this a chest radiograph?", ("modality", "xray")),
+    ("Is the image in the axial plane?", ("plane", "axial")),
+    ("Is this a transverse section?", ("plane", "axial")),
+    ("Is this CT scan enhanced by IV contrast?", None),  # asks about contrast
+    ("Is this a T2 weighted image?", None),  # a weighting, not the modality
+    ("Is this an AP or PA film?", None),
+    ("Is there a mass in the CT?", None),  # not about what the image is
+    ("Is this a lateral film?", None),  # names a plane and a modality
+])
+def test_which_yes_no_questions_a_label_answers(question, asked) -> None:
+    assert label_question(question) == asked
+
+
+def test_yes_no_from_the_heads_or_the_answer_model() -> None:
+    text = HashText()
+    x = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.1, 0.9, 0]] * 3, np.float64)
+    head = fit_head(x, ["ct", "ct", "mr", "mr"] * 3, "modality", "pixels")
+    mr_image = np.array([0.05, 1.0, 0.0])
+    qv = text.embed_texts(["Is this a CT scan?"])[0]
+    yn = yesno_from_library("Is this a CT scan?", qv, mr_image, "pixels", {"modality": head},
+                            None)
+    assert yn is not None and yn.answer == "no" and yn.method == "head:modality"
+    assert yn.p_yes < 0.5 and "modality classifier" in yn.summary
+    # not a label question and no answer model: nothing to say
+    assert yesno_from_library("Is there a mass?", qv, mr_image, "pixels", {"modality": head},
+                              None) is None
+    rng = np.random.default_rng(0)
+    qs = rng.normal(size=(60, qv.shape[0]))
+    model = fit_answer_model(qs, rng.normal(size=(60, 3)), ["yes", "no"] * 30, "w", "pixels")
+    yn = yesno_from_library("Is there a mass?", qv, mr_image, "pixels", {}, model)
+    assert yn is not None and yn.method == "answer-model" and yn.answer in ("yes", "no")
+    assert (yn.answer == "yes") == (yn.p_yes >= 0.5) and "cannot see a finding" in yn.summary
+
+
+@pytest.mark.slow
+def test_the_tool_answers_yes_no_from_the_trained_library(tmp_path: Path, store,
+                                                           mini_embedder) -> None:
+    lib = build_vqa_library(MINI, tmp_path / "lib", mini_embedder, HashText())
+    try:
+        train_and_save(lib)
+        assert answer_model.train_and_save(lib) is not None
+        _, refs = ingest_path(store, MINI.parent / "images" / "synpic33892.jpg")
+        tool = case_answer_tools(store, lambda: lib, text_embedder=HashText)[0]
+        ev = tool.invoke({"image_id": refs[0].id, "question": "Is there a fracture?"})
+        assert ev.data["method"] == "answer-model" and ev.data["answer"] in ("yes", "no")
+        assert ev.score == pytest.approx(max(ev.data["p_yes"], 1 - ev.data["p_yes"]), abs=1e-4)
+        assert "cannot see a finding" in ev.summary
     finally:
         lib.close()

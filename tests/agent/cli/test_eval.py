@@ -244,3 +244,47 @@ def test_medloop_eval_on_real_vqa_rad_items_reports_splits_baselines_and_domain(
     full = [r for r in records if r["variant"] == "full"]
     assert all(r["domain"] == "clinical" and r["item_images"] for r in full)
     assert all(isinstance(r["conflicts"], list) for r in full)
+
+
+def _case_planner(msgs):
+    """Asks case_answer the user's question about the first image, then answers with it."""
+    system = str(msgs[0].content)
+    found = re.findall(r"(E\d+) \(case_answer\): (.*)", system)
+    if found:
+        eid, summary = found[-1]
+        said = re.search(r"'(yes|no)'", summary) or re.search(r"answer '([^']+)'", summary)
+        return final(said.group(1) if said else "I cannot tell.", [(summary, [eid])], 0.7)
+    question = next(str(m.content) for m in msgs if m.type == "human")
+    images = re.findall(r"(img-[0-9a-f]{12}):", system)
+    return ai(call("case_answer", image_id=images[0], question=question))
+
+
+def test_library_folds_answer_each_item_without_its_own_image(monkeypatch, capsys, tmp_path):
+    """Cross-fitted libraries through the CLI: no item's own image is among its neighbours."""
+    import functools
+
+    import agent.cli.eval as cli_eval
+
+    monkeypatch.setenv("MEDLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cli_eval, "fold_libraries", functools.partial(
+        cli_eval.fold_libraries, image_embedder="thumbnail-32"))  # cheap; the split is tested
+    monkeypatch.setattr(
+        "agent.nodes.think.make_chat_model",
+        lambda spec, **kw: ScriptedChatModel.of(_case_planner for _ in itertools.count()),
+    )
+    mini = "tests/fixtures/vqa_rad_mini/items.jsonl"
+    code = main(["eval", mini, "--library-folds", "--folds", "3", "--limit", "30",
+                 "--baselines", "none", "--tools", "case_answer", "--out", str(tmp_path / "r"),
+                 "--json", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    records = [json.loads(x) for x in (tmp_path / "r" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 30 and all(r["tools"] == ["case_answer"] for r in records)
+    for r in records:
+        own = r["item_images"][0].rsplit("/", 1)[-1]
+        assert own not in " ".join(r["evidence"]), (r["item_id"], r["evidence"])
+    answered = [r for r in records if r["answer_type"] == "yesno"]
+    assert answered and all(r["parsed"] in ("yes", "no") for r in answered)
+    assert sorted((tmp_path / "home" / "eval-libraries").glob("*/fold-*")) != []
+    assert main(["eval", "phantoms:3", "--library-folds"]) == 2
+    assert "labelled JSON-lines suite" in capsys.readouterr().err
