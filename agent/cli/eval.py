@@ -35,6 +35,7 @@ from agent.cli.options import (
 from agent.context import AgentContext
 from agent.evaluation.baselines import MAJORITY
 from agent.evaluation.elicit import elicit_confidence
+from agent.evaluation.folds import shuffled_by_image
 from agent.evaluation.harness import BASELINES, evaluate
 from agent.evaluation.items import EvalItem
 from agent.evaluation.libraries import fold_libraries
@@ -60,6 +61,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     help="leave out the first N items: split a long suite across processes "
                          "(--skip 0 --limit 100, --skip 100 --limit 100, ...) and report the "
                          "merged records with --records")
+    ev.add_argument("--shuffle", action="store_true",
+                    help="run the suite's images in a seeded random order (--seed), each "
+                         "image's questions together, before --skip/--limit: a run cut short "
+                         "is a random sample of images, not the file's first ones")
     ev.add_argument("--llm", help=LLM_HELP)
     ev.add_argument("--repeats", type=int, default=1, help="runs per item (default 1)")
     ev.add_argument("--seed", type=int, default=0)
@@ -166,7 +171,9 @@ def _human(report: dict[str, Any]) -> str:
              f"{m.get('answers_contradicting_evidence_all')} in all",
              f"grounding IoU {m['grounding_iou']}  size error {m['size_error_mm_mean']} mm  "
              f"latency p50 {m['latency_s_p50']} s  p95 {m['latency_s_p95']} s  "
-             f"tool calls/item {m['tool_calls_per_item']}"]
+             f"tool calls/item {m['tool_calls_per_item']}",
+             f"time per item p50: planner {m.get('planner_s_p50')} s over "
+             f"{m.get('planner_calls_per_item')} calls, tools {m.get('tools_s_p50')} s"]
     for name, b in report["baselines"].items():
         lines.append(f"baseline {name}: accuracy {b['accuracy']} (95% CI {b['accuracy_ci95']}),"
                      f" n={b['n_items']}")
@@ -207,6 +214,8 @@ def _checked(args: argparse.Namespace) -> tuple[list[EvalItem], list[str]]:
         raise BadInput(str(exc)) from exc
     if args.skip >= len(items):
         raise BadInput(f"--skip {args.skip} leaves none of the suite's {len(items)} items")
+    if args.shuffle:
+        items = shuffled_by_image(items, args.seed)
     items = items[args.skip:]
     return (items[: args.limit] if args.limit else items), baselines
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Fold", "folds_by_image", "image_groups", "image_keys"]
+__all__ = ["Fold", "folds_by_image", "image_groups", "image_keys", "shuffled_by_image"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,15 @@ def folds_by_image(
     everything = set(range(len(items)))
     folds = [sorted(s) for s in scored if s]
     return [Fold(i, sorted(everything - set(s)), s) for i, s in enumerate(folds)]
+
+
+def shuffled_by_image(items: Sequence[Any], seed: int = 0) -> list[Any]:
+    """``items`` with their image groups in a seeded random order, each group's items together.
+
+    A run cut short (or ``--limit`` N) is then a random sample of images with all their
+    questions, rather than the file's first images; the order within a group is kept, so an
+    image's embedding is computed once and served from the cache for its other questions.
+    """
+    groups = image_groups(items)
+    random.Random(seed).shuffle(groups)
+    return [items[i] for g in groups for i in g]

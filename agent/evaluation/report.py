@@ -57,6 +57,20 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
 
+def _time_split(recs: Sequence[Record]) -> dict[str, Any]:
+    """Where an item's time went: planner calls and tool calls, p50 per item (None if unknown).
+
+    The rest of the latency is the graph's own work: ingest, checks, confidence, calibration.
+    """
+    timed = [r for r in recs if r.planner_s is not None]
+    if not timed:
+        return {"planner_s_p50": None, "tools_s_p50": None, "planner_calls_per_item": None}
+    return {"planner_s_p50": _r(percentile([r.planner_s or 0.0 for r in timed], 50), 3),
+            "tools_s_p50": _r(percentile([r.tools_s or 0.0 for r in timed], 50), 3),
+            "planner_calls_per_item": _r(float(np.mean([r.planner_calls or 0
+                                                        for r in timed])), 3)}
+
+
 def _variant_summary(recs: Sequence[Record]) -> dict[str, Any]:
     conf = [r.confidence for r in recs]
     y = [float(r.correct) for r in recs]
@@ -94,6 +108,7 @@ def _variant_summary(recs: Sequence[Record]) -> dict[str, Any]:
         "size_unread": sum(1 for r in sized if r.size_error_mm is None),
         "latency_s_p50": _r(percentile(lat, 50), 3),
         "latency_s_p95": _r(percentile(lat, 95), 3),
+        **_time_split(recs),
         "tool_calls_per_item": _r(float(np.mean([r.tool_calls for r in recs])) if recs else
                                   float("nan"), 3),
         "errors": sum(1 for r in recs if r.error),

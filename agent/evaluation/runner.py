@@ -39,7 +39,7 @@ from agent.evaluation.folds import image_keys
 from agent.evaluation.items import EvalItem
 from agent.evaluation.metrics import grounding_iou
 from agent.evaluation.scoring import grade, open_scores
-from agent.trace import ActStep, AnswerStep, TraceStep, steps_of
+from agent.trace import ActStep, AnswerStep, ThinkStep, TraceStep, steps_of
 from agent.trust.agreement import answer_conflicts
 from agent.trust.calibration import domain_of
 from tools.image import LoadedImage
@@ -82,6 +82,9 @@ class Record:
     conflicts: list[str] = field(default_factory=list)  # the answer against its cited evidence
     item_images: list[str] = field(default_factory=list)  # the item's own images (folds)
     domain: str = ""  # the item's image domain: phantom or clinical ("" in older records)
+    planner_s: float | None = None  # where the time went: the planner calls, summed
+    tools_s: float | None = None  # the tool calls, summed (they may overlap)
+    planner_calls: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -190,6 +193,7 @@ def run_item(
                   tolerance=item.tolerance)
     trace: list[TraceStep] = state.get("trace") or []
     acts: list[ActStep] = steps_of(trace, "act")
+    thinks: list[ThinkStep] = steps_of(trace, "think")
     answers: list[AnswerStep] = steps_of(trace, "answer")
     final = answers[-1] if answers else None
     iou = grounding_iou(item.boxes, _cited_boxes(state)) if item.boxes and images else None
@@ -208,6 +212,8 @@ def run_item(
         exact_match=scores.exact if scores else None,
         token_recall=scores.token_recall if scores else None,
         conflicts=evidence_conflicts(state, item.prompt), item_images=keys, domain=domain,
+        planner_s=round(sum(t["elapsed_s"] for t in thinks), 3),
+        tools_s=round(sum(a["elapsed_s"] for a in acts), 3), planner_calls=len(thinks),
     )
 
 

@@ -60,3 +60,16 @@ def test_in_memory_images_are_keyed_by_content():
 def test_k_below_two_is_refused(items):
     with pytest.raises(ValueError, match="k >= 2"):
         folds_by_image(items, 1)
+
+
+def test_shuffled_by_image_keeps_each_images_questions_together() -> None:
+    from agent.evaluation.folds import shuffled_by_image
+
+    items = [{"id": i, "images": [f"im{i // 3}"]} for i in range(30)]
+    out = shuffled_by_image(items, seed=1)
+    assert sorted(it["id"] for it in out) == list(range(30))
+    assert out != items and out == shuffled_by_image(items, seed=1)
+    runs = [out[k]["images"][0] for k in range(0, 30, 3)]
+    assert len(set(runs)) == 10  # groups of three consecutive items share their image
+    assert all(out[k]["images"] == out[k + 1]["images"] == out[k + 2]["images"]
+               for k in range(0, 30, 3))
