@@ -344,11 +344,22 @@ TOOLS = (
                   "Is this an MRI or a CT?",
                   "In which plane is this image taken?",
                   "Which organ system is shown?",
-                  "Is this a T2 weighted image?"),
-        domain=LIBRARY_DOMAIN,
+                  "Is this a T2 weighted image?",
+                  # yes/no questions about real images: the answer model of the library's
+                  # labelled pairs is the one expert fitted on such questions
+                  "Is this image abnormal?",
+                  "Is there evidence of a fracture?",
+                  "Is the heart enlarged?",
+                  "Are the kidneys normal?",
+                  "Is there a mass in the brain?",
+                  "Is the lesion larger than 5 cm?"),
+        domain=LIBRARY_DOMAIN, always_offered=True,
     ),
 )
-"""``case_answer``: neighbours' answers from a library of real question-answer pairs."""
+"""``case_answer``: neighbours' answers from a library of real question-answer pairs. Always
+offered beside what the router picks when the run's library holds such pairs: it is the one
+expert fitted on real clinicians' questions (on real images the router's pick is often a tool
+outside its domain)."""
 
 
 def _library(deps: ToolDeps) -> Callable[[], Any]:

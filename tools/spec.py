@@ -27,7 +27,17 @@ from tools.domain import ANY_IMAGE, Domain, ImageFacts, flag_evidence
 from tools.evidence import Evidence
 from tools.store import ImageStore
 
-__all__ = ["Domain", "ModelNeed", "ToolDeps", "ToolSpec", "VisionConfig", "always"]
+__all__ = ["XRV_CLASSIFIERS", "Domain", "ModelNeed", "ToolDeps", "ToolSpec", "VisionConfig",
+           "always"]
+
+XRV_CLASSIFIERS = (
+    "densenet121-res224-all", "densenet121-res224-nih", "densenet121-res224-pc",
+    "densenet121-res224-chex", "densenet121-res224-rsna", "densenet121-res224-mimic_nb",
+    "densenet121-res224-mimic_ch", "resnet50-res512-all",
+)
+"""The published TorchXRayVision classifier weights ``classifier = "xrv:NAME"`` may name (the
+pinned torchxrayvision's ``model_urls``; tests/tools/models/test_xrv.py checks they match)."""
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -37,13 +47,21 @@ class VisionConfig:
     ``_CLASSIFIER`` / ``_DEVICE``; ``tools.models.registry`` says what each one loads):
     ``segmenter`` ``lite-medsam`` or ``hf:ID_OR_PATH``; ``detector`` ``lungs-finder`` or
     ``hf:ID_OR_PATH``; ``classifier`` None (the case library's kNN), ``open_clip:REF`` or
-    ``hf:ID_OR_PATH``; ``device`` ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``hf:ID_OR_PATH``; ``device`` ``auto`` (CUDA when available), ``cpu`` or ``cuda``;
+    ``vlm`` (``MEDLOOP_VLM``) None, ``hf:ID_OR_PATH`` or ``openai:MODEL@URL``
+    (``tools.models.vlm``), its endpoint's key ``vlm_api_key`` (``MEDLOOP_VLM_API_KEY``);
+    ``classifier`` may also be ``xrv:WEIGHTS`` (a TorchXRayVision chest X-ray classifier, one of
+    ``XRV_CLASSIFIERS``), and ``anatomy`` (``MEDLOOP_ANATOMY``) None or ``xrv-pspnet``
+    (TorchXRayVision's chest anatomy segmenter, ``tools.models.xrv``).
     """
 
     segmenter: str = "lite-medsam"
     detector: str = "lungs-finder"
     classifier: str | None = None
     device: str = "auto"
+    vlm: str | None = None
+    vlm_api_key: str | None = field(default=None, repr=False)
+    anatomy: str | None = None
 
     def __post_init__(self) -> None:
         for name, value, default in (("segmenter", self.segmenter, "lite-medsam"),
@@ -51,10 +69,26 @@ class VisionConfig:
             if value != default and not value.startswith("hf:"):
                 raise ValueError(f"{name} must be {default!r} or 'hf:ID_OR_PATH', not {value!r}")
         if self.classifier is not None and not self.classifier.startswith(("open_clip:", "hf:")):
-            raise ValueError("classifier must be 'open_clip:ID_OR_PATH' or 'hf:ID_OR_PATH', "
-                             f"not {self.classifier!r}")
+            xrv = self.classifier.startswith("xrv:") and self.classifier[4:] in XRV_CLASSIFIERS
+            if not xrv:
+                raise ValueError("classifier must be 'open_clip:ID_OR_PATH', 'hf:ID_OR_PATH' or "
+                                 f"'xrv:' and one of {', '.join(XRV_CLASSIFIERS)}; not "
+                                 f"{self.classifier!r}")
+        if self.anatomy not in (None, "xrv-pspnet"):
+            raise ValueError(f"anatomy must be unset or 'xrv-pspnet', not {self.anatomy!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.vlm is not None and not _vlm_form(self.vlm):
+            raise ValueError("vlm must be 'hf:ID_OR_PATH' or 'openai:MODEL@http(s)://HOST/v1', "
+                             f"not {self.vlm!r}")
+
+
+def _vlm_form(spec: str) -> bool:
+    """Whether ``spec`` has a VLM's form (``tools.models.vlm.VlmSpec`` parses it)."""
+    kind, _, rest = spec.partition(":")
+    model, at, url = rest.rpartition("@")
+    return (kind == "hf" and bool(rest)) or (
+        kind == "openai" and bool(at and model) and url.startswith(("http://", "https://")))
 
 
 @dataclass(frozen=True)
@@ -78,6 +112,10 @@ class ModelNeed:
         cache_key: the ``load_once`` key it is cached under; for a ``"gpu"`` packaged model the
             key without the ``:DEVICE`` suffix; None when it is not cached through the registry.
         note: one line on what it is.
+        memory_mb: approximate device memory it takes once loaded (weights and the working
+            memory of one inference), in MB; what the GPU memory budget
+            (``tools.models.budget``) counts before loading it. None: unknown (counted as
+            measured once loaded on CUDA).
     """
 
     name: str
@@ -89,6 +127,7 @@ class ModelNeed:
     device: Literal["cpu", "gpu"] = "cpu"
     cache_key: str | None = None
     note: str = ""
+    memory_mb: float | None = None
 
     def __post_init__(self) -> None:
         if (self.distribution is None) == (self.ref is None):
@@ -160,6 +199,8 @@ class ToolSpec:
         domain: the kinds of image it was validated on and what it does with others
             (``tools.domain``); the wrapper judges the ``image_id`` of each call against it
             before the tool runs, and the planner's offer and router read it too.
+        always_offered: the tool router never leaves it out (for an expert the site chose to
+            consult on every question, such as answers from its own labelled cases).
     """
 
     name: str
@@ -172,6 +213,7 @@ class ToolSpec:
     variant: str = ""
     examples: tuple[str, ...] = field(default=())
     domain: Domain = ANY_IMAGE
+    always_offered: bool = False
 
     def needs(self, config: VisionConfig) -> tuple[ModelNeed, ...]:
         """The models this tool runs under ``config`` (nothing is loaded)."""
@@ -185,7 +227,8 @@ class ToolSpec:
         """
         tool = make_tool(self.screened(run, store) if store is not None else run,
                          name=self.name, description=self.description, args_schema=self.args)
-        tool.metadata = {**(tool.metadata or {}), "domain": self.domain}
+        tool.metadata = {**(tool.metadata or {}), "domain": self.domain,
+                         "always_offered": self.always_offered}
         return tool
 
     def screened(self, run: Runner, store: ImageStore) -> Runner:

@@ -76,6 +76,9 @@ def round_offer(
             offer, question, earlier_question(messages))
     except Exception as exc:  # routing is an aid: without it every tool is offered
         return offer, {}, f"tool routing failed, every tool offered: {exc}"
+    always = {t.name for t in tools if (getattr(t, "metadata", None) or {}).get("always_offered")}
+    kept = {s["function"]["name"] for s in routed_offer}
+    routed_offer = [s for s in offer if s["function"]["name"] in kept | always]
     return routed_offer, scores, ""
 
 

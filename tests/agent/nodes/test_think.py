@@ -59,3 +59,29 @@ def test_a_spec_resolves_with_the_contexts_threads_and_temperature():
     llm = resolve_llm(AgentContext(llm="embedded", checkpoint=None, llm_threads=1,
                                    llm_temperature=0.3))
     assert llm.n_threads == 1 and llm.temperature == 0.3  # type: ignore[attr-defined]
+
+
+class _Routed(ScriptedChatModel):
+    prefers_tool_routing: ClassVar[bool] = True
+
+
+def test_a_tool_marked_always_offered_is_kept_beside_the_routed_one(store, medloop_home):
+    from agent.build import build_graph
+    from tests.conftest import phantom
+    from tests.fakes import ai, call, final
+    from tests.loop_tools import loop_tools
+
+    ref = store.put(phantom())
+    tools, _ = loop_tools(store)
+    names = [t.name for t in tools]
+    other = next(t for t in tools if t.name != "finding")
+    other.metadata = {**(other.metadata or {}), "always_offered": True}
+    model = _Routed.of([ai(call("finding", image_id=ref.id, present=True)),
+                        lambda msgs: final("A nodule is present.", [("nodule", ["E1"])], 0.8)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint="memory")
+    ctx._store = store
+    build_graph(ctx).invoke({"messages": [("user", "Is there a nodule in this image?")],
+                             "images": [ref.id]}, config={"configurable": {"thread_id": "t"}})
+    offered = [s["function"]["name"] for s in model.offered[0]]
+    assert "finding" in offered and other.name in offered  # routed + always offered
+    assert len(offered) < len(names) and offered == [n for n in names if n in offered]
