@@ -280,16 +280,16 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
         probs = dict(predict_heads({task: heads[task]}, vec, embedder)[task])
         p = probs[value]
         return YesNo("yes" if p >= 0.5 else "no", p, f"head:{task}",
-                     f"The library's {task} classifier gives {value} {p:.2f}, so the answer "
-                     f"to this {task} question is '{'yes' if p >= 0.5 else 'no'}'.")
+                     f"Answer: {'yes' if p >= 0.5 else 'no'}. The library's {task} classifier "
+                     f"gives {value} {p:.2f}.")
     if model is None:
         return None
     p = model.p_yes(qvec, vec)
     return YesNo("yes" if p >= 0.5 else "no", p, "answer-model",
-                 f"A model fitted on {sum(model.head.fitted_on.values())} labelled yes/no "
-                 f"questions of the library (their wording and their images' overall "
-                 f"appearance; it cannot see a finding) gives P(yes) = {p:.2f}: "
-                 f"'{'yes' if p >= 0.5 else 'no'}'.")
+                 f"Answer: {'yes' if p >= 0.5 else 'no'} (P(yes) = {p:.2f}, from a model "
+                 f"fitted on {sum(model.head.fitted_on.values())} labelled yes/no questions of "
+                 f"the library: their wording and their images' overall appearance; it cannot "
+                 f"see a finding).")
 
 
 def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
@@ -320,9 +320,10 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                                 "answer": v.answer} for v in res.votes]}
         summary = _summary(res, args.k)
         score = res.score if res is not None else 0.0
-        if yn is not None:
-            data |= {"answer": yn.answer, "p_yes": round(yn.p_yes, 4), "method": yn.method}
-            summary = f"{yn.summary} Neighbours: {summary}"
+        if yn is not None:  # the neighbours' vote stays in ``data``; one answer is stated
+            data |= {"answer": yn.answer, "p_yes": round(yn.p_yes, 4), "method": yn.method,
+                     "yes_no": yn.answer, "question": question}
+            summary = yn.summary
             score = max(yn.p_yes, 1.0 - yn.p_yes)
         return Evidence(tool="case_answer", image_id=args.image_id, summary=summary,
                         score=score, data=data, elapsed_s=time.perf_counter() - t0)

@@ -204,6 +204,32 @@ def _finding_conflicts(st: Stance, ev: Evidence, a: Assertion, who: str) -> list
     return out
 
 
+def _same_question(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
+                      who: str) -> list[str]:
+    """A yes/no answer against evidence that answered this very question yes or no.
+
+    Such evidence (``case_answer``'s library models) says so in ``data["yes_no"]`` with the
+    question it answered in ``data["question"]``; evidence about another wording is left
+    alone (a miss, not a false alarm).
+    """
+    said = _yes_no(text.lower()) if question.strip() else None
+    if said is None:
+        return []
+    out = []
+    for ev in evidence:
+        answered = ev.data.get("yes_no")
+        if (ev.status == "ok" and not ev.data.get("out_of_domain") and answered in ("yes", "no")
+                and _same_question(str(ev.data.get("question", "")), question)
+                and (answered == "yes") != said):
+            out.append(f"{who} says {'yes' if said else 'no'}, but {ev.id} ({ev.tool}) answers "
+                       f"{answered} to this question")
+    return out
+
+
 def conflicts_with(text: str, evidence: Iterable[Evidence], *, question: str = "",
                    who: str = "the answer") -> list[str]:
     """Why ``text`` contradicts itself or the assertions of ``evidence`` (empty: it agrees).
@@ -214,6 +240,7 @@ def conflicts_with(text: str, evidence: Iterable[Evidence], *, question: str = "
     """
     st = stance_of(text, question)
     out = [f"{who} contradicts itself: {st.self_conflict}"] if st.self_conflict else []
+    out += _yes_no_conflicts(text, evidence, question, who)
     pairs = [(ev, a) for ev in evidence for a in _reliable(ev)]
     for ev, a in pairs:
         out.extend(_finding_conflicts(st, ev, a, who))

@@ -74,3 +74,18 @@ def test_answer_conflicts_checks_the_answer_and_each_claim():
                    "reports the patient's right side"]
     assert answer_conflicts("Yes, one nodule on the right.",
                             [("one nodule, right side", [lesion])], "Is there a nodule?") == []
+
+
+def test_a_yes_no_answer_against_evidence_that_answered_the_same_question():
+    q = "Is this picture abnormal?"
+    ev = Evidence(tool="case_answer", summary="Answer: yes (P(yes) = 0.53 ...).", score=0.53,
+                  data={"yes_no": "yes", "question": "is this  picture abnormal?"})
+    ev.id = "E1"
+    (msg,) = conflicts_with("No.", [ev], question=q)
+    assert "says no" in msg and "E1 (case_answer) answers yes" in msg
+    assert conflicts_with("Yes, it is abnormal.", [ev], question=q) == []
+    # evidence about another question, a claim read without the question, failed evidence
+    assert conflicts_with("No.", [ev], question="Is there a fracture?") == []
+    assert conflicts_with("No.", [ev]) == []
+    ev.status = "error"
+    assert conflicts_with("No.", [ev], question=q) == []
