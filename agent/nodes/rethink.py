@@ -9,7 +9,7 @@ the supported claims.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.runtime import Runtime
@@ -33,6 +33,23 @@ def _final_call_id(state: AgentState) -> str | None:
     return None
 
 
+def _conflict_persists(state: AgentState, turn: int, problems: list[str],
+                       conflicts: list[str]) -> bool:
+    """Whether this turn's planner was already told of one of these conflicts, and repeats it.
+
+    A planner that answers against its evidence again after the conflict was named will not
+    be argued round (measured on real items: SmolLM2 repeated "No." to evidence answering yes
+    until its five rounds were spent, 170 s); the answer node then abstains and says why.
+    """
+    if not conflicts:
+        return False
+    told: set[str] = set()
+    for step in state.get("trace") or []:
+        if step.get("step") == "rethink" and step.get("turn") == turn:
+            told.update(cast("RethinkStep", step)["problems"])
+    return any(p in told for p in problems if any(p.startswith(c) for c in conflicts))
+
+
 def make_rethink(default: AgentContext) -> Callable[..., Any]:
     """Build the rethink node."""
 
@@ -47,14 +64,17 @@ def make_rethink(default: AgentContext) -> Callable[..., Any]:
                            supported=len(result.supported), problems=result.problems,
                            contradictions=result.contradictions)
         call_id = _final_call_id(state)
-        if result.ok or rnd >= ctx.max_rounds:
+        if result.ok or rnd >= ctx.max_rounds or _conflict_persists(state, turn, result.problems,
+                                                                   result.conflicts):
             msgs = []
             if call_id:
                 msgs.append(
                     ToolMessage(
                         content="accepted"
                         if result.ok
-                        else "budget spent; answering with the supported claims",
+                        else "answering with the supported claims: " + (
+                            "budget spent" if rnd >= ctx.max_rounds
+                            else "the answer still contradicts its evidence"),
                         tool_call_id=call_id,
                         name=FINAL_ANSWER_TOOL,
                     )

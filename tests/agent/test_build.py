@@ -390,6 +390,18 @@ def test_an_answer_against_its_evidence_is_sent_back_then_abstains(setup):
     assert step["conflicts"] == answer.conflicts
 
 
+def test_a_conflict_repeated_after_it_was_named_abstains_without_spending_the_budget(setup):
+    make, img, _ = setup
+    wrong = final("No, there is no nodule.", [("nodule finding reported", ["E1"])], 0.9)
+    graph, model = make([ai(call("finding", image_id=img, present=True)), wrong, wrong, wrong,
+                         wrong], max_rounds=5)
+    result = run(graph, "Is there a nodule?", [img])
+    thinks = [t for t in result["trace"] if t["step"] == "think"]
+    rethinks = [t for t in result["trace"] if t["step"] == "rethink"]
+    assert len(thinks) == 3 and [r["decision"] for r in rethinks] == ["think", "answer"]
+    assert result["answer"].abstained and result["answer"].conflicts
+
+
 def test_an_answer_that_agrees_is_accepted(setup):
     make, img, _ = setup
     graph, _ = make([ai(call("finding", image_id=img, present=True)),
