@@ -26,11 +26,14 @@ install: $(STAMP)
 app: install
 	$(BIN)/python app.py
 
-# The browser test drives Debian's chromium (not Playwright's download) and the speech tests
-# speak with espeak-ng + sox: installed with apt when missing (CI runs as root; else sudo).
+# The browser test drives Debian's chromium (not Playwright's download), the speech tests
+# speak with espeak-ng + sox, the PACS tests run a throw-away Orthanc (orthanc,
+# orthanc-dicomweb): installed with apt when missing (CI runs as root; else sudo).
 system-deps:
 	@missing=""; for c in chromium espeak-ng sox; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \

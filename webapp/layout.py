@@ -18,6 +18,7 @@ from webapp.handlers import (
     make_transcribe,
     make_upload,
 )
+from webapp.pacs import add_picker, study_picker, wire_picker
 from webapp.render import NO_STEPS
 from webapp.sessions import Runner, app_secret, new_thread
 from webapp.uploads import DEFAULT_MAX_UPLOAD_MB, RAW_UPLOAD_TTL_S
@@ -48,9 +49,12 @@ def make_app(
         recognizer_factory = _packaged_recognizer(ctx)
     with gr.Blocks(title="medloop") as demo:
         gr.Markdown(f"# medloop\n{DISCLAIMER}", elem_id="disclaimer")
-        ui = _components(runner, app_secret(ctx.home_dir))
+        picker = study_picker(ctx, int(max_upload_mb * 1e6))  # None: no PACS configured
+        ui = _components(runner, app_secret(ctx.home_dir), picker is not None)
         gr.Markdown(DISCLAIMER)
         _wire(demo, ui, runner, int(max_upload_mb * 1e6), recognizer_factory)
+        if picker is not None:
+            wire_picker(ui, picker)
     return demo
 
 
@@ -65,7 +69,7 @@ def _packaged_recognizer(ctx: AgentContext) -> Callable[[], Any]:
     return factory
 
 
-def _components(runner: Runner, secret: str) -> dict[str, Any]:
+def _components(runner: Runner, secret: str, pacs: bool = False) -> dict[str, Any]:
     """Lay out the page; returns its components by name for ``_wire``."""
     ui: dict[str, Any] = {
         "thread": gr.State(new_thread),  # fresh per session; the page load may restore one
@@ -80,6 +84,8 @@ def _components(runner: Runner, secret: str) -> dict[str, Any]:
                 file_count="multiple", type="filepath", elem_id="upload",
             )
             ui["status"] = gr.Markdown(elem_id="upload-status")
+            if pacs:
+                add_picker(ui)
             ui["question"] = gr.Textbox(label="Question", placeholder="Is the heart enlarged?",
                                         elem_id="question")
             with gr.Row():

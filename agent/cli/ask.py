@@ -5,11 +5,16 @@ stdout stays machine-readable. ``--thread`` continues a conversation kept by the
 ``--sr OUT.dcm`` also writes the answer as a DICOM Structured Report and its masks as DICOM
 Segmentations (``agent.dicom_sr``), referencing the DICOM inputs by their keyed pseudonymous
 UIDs (the site secret, ``$MEDLOOP_HOME/site_secret``, is created on first use).
+``--study UID`` fetches a study from the PACS (``--pacs URL`` or ``MEDLOOP_PACS_URL``; DICOMweb
+or DIMSE, ``tools.pacs``) into a private temp folder, ingests it like files (same guards, same
+de-identification; a refused file is named and skipped) and deletes the raw files after the run;
+``--stow`` sends the ``--sr`` report and its Segmentations back to that PACS.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import uuid
@@ -26,6 +31,7 @@ from agent.cli.options import (
     checked_llm,
     context,
     emit,
+    pacs_settings,
     planner_settings,
 )
 from agent.trace import TraceStep
@@ -39,7 +45,7 @@ __all__ = ["add_parser", "cmd_ask", "progress_line"]
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``ask`` to ``sub`` (an argparse subparsers object)."""
     ask = sub.add_parser("ask", help="answer a question about one or more images")
-    ask.add_argument("items", nargs="+", metavar="IMAGE... QUESTION")
+    ask.add_argument("items", nargs="+", metavar="[IMAGE...] QUESTION")
     ask.add_argument("--llm", help=LLM_HELP)
     ask.add_argument("--thread", help="continue this conversation thread")
     add_planner_options(ask)
@@ -49,6 +55,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                      help="also write the answer as a DICOM Structured Report (TID 1500) and "
                           "its masks as DICOM Segmentation (OUT-seg.dcm); needs a DICOM image")
     ask.add_argument("--seg", metavar="SEG.dcm", help="where --sr writes the masks")
+    ask.add_argument("--pacs", metavar="URL",
+                     help="the PACS for --study / --stow: http(s)://HOST/dicom-web (DICOMweb) or "
+                          "dicom://AET@HOST:PORT (DIMSE); default $MEDLOOP_PACS_URL. Credentials "
+                          "come from MEDLOOP_PACS_USER / _PASSWORD / _TOKEN or MEDLOOP_PACS_CONFIG")
+    ask.add_argument("--study", metavar="UID",
+                     help="fetch this study (Study Instance UID) from the PACS and ask about it")
+    ask.add_argument("--stow", action="store_true",
+                     help="store the --sr report and its Segmentations back on the PACS "
+                          "(STOW-RS, or C-STORE for a dicom:// PACS)")
     ask.add_argument("--json", action="store_true", help="print JSON")
     ask.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     ask.set_defaults(func=cmd_ask)
@@ -91,6 +106,8 @@ def _human(data: dict[str, Any]) -> str:
         lines.append(f"! {c}")
     if data.get("dicom"):
         lines.append("wrote " + ", ".join(data["dicom"]["written"]))
+        if data["dicom"].get("stored"):
+            lines.append(f"stored {len(data['dicom']['stored'])} object(s) on the PACS")
         lines += [f"  note: {n}" for n in data["dicom"]["notes"]]
     lines.append(f"thread {data['thread']}  ·  {DISCLAIMER}")
     return "\n".join(lines)
@@ -98,19 +115,61 @@ def _human(data: dict[str, Any]) -> str:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the agent once and print its answer."""
-    if len(args.items) < 2:
-        raise BadInput("ask needs at least one IMAGE and a QUESTION")
+    if len(args.items) < (1 if args.study else 2):
+        raise BadInput("ask needs at least one IMAGE (or --study UID) and a QUESTION")
     *images, question = args.items
     if not question.strip():
         raise BadInput("the question is empty")
     if args.seg and not args.sr:
         raise BadInput("--seg needs --sr")
+    if args.stow and not args.sr:
+        raise BadInput("--stow needs --sr (the report it stores)")
     ctx = context({"llm": args.llm, "checkpoint": args.checkpoint, **planner_settings(args)})
     llm = checked_llm(ctx)
     try:
         check_spec(ctx.checkpoint)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
+    pacs = pacs_settings(ctx, args.pacs) if args.study or args.stow else None
+    with contextlib.ExitStack() as cleanup:
+        fetched: dict[str, Any] = {}
+        if args.study:
+            assert pacs is not None
+            fetched = _fetch_study(pacs, args.study, ctx, cleanup, args.quiet)
+            images = [*images, *fetched["image_ids"]]
+        return _run(args, ctx, llm, question, images, fetched, pacs)
+
+
+def _fetch_study(pacs: Any, study: str, ctx: Any, cleanup: contextlib.ExitStack,
+                 quiet: bool) -> dict[str, Any]:
+    """Fetch and ingest ``study``; its raw files are deleted when ``cleanup`` closes.
+
+    Returns what the answer reports about it (counts and refused files; no UID, no patient).
+    """
+    from tools.pacs.fetch import fetch_study, ingest_study
+
+    try:
+        got = fetch_study(pacs, study)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    cleanup.callback(got.delete)
+    stored = ingest_study(ctx.store, got)
+    if not quiet:
+        sys.stderr.write(f"[medloop] fetched {got.n_instances} instance(s), "
+                         f"{got.n_bytes / 1e6:.1f} MB from {pacs.where} in "
+                         f"{got.elapsed_s:.1f} s\n")
+        for line in stored.errors:
+            sys.stderr.write(f"[medloop] skipped {line}\n")
+    if not stored.image_ids:
+        raise BadInput("no usable image in the study: " + "; ".join(stored.errors))
+    return {"image_ids": stored.image_ids, "dicom_files": stored.dicom_files,
+            "report": {"instances": got.n_instances, "bytes": got.n_bytes,
+                       "fetch_s": round(got.elapsed_s, 3), "skipped": stored.errors}}
+
+
+def _run(args: argparse.Namespace, ctx: Any, llm: str, question: str, images: list[str],
+         fetched: dict[str, Any], pacs: Any) -> int:
+    """Run the graph on ``images`` (paths or stored ids) and print the answer."""
     graph = build_graph(ctx)
     thread = args.thread or uuid.uuid4().hex[:12]
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
@@ -139,9 +198,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
         "llm": llm,
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
+    if fetched:
+        out["pacs_study"] = fetched["report"]
     if args.sr:
-        out["dicom"] = _write_dicom(args, ctx, images, state, llm)
+        sources = [*images, *(str(p) for p in fetched.get("dicom_files", []))]
+        out["dicom"] = _write_dicom(args, ctx, sources, state, llm)
+        if args.stow:
+            from tools.pacs.errors import PacsError
+            from tools.pacs.fetch import store_results
+
+            try:
+                out["dicom"]["stored"] = store_results(pacs, out["dicom"]["written"])
+            except PacsError as exc:  # the answer and the files written still count
+                out["dicom"]["stow_error"] = str(exc)
     emit(out, args.json, _human)
+    if out.get("dicom", {}).get("stow_error"):
+        sys.stderr.write(f"medloop: not stored on the PACS: {out['dicom']['stow_error']}\n")
+        return 1
     return 0
 
 

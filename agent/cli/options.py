@@ -26,6 +26,7 @@ __all__ = [
     "context",
     "emit",
     "emit_json",
+    "pacs_settings",
     "planner_settings",
 ]
 
@@ -88,6 +89,18 @@ def context(given: Mapping[str, Any], **fixed: Any) -> AgentContext:
                                      **fixed)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
+
+
+def pacs_settings(ctx: AgentContext, url: str | None) -> Any:
+    """The PACS settings of ``ctx`` (``--pacs`` ``url`` over them); BadInput when none or bad."""
+    try:
+        config = ctx.pacs(url)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    if config is None:
+        raise BadInput("no PACS configured: pass --pacs URL or set MEDLOOP_PACS_URL "
+                       "(or a url in MEDLOOP_PACS_CONFIG)")
+    return config
 
 
 def checked_llm(ctx: AgentContext) -> str:
