@@ -68,5 +68,5 @@ def test_langgraph_server_config_validates_with_the_langgraph_cli():
     from langgraph_cli.config import validate_config_file
 
     config = validate_config_file(ROOT / "langgraph.json")
-    assert config["graphs"] == {"medloop": "./agent/build.py:graph"}
+    assert config["graphs"] == {"medloop": "./agent/served.py:graph"}
     assert config["dependencies"] == ["."]
