@@ -73,10 +73,13 @@ def completion(model: str, reply: dict[str, Any]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
     if reply.get("tool_calls"):
         message["tool_calls"] = reply["tool_calls"]
+    choice: dict[str, Any] = {"index": 0, "message": message,
+                              "finish_reason": "tool_calls" if reply.get("tool_calls") else "stop"}
+    if "logprobs" in reply:  # {"content": [{"token", "logprob"}...]}, as OpenAI sends them
+        choice["logprobs"] = reply["logprobs"]
     return {
         "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if reply.get("tool_calls") else "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
     }
 

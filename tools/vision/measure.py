@@ -17,6 +17,12 @@ tissue density it is not, so they are left out and the summary says why.
 Two tools: ``measure`` takes a mask an earlier ``segment`` / ``find`` stored (by the
 ``mask-...`` key its summary names) and gives its area, long / short axis and, on CT, HU
 statistics; ``measure_lungs`` finds the lungs itself and gives their areas and the CTR.
+
+With a chest anatomy model configured (``MEDLOOP_ANATOMY=xrv-pspnet``) ``measure_lungs`` takes
+the lungs and the heart from it and the CTR's heart width from the heart mask itself
+(``cardiothoracic_ratio_from_heart``); without one, or when the model finds no heart, the heart
+width is estimated from the lungs' inner borders (``cardiothoracic_ratio``), and the evidence
+says which (``data["ctr_method"]``).
 """
 
 from __future__ import annotations
@@ -36,12 +42,20 @@ from tools.errors import ToolInputError
 from tools.evidence import Box, Evidence, Measurement
 from tools.image import LoadedImage
 from tools.models.medsam import Segmenter, get_predictor
-from tools.models.registry import segmenter_need
+from tools.models.registry import configured_anatomy, segmenter_need
 from tools.models.select import segmenter_for
+from tools.models.xrv import Anatomy, AnatomySegmenter, anatomy_for
 from tools.packaged import LUNGS_FINDER
-from tools.spec import ToolSpec
+from tools.spec import ModelNeed, ToolSpec, VisionConfig
 from tools.store import ImageStore
-from tools.vision.find import FRONTAL_CHEST_RADIOGRAPH, FoundLungs, find_lungs
+from tools.vision.find import (
+    FRONTAL_CHEST_RADIOGRAPH,
+    FoundLungs,
+    Lung,
+    _side_rule,
+    find_lungs,
+    largest_component,
+)
 
 __all__ = [
     "TOOLS",
@@ -51,8 +65,10 @@ __all__ = [
     "MaskMeasurement",
     "Quantity",
     "cardiothoracic_ratio",
+    "cardiothoracic_ratio_from_heart",
     "horizontal_extent",
     "hu_stats",
+    "lungs_from_anatomy",
     "mask_area",
     "mask_axes",
     "mask_volume",
@@ -92,12 +108,14 @@ class CardiothoracicRatio:
 
     ``thorax`` is the outer extent of the two lung masks on the row where it is widest;
     ``heart`` is the widest gap between the lungs' inner (mediastinal) borders in the lower
-    half of the lung fields. Widths carry the same unit (mm or px); the ratio has none.
+    half of the lung fields (``method`` ``"lung borders"``), or the horizontal extent of a
+    heart mask (``"heart mask"``). Widths carry the same unit (mm or px); the ratio has none.
     """
 
     ratio: float
     thorax: Quantity
     heart: Quantity
+    method: str = "lung borders"
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:
@@ -214,20 +232,10 @@ def cardiothoracic_ratio(
     cardiomegaly threshold.
     """
     left, right = _check_mask(image_left_lung), _check_mask(image_right_lung)
-    if left.shape != right.shape:
-        raise ToolInputError(f"lung masks differ in shape: {left.shape} vs {right.shape}")
     _, sx, unit = _len_unit(spacing_mm)
-    l_first, l_last = _row_edges(left)
-    r_first, r_last = _row_edges(right)
+    thorax, (l_first, l_last, r_first, r_last) = _thorax(left, right, sx, unit)
     both = (l_first >= 0) & (r_first >= 0)
-    if not both.any() or np.median(l_last[both]) >= np.median(r_first[both]):
-        raise ToolInputError("the lung masks do not lie side by side; cannot measure a CTR")
     rows = np.nonzero(both)[0]
-    outer = r_last[rows] + 1 - l_first[rows]
-    k = int(np.argmax(outer))
-    ty = float(rows[k]) + 0.5
-    thorax = Quantity(float(outer[k]) * sx, unit,
-                      (float(l_first[rows[k]]), ty, float(r_last[rows[k]] + 1), ty))
     # The lower half of the lung fields: from the middle of their combined height down.
     any_lung = np.nonzero((l_first >= 0) | (r_first >= 0))[0]
     mid = (any_lung[0] + any_lung[-1] + 1) / 2
@@ -246,6 +254,77 @@ def cardiothoracic_ratio(
     heart = Quantity(float(gap[g]) * sx, unit,
                      (float(l_last[lower[g]] + 1), hy, float(r_first[lower[g]]), hy))
     return CardiothoracicRatio(ratio=heart.value / thorax.value, thorax=thorax, heart=heart)
+
+
+def _thorax(left: np.ndarray, right: np.ndarray, sx: float, unit: str
+            ) -> tuple[Quantity, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The thorax width (outer lung borders, widest row) and both lungs' row edges."""
+    if left.shape != right.shape:
+        raise ToolInputError(f"lung masks differ in shape: {left.shape} vs {right.shape}")
+    l_first, l_last = _row_edges(left)
+    r_first, r_last = _row_edges(right)
+    both = (l_first >= 0) & (r_first >= 0)
+    if not both.any() or np.median(l_last[both]) >= np.median(r_first[both]):
+        raise ToolInputError("the lung masks do not lie side by side; cannot measure a CTR")
+    rows = np.nonzero(both)[0]
+    outer = r_last[rows] + 1 - l_first[rows]
+    k = int(np.argmax(outer))
+    ty = float(rows[k]) + 0.5
+    thorax = Quantity(float(outer[k]) * sx, unit,
+                      (float(l_first[rows[k]]), ty, float(r_last[rows[k]] + 1), ty))
+    return thorax, (l_first, l_last, r_first, r_last)
+
+
+def cardiothoracic_ratio_from_heart(
+    heart: np.ndarray,
+    image_left_lung: np.ndarray,
+    image_right_lung: np.ndarray,
+    spacing_mm: tuple[float, float] | None = None,
+) -> CardiothoracicRatio:
+    """Cardiothoracic ratio from a heart mask and the two lung masks of a frontal film.
+
+    Danzer's CTR as a radiologist measures it: the heart's maximal transverse diameter (its
+    leftmost to its rightmost pixel edge, whatever the rows: the right and left heart borders
+    bulge furthest at different heights) over the thorax width, the outer extent of the two
+    lungs on the row where that is largest (as ``cardiothoracic_ratio``). The heart is its
+    mask's largest connected part (a segmenter's stray islands would widen it). Masks are bool
+    ``(H, W)`` as they lie on the image (image-left lung first); widths in mm (or px).
+    """
+    left, right = _check_mask(image_left_lung), _check_mask(image_right_lung)
+    core = largest_component(_check_mask(heart))
+    if core.shape != left.shape:
+        raise ToolInputError(f"the heart mask is {core.shape} but the lungs are {left.shape}")
+    _, sx, unit = _len_unit(spacing_mm)
+    thorax, _edges = _thorax(left, right, sx, unit)
+    heart_width = horizontal_extent(core, spacing_mm)
+    return CardiothoracicRatio(ratio=heart_width.value / thorax.value, thorax=thorax,
+                               heart=heart_width, method="heart mask")
+
+
+def lungs_from_anatomy(anat: Anatomy, meta: dict[str, object]) -> FoundLungs | None:
+    """The two lungs of an anatomy model's reading, or None when it did not find both.
+
+    Sides come from where each lung lies on the image and the film's orientation (as
+    ``find_lungs`` decides them), not from the model's left/right channel names, so a mirrored
+    film cannot swap them silently. Each mask is its largest connected part, holes filled;
+    its score is the model's mean sigmoid inside it.
+    """
+    parts = []
+    for name in ("Left Lung", "Right Lung"):
+        mask = largest_component(anat.masks[name])
+        if not mask.any():
+            return None
+        ys, xs = np.nonzero(mask)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        parts.append((float(xs.mean()), box, mask, anat.scores[name]))
+    parts.sort(key=lambda p: p[0])  # image-left first
+    image_left_is_patient_right, rule = _side_rule(meta)
+    sides = ("right", "left") if image_left_is_patient_right else ("left", "right")
+    lungs = [Lung(side=side, box=box, detector_box=box, mask=mask,
+                  score=float(min(max(score, 0.0), 1.0)))
+             for side, (_, box, mask, score) in zip(sides, parts, strict=True)]
+    lungs.sort(key=lambda lung: lung.side != "right")
+    return FoundLungs(lungs=lungs, side_rule=f"{rule}; lungs from the anatomy model")
 
 
 @dataclass(frozen=True)
@@ -425,8 +504,13 @@ def _m(name: str, q: Quantity, sp: tuple[float, float] | None) -> Measurement:
 
 
 def lung_measurements(found: FoundLungs, spacing_mm: tuple[float, float] | None,
+                      heart: np.ndarray | None = None,
                       ) -> tuple[list[Measurement], CardiothoracicRatio]:
-    """Areas of each lung (patient's right first), total, and the CTR, as measurements."""
+    """Areas of each lung (patient's right first), total, and the CTR, as measurements.
+
+    With a non-empty ``heart`` mask the CTR's heart width is the mask's; else the lung-border
+    estimate.
+    """
     sp = spacing_mm
     right, left = found.side("right"), found.side("left")
     ms = []
@@ -435,7 +519,10 @@ def lung_measurements(found: FoundLungs, spacing_mm: tuple[float, float] | None,
     total = mask_area(right.mask | left.mask, sp)
     ms.append(_m("total_lung_area", total, sp))
     image_left, image_right = sorted((right, left), key=lambda lung: lung.box[0])
-    ctr = cardiothoracic_ratio(image_left.mask, image_right.mask, sp)
+    if heart is not None and heart.any():
+        ctr = cardiothoracic_ratio_from_heart(heart, image_left.mask, image_right.mask, sp)
+    else:
+        ctr = cardiothoracic_ratio(image_left.mask, image_right.mask, sp)
     ms += [
         _m("thorax_width", ctr.thorax, sp),
         _m("heart_width", ctr.heart, sp),
@@ -445,10 +532,15 @@ def lung_measurements(found: FoundLungs, spacing_mm: tuple[float, float] | None,
 
 
 def measure_lungs_evidence(found: FoundLungs, img: LoadedImage, store: ImageStore,
-                           image_id: str, elapsed_s: float = 0.0) -> Evidence:
-    """Evidence of ``measure_lungs``: areas, CTR with its lines, both boxes and masks."""
+                           image_id: str, elapsed_s: float = 0.0,
+                           heart: np.ndarray | None = None, heart_note: str = "") -> Evidence:
+    """Evidence of ``measure_lungs``: areas, CTR with its lines, both boxes and masks.
+
+    ``heart``: a heart mask (an anatomy model's) the CTR's heart width is taken from, stored
+    with the lungs' masks; ``heart_note`` says why there is none when a model was asked.
+    """
     sp = img.spacing_mm
-    ms, ctr = lung_measurements(found, sp)
+    ms, ctr = lung_measurements(found, sp, heart)
     by = {m.name: m for m in ms}
     unit = by["total_lung_area"].unit
     r, le, tot = (by[k].value for k in ("right_lung_area", "left_lung_area", "total_lung_area"))
@@ -463,11 +555,21 @@ def measure_lungs_evidence(found: FoundLungs, img: LoadedImage, store: ImageStor
         size += f" (spacing {sp[0]:.4g}x{sp[1]:.4g} mm from {img.spacing_source})"
     keys = [store.put_array(lung.mask.astype(np.uint8), key=f"mask-{uuid.uuid4().hex[:12]}")
             for lung in found.lungs]
+    if ctr.method == "heart mask" and heart is not None:
+        heart_key = store.put_array(largest_component(heart).astype(np.uint8),
+                                    key=f"mask-{uuid.uuid4().hex[:12]}")
+        how = "heart width from the heart mask"
+        mask_note = f"mask keys {', '.join(keys)} (right, left), {heart_key} (heart)"
+        keys.append(heart_key)
+    else:
+        how = "approximated from the lung borders"
+        if heart_note:
+            how += f" ({heart_note})"
+        mask_note = f"mask keys {', '.join(keys)} (right, left)"
     summary = (f"lung areas {size}; cardiothoracic ratio {ctr.ratio:.2f} (heart "
                f"{ctr.heart.value:.0f} {ctr.heart.unit} / thorax {ctr.thorax.value:.0f} "
-               f"{ctr.thorax.unit}; approximated from the lung borders, >0.50 on a PA film "
-               f"suggests cardiomegaly); {found.side_rule}; mask keys "
-               f"{', '.join(keys)} (right, left).")
+               f"{ctr.thorax.unit}; {how}, >0.50 on a PA film suggests cardiomegaly); "
+               f"{found.side_rule}; {mask_note}.")
     return Evidence(
         tool="measure_lungs",
         image_id=image_id,
@@ -476,7 +578,10 @@ def measure_lungs_evidence(found: FoundLungs, img: LoadedImage, store: ImageStor
         boxes=[Box(xyxy=lung.box, label=lung.label, score=lung.score) for lung in found.lungs],
         measurements=ms,
         mask_keys=keys,
-        data={"labels": [lung.label for lung in found.lungs], "side_rule": found.side_rule},
+        data={"labels": [lung.label for lung in found.lungs]
+                  + (["heart"] if len(keys) > len(found.lungs) else []),
+              "side_rule": found.side_rule, "ctr_method": ctr.method,
+              **({"ctr_note": heart_note} if heart_note and ctr.method != "heart mask" else {})},
         elapsed_s=elapsed_s,
     )
 
@@ -493,16 +598,49 @@ def _measurer(store: ImageStore) -> Callable[[MeasureArgs], Evidence]:
     return measure_tool
 
 
-def _lung_measurer(store: ImageStore,
-                   predictor: Segmenter | None) -> Callable[[ImageArgs], Evidence]:
+def _lung_measurer(store: ImageStore, predictor: Segmenter | None,
+                   anatomy: AnatomySegmenter | None = None) -> Callable[[ImageArgs], Evidence]:
     def measure_lungs_tool(args: ImageArgs) -> Evidence:
         img = store.get(args.image_id)
         t0 = time.perf_counter()
-        found = find_lungs(img.display, predictor or get_predictor(), args.image_id, img.meta)
+        found, heart, note = None, None, ""
+        if anatomy is not None:
+            anat = anatomy.segment(img, args.image_id)
+            heart = anat.masks["Heart"]
+            note = "" if heart.any() else "the anatomy model found no heart"
+            found = lungs_from_anatomy(anat, img.meta)
+            if found is not None and not _side_by_side(found):
+                found = None  # not two lungs a CTR can be read from: the lungs finder's
+        if found is None:
+            found = find_lungs(img.display, predictor or get_predictor(), args.image_id,
+                               img.meta)
         return measure_lungs_evidence(found, img, store, args.image_id,
-                                      time.perf_counter() - t0)
+                                      time.perf_counter() - t0, heart, note)
 
     return measure_lungs_tool
+
+
+def _side_by_side(found: FoundLungs) -> bool:
+    """Whether the two lungs lie side by side, as the CTR's thorax width needs."""
+    image_left, image_right = sorted(found.lungs, key=lambda lung: lung.box[0])
+    try:
+        _thorax(image_left.mask, image_right.mask, 1.0, "px")
+    except ToolInputError:
+        return False
+    return True
+
+
+def _heart_models(config: VisionConfig) -> tuple[ModelNeed, ...]:
+    anatomy = configured_anatomy(config)
+    return (*((anatomy,) if anatomy is not None else ()), LUNGS_FINDER, segmenter_need(config))
+
+
+_MEASURE_LUNGS_HEART = (
+    "On a frontal chest radiograph: segment the lungs and the heart and measure them: each "
+    "lung's area and the total (mm2, or px2 when the pixel spacing is unknown), and the "
+    "cardiothoracic ratio (CTR: heart width from the heart outline / thorax width; >0.50 on a "
+    "PA film suggests cardiomegaly). Use for heart size or lung size questions on chest X-rays."
+)
 
 
 TOOLS = (
@@ -524,13 +662,28 @@ TOOLS = (
                   "How big are the lungs?"),
         domain=FRONTAL_CHEST_RADIOGRAPH,
     ),
+    # A configured anatomy model (MEDLOOP_ANATOMY=xrv-pspnet) outlines the heart itself.
+    ToolSpec(
+        name="measure_lungs", description=_MEASURE_LUNGS_HEART, args=ImageArgs,
+        variant="heart-mask", precedence=10,
+        enabled=lambda deps: deps.vision.anatomy is not None,
+        build=lambda deps: _lung_measurer(deps.store, segmenter_for(deps.vision),
+                                          anatomy_for(deps.vision)),
+        models=_heart_models,
+        examples=("Is the heart enlarged?",
+                  "What is the cardiothoracic ratio?",
+                  "Is there cardiomegaly on this chest X-ray?",
+                  "How big are the lungs?"),
+        domain=FRONTAL_CHEST_RADIOGRAPH,
+    ),
 )
-"""``measure`` (a stored mask, no model) and ``measure_lungs`` (lungs-finder + segmenter)."""
+"""``measure`` (a stored mask, no model) and ``measure_lungs``: lungs-finder + segmenter, or,
+with an anatomy model configured, its lungs and heart mask."""
 
 
 def measure_tools(store: ImageStore,
                   predictor: Segmenter | None = None) -> list[BaseTool]:
     """The ``measure`` (a stored mask) and ``measure_lungs`` tools over images in ``store``."""
-    measure, measure_lungs = TOOLS
+    measure, measure_lungs, _ = TOOLS
     return [measure.bind(_measurer(store), store),
             measure_lungs.bind(_lung_measurer(store, predictor), store)]
