@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
     from tools.ingest.pseudonym import SiteKey
+    from tools.pacs.config import PacsConfig
 
 
 @dataclass
@@ -44,10 +45,24 @@ class AgentContext:
         checkpoint: ``sqlite`` (file in ``home``), ``sqlite:PATH``, ``memory``, a
             ``postgresql://`` DSN, or None for no persistence.
         device: ``auto``, ``cpu`` or ``cuda`` for the tools' models.
+        gpu_mem: the GPU memory the tools' models may take together, e.g. ``"20GB"``
+            (``MEDLOOP_GPU_MEM``); loading past it first unloads the least recently used
+            models (``tools.models.budget``). None: no limit.
+        anatomy: None or ``xrv-pspnet`` (``MEDLOOP_ANATOMY``): TorchXRayVision's chest anatomy
+            segmenter, offered as ``segment_anatomy`` and used by ``measure_lungs`` for the
+            heart. ``classifier`` may also be ``xrv:WEIGHTS`` (a TorchXRayVision chest X-ray
+            findings classifier, e.g. ``xrv:densenet121-res224-all``).
         segmenter: ``lite-medsam`` (packaged) or ``hf:ID_OR_PATH`` (transformers SAM / SAM 2).
         detector: ``lungs-finder`` (packaged) or ``hf:ID_OR_PATH`` (OWLv2 / Grounding DINO).
         classifier: None (the case library's kNN), ``open_clip:REF`` (zero-shot) or
             ``hf:ID_OR_PATH`` (a supervised transformers image classifier).
+        vlm: None, ``hf:ID_OR_PATH`` (a local transformers image-text-to-text model) or
+            ``openai:MODEL@URL`` (an OpenAI-compatible vision endpoint): the model behind
+            ``ask_image`` and ``draft_report``, offered only when it is set.
+        vlm_api_key: the bearer token for that endpoint (``MEDLOOP_VLM_API_KEY``), if any.
+        profile: the profile ``from_env`` laid under the other settings (a name or a TOML path,
+            ``agent.profiles``); its values are already in the fields above, so setting it on a
+            context built directly changes nothing: pass it to ``from_env``.
         library: a case library folder (``medloop index build``) for the retrieval tools;
             None uses the demo library, built in the background on first use.
         calibration: None looks up the map fitted for this planner configuration
@@ -71,6 +86,16 @@ class AgentContext:
             at ``sample_temperature`` and pool the share that agrees into the confidence
             (self-consistency, ``agent.trust.consistency``); 0 (the default) does not sample.
         sample_temperature: the temperature of those extra answers (above 0, at most 2).
+        pacs_url: the PACS ``medloop ask --study`` and the app's study picker fetch from:
+            ``http(s)://host/dicom-web`` (DICOMweb) or ``dicom://AET@host:port`` (DIMSE);
+            None: no PACS (``tools.pacs``).
+        pacs_user, pacs_password, pacs_token: its credentials (never in the URL).
+        pacs_config: a TOML file of PACS settings (``tools.pacs.config``: URL, credentials,
+            TLS, time limits, study size limits), under the fields above.
+        pacs_ca: a PEM bundle of the certificate authorities to trust for an https PACS.
+        mcp_servers: MCP servers whose tools the planner may call besides medloop's own
+            (``agent.mcp``): the path of a JSON file in the Claude Desktop ``mcpServers``
+            format, that JSON text itself, or the mapping; None: none.
     """
 
     llm: str | BaseChatModel = "embedded"
@@ -88,12 +113,24 @@ class AgentContext:
     segmenter: str = "lite-medsam"
     detector: str = "lungs-finder"
     classifier: str | None = None
+    anatomy: str | None = None
+    gpu_mem: str | None = None
+    vlm: str | None = None
+    profile: str | None = None
     library: str | Path | None = None
     calibration: str | Path | None = None
     llm_threads: int | None = None
     llm_temperature: float = 0.0
     raise_tool_errors: bool = False
     deid_secret: str | None = field(default=None, repr=False)
+    vlm_api_key: str | None = field(default=None, repr=False)
+    pacs_url: str | None = None
+    pacs_user: str | None = None
+    pacs_password: str | None = field(default=None, repr=False)
+    pacs_token: str | None = field(default=None, repr=False)
+    pacs_config: str | Path | None = None
+    pacs_ca: str | Path | None = None
+    mcp_servers: str | Path | Mapping[str, Any] | None = None
     _store: ImageStore | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +149,7 @@ class AgentContext:
         if self.llm_threads is not None and self.llm_threads < 1:
             raise ValueError("llm_threads must be at least 1")
         _ = self.vision  # checks the model choices and the device (ValueError names the bad one)
+        _ = self.gpu_mem_mb  # a malformed size raises ValueError naming it
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentContext:
@@ -122,7 +160,12 @@ class AgentContext:
         ``MEDLOOP_LLM``, ``MEDLOOP_HOME``, ``MEDLOOP_DEVICE``, ``MEDLOOP_SEGMENTER``,
         ``MEDLOOP_DETECTOR``, ``MEDLOOP_CLASSIFIER``, ``MEDLOOP_LIBRARY``,
         ``MEDLOOP_CALIBRATION``, ``MEDLOOP_LLM_THREADS``, ``MEDLOOP_LLM_TEMPERATURE``,
-        ``MEDLOOP_DEID_SECRET``.
+        ``MEDLOOP_DEID_SECRET``, ``MEDLOOP_VLM``, ``MEDLOOP_VLM_API_KEY``, ``MEDLOOP_PROFILE``,
+        ``MEDLOOP_PACS_URL``, ``MEDLOOP_PACS_USER``, ``MEDLOOP_PACS_PASSWORD``,
+        ``MEDLOOP_PACS_TOKEN``, ``MEDLOOP_PACS_CONFIG``, ``MEDLOOP_PACS_CA``,
+        ``MEDLOOP_MCP_SERVERS``, ``MEDLOOP_ANATOMY``, ``MEDLOOP_GPU_MEM``.
+        A profile (``MEDLOOP_PROFILE`` or ``profile=``: ``agent.profiles``) gives defaults
+        under them: a variable or an override that is set wins over the profile's value.
         An empty variable counts as unset; a malformed one raises ValueError naming it.
         Every override wins, None included (``checkpoint=None`` means no persistence); a
         front end drops the options its user left unset before passing them.
@@ -134,6 +177,9 @@ class AgentContext:
             if raw:
                 settings[name] = _parse_env(var, name, raw)
         settings.update(overrides)
+        if settings.get("profile"):
+            settings = {**_profile_settings(str(settings["profile"]), settings.get("home")),
+                        **settings}
         known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -144,7 +190,34 @@ class AgentContext:
     def vision(self) -> VisionConfig:
         """The vision model choices as the tools take them."""
         return VisionConfig(segmenter=self.segmenter, detector=self.detector,
-                            classifier=self.classifier, device=self.device)
+                            classifier=self.classifier, device=self.device,
+                            vlm=self.vlm, vlm_api_key=self.vlm_api_key,
+                            anatomy=self.anatomy)
+
+    @property
+    def gpu_mem_mb(self) -> float | None:
+        """``gpu_mem`` in MB (10^6 bytes), or None for no limit."""
+        if self.gpu_mem is None:
+            return None
+        from tools.models.budget import parse_memory
+
+        try:
+            return parse_memory(self.gpu_mem)
+        except ValueError as exc:
+            raise ValueError(f"gpu_mem (MEDLOOP_GPU_MEM / --gpu-mem): {exc}") from None
+
+    def pacs(self, url: str | None = None) -> PacsConfig | None:
+        """The PACS settings (``url`` over ``pacs_url``), or None when no PACS is configured.
+
+        Raises:
+            ValueError: a malformed PACS setting or config file, naming it.
+        """
+        from tools.pacs.config import load_pacs_config
+
+        return load_pacs_config(
+            self.pacs_config, url=url or self.pacs_url, user=self.pacs_user,
+            password=self.pacs_password, token=self.pacs_token,
+            ca_bundle=str(self.pacs_ca) if self.pacs_ca else None)
 
     def site_key(self) -> SiteKey:
         """The key of keyed pseudonymisation.
@@ -196,7 +269,27 @@ _ENV = {
     "MEDLOOP_LLM_THREADS": "llm_threads",
     "MEDLOOP_LLM_TEMPERATURE": "llm_temperature",
     "MEDLOOP_DEID_SECRET": "deid_secret",
+    "MEDLOOP_ANATOMY": "anatomy",
+    "MEDLOOP_GPU_MEM": "gpu_mem",
+    "MEDLOOP_VLM": "vlm",
+    "MEDLOOP_VLM_API_KEY": "vlm_api_key",
+    "MEDLOOP_PROFILE": "profile",
+    "MEDLOOP_PACS_URL": "pacs_url",
+    "MEDLOOP_PACS_USER": "pacs_user",
+    "MEDLOOP_PACS_PASSWORD": "pacs_password",
+    "MEDLOOP_PACS_TOKEN": "pacs_token",
+    "MEDLOOP_PACS_CONFIG": "pacs_config",
+    "MEDLOOP_PACS_CA": "pacs_ca",
+    "MEDLOOP_MCP_SERVERS": "mcp_servers",
 }
+
+
+def _profile_settings(ref: str, home: Any) -> dict[str, Any]:
+    """The settings profile ``ref`` gives (its user profiles looked up under ``home``)."""
+    from agent.profiles import load_profile
+
+    folder = Path(home).expanduser() if home else tools.store.default_home()
+    return dict(load_profile(ref, folder).settings)
 
 
 def _parse_env(var: str, name: str, raw: str) -> Any:

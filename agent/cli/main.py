@@ -2,9 +2,9 @@
 
 Exit codes: 0 success, 2 bad input (one line naming the problem on stderr), 1 internal error,
 130 interrupted. Each subcommand lives in its own module (``ask``, ``inspect``, ``deid``,
-``models``, ``app``, ``index``, ``library``, ``eval``) with ``add_parser(sub)``, which sets its
-``func``; what they share is in ``agent.cli.options``. Imports go one way: this module imports the
-subcommands, the subcommands import ``options``.
+``models``, ``app``, ``index``, ``library``, ``eval``, ``pacs``, ``mcp``) with
+``add_parser(sub)``, which sets its ``func``; what they share is in ``agent.cli.options``.
+Imports go one way: this module imports the subcommands, the subcommands import ``options``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from agent.cli import app, ask, deid, index, inspect, library, models
+from agent.cli import app, ask, deid, index, inspect, library, mcp, models, pacs
 from agent.cli import eval as evaluate
 from agent.cli.options import DISCLAIMER, BadInput
 from tools.errors import IngestError, MedloopError
@@ -23,7 +23,7 @@ from tools.errors import IngestError, MedloopError
 __all__ = ["build_parser", "main"]
 
 # In ``medloop --help`` order.
-COMMANDS = (ask, inspect, deid, models, app, index, library, evaluate)
+COMMANDS = (ask, inspect, deid, models, app, index, library, evaluate, pacs, mcp)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from langchain_core.tools import BaseTool
 
-from tools.models.registry import ModelInfo, describe_models
+from agent.mcp import remote_tools
+from tools.models.registry import ModelInfo, describe_models, set_memory_budget
 from tools.packaged import MINILM, SMOLLM2
 from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
@@ -57,11 +58,14 @@ TOOL_MODULES: tuple[str, ...] = (
     "tools.vision.find",
     "tools.vision.measure",
     "tools.vision.classify",
+    "tools.vision.chest_findings",
+    "tools.vision.anatomy",
     "retrievers.similar",
     "retrievers.knn_classify",
     "retrievers.heads",
     "retrievers.case_answers",
     "tools.vision.window",
+    "tools.vision.vlm",
 )
 """Modules declaring ``TOOLS``, in the order the planner is offered their tools."""
 
@@ -149,10 +153,17 @@ def default_tools(ctx: AgentContext, store: ImageStore | None = None) -> list[Ba
 
     The models they use are ``ctx``'s choices (``AgentContext.vision``), the case library is
     ``ctx.library`` (else the demo library under ``ctx.home``), and every tool reads and writes
-    ``store`` (default ``ctx.store``: the one the graph's *ingest* fills).
+    ``store`` (default ``ctx.store``: the one the graph's *ingest* fills). The tools of the
+    MCP servers ``ctx.mcp_servers`` names follow medloop's own (``agent.mcp``; connecting to
+    them raises ``McpError`` naming a server that is down).
     """
     deps = tool_deps(ctx, store)
-    return [spec.tool(deps) for spec in offered_specs(tool_specs(), deps)]
+    set_memory_budget(ctx.gpu_mem_mb)  # process-wide: the models of every run share one GPU
+    tools = [spec.tool(deps) for spec in offered_specs(tool_specs(), deps)]
+    if ctx.mcp_servers:
+        tools += remote_tools(ctx.mcp_servers, deps.store, taken=[t.name for t in tools],
+                              call_timeout_s=ctx.tool_timeout_s)
+    return tools
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def test_the_entry_point_is_main_with_every_command():
     assert package_main is main and agent.cli.__all__ == ["main"]
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == ["ask", "inspect", "deid", "models", "app", "index", "library",
-                                 "eval"]
+                                 "eval", "pacs", "mcp"]
 
 
 def test_exit_codes(monkeypatch, capsys):

@@ -65,8 +65,11 @@ def test_default_tools_in_the_order_the_planner_always_saw(ctx, store):
 
 def test_every_declared_tool_comes_from_the_module_list_and_has_examples():
     specs = tool_specs()
-    # case_answer is declared too: offered only over a library of question-answer pairs
-    assert {s.name for s in specs} == {*DEFAULT_NAMES, "case_answer"}
+    # case_answer is declared too: offered only over a library of question-answer pairs;
+    # segment_anatomy only with an anatomy model configured (MEDLOOP_ANATOMY); ask_image and
+    # draft_report only with a vision-language model (MEDLOOP_VLM)
+    assert {s.name for s in specs} == {*DEFAULT_NAMES, "case_answer", "segment_anatomy",
+                                       "ask_image", "draft_report"}
     assert all(s.examples and s.description for s in specs)
     assert len(TOOL_MODULES) == len(set(TOOL_MODULES))
 
