@@ -54,6 +54,10 @@ _COUNT = re.compile(r"\b(\d+|zero|one|a single|single|two|three|four|five|six|se
 
 
 _KNOWN = frozenset(f for f, _ in _FAMILIES)
+_YESNO_QUESTION = re.compile(r"^\s*(is|are|was|were|does|do|did|has|have|can|could|will)\b",
+                             re.IGNORECASE)
+_UNDECIDED = re.compile(r"\b(cannot|can't|unable|unclear|uncertain|unknown|not sure|"
+                        r"indeterminate|not possible to|no way to)\b")
 
 
 def _singular(word: str) -> str:
@@ -216,7 +220,14 @@ def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
     question it answered in ``data["question"]``; evidence about another wording is left
     alone (a miss, not a false alarm).
     """
-    said = _yes_no(text.lower()) if question.strip() else None
+    if not question.strip():
+        return []
+    low = text.lower()
+    said = _yes_no(low)
+    if said is None and _YESNO_QUESTION.match(question) and not _UNDECIDED.search(low):
+        # "There is a midline shift." answers "Is there a midline shift?" with a yes; a
+        # sentence that negates anything ("no", "not", "without") with a no
+        said = not _NEGATION.search(low)
     if said is None:
         return []
     out = []

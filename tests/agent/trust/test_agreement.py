@@ -87,5 +87,15 @@ def test_a_yes_no_answer_against_evidence_that_answered_the_same_question():
     # evidence about another question, a claim read without the question, failed evidence
     assert conflicts_with("No.", [ev], question="Is there a fracture?") == []
     assert conflicts_with("No.", [ev]) == []
+    # a sentence without a leading yes/no is read for its polarity, unless it says it cannot tell
+    shift = Evidence(id="E2", tool="case_answer", summary="Answer: no", score=0.63,
+                     data={"yes_no": "no", "question": "Is there a midline shift?"})
+    (msg,) = conflicts_with("There is a midline shift of the parenchyma.", [shift],
+                            question="Is there a midline shift?")
+    assert "says yes" in msg and "answers no" in msg
+    assert conflicts_with("There is no midline shift.", [shift],
+                          question="Is there a midline shift?") == []
+    assert conflicts_with("It cannot be determined from this image.", [shift],
+                          question="Is there a midline shift?") == []
     ev.status = "error"
     assert conflicts_with("No.", [ev], question=q) == []
