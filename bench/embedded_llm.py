@@ -272,6 +272,132 @@ def alternating(model: EmbeddedChatModel, n_images: int = 4) -> None:
     loaded.states = PrefixStates()
 
 
+def caps(model: EmbeddedChatModel) -> None:
+    """What capping the answer's length buys: tokens and seconds of the answer rounds.
+
+    The answer rounds (evidence listed, ``final_answer`` offered) of ``CASES`` under each cap on
+    free-text strings and on claims (``max_string_chars``, ``max_array_items``), each call made
+    twice so the second reads a cached prompt and times generation; baseline: the current caps.
+    """
+    answers = [c for c in CASES if c.evidence]
+    rows = []
+    for chars, items in ((model.max_string_chars, model.max_array_items), (120, 2), (80, 2)):
+        capped = model.model_copy(update={"max_string_chars": chars, "max_array_items": items})
+        toks, secs, cited = [], [], 0
+        for case in answers:
+            capped.bind_tools(case.tools()).invoke(case.messages())  # cache the prompt
+            ai = capped.bind_tools(case.tools()).invoke(case.messages())
+            assert isinstance(ai, AIMessage)
+            toks.append(ai.response_metadata["completion_tokens"])
+            secs.append(ai.response_metadata["elapsed_s"])
+            cited += judge(case, ai)[0]
+        rows.append((chars, items, statistics.mean(toks), statistics.mean(secs), cited))
+    base = rows[0][3]
+    print(f"{'caps (chars, claims)':22s} {'tokens':>7s} {'s/answer':>9s} {'ratio':>6s} cites")
+    for chars, items, tok, sec, cited in rows:
+        print(f"{chars:4d} chars, {items} claims  {tok:7.1f} {sec:9.2f} {sec / base:6.2f} "
+              f"{cited}/{len(answers)}")
+
+
+def prompt_lookup(model: EmbeddedChatModel, n_pred: int = 10) -> None:
+    """llama-cpp-python's prompt-lookup decoding against plain decoding, same prompts.
+
+    Speculative drafts from the prompt suit answers that quote the evidence. Both models are
+    built here with the same file, context and threads; the drafting one needs logits for
+    every position (``logits_all``), which also makes its saved states far larger.
+    """
+    import llama_cpp.llama_cpp as low
+    from llama_cpp import Llama, LlamaGrammar
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    from agent.llm.embedded.grammar import tool_call_grammar, tool_call_schema
+    from agent.llm.embedded.prompt import fit_tool_prompt, to_chatml
+
+    path, threads = model.resolved_path(), model.llama().context_params.n_threads
+    template = model._loaded()[0].template
+    answers = [c for c in CASES if c.evidence]
+    for label, draft in (("plain decoding (baseline)", None),
+                         (f"prompt lookup ({n_pred} tokens)", LlamaPromptLookupDecoding(
+                             num_pred_tokens=n_pred))):
+        rss0 = max_rss_mb()
+        llm = Llama(model_path=path, n_ctx=model.n_ctx, n_threads=threads,
+                    n_threads_batch=threads, draft_model=draft, verbose=False)
+        toks, secs, outs = [], [], []
+        for case in answers:
+            tools = case.tools()
+            grammar = tool_call_grammar(tool_call_schema(tools, max_chars=model.max_string_chars,
+                                                         max_items=model.max_array_items))
+            def count(turns: list[dict[str, str]], llm: Llama = llm) -> int:
+                return len(template.tokens(llm, turns))
+
+            chat = fit_tool_prompt(count, to_chatml(case.messages()), tools, 3500, True,
+                                   examples_version=model.examples_version)
+            for _ in range(2):  # the second call reads a cached prompt
+                t = time.perf_counter()
+                out = llm.create_chat_completion(
+                    messages=chat, temperature=0.0, max_tokens=model.max_tokens, seed=0,
+                    grammar=LlamaGrammar.from_string(grammar, verbose=False),
+                    repeat_penalty=1.0)  # type: ignore[arg-type]
+                dt = time.perf_counter() - t
+            toks.append(out["usage"]["completion_tokens"])  # type: ignore[index]
+            secs.append(dt)
+            outs.append(out["choices"][0]["message"]["content"])  # type: ignore[index]
+        state_mb = low.llama_state_get_size(llm._ctx.ctx) / 1e6
+        print(f"{label:34s} {statistics.mean(secs):6.2f} s/answer, {sum(toks) / sum(secs):6.1f} "
+              f"tokens/s, saved state {state_mb:7.1f} MB, RSS +{max_rss_mb() - rss0:.0f} MB")
+        if draft is None:
+            plain = outs
+        else:
+            print(f"{'same answers as plain decoding':34s} "
+                  f"{sum(a == b for a, b in zip(outs, plain, strict=True))}/{len(outs)}")
+        llm.close()
+
+
+def domain_notes(model: EmbeddedChatModel, n_images: int = 3) -> None:
+    """A new image's planner call when the tools' text names the image, and now that it does not.
+
+    The default tools on CT phantoms: the chest-only tools are offered with a note that they
+    are outside their domain. That note used to name the image id, so the tools' text (the
+    start of every prompt) differed for every image and each new image's prompt was
+    evaluated from there on; it now says "this image". Baseline: the same offers with the id
+    written back into the note, same run, same model.
+    """
+    import copy
+
+    from agent.evaluation.phantoms import make_phantom
+    from agent.llm.embedded.runtime import PrefixStates
+    from agent.planner.toolset import default_tools
+
+    store = ImageStore(Path(tempfile.mkdtemp(prefix="medloop-bench-")))
+    tools = default_tools(CONTEXT, store)
+    refs = [store.put(make_phantom(100 + k, kind="ct", n_lesions=1).image) for k in range(n_images)]
+    results = {}
+    for label, name_it in (("note names the image (baseline)", True), ("note without ids", False)):
+        with model.generation_lock():
+            model.llama().reset()
+        model._loaded()[0].states = PrefixStates()
+        times, tokens = [], []
+        for ref in refs:
+            st = {"image_refs": [ref], "evidence": [], "round": 0,
+                  "messages": [HumanMessage(content="Is there a lesion?")]}
+            offer = offered_tools(tools, [ref], [])
+            if name_it:
+                offer = copy.deepcopy(offer)
+                for spec in offer:
+                    fn = spec["function"]
+                    fn["description"] = str(fn.get("description", "")).replace(
+                        "Not validated for this image", f"Not validated for {ref.id}")
+            t = time.perf_counter()
+            ai = model.bind_tools(offer).invoke(list(build_prompt(st, CONTEXT)))  # type: ignore[arg-type]
+            times.append(time.perf_counter() - t)
+            tokens.append(ai.response_metadata["prompt_tokens"])
+        results[label] = statistics.mean(times[1:])
+        print(f"{label:34s} {results[label]:8.2f} s per new image (first {times[0]:.1f} s; "
+              f"prompts ~{statistics.median(tokens):.0f} tokens)")
+    base, new = results.values()
+    print(f"{'ratio (without ids / baseline)':34s} {new / base:8.2f}")
+
+
 def main() -> None:
     """Parse arguments and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -282,11 +408,33 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-quality", action="store_true", help="timings only")
     ap.add_argument("--no-alternating", action="store_true", help="skip the saved-state bench")
+    ap.add_argument("--caps", action="store_true", help="bench the answer-length caps")
+    ap.add_argument("--domain-notes", action="store_true",
+                    help="bench a new image's call with and without ids in the tools' text")
+    ap.add_argument("--lookup", action="store_true", help="bench prompt-lookup decoding")
+    ap.add_argument("--native", choices=("on", "off"), default=None,
+                    help="the chat template's own tool-call format, or medloop's protocol")
+    ap.add_argument("--examples", type=int, default=None, help="embedded_examples version")
     args = ap.parse_args()
     spec = f"gguf:{args.model_path}" if args.model_path else args.llm
     home = AgentContext.from_env(checkpoint=None).home  # MEDLOOP_HOME: where parts assemble
     model = make_chat_model(spec, threads=args.threads, home=home)
     assert isinstance(model, EmbeddedChatModel), f"{spec} is not an embedded planner"
+    update: dict[str, Any] = {}
+    if args.native:
+        update["native_tools"] = args.native == "on"
+    if args.examples:
+        update["examples_version"] = args.examples
+    model = model.model_copy(update=update)
+    if args.caps or args.lookup or args.domain_notes:
+        if args.domain_notes:
+            domain_notes(model)
+        if args.caps:
+            caps(model)
+        if args.lookup:
+            prompt_lookup(model)
+        print(f"\n{'peak RSS (MB)':34s} {max_rss_mb():8.0f}")
+        return
     timings(model, args.repeats)
     if not args.no_alternating:
         print()

@@ -12,6 +12,14 @@ against the images' modality and format: an image a tool refuses is left out of 
 ``image_id`` enum (the tool is withheld when no image is left), and a tool that would run
 flagged on every image gets ``OUTSIDE_NOTE`` and the reason appended to its description, which
 the planner reads and the router (``agent.planner.route``) ranks last.
+
+A tool does not change its answer: once a tool that reads nothing but the image
+(``repeats_nothing``: its one required argument is ``image_id``, its options are scalars) has
+returned good evidence on an image, that image leaves its ``image_id`` enum, and the tool is
+withheld when no image is left. Offered anyway, the Qwen planners called ``describe_image``
+again and again until the round budget ran out (issue 15). Tools that take a place or a
+target (a box, points, a preset) stay on offer: another box is another question; *act* turns
+an identical call into "already done: see E1".
 """
 
 from __future__ import annotations
@@ -63,6 +71,37 @@ def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
     return spec
 
 
+def repeats_nothing(params: dict[str, Any]) -> bool:
+    """Whether a tool with these parameters (``$ref``s inlined) answers the same every time.
+
+    True when ``image_id`` is its only required argument and no option is a list or object (a
+    box, points), which would make another call another question.
+    """
+    props = params.get("properties", {})
+    if params.get("required", []) != ["image_id"] or "image_id" not in props:
+        return False
+    return all(_scalar(p) for k, p in props.items() if k != "image_id")
+
+
+def _scalar(schema: Any) -> bool:
+    """A JSON schema of a number, string, boolean or null (or a choice among them)."""
+    if not isinstance(schema, dict):
+        return False
+    if "anyOf" in schema:
+        return all(_scalar(s) for s in schema["anyOf"])
+    return schema.get("type") in ("string", "integer", "number", "boolean", "null")
+
+
+def answered_images(evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    """Per tool, the images it has already returned good evidence on, in order."""
+    out: dict[str, dict[str, None]] = {}
+    for e in evidence:
+        image = e.image_id or e.args.get("image_id")
+        if e.status == "ok" and isinstance(image, str):
+            out.setdefault(e.tool, {})[image] = None
+    return {tool: list(images) for tool, images in out.items()}
+
+
 def _domain_fit(tool: BaseTool, images: Sequence[ImageRef]) -> tuple[list[str], str]:
     """The image ids ``tool`` may be offered, and a note when it is outside for all of them.
 
@@ -81,8 +120,11 @@ def _domain_fit(tool: BaseTool, images: Sequence[ImageRef]) -> tuple[list[str], 
     outside = [i for i in kept if verdicts[i].status == "outside"]
     if not kept or len(outside) < len(kept):
         return kept, ""
+    # No ids in the note: the tools' text is the start of every prompt, and an id there would
+    # make each image's prompt a new one (the embedded planner reuses a prompt's shared start).
     reasons = "; ".join(dict.fromkeys(verdicts[i].reason for i in outside))
-    return kept, (f"{OUTSIDE_NOTE} {', '.join(outside)} (validated on {domain.validated_on}; "
+    which = "this image" if len(outside) == 1 else "these images"
+    return kept, (f"{OUTSIDE_NOTE} {which} (validated on {domain.validated_on}; "
                   f"this is {reasons}): its results there are not findings.")
 
 
@@ -93,10 +135,11 @@ def offered_tools(
 
     Image ids and mask keys become enums of the ones that exist, so a constrained planner
     cannot invent one; a tool that needs a mask is withheld until some tool has made one, and
-    one that needs an image while none it accepts is attached is withheld. Domains: see the
-    module docstring.
+    one that needs an image while none it accepts is attached is withheld. Domains and
+    tools that already answered: see the module docstring.
     """
     mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
+    answered = answered_images(evidence)
     out: list[dict[str, Any]] = []
     for tool in tools:
         spec = convert_to_openai_tool(tool)
@@ -104,6 +147,8 @@ def offered_tools(
         if "mask_key" in params.get("required", []) and not mask_keys:
             continue
         image_ids, note = _domain_fit(tool, images)
+        if tool.name in answered and repeats_nothing(params):
+            image_ids = [i for i in image_ids if i not in answered[tool.name]]
         if "image_id" in params.get("required", []) and not image_ids:
             continue  # no image it can run on: offered, it only invites a made-up id
         if note:

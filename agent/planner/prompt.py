@@ -10,13 +10,16 @@ it samples answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage
 
 from agent.context import AgentContext
 from agent.state import AgentState
 from prompts import load_prompt
+from tools.evidence import Evidence
 
-__all__ = ["build_prompt", "earlier_question", "split_turns"]
+__all__ = ["build_prompt", "earlier_question", "known_calls", "split_turns"]
 
 
 def split_turns(messages: list[AnyMessage]) -> tuple[list[AnyMessage], str]:
@@ -43,6 +46,26 @@ def earlier_question(messages: list[AnyMessage]) -> str | None:
     return humans[-2] if len(humans) >= 2 else None
 
 
+def known_calls(evidence: Sequence[Evidence]) -> str:
+    """What the tools have already answered, said once, or "" when nothing has.
+
+    The Qwen planners called a tool that had already answered again and again (issue 15): the
+    offer now withholds such calls (``agent.planner.offer``), and the prompt says why, in the
+    planner's terms: which tool ran on which image and where its answer is.
+    """
+    done: dict[tuple[str, str], list[str]] = {}
+    for e in evidence:
+        if e.status == "ok":
+            where = e.image_id or str(e.args.get("image_id") or "")
+            done.setdefault((e.tool, where), []).append(e.id)
+    if not done:
+        return ""
+    parts = [f"{tool} on {image} ({', '.join(ids)})" if image else f"{tool} ({', '.join(ids)})"
+             for (tool, image), ids in done.items()]
+    return ("Already done, the same call gives the same result: " + "; ".join(parts)
+            + ". Use that evidence, call a different tool, or call final_answer.")
+
+
 def build_prompt(state: AgentState, ctx: AgentContext) -> list[AnyMessage]:
     """The messages the planner reads this round."""
     refs = state.get("image_refs") or []
@@ -52,6 +75,7 @@ def build_prompt(state: AgentState, ctx: AgentContext) -> list[AnyMessage]:
     system = load_prompt("think").render(
         images="\n".join(r.for_prompt() for r in refs) or "(none)",
         evidence="\n".join(e.for_prompt() for e in evidence) or "(none yet)",
+        known=known_calls(evidence),
         feedback="\n".join(feedback),
         rounds_left=ctx.max_rounds - int(state.get("round") or 0),
     )

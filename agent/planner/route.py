@@ -67,6 +67,24 @@ def route_examples() -> dict[str, tuple[str, ...]]:
     return {name: tuple(qs) for name, qs in out.items() if qs}
 
 
+@lru_cache(maxsize=1)
+def _variant_examples() -> dict[tuple[str, str], tuple[str, ...]]:
+    """Example questions per declared (name, description): one backend's own questions.
+
+    Several backends share a name (``classify``: kNN, trained heads, an image-text model, the
+    chest findings model); the offer carries the description of the one that is enabled, and
+    it is matched with its own questions only. Pooled, a disabled backend's questions pulled
+    other questions to it ("How do reports describe consolidation?" went to ``classify`` once
+    the chest findings model declared "pneumonia or consolidation").
+    """
+    from agent.planner.toolset import tool_specs
+
+    out: dict[tuple[str, str], dict[str, None]] = {}
+    for spec in tool_specs():
+        out.setdefault((spec.name, spec.description), {}).update(dict.fromkeys(spec.examples))
+    return {key: tuple(qs) for key, qs in out.items() if qs}
+
+
 def _name(spec: dict[str, Any]) -> str:
     return str(spec["function"]["name"])
 
@@ -123,11 +141,20 @@ class ToolRouter:
     ) -> dict[str, float]:
         """Each tool's match to the question.
 
-        A tool scores its best cosine similarity over its description and example questions,
+        A tool scores its best cosine similarity over its description and example questions
+        (those of the backend whose description the offer carries; a tool declared nowhere,
+        a plugin's say, falls back to the questions pooled under its name),
         blended with the previous question's when there is one, less ``OUTSIDE_PENALTY`` when
         the offer marked it outside its domain.
         """
-        examples = route_examples()
+        raw, outside = self._match(tools, question, earlier)
+        return {n: v - OUTSIDE_PENALTY if n in outside else v for n, v in raw.items()}
+
+    def _match(
+        self, tools: Sequence[dict[str, Any]], question: str, earlier: str | None
+    ) -> tuple[dict[str, float], set[str]]:
+        """Each tool's similarity to the question, and the tools marked outside their domain."""
+        pooled, own = route_examples(), _variant_examples()
         keys: list[tuple[str, str]] = []
         outside: set[str] = set()
         for spec in tools:
@@ -135,7 +162,8 @@ class ToolRouter:
             desc, marked = _description(spec)
             if marked:
                 outside.add(name)
-            keys += [(name, desc), *((name, q) for q in examples.get(name, ()))]
+            examples = own.get((name, desc)) or pooled.get(name, ())
+            keys += [(name, desc), *((name, q) for q in examples)]
         asked = [question] + ([earlier] if earlier else [])
         vecs = self._embed([t for _, t in keys] + asked)
         sims = vecs[len(keys):] @ vecs[: len(keys)].T  # (1 or 2 questions, texts)
@@ -145,7 +173,7 @@ class ToolRouter:
             if earlier:
                 s = (1 - EARLIER_WEIGHT) * s + EARLIER_WEIGHT * float(sims[1, j])
             out[name] = max(out.get(name, -1.0), s)
-        return {n: v - OUTSIDE_PENALTY if n in outside else v for n, v in out.items()}
+        return out, outside
 
     def route(
         self, offer: Sequence[dict[str, Any]], question: str, earlier: str | None = None
@@ -154,7 +182,8 @@ class ToolRouter:
         candidates = [s for s in offer if _name(s) != FINAL_ANSWER_TOOL and not _follows_up(s)]
         if len(candidates) <= 1 or not question.strip():
             return list(offer), {}
-        scores = self.scores(candidates, question, earlier)
+        raw, outside = self._match(candidates, question, earlier)
+        scores = {n: v - OUTSIDE_PENALTY if n in outside else v for n, v in raw.items()}
         ranked = sorted(candidates, key=lambda s: -scores[_name(s)])
         best = scores[_name(ranked[0])]
         keep = {_name(s) for s in ranked[: self.top_k] if scores[_name(s)] >= best - self.margin}

@@ -77,6 +77,8 @@ class EmbeddedModel:
         prefers_tool_routing: the agent should offer it only the tools that best match the
             question (``agent.planner.route``): true for a model too small to read tool
             descriptions against the question.
+        examples_version: the ``prompts/embedded_examples.vN`` it was tuned with.
+        native_tools: prompt it in its chat template's own tool-call format (``native``).
     """
 
     name: str
@@ -87,6 +89,8 @@ class EmbeddedModel:
     requirement: str = ""
     parts: PartedWeights | None = None
     prefers_tool_routing: bool = False
+    examples_version: int = 2
+    native_tools: bool = False
 
 
 CATALOG: dict[str, EmbeddedModel] = {

@@ -28,6 +28,7 @@ from agent.llm.embedded.grammar import (
     tool_call_grammar,
     tool_call_schema,
 )
+from agent.llm.embedded.native import Dialect, call_grammar, dialect_of, prompt_tools, read_call
 from agent.llm.embedded.prompt import CTX_MARGIN, fit, fit_tool_prompt, to_chatml
 from agent.llm.embedded.runtime import EmbeddedModelError, Loaded
 from agent.llm.text_protocol import TextToolCalling
@@ -77,6 +78,15 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
     """Cap on array arguments without their own maxItems (e.g. the claims of final_answer)."""
     examples: bool = True
     """Show the worked examples (prompts/embedded_examples) before a tool call."""
+    examples_version: int | None = None
+    """Which ``embedded_examples.vN`` to show; None for the catalogue's choice for ``model``
+    (the version it was tuned with), or the newest for a ``model_path``."""
+    native_tools: bool | None = None
+    """Prompt and read tool calls in the chat template's own format when it has one
+    (``native``: Qwen2.5's ``<tool_call>``, Llama 3's): the template renders the tools and the
+    grammar allows exactly one call in that format. False: medloop's text protocol for every
+    model. None: the catalogue's choice for ``model``; for a ``model_path``, native whenever
+    its template has tool calls. True for a template without them is an error."""
     prefers_tool_routing: bool | None = None
     """A 135M model picks tools by the nearest worked example, not by the question: the agent
     routes for it (``agent.planner.route``) unless ``AgentContext.route_tools`` says otherwise.
@@ -95,7 +105,25 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         entry = catalog.lookup(self.model)
         if self.prefers_tool_routing is None:
             self.prefers_tool_routing = False if self.model_path else entry.prefers_tool_routing
+        if not self.model_path:
+            if self.examples_version is None:
+                self.examples_version = entry.examples_version
+            if self.native_tools is None:
+                self.native_tools = entry.native_tools
         return self
+
+    def dialect(self, loaded: Loaded) -> Dialect | None:
+        """The native tool-call format this instance prompts ``loaded`` in, or None.
+
+        Raises EmbeddedModelError when ``native_tools`` is true and the template has none.
+        """
+        if self.native_tools is False:
+            return None
+        found = dialect_of(loaded.template.source)
+        if found is None and self.native_tools:
+            raise EmbeddedModelError("native_tools is on, but the model's chat template has no "
+                                     "tool calling (no <tool_call> or Llama 3 tool format)")
+        return found
 
     @property
     def _llm_type(self) -> str:
@@ -165,26 +193,31 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         loaded_path = self.resolved_path()
         loaded, just_loaded = self._loaded()
         llm = loaded.llm
-        chat = to_chatml(messages)
+        dialect = self.dialect(loaded) if offered else None
+        chat = to_chatml(messages, dialect)
         grammar_text: str | None = None
+        # The tools the template renders itself (native calling); None: described in the text.
+        rendered = prompt_tools(shown) if dialect is not None else None
         if offered:
             schema = tool_call_schema(
                 offered, max_chars=self.max_string_chars, max_items=self.max_array_items
             )
-            grammar_text = tool_call_grammar(schema)
+            grammar_text = (tool_call_grammar(schema) if dialect is None
+                            else call_grammar(schema, dialect))
         budget = self.n_ctx - self.max_tokens - CTX_MARGIN
 
         with loaded.lock:
             t0 = time.perf_counter()
             def count(turns: list[dict[str, str]]) -> int:
-                return len(loaded.template.tokens(llm, turns))
+                return len(loaded.template.tokens(llm, turns, rendered))
 
             if grammar_text is not None:
                 check_grammar(llm, grammar_text)
-                prompt = fit_tool_prompt(count, chat, shown, budget, self.examples)
+                prompt = fit_tool_prompt(count, chat, shown, budget, self.examples,
+                                         dialect=dialect, examples_version=self.examples_version)
             else:
                 prompt = fit(count, chat, budget)
-            tokens = loaded.template.tokens(llm, prompt)
+            tokens = loaded.template.tokens(llm, prompt, rendered)
             n_prompt = len(tokens)
             if n_prompt > self.n_ctx - 8:
                 raise EmbeddedModelError(
@@ -192,13 +225,21 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
                 )
             max_tokens = min(self.max_tokens, self.n_ctx - n_prompt - 8)
             loaded.states.restore(llm, tokens)
-            response = self._complete(llm, prompt, grammar_text, stop, max_tokens, temperature)
+            if dialect is not None:  # the prompt as the template rendered it, tools included
+                response = self._complete_tokens(llm, tokens, grammar_text, max_tokens,
+                                                 temperature)
+            else:
+                response = self._complete(llm, prompt, grammar_text, stop, max_tokens,
+                                          temperature)
             loaded.states.save(llm)
             elapsed = time.perf_counter() - t0
 
         choice = response["choices"][0]
-        raw = choice["message"].get("content") or ""
+        raw = (choice["message"].get("content") if "message" in choice else choice.get("text")
+               ) or ""
         finish = choice.get("finish_reason")
+        if dialect is not None:
+            raw = read_call(raw, dialect)
         ai = parse_tool_call(raw, offered, finish) if offered else AIMessage(content=raw)
         usage = response.get("usage") or {}
         p_tok, c_tok = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
@@ -210,6 +251,8 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
             "elapsed_s": round(elapsed, 4),
             "finish_reason": finish,
         }
+        if dialect is not None:
+            meta["tool_format"] = dialect.name
         if just_loaded:
             meta["load_s"] = round(loaded.load_s, 4)
         ai.response_metadata = meta
@@ -217,6 +260,26 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
                              "total_tokens": p_tok + c_tok}
         return ChatResult(generations=[ChatGeneration(message=ai,
                                                       generation_info={"finish_reason": finish})])
+
+    def _complete_tokens(
+        self, llm: Llama, tokens: list[int], grammar_text: str | None, max_tokens: int,
+        temperature: float,
+    ) -> dict[str, Any]:
+        """One completion of prompt ``tokens`` (already rendered by the template)."""
+        from llama_cpp import LlamaGrammar
+
+        extra: dict[str, Any] = {}
+        if grammar_text is not None:
+            extra["grammar"] = LlamaGrammar.from_string(grammar_text, verbose=False)
+            extra["repeat_penalty"] = 1.0
+        result = llm.create_completion(
+            prompt=tokens,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=self.seed if temperature <= 0 else self.seed + next(self._calls),
+            **extra,
+        )
+        return dict(result)  # type: ignore[arg-type]
 
     def _complete(
         self,

@@ -22,6 +22,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
+from agent.llm.embedded.native import Dialect, call_text, medloop_to_native
 from agent.llm.text_protocol import (
     calls_json,
     chat_role,
@@ -32,6 +33,7 @@ from prompts import load_prompt
 
 __all__ = [
     "CTX_MARGIN",
+    "NATIVE_HEAD",
     "TokenCount",
     "WorkedExamples",
     "fit",
@@ -40,19 +42,24 @@ __all__ = [
     "tool_prompt",
 ]
 
+NATIVE_HEAD = "Answer with one tool call."
+"""The system text of a native-tools prompt shown without worked examples (the template adds
+the tools after it)."""
 CTX_MARGIN = 16
 """Tokens kept free beside max_tokens, so an estimate that is slightly off cannot overflow."""
 # How a tool result is shown to the model: ChatML has no tool role.
 _TOOL_RESULT = "Tool result: "
 
 
-def to_chatml(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+def to_chatml(messages: Sequence[BaseMessage], dialect: Dialect | None = None
+              ) -> list[dict[str, str]]:
     """LangChain messages as ``{"role", "content"}`` chat turns (system, user, assistant).
 
     The turns are rendered by the model's own chat template (``template.ChatTemplate``), and
     not every template knows a tool role (ChatML has none): tool results become user
     turns prefixed "Tool result: ", and assistant tool calls are written as the same JSON the
-    model is constrained to produce, so it sees its own format back.
+    model is constrained to produce, so it sees its own format back (in its template's own
+    call format when it has one: ``dialect``).
     """
     out: list[dict[str, str]] = []
     for m in messages:
@@ -61,7 +68,8 @@ def to_chatml(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
             role, text = "user", _TOOL_RESULT + text
         elif isinstance(m, AIMessage):
             if m.tool_calls and not text.strip():
-                text = calls_json(m.tool_calls)
+                text = (calls_json(m.tool_calls) if dialect is None else "\n".join(
+                    call_text(tc["name"], tc["args"], dialect) for tc in m.tool_calls))
         elif role not in ("system", "assistant"):  # ChatML knows no other role
             role = "user"
         out.append({"role": role, "content": text})
@@ -76,9 +84,13 @@ class WorkedExamples:
     turns: tuple[tuple[str, str], ...]
 
     @classmethod
-    def load(cls) -> WorkedExamples:
-        """Parse the prompt file: a rule, then blocks headed ``Example N`` ending in ``Reply:``."""
-        text = load_prompt("embedded_examples").render()
+    def load(cls, version: int | None = None) -> WorkedExamples:
+        """Parse the prompt file: a rule, then blocks headed ``Example N`` ending in ``Reply:``.
+
+        ``version`` picks ``embedded_examples.vN`` (None: the newest); each planner's catalogue
+        entry names the one it was tuned with.
+        """
+        text = load_prompt("embedded_examples", version).render()
         rule, *blocks = re.split(r"^Example \d+\s*$", text, flags=re.MULTILINE)
         turns = []
         for block in blocks:
@@ -88,17 +100,19 @@ class WorkedExamples:
             turns.append((user.strip(), reply.strip()))
         return cls(rule=rule.strip(), turns=tuple(turns))
 
-    def messages(self) -> list[dict[str, str]]:
-        """The examples as chat turns."""
+    def messages(self, dialect: Dialect | None = None) -> list[dict[str, str]]:
+        """The examples as chat turns; the replies in ``dialect``'s call format when given."""
         out = []
         for user, reply in self.turns:
-            out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            text = reply if dialect is None else medloop_to_native(reply, dialect)
+            out += [{"role": "user", "content": user}, {"role": "assistant", "content": text}]
         return out
 
 
 def tool_prompt(
     chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], *, examples: bool = True,
-    keep_history: int | None = None,
+    keep_history: int | None = None, dialect: Dialect | None = None,
+    examples_version: int | None = None,
 ) -> list[dict[str, str]]:
     """The chat turns for a constrained tool call.
 
@@ -112,14 +126,18 @@ def tool_prompt(
     and the caller's system prompt ahead of the question, it picked ``final_answer`` after
     evidence in 1 of 6 planner prompts; in this layout, 6 of 6.
 
-    ``keep_history`` keeps only the newest that many earlier messages (None: all).
+    ``keep_history`` keeps only the newest that many earlier messages (None: all). With a
+    ``dialect`` (a template with native tool calling) the tools are not described here: the
+    template renders them (``native.prompt_tools``), and the system message holds the rule.
     """
     system = [m["content"] for m in chat if m["role"] == "system"]
     rest = [m for m in chat if m["role"] != "system"]
-    worked = WorkedExamples.load() if examples else None
-    head = tools_system_prompt(tools, constrained=True).strip()
+    worked = WorkedExamples.load(examples_version) if examples else None
+    head = tools_system_prompt(tools, constrained=True).strip() if dialect is None else ""
     if worked is not None:
-        head += "\n\n" + worked.rule
+        head = f"{head}\n\n{worked.rule}".strip()
+    elif not head:
+        head = NATIVE_HEAD
     last: dict[str, str] | None = None
     if rest and rest[-1]["role"] == "user":
         last = rest.pop()
@@ -132,7 +150,7 @@ def tool_prompt(
     final = "\n\n".join(p for p in (context, question) if p) or "Call the right tool."
     return [
         {"role": "system", "content": head},
-        *(worked.messages() if worked is not None else []),
+        *(worked.messages(dialect) if worked is not None else []),
         *history,
         {"role": "user", "content": final},
     ]
@@ -156,13 +174,14 @@ def fit(count: TokenCount, chat: list[dict[str, str]], budget: int) -> list[dict
 
 def fit_tool_prompt(
     count: TokenCount, chat: list[dict[str, str]], tools: Sequence[dict[str, Any]], budget: int,
-    examples: bool,
+    examples: bool, *, dialect: Dialect | None = None, examples_version: int | None = None,
 ) -> list[dict[str, str]]:
     """The tool prompt within ``budget``: drop the oldest history first, then the examples."""
     n_history = sum(1 for m in chat if m["role"] != "system") - 1
     for use_examples in ((True, False) if examples else (False,)):
         for keep in range(max(n_history, 0), -1, -1):
-            prompt = tool_prompt(chat, tools, examples=use_examples, keep_history=keep)
+            prompt = tool_prompt(chat, tools, examples=use_examples, keep_history=keep,
+                                 dialect=dialect, examples_version=examples_version)
             if count(prompt) <= budget:
                 return prompt
     return prompt

@@ -115,23 +115,28 @@ class ChatTemplate:
                 template=self.source, eos_token=self.eos_token, bos_token=self.bos_token))
         return self._formatter
 
-    def render(self, chat: Sequence[Mapping[str, str]]) -> str:
+    def render(self, chat: Sequence[Mapping[str, str]],
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         """The prompt text for ``chat`` (``{"role", "content"}`` dicts), ready for the reply.
 
+        ``tools`` (OpenAI format) go to the template's own ``tools`` variable, for a template
+        with native tool calling (``native``); None renders none.
         Raises EmbeddedModelError when the template rejects the conversation (some
         templates raise on roles out of order).
         """
         try:
-            return str(self.formatter()(messages=list(chat)).prompt)
+            return str(self.formatter()(messages=list(chat), tools=list(tools) if tools else None
+                                        ).prompt)
         except Exception as exc:  # jinja2 errors and the template's raise_exception
             raise EmbeddedModelError(f"the model's chat template rejected the prompt: {exc}"
                                      ) from exc
 
-    def tokens(self, llm: Llama, chat: Sequence[Mapping[str, str]]) -> list[int]:
-        """The tokens llama.cpp evaluates for ``chat``.
+    def tokens(self, llm: Llama, chat: Sequence[Mapping[str, str]],
+               tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """The tokens llama.cpp evaluates for ``chat`` (and ``tools``, see ``render``).
 
         The rendered text, special tokens parsed, no BOS added: the template writes its own,
         as in llama-cpp-python's chat handler.
         """
-        text = self.render(chat)
+        text = self.render(chat, tools)
         return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))

@@ -90,9 +90,53 @@ def test_a_tool_outside_its_domain_for_every_image_says_so_in_its_description():
     phantom = ImageRef(id="img-p", modality="CT", source_format="phantom")
     [desc] = [s["function"]["description"] for s in offered_tools(_domain_tools(), [jpeg], [])
               if s["function"]["name"] == "blobs"]
-    assert desc.startswith("Find blobs. " + OUTSIDE_NOTE + " img-j (validated on phantoms;")
+    assert desc.startswith("Find blobs. " + OUTSIDE_NOTE + " this image (validated on phantoms;")
+    assert "img-j" not in desc  # no id in the tools' text: it starts every planner prompt
     assert "not findings" in desc
     [mixed] = [s["function"]["description"]
                for s in offered_tools(_domain_tools(), [jpeg, phantom], [])
                if s["function"]["name"] == "blobs"]
     assert mixed == "Find blobs."  # inside for one image: nothing to warn about
+
+
+class BoxArgs(BaseModel):
+    image_id: str
+    box: list[int] | None = None
+    k: int = 3
+
+
+class KnobArgs(BaseModel):
+    image_id: str
+    k: int = 3
+    label: str | None = None
+
+
+def test_a_tool_that_answered_on_an_image_is_not_offered_it_again():
+    def run(a: BaseModel) -> Evidence:
+        return Evidence(tool="x", summary="x")
+
+    tools = [make_tool(run, name="look", description="Look.", args_schema=ImgArgs),
+             make_tool(run, name="rank", description="Rank.", args_schema=KnobArgs),
+             make_tool(run, name="boxed", description="Box stats.", args_schema=BoxArgs)]
+    images = [ImageRef(id="img-000000000001", summary="a"),
+              ImageRef(id="img-000000000002", summary="b")]
+    ev = [Evidence(id="E1", tool="look", summary="chest", image_id="img-000000000001",
+                   args={"image_id": "img-000000000001"}),
+          Evidence(id="E2", tool="rank", summary="top: chest", image_id="img-000000000001",
+                   args={"image_id": "img-000000000001", "k": 5}),
+          Evidence(id="E3", tool="boxed", summary="mean 3", image_id="img-000000000001",
+                   args={"image_id": "img-000000000001", "box": [1, 2, 3, 4]})]
+    specs = offered_tools(tools, images, ev)
+    # the other image is still to be looked at; a box tool may be asked about another box
+    assert _props(specs, "look")["image_id"]["enum"] == ["img-000000000002"]
+    assert _props(specs, "rank")["image_id"]["enum"] == ["img-000000000002"]
+    assert _props(specs, "boxed")["image_id"]["enum"] == ["img-000000000001",
+                                                          "img-000000000002"]
+    one = offered_tools(tools, images[:1], ev)
+    assert _names(one) == ["boxed", "final_answer"]
+    # a failed call answered nothing: the tool stays on offer for that image
+    failed = [ev[0].model_copy(update={"status": "error"})]
+    assert "look" in _names(offered_tools(tools, images[:1], failed))
+    # evidence of another tool's name withholds nothing
+    other = [ev[0].model_copy(update={"tool": "describe_image"})]
+    assert _names(offered_tools(tools, images[:1], other))[:2] == ["look", "rank"]

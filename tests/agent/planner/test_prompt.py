@@ -44,3 +44,26 @@ def test_an_empty_state_still_reads_as_a_prompt():
     prompt = build_prompt({"messages": []}, AgentContext(llm="embedded", checkpoint=None))
     assert "(none)" in str(prompt[0].content) and "(none yet)" in str(prompt[0].content)
     assert prompt[-1].content == ""
+
+
+def test_the_prompt_says_what_the_tools_already_answered():
+    from agent.planner.prompt import known_calls
+
+    ev = [Evidence(id="E1", tool="describe_image", summary="chest", image_id="img-1"),
+          Evidence(id="E2", tool="detect_lesions", summary="failed", image_id="img-1",
+                   status="error"),
+          Evidence(id="E3", tool="region_stats", summary="mean 3", image_id="img-1"),
+          Evidence(id="E4", tool="region_stats", summary="mean 9", image_id="img-1"),
+          Evidence(id="E5", tool="report_lookup", summary="reports")]
+    known = known_calls(ev)
+    assert known.startswith("Already done, the same call gives the same result: ")
+    assert "describe_image on img-1 (E1); region_stats on img-1 (E3, E4); report_lookup (E5)" \
+        in known
+    assert "detect_lesions" not in known  # a failed call answered nothing
+    state = {"messages": [HumanMessage(content="q")], "evidence": ev,
+             "image_refs": [ImageRef(id="img-1", summary="CR chest")]}
+    system = str(build_prompt(state, AgentContext(llm="embedded", checkpoint=None))[0].content)
+    assert known in system
+    assert known_calls([]) == ""
+    empty = build_prompt({"messages": []}, AgentContext(llm="embedded", checkpoint=None))
+    assert "Already done" not in str(empty[0].content)

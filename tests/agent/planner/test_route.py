@@ -39,8 +39,10 @@ def _names(specs):
 def test_every_routing_example_names_a_default_tool(default_specs):
     examples = route_examples()
     # every declared tool has examples; case_answer is declared but offered only over a
-    # library of question-answer pairs
-    assert set(examples) == {*_names(default_specs), "case_answer"}
+    # library of question-answer pairs; ask_image and draft_report only with a VLM (MEDLOOP_VLM),
+    # segment_anatomy only with an anatomy model (MEDLOOP_ANATOMY)
+    optional = {"ask_image", "draft_report", "segment_anatomy"}
+    assert set(examples) - optional == {*_names(default_specs), "case_answer"}
     assert all(len(qs) >= 2 for qs in examples.values())
 
 
@@ -242,3 +244,24 @@ def test_a_lesion_question_on_a_clinical_image_avoids_the_phantom_detector(tmp_p
     phantom = [ImageRef(id="img-000000000002", modality="CT", source_format="phantom")]
     _, scores = router.route(offered_tools(tools, phantom, []), "Is there a mass in the liver?")
     assert list(scores) == ["detect_lesions"]
+
+
+def test_a_backend_is_matched_with_its_own_example_questions(monkeypatch):
+    """Backends sharing a name (the classify ones) are matched with their own questions."""
+    import agent.planner.route as route_mod
+    from agent.planner.toolset import tool_specs
+
+    specs = [s for s in tool_specs() if s.name == "classify" and s.examples]
+    assert len({s.description for s in specs}) >= 2
+    for spec in specs:
+        assert set(route_mod._variant_examples()[(spec.name, spec.description)]) == \
+            set(spec.examples)
+    # Pooled, another backend's question ("theirs") would match q at ~1.0.
+    monkeypatch.setattr(route_mod, "route_examples", lambda: {"classify": ("mine", "theirs")})
+    monkeypatch.setattr(route_mod, "_variant_examples", lambda: {("classify", "d"): ("mine",)})
+    emb = _Axes({"q": [1, 0, 0], "mine": [0, 1, 0], "theirs": [1, 0.05, 0]})
+    scores = ToolRouter(embedder=emb).scores([_spec("classify", "d", "image_id")], "q")
+    assert scores["classify"] < 0.5
+    # a description declared nowhere (a plugin's) falls back to the pooled questions
+    plugin = ToolRouter(embedder=emb).scores([_spec("classify", "new", "image_id")], "q")
+    assert plugin["classify"] > 0.9
