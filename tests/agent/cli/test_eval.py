@@ -252,7 +252,7 @@ def _case_planner(msgs):
     found = re.findall(r"(E\d+) \(case_answer\): (.*)", system)
     if found:
         eid, summary = found[-1]
-        said = re.search(r"'(yes|no)'", summary) or re.search(r"answer '([^']+)'", summary)
+        said = re.search(r"Answer: (yes|no)", summary) or re.search(r"answer '([^']+)'", summary)
         return final(said.group(1) if said else "I cannot tell.", [(summary, [eid])], 0.7)
     question = next(str(m.content) for m in msgs if m.type == "human")
     images = re.findall(r"(img-[0-9a-f]{12}):", system)
