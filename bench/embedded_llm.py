@@ -353,49 +353,76 @@ def prompt_lookup(model: EmbeddedChatModel, n_pred: int = 10) -> None:
         llm.close()
 
 
-def domain_notes(model: EmbeddedChatModel, n_images: int = 3) -> None:
-    """A new image's planner call when the tools' text names the image, and now that it does not.
+def stable_prompt(model: EmbeddedChatModel) -> None:
+    """Planner calls across images and rounds: what keeping the prompt's start the same buys.
 
-    The default tools on CT phantoms: the chest-only tools are offered with a note that they
-    are outside their domain. That note used to name the image id, so the tools' text (the
-    start of every prompt) differed for every image and each new image's prompt was
-    evaluated from there on; it now says "this image". Baseline: the same offers with the id
-    written back into the note, same run, same model.
+    Six rounds as the graph makes them with the default tools (look, then answer, on a CT
+    phantom, the chest radiograph and an ultrasound): each offer differs (domains, evidence,
+    ``final_answer``). Three prompts, same run, same model, a fresh cache each:
+
+    - baseline: only the offered tools described, the domain note naming the image id (as
+      before issue 15's fixes);
+    - the note without the id;
+    - the agent's whole catalogue described (``tool_catalogue``), the offer in the last turn.
     """
     import copy
 
+    from pydicom.data import get_testdata_file
+
     from agent.evaluation.phantoms import make_phantom
     from agent.llm.embedded.runtime import PrefixStates
+    from agent.planner.offer import tool_catalogue
     from agent.planner.toolset import default_tools
+    from tools.ingest import ingest_path
 
     store = ImageStore(Path(tempfile.mkdtemp(prefix="medloop-bench-")))
     tools = default_tools(CONTEXT, store)
-    refs = [store.put(make_phantom(100 + k, kind="ct", n_lesions=1).image) for k in range(n_images)]
+    catalogue = tool_catalogue(tools)
+    refs = [store.put(make_phantom(101, kind="ct", n_lesions=1).image),
+            ingest_path(store, str(get_testdata_file("RG1_UNCI.dcm")))[1][0],
+            ingest_path(store, str(get_testdata_file("US1_UNCI.dcm")))[1][0]]
+    rounds = []
+    for ref, question, seen in ((refs[0], "Is there a lesion?", ("detect_lesions",
+                                 "1 focal lesion found: L1 in the lower right, 8.6 mm.")),
+                                (refs[1], "Is the heart enlarged?", ("measure_lungs",
+                                 "cardiothoracic ratio 0.47")),
+                                (refs[2], "What text is on the image?", ("read_text",
+                                 "'GE', 'MSCSKEL', [redacted: id-like]"))):
+        ev = Evidence(id="E1", tool=seen[0], summary=seen[1], image_id=ref.id,
+                      args={"image_id": ref.id})
+        for evidence in ([], [ev]):
+            rounds.append(({"image_refs": [ref], "evidence": evidence,
+                            "round": len(evidence),
+                            "messages": [HumanMessage(content=question)]}, ref))
     results = {}
-    for label, name_it in (("note names the image (baseline)", True), ("note without ids", False)):
+    variants = (("offer only, note names the image (baseline)", "ids"),
+                ("offer only, note without ids", "plain"),
+                ("whole catalogue, offer in the last turn", "catalogue"))
+    for label, how in variants:
         with model.generation_lock():
             model.llama().reset()
         model._loaded()[0].states = PrefixStates()
         times, tokens = [], []
-        for ref in refs:
-            st = {"image_refs": [ref], "evidence": [], "round": 0,
-                  "messages": [HumanMessage(content="Is there a lesion?")]}
-            offer = offered_tools(tools, [ref], [])
-            if name_it:
+        for st, ref in rounds:
+            offer = offered_tools(tools, st["image_refs"], st["evidence"])
+            if how == "ids":
                 offer = copy.deepcopy(offer)
                 for spec in offer:
                     fn = spec["function"]
                     fn["description"] = str(fn.get("description", "")).replace(
                         "Not validated for this image", f"Not validated for {ref.id}")
+            extra = {"tool_catalogue": catalogue} if how == "catalogue" else {}
             t = time.perf_counter()
-            ai = model.bind_tools(offer).invoke(list(build_prompt(st, CONTEXT)))  # type: ignore[arg-type]
+            ai = model.bind_tools(offer, **extra).invoke(
+                list(build_prompt(st, CONTEXT)))  # type: ignore[arg-type]
             times.append(time.perf_counter() - t)
             tokens.append(ai.response_metadata["prompt_tokens"])
         results[label] = statistics.mean(times[1:])
-        print(f"{label:34s} {results[label]:8.2f} s per new image (first {times[0]:.1f} s; "
-              f"prompts ~{statistics.median(tokens):.0f} tokens)")
-    base, new = results.values()
-    print(f"{'ratio (without ids / baseline)':34s} {new / base:8.2f}")
+        print(f"{label:44s} {results[label]:7.2f} s per call after the first "
+              f"(first {times[0]:.1f} s; prompts ~{statistics.median(tokens):.0f} tokens)")
+    base = next(iter(results.values()))
+    for label, value in list(results.items())[1:]:
+        print(f"{'  ratio to baseline: ' + label:44s} {value / base:7.2f}")
 
 
 def main() -> None:
@@ -409,8 +436,8 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true", help="timings only")
     ap.add_argument("--no-alternating", action="store_true", help="skip the saved-state bench")
     ap.add_argument("--caps", action="store_true", help="bench the answer-length caps")
-    ap.add_argument("--domain-notes", action="store_true",
-                    help="bench a new image's call with and without ids in the tools' text")
+    ap.add_argument("--stable-prompt", action="store_true",
+                    help="bench calls across images and rounds: offer-only vs catalogue prompts")
     ap.add_argument("--lookup", action="store_true", help="bench prompt-lookup decoding")
     ap.add_argument("--native", choices=("on", "off"), default=None,
                     help="the chat template's own tool-call format, or medloop's protocol")
@@ -426,9 +453,9 @@ def main() -> None:
     if args.examples:
         update["examples_version"] = args.examples
     model = model.model_copy(update=update)
-    if args.caps or args.lookup or args.domain_notes:
-        if args.domain_notes:
-            domain_notes(model)
+    if args.caps or args.lookup or args.stable_prompt:
+        if args.stable_prompt:
+            stable_prompt(model)
         if args.caps:
             caps(model)
         if args.lookup:

@@ -92,13 +92,22 @@ HEADER = ("| planner | routing | accuracy | tool items | no-tool items | refusal
 
 
 def planner(spec: str, threads: int | None, home: Path, native: bool | None,
-            examples: int | None) -> Any:
+            examples: int | None, catalogue: bool = True) -> Any:
     """The chat model for ``spec``; an embedded one with the native/examples settings asked."""
+    from typing import ClassVar
+
     from agent.llm import make_chat_model
     from agent.llm.embedded import EmbeddedChatModel
 
+    class OfferOnly(EmbeddedChatModel):
+        """Describes only the offered tools, as before the catalogue (the baseline)."""
+
+        reads_tool_catalogue: ClassVar[bool] = False
+
     llm = make_chat_model(spec, threads=threads, home=home)
     if isinstance(llm, EmbeddedChatModel):
+        if not catalogue:
+            llm = OfferOnly(**llm.model_dump())
         update: dict[str, Any] = {}
         if native is not None:
             update["native_tools"] = native
@@ -115,7 +124,8 @@ def describe(spec: str, llm: Any) -> str:
     if not isinstance(llm, EmbeddedChatModel):
         return spec
     native = {None: "auto", True: "native", False: "medloop"}[llm.native_tools]
-    return f"{spec} [{native} calls, examples v{llm.examples_version or 'newest'}]"
+    shown = "catalogue" if llm.reads_tool_catalogue else "offer only"
+    return f"{spec} [{native} calls, examples v{llm.examples_version or 'newest'}, {shown}]"
 
 
 def main() -> None:
@@ -130,6 +140,9 @@ def main() -> None:
                          "medloop's text protocol (off), the catalogue's choice, or both")
     ap.add_argument("--examples", type=int, default=None,
                     help="embedded planners: embedded_examples version (default: catalogue's)")
+    ap.add_argument("--no-catalogue", action="store_true",
+                    help="embedded planners: describe only the offered tools (the prompt then "
+                         "changes with the offer), not the agent's whole catalogue")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--suite", default=str(SUITE))
     ap.add_argument("--limit", type=int, default=None)
@@ -165,7 +178,8 @@ def main() -> None:
         args.native]
     runs = [(spec, route, nat) for spec in args.llm for route in settings for nat in natives]
     for spec, route, nat in runs:
-        llm = planner(spec, args.threads, base_ctx.home_dir, nat, args.examples)
+        llm = planner(spec, args.threads, base_ctx.home_dir, nat, args.examples,
+                      catalogue=not args.no_catalogue)
         ctx = replace(base_ctx, llm=llm, route_tools=route, llm_threads=args.threads)
         label = describe(spec, llm)
 

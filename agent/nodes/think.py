@@ -25,7 +25,7 @@ from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.context import AgentContext
 from agent.llm import make_chat_model
 from agent.llm.text_protocol import reply_with_tool_calls
-from agent.planner.offer import offered_tools
+from agent.planner.offer import offered_tools, tool_catalogue
 from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
@@ -82,12 +82,18 @@ def round_offer(
     return routed_offer, scores, ""
 
 
-def _reply(llm: BaseChatModel, offer: list[dict[str, Any]], prompt: list[Any]) -> AIMessage:
+def _reply(llm: BaseChatModel, offer: list[dict[str, Any]], prompt: list[Any],
+           catalogue: list[dict[str, Any]] | None = None) -> AIMessage:
     """The planner's reply with its calls: as the backend parsed them, or read from its text.
 
-    Every call gets an id, which its ToolMessage needs; some servers omit them.
+    Every call gets an id, which its ToolMessage needs; some servers omit them. A backend
+    that ``reads_tool_catalogue`` (the embedded one) also gets every tool of the node
+    (``tool_catalogue``): it describes those in a prompt that stays the same round after
+    round, and allows only the offered ones.
     """
-    reply = llm.bind_tools(offer).invoke(prompt)
+    extra = ({"tool_catalogue": catalogue}
+             if catalogue and getattr(llm, "reads_tool_catalogue", False) else {})
+    reply = llm.bind_tools(offer, **extra).invoke(prompt)
     ai = reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply.content))
     if not getattr(llm, "returns_parsed_tool_calls", False):  # not one of medloop's backends
         ai = reply_with_tool_calls(ai, offer)
@@ -102,6 +108,7 @@ Next = Literal["act", "rethink", "answer", "think"]
 
 def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
     """Build the think node for a fixed tool list."""
+    catalogue = tool_catalogue(tools)
 
     def think(state: AgentState, runtime: Runtime[AgentContext]) -> Command[Next]:
         ctx = runtime.context or default
@@ -111,7 +118,7 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
         llm = resolve_llm(ctx)
         offer, routed, route_error = round_offer(tools, state, ctx, llm)
         t0 = time.perf_counter()
-        ai = _reply(llm, offer, build_prompt(state, ctx))
+        ai = _reply(llm, offer, build_prompt(state, ctx), catalogue)
         step = ThinkStep(turn=int(state.get("turn") or 0), round=rnd + 1, step="think",
                          elapsed_s=round(time.perf_counter() - t0, 4),
                          calls=[tc["name"] for tc in ai.tool_calls])

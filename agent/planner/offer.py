@@ -128,6 +128,22 @@ def _domain_fit(tool: BaseTool, images: Sequence[ImageRef]) -> tuple[list[str], 
                   f"this is {reasons}): its results there are not findings.")
 
 
+def tool_catalogue(tools: Sequence[BaseTool]) -> list[dict[str, Any]]:
+    """Every tool (and ``final_answer``) as OpenAI-format dicts, the same whatever the round.
+
+    No ids, no domain notes, nothing withheld: a planner that can be told the round's offer
+    apart from its prompt (the embedded one: its grammar allows only the offered tools)
+    describes these, so its prompt's long shared start, tools and worked examples, is the
+    same from round to round and image to image, and is evaluated once (``PrefixStates``).
+    """
+    out = []
+    for tool in tools:
+        spec = convert_to_openai_tool(tool)
+        spec["function"]["parameters"] = inline_refs(spec["function"].get("parameters", {}))
+        out.append(spec)
+    return [*out, final_answer_schema([])]
+
+
 def offered_tools(
     tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence]
 ) -> list[dict[str, Any]]:

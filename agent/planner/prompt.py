@@ -63,7 +63,8 @@ def known_calls(evidence: Sequence[Evidence]) -> str:
     parts = [f"{tool} on {image} ({', '.join(ids)})" if image else f"{tool} ({', '.join(ids)})"
              for (tool, image), ids in done.items()]
     return ("Already done, the same call gives the same result: " + "; ".join(parts)
-            + ". Use that evidence, call a different tool, or call final_answer.")
+            + ". If that evidence answers the question, call final_answer citing it; if not, "
+              "call a different tool.")
 
 
 def build_prompt(state: AgentState, ctx: AgentContext) -> list[AnyMessage]:

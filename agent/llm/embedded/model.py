@@ -93,6 +93,9 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
     Left unset, it is the catalogue's word for ``model`` (true for SmolLM2 and the 0.5B), and
     false for a ``model_path`` (a GGUF the user brings is taken to read tool descriptions)."""
     honours_tool_choice: ClassVar[bool] = True
+    reads_tool_catalogue: ClassVar[bool] = True
+    """``bind_tools(offer, tool_catalogue=every_tool)``: the prompt describes the catalogue and
+    the grammar allows the offer (see ``_generate``)."""
 
     _calls: itertools.count[int] = PrivateAttr(default_factory=itertools.count)
 
@@ -174,9 +177,22 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         tools: Sequence[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        tool_catalogue: Sequence[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> ChatResult:
         """One reply: a constrained tool call when tools are bound, else plain text.
+
+        ``tool_catalogue`` (every tool the agent has, the same each round) is what the prompt
+        describes when given; the grammar still allows only the bound tools. Then the
+        prompt's long start (tools, worked examples) is the same from round to round and image
+        to image, and its saved state serves every call: a planner call evaluates only the
+        last turn. Bound tools alone change that start whenever the offer changes (another
+        image's modality, ``final_answer`` after evidence, a tool withheld once it answered,
+        the router's choice), and the 1.5B then spent 90-185 s re-reading ~2,500 tokens on a
+        busy machine instead of 10-20 s. The offer is not named in the prompt: listed in the
+        last turn ("Tools you can call now: ..."), it turned the 1.5B's right choice into
+        ``describe_image`` on 5 of 6 tool-choice items; the grammar alone holds the reply to
+        the offer, and the think prompt says which tools have already answered.
 
         ``stop`` applies to plain text only: a stop string inside constrained JSON would cut the
         call in half. A ``temperature`` keyword (``llm.invoke(msgs, temperature=0.7)``)
@@ -189,7 +205,7 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         offered = select_tools(bound, tool_choice)
         # A tool_choice naming one tool narrows the grammar, not the prompt: the model reads
         # every bound tool as before, so the prompt (and its saved state) is the one it had.
-        shown = bound if offered else offered
+        shown = (list(tool_catalogue) if tool_catalogue else bound) if offered else offered
         loaded_path = self.resolved_path()
         loaded, just_loaded = self._loaded()
         llm = loaded.llm

@@ -140,3 +140,36 @@ def test_a_tool_that_answered_on_an_image_is_not_offered_it_again():
     # evidence of another tool's name withholds nothing
     other = [ev[0].model_copy(update={"tool": "describe_image"})]
     assert _names(offered_tools(tools, images[:1], other))[:2] == ["look", "rank"]
+
+
+def test_the_catalogue_is_every_tool_without_ids_whatever_the_round():
+    from agent.planner.offer import tool_catalogue
+
+    catalogue = tool_catalogue(_tools())
+    assert _names(catalogue) == ["measure", "look", "final_answer"]
+    assert "enum" not in str(catalogue)  # no ids: the same text for every image and round
+    assert tool_catalogue(_tools()) == catalogue
+
+
+def test_think_hands_the_catalogue_to_a_backend_that_reads_it(tmp_path):
+    from typing import ClassVar
+
+    from agent import AgentContext, build_graph
+    from tests.fakes import ScriptedChatModel, ai, call, final
+
+    class Reads(ScriptedChatModel):
+        reads_tool_catalogue: ClassVar[bool] = True
+
+    images = [ImageRef(id="img-000000000001", summary="a")]
+    for cls, expect in ((ScriptedChatModel, False), (Reads, True)):
+        model = cls.of([ai(call("look", image_id="img-000000000001")),
+                        final("A.", [("a", ["E1"])])])
+        ctx = AgentContext(llm=model, tools=_tools(), home=tmp_path, checkpoint=None)
+        graph = build_graph(ctx)
+        graph.invoke({"messages": [("user", "look")], "image_refs": images}, context=ctx)
+        got = [k.get("tool_catalogue") for k in model.bind_kwargs]
+        if expect:
+            assert all(_names(c) == ["measure", "look", "final_answer"] for c in got)
+            assert _names(model.offered[1]) == ["final_answer"]  # look answered; no mask yet
+        else:
+            assert got == [None, None]

