@@ -25,7 +25,7 @@ from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.context import AgentContext
 from agent.llm import make_chat_model
 from agent.llm.text_protocol import reply_with_tool_calls
-from agent.planner.offer import offered_tools, tool_catalogue
+from agent.planner.offer import bind_yes_no, offered_tools, tool_catalogue
 from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
@@ -65,12 +65,14 @@ def round_offer(
     case every tool is offered. *answer* calls this too, so sampled answers see the same offer
     (and, on the embedded model, reuse the prompt's saved state).
     """
-    offer = offered_tools(tools, state.get("image_refs") or [], state.get("evidence") or [])
+    evidence = state.get("evidence") or []
+    messages = list(state.get("messages") or [])
+    _, question = split_turns(messages)
+    offer = bind_yes_no(offered_tools(tools, state.get("image_refs") or [], evidence),
+                        question, evidence)
     top_k = route_top_k(ctx, llm)
     if not top_k:
         return offer, None, ""
-    messages = list(state.get("messages") or [])
-    _, question = split_turns(messages)
     try:
         routed_offer, scores = shared_router(top_k).route(
             offer, question, earlier_question(messages))

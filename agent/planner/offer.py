@@ -32,6 +32,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.llm.text_protocol import inline_refs
+from agent.trust.agreement import evidence_yes_no
 from tools.domain import Domain, ImageFacts
 from tools.evidence import Evidence
 from tools.image import ImageRef
@@ -69,6 +70,41 @@ def final_answer_schema(evidence_ids: list[str]) -> dict[str, Any]:
     params["required"] = ["answer", "claims", "confidence"]
     spec["function"]["parameters"] = params
     return spec
+
+
+ANSWER_TAIL = r"( [A-Za-z0-9 ,.;:()%'/-]{1,150})?$"
+"""What may follow the bound yes/no in ``final_answer``'s answer: a short plain sentence (no
+quotes or backslashes, so the JSON string cannot break)."""
+
+
+def bind_yes_no(offer: list[dict[str, Any]], question: str,
+                evidence: Sequence[Evidence]) -> list[dict[str, Any]]:
+    """``offer`` with ``final_answer``'s answer bound to start with the evidence's yes/no.
+
+    When in-domain evidence answered this very yes/no question, one way
+    (``agent.trust.agreement.evidence_yes_no``), the answer's schema gets a ``pattern``:
+    "Yes." or "No." (or with a comma) and then the planner's own words. A constrained decoder
+    (the embedded planner) cannot write the opposite; a server that honours patterns neither;
+    for any other, rethink's meaning check still holds the answer to it. On real items the
+    small planner answered "No." under evidence reading "Answer: yes", and the loop then
+    abstained. The planner keeps every other choice: to call another tool first, what to cite,
+    what to add. Nothing changes when evidence answered both ways or not at all.
+    """
+    word = evidence_yes_no(question, evidence)
+    if word is None:
+        return offer
+    out = []
+    for spec in offer:
+        if spec["function"]["name"] == FINAL_ANSWER_TOOL:
+            spec = {**spec, "function": {**spec["function"]}}
+            params = dict(spec["function"]["parameters"])
+            props = dict(params["properties"])
+            pattern = f"^{word.capitalize()}[.,]{ANSWER_TAIL}"
+            props["answer"] = {"type": "string", "pattern": pattern,
+                               "description": props["answer"].get("description", "")}
+            spec["function"]["parameters"] = {**params, "properties": props}
+        out.append(spec)
+    return out
 
 
 def repeats_nothing(params: dict[str, Any]) -> bool:

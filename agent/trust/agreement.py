@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from tools.evidence import Assertion, Evidence
 
-__all__ = ["Stance", "answer_conflicts", "conflicts_with", "finding_family", "stance_of"]
+__all__ = ["Stance", "answer_conflicts", "conflicts_with", "evidence_yes_no", "finding_family",
+           "stance_of"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -212,6 +213,29 @@ def _same_question(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
+def _answers_yes_no(ev: Evidence, question: str) -> str | None:
+    """``"yes"``/``"no"`` when ``ev`` is good, in-domain evidence that answered ``question``."""
+    answered = ev.data.get("yes_no")
+    if (ev.status == "ok" and not ev.data.get("out_of_domain") and answered in ("yes", "no")
+            and _same_question(str(ev.data.get("question", "")), question)):
+        return str(answered)
+    return None
+
+
+def evidence_yes_no(question: str, evidence: Iterable[Evidence]) -> str | None:
+    """The yes/no the evidence gives this very yes/no question, when it gives one, unanimously.
+
+    None when the question is not a yes/no question, when no evidence answered it, or when
+    evidence answered both ways (then the planner weighs it, and the answer says so). The
+    planner's ``final_answer`` is bound to start with this word (``agent.planner.offer``): a
+    small planner wrote "No." under evidence reading "Answer: yes" on real items.
+    """
+    if not question.strip() or not _YESNO_QUESTION.match(question):
+        return None
+    said = {a for ev in evidence if (a := _answers_yes_no(ev, question))}
+    return said.pop() if len(said) == 1 else None
+
+
 def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
                       who: str) -> list[str]:
     """A yes/no answer against evidence that answered this very question yes or no.
@@ -232,10 +256,8 @@ def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
         return []
     out = []
     for ev in evidence:
-        answered = ev.data.get("yes_no")
-        if (ev.status == "ok" and not ev.data.get("out_of_domain") and answered in ("yes", "no")
-                and _same_question(str(ev.data.get("question", "")), question)
-                and (answered == "yes") != said):
+        answered = _answers_yes_no(ev, question)
+        if answered is not None and (answered == "yes") != said:
             out.append(f"{who} says {'yes' if said else 'no'}, but {ev.id} ({ev.tool}) answers "
                        f"{answered} to this question")
     return out

