@@ -119,6 +119,10 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
             return Command(goto="answer", update={"budget_exhausted": True})
         llm = resolve_llm(ctx)
         offer, routed, route_error = round_offer(tools, state, ctx, llm)
+        if not offer:  # every tool withheld and nothing to cite: asking the planner is moot
+            return Command(goto="answer", update={"trace": [ThinkStep(
+                turn=int(state.get("turn") or 0), round=rnd + 1, step="think", elapsed_s=0.0,
+                calls=[], error="no tool left to call and no evidence to cite")]})
         t0 = time.perf_counter()
         ai = _reply(llm, offer, build_prompt(state, ctx), catalogue)
         step = ThinkStep(turn=int(state.get("turn") or 0), round=rnd + 1, step="think",

@@ -20,6 +20,9 @@ withheld when no image is left. Offered anyway, the Qwen planners called ``descr
 again and again until the round budget ran out (issue 15). Tools that take a place or a
 target (a box, points, a preset) stay on offer: another box is another question; *act* turns
 an identical call into "already done: see E1".
+
+A tool that failed twice running on an image (``FAILURES_BEFORE_WITHHELD``) is no longer
+offered that image either: its failures stay in the evidence for the planner to read.
 """
 
 from __future__ import annotations
@@ -138,6 +141,28 @@ def answered_images(evidence: Sequence[Evidence]) -> dict[str, list[str]]:
     return {tool: list(images) for tool, images in out.items()}
 
 
+FAILURES_BEFORE_WITHHELD = 2
+"""Failed calls of a tool on an image, with no success since, after which that image leaves the
+tool's ``image_id`` enum. On real items the small planner called ``find`` with a target it
+cannot ground five times in a row, each failure naming what it can ground, until the round
+budget ran out; withheld, the planner answers from what it has or abstains a round sooner."""
+
+
+def failing_images(evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    """Per tool, the images its last ``FAILURES_BEFORE_WITHHELD`` calls or more failed on."""
+    streak: dict[tuple[str, str], int] = {}
+    for e in evidence:
+        image = e.image_id or e.args.get("image_id")
+        if isinstance(image, str):
+            key = (e.tool, image)
+            streak[key] = 0 if e.status == "ok" else streak.get(key, 0) + 1
+    out: dict[str, list[str]] = {}
+    for (tool, image), n in streak.items():
+        if n >= FAILURES_BEFORE_WITHHELD:
+            out.setdefault(tool, []).append(image)
+    return out
+
+
 def _domain_fit(tool: BaseTool, images: Sequence[ImageRef]) -> tuple[list[str], str]:
     """The image ids ``tool`` may be offered, and a note when it is outside for all of them.
 
@@ -192,6 +217,7 @@ def offered_tools(
     """
     mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
     answered = answered_images(evidence)
+    failing = failing_images(evidence)
     out: list[dict[str, Any]] = []
     for tool in tools:
         spec = convert_to_openai_tool(tool)
@@ -201,6 +227,8 @@ def offered_tools(
         image_ids, note = _domain_fit(tool, images)
         if tool.name in answered and repeats_nothing(params):
             image_ids = [i for i in image_ids if i not in answered[tool.name]]
+        if tool.name in failing:
+            image_ids = [i for i in image_ids if i not in failing[tool.name]]
         if "image_id" in params.get("required", []) and not image_ids:
             continue  # no image it can run on: offered, it only invites a made-up id
         if note:

@@ -195,24 +195,66 @@ def test_final_answer_is_bound_to_the_yes_no_the_evidence_gave_this_question():
     assert bind_yes_no(offer, "Is the heart enlarged?", ev) == offer  # another question
 
 
-def test_a_constrained_planner_cannot_answer_against_the_evidence(tmp_path):
-    """The graph binds the answer; a scripted reply that breaks the pattern shows it was asked."""
+def test_a_constrained_planner_cannot_answer_against_the_evidence(store, medloop_home):
+    """The graph binds the answer; the scripted planner is shown the bound schema."""
     from agent import AgentContext, build_graph
+    from tests.conftest import phantom
     from tests.fakes import ScriptedChatModel, ai, call, final
 
     q = "Is there a midline shift?"
+    img = store.put(phantom()).id
 
     def case(a: ImgArgs) -> Evidence:
-        return Evidence(tool="case", summary="Answer: yes", score=0.7,
+        return Evidence(tool="case", summary="Answer: yes", score=0.7, image_id=a.image_id,
                         data={"yes_no": "yes", "question": q})
 
     tools = [make_tool(case, name="case", description="Case answer.", args_schema=ImgArgs)]
-    model = ScriptedChatModel.of([ai(call("case", image_id="img-000000000001")),
+    model = ScriptedChatModel.of([ai(call("case", image_id=img)),
                                   final("Yes, there is a shift.", [("shift", ["E1"])])])
-    ctx = AgentContext(llm=model, tools=tools, home=tmp_path, checkpoint=None)
-    out = build_graph(ctx).invoke(
-        {"messages": [("user", q)],
-         "image_refs": [ImageRef(id="img-000000000001", summary="a")]}, context=ctx)
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                               context=ctx)
+    assert "pattern" not in str(model.offered[0])  # nothing answered yet: nothing bound
     (fa,) = [s for s in model.offered[1] if s["function"]["name"] == "final_answer"]
     assert fa["function"]["parameters"]["properties"]["answer"]["pattern"].startswith("^Yes")
     assert out["answer"].text.startswith("Yes")
+
+
+def test_a_tool_that_failed_twice_running_on_an_image_is_withheld_for_it():
+    from agent.planner.offer import failing_images
+
+    img = "img-000000000001"
+    images = [ImageRef(id=img, summary="a")]
+
+    def fail(n):
+        return Evidence(id=f"E{n}", tool="look", status="error", summary="bad target",
+                        args={"image_id": img})
+
+    assert "look" in _names(offered_tools(_tools(), images, [fail(1)]))  # once: may fix args
+    assert failing_images([fail(1), fail(2)]) == {"look": [img]}
+    assert "look" not in _names(offered_tools(_tools(), images, [fail(1), fail(2)]))
+    ok = Evidence(id="E3", tool="look", summary="fine", args={"image_id": img}, image_id=img)
+    assert failing_images([fail(1), fail(2), ok]) == {}  # a success since resets the streak
+
+
+def test_with_nothing_left_to_call_or_cite_the_agent_abstains_without_asking(store,
+                                                                          medloop_home):
+    from agent import AgentContext, build_graph
+    from tests.conftest import phantom
+    from tests.fakes import ScriptedChatModel, ai, call
+    from tools.errors import ToolInputError
+
+    img = store.put(phantom()).id
+
+    def look(a: ImgArgs) -> Evidence:
+        raise ToolInputError("cannot look at this")
+
+    tools = [make_tool(look, name="look", description="Look.", args_schema=ImgArgs)]
+    model = ScriptedChatModel.of([ai(call("look", image_id=img)) for _ in range(2)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    out = build_graph(ctx, store=store).invoke(
+        {"messages": [("user", "What is it?")], "images": [img]}, context=ctx)
+    assert [_names(o) for o in model.offered] == [["look"], ["look"]]  # no third call
+    assert out["answer"].abstained and not out["answer"].budget_exhausted
+    assert [s.get("error") for s in out["trace"] if s["step"] == "think"][-1] == (
+        "no tool left to call and no evidence to cite")
