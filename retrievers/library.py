@@ -41,7 +41,7 @@ from retrievers.embedders import (
 )
 from retrievers.index import IndexKind, IndexParams, VectorIndex, choose_kind
 from retrievers.metadata import CaseRecord, MetadataDB, encode_thumbnail
-from tools.errors import MedloopError, ToolInputError
+from tools.errors import MedloopError, ToolFailure, ToolInputError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -401,7 +401,7 @@ class CaseLibrary:
             vec = self.image_embedder.embed_texts([text])
             return self._search(self.image_index, vec, k, modality, labels, "text-image")
         if self.text_index is None or self.text_embedder is None:
-            raise ToolInputError("this library has no report index")
+            raise ToolFailure("this library has no report index (it was built without reports)")
         vec = self.text_embedder.embed_texts([text])
         return self._search(self.text_index, vec, k, modality, labels, "report")
 

@@ -120,3 +120,14 @@ def test_rows_written_without_their_vectors_are_dropped_on_reopen(lib, tmp_path)
     again.add(_cases(5, start=40))
     assert again.search_image(_image(42), k=1)[0].case_id == "c42"
     again.close()
+
+
+def test_a_library_without_reports_refuses_report_search_for_good(tmp_path):
+    """Terminal, not "fix the arguments": no wording finds reports that were never indexed."""
+    from tools.errors import ToolFailure
+
+    lib = CaseLibrary.create(tmp_path / "images-only", PixelEmbedder())
+    lib.add(_cases(4))
+    with pytest.raises(ToolFailure, match="no report index"):
+        lib.search_text("effusion", k=3, target="reports")
+    lib.close()
