@@ -381,7 +381,7 @@ def stable_prompt(model: EmbeddedChatModel) -> None:
     refs = [store.put(make_phantom(101, kind="ct", n_lesions=1).image),
             ingest_path(store, str(get_testdata_file("RG1_UNCI.dcm")))[1][0],
             ingest_path(store, str(get_testdata_file("US1_UNCI.dcm")))[1][0]]
-    rounds = []
+    rounds: list[tuple[dict[str, Any], Any]] = []
     for ref, question, seen in ((refs[0], "Is there a lesion?", ("detect_lesions",
                                  "1 focal lesion found: L1 in the lower right, 8.6 mm.")),
                                 (refs[1], "Is the heart enlarged?", ("measure_lungs",
@@ -411,7 +411,7 @@ def stable_prompt(model: EmbeddedChatModel) -> None:
                     fn = spec["function"]
                     fn["description"] = str(fn.get("description", "")).replace(
                         "Not validated for this image", f"Not validated for {ref.id}")
-            extra = {"tool_catalogue": catalogue} if how == "catalogue" else {}
+            extra: dict[str, Any] = {"tool_catalogue": catalogue} if how == "catalogue" else {}
             t = time.perf_counter()
             ai = model.bind_tools(offer, **extra).invoke(
                 list(build_prompt(st, CONTEXT)))  # type: ignore[arg-type]

@@ -173,9 +173,11 @@ def main() -> None:
     for how, label in (("router", "router alone (no planner)"),
                        ("describe", "always describe_image")):
         lines.append(row(label, "-", baseline(items, tools, images, how), "0"))
-    settings = {"default": [None], "on": [2], "off": [0], "both": [2, 0]}[args.route]
-    natives = {"default": [None], "on": [True], "off": [False], "both": [True, False]}[
-        args.native]
+    routes: dict[str, list[int | None]] = {"default": [None], "on": [2], "off": [0],
+                                           "both": [2, 0]}
+    native_runs: dict[str, list[bool | None]] = {"default": [None], "on": [True],
+                                                 "off": [False], "both": [True, False]}
+    settings, natives = routes[args.route], native_runs[args.native]
     runs = [(spec, route, nat) for spec in args.llm for route in settings for nat in natives]
     for spec, route, nat in runs:
         llm = planner(spec, args.threads, base_ctx.home_dir, nat, args.examples,

@@ -93,8 +93,9 @@ def _reply(llm: BaseChatModel, offer: list[dict[str, Any]], prompt: list[Any],
     (``tool_catalogue``): it describes those in a prompt that stays the same round after
     round, and allows only the offered ones.
     """
-    extra = ({"tool_catalogue": catalogue}
-             if catalogue and getattr(llm, "reads_tool_catalogue", False) else {})
+    extra: dict[str, Any] = ({"tool_catalogue": catalogue}
+                             if catalogue and getattr(llm, "reads_tool_catalogue", False)
+                             else {})
     reply = llm.bind_tools(offer, **extra).invoke(prompt)
     ai = reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply.content))
     if not getattr(llm, "returns_parsed_tool_calls", False):  # not one of medloop's backends

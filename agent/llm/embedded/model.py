@@ -62,6 +62,10 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
     n_ctx: int = 4096
     """Context window in tokens (prompt plus reply). SmolLM2 and Qwen2.5 were trained to 8192
     and 32768."""
+    state_on_disk: bool = True
+    """Keep the planner prompt's evaluated start under ``<home>/cache/planner`` (one file per
+    model, ~35-70 MB), so a new process's first call does not evaluate it again
+    (``runtime.StateFile``)."""
     n_threads: int | None = Field(default=None, ge=1)
     """CPU threads; None for the CPUs this process may use, at most 8 (``default_threads``)."""
     max_tokens: int = 384
@@ -147,17 +151,23 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
         """
         if self.model_path:
             return str(self.model_path)
-        if self.home is None:
-            from tools.store import default_home
+        return str(weights.model_file(catalog.lookup(self.model), self._home()))
 
-            home: str = str(default_home())
-        else:
-            home = self.home
-        return str(weights.model_file(catalog.lookup(self.model), home))
+    def _home(self) -> str:
+        if self.home is not None:
+            return self.home
+        from tools.store import default_home
+
+        return str(default_home())
 
     def _loaded(self) -> tuple[Loaded, bool]:
         threads = self.n_threads or runtime.default_threads()
-        return runtime.load_model(self.resolved_path(), self.n_ctx, threads)
+        path = self.resolved_path()
+        loaded, just_loaded = runtime.load_model(path, self.n_ctx, threads)
+        if just_loaded and self.state_on_disk:
+            loaded.states.attach(runtime.StateFile.for_model(
+                Path(self._home()) / "cache" / "planner", path, self.n_ctx))
+        return loaded, just_loaded
 
     def llama(self) -> Llama:
         """The shared ``llama_cpp.Llama``, loaded on first use.
@@ -240,7 +250,7 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
                     f"prompt of ~{n_prompt} tokens does not fit the {self.n_ctx}-token context"
                 )
             max_tokens = min(self.max_tokens, self.n_ctx - n_prompt - 8)
-            loaded.states.restore(llm, tokens)
+            reused = loaded.states.restore(llm, tokens)
             if dialect is not None:  # the prompt as the template rendered it, tools included
                 response = self._complete_tokens(llm, tokens, grammar_text, max_tokens,
                                                  temperature)
@@ -263,6 +273,7 @@ class EmbeddedChatModel(TextToolCalling, BaseChatModel):
             "model": Path(loaded_path).stem,
             "model_provider": "llama.cpp",
             "prompt_tokens": p_tok,
+            "reused_tokens": reused,
             "completion_tokens": c_tok,
             "elapsed_s": round(elapsed, 4),
             "finish_reason": finish,

