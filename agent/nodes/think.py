@@ -30,6 +30,7 @@ from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
 from agent.trace import ThinkStep
+from agent.trust.agreement import evidence_yes_no
 
 __all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "make_think", "resolve_llm", "round_offer",
            "route_top_k"]
@@ -69,7 +70,7 @@ def round_offer(
     messages = list(state.get("messages") or [])
     _, question = split_turns(messages)
     offer = bind_yes_no(offered_tools(tools, state.get("image_refs") or [], evidence),
-                        question, evidence)
+                        evidence_yes_no(question, evidence))
     top_k = route_top_k(ctx, llm)
     if not top_k:
         return offer, None, ""

@@ -35,7 +35,6 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.llm.text_protocol import inline_refs
-from agent.trust.agreement import evidence_yes_no
 from tools.domain import Domain, ImageFacts
 from tools.evidence import Evidence
 from tools.image import ImageRef
@@ -80,12 +79,11 @@ ANSWER_TAIL = r"( [A-Za-z0-9 ,.;:()%'/-]{1,150})?$"
 quotes or backslashes, so the JSON string cannot break)."""
 
 
-def bind_yes_no(offer: list[dict[str, Any]], question: str,
-                evidence: Sequence[Evidence]) -> list[dict[str, Any]]:
-    """``offer`` with ``final_answer``'s answer bound to start with the evidence's yes/no.
+def bind_yes_no(offer: list[dict[str, Any]], word: str | None) -> list[dict[str, Any]]:
+    """``offer`` with ``final_answer``'s answer bound to start with ``word`` (yes or no).
 
-    When in-domain evidence answered this very yes/no question, one way
-    (``agent.trust.agreement.evidence_yes_no``), the answer's schema gets a ``pattern``:
+    *think* passes the yes/no that in-domain evidence gave this very yes/no question, one way
+    (``agent.trust.agreement.evidence_yes_no``); the answer's schema gets a ``pattern``:
     "Yes." or "No." (or with a comma) and then the planner's own words. A constrained decoder
     (the embedded planner) cannot write the opposite; a server that honours patterns neither;
     for any other, rethink's meaning check still holds the answer to it. On real items the
@@ -93,7 +91,6 @@ def bind_yes_no(offer: list[dict[str, Any]], question: str,
     abstained. The planner keeps every other choice: to call another tool first, what to cite,
     what to add. Nothing changes when evidence answered both ways or not at all.
     """
-    word = evidence_yes_no(question, evidence)
     if word is None:
         return offer
     out = []
