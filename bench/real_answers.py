@@ -44,14 +44,11 @@ from agent.evaluation.runner import Record
 from agent.evaluation.scoring import grade, open_scores
 from agent.trust.calibration import domain_of
 from retrievers.answer_model import load_answer_model
-from retrievers.case_answers import (
-    CaseBank,
-    answer_from_cases,
-    is_yesno_question,
-    yesno_from_library,
-)
+from retrievers.case_answers import CaseBank, is_yesno_question, unreliable_kind
 from retrievers.embedders import shared_minilm
 from retrievers.heads import load_heads
+from retrievers.question_kinds import load_reliability
+from retrievers.reliability import expert_answer
 from retrievers.vqa_library import library_image_vectors, open_case_library
 
 DEFAULT_ITEMS = Path(__file__).resolve().parents[2] / "shared/data/vqa_rad_dev/items.jsonl"
@@ -59,17 +56,6 @@ DEFAULT_ITEMS = Path(__file__).resolve().parents[2] / "shared/data/vqa_rad_dev/i
 
 def _relative(image: str, base: Path) -> str:
     return Path(image).resolve().relative_to(base.resolve()).as_posix()
-
-
-def expert_answer(bank: CaseBank, heads: dict[str, Any], model: Any, embedder: str,
-                  question: str, qvec: np.ndarray, vec: np.ndarray) -> tuple[str, float]:
-    """``case_answer``'s answer and score for one question (``""``, 0: it has none)."""
-    if is_yesno_question(question):
-        yn = yesno_from_library(question, qvec, vec, embedder, heads, model)
-        if yn is not None:
-            return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes)
-    res = answer_from_cases(bank, vec, qvec, question)
-    return (res.answer, res.score) if res is not None else ("", 0.0)
 
 
 def _record(item: EvalItem, variant: str, answer: str, score: float) -> Record:
@@ -86,8 +72,13 @@ def _record(item: EvalItem, variant: str, answer: str, score: float) -> Record:
                   item_images=image_keys(item), domain=domain_of(item.images))
 
 
-def run(items_file: Path, folds: int, seed: int) -> tuple[list[EvalItem], list[Record]]:
-    """Every item under the expert, with blank and shuffled images, cross-fitted by image."""
+def run(items_file: Path, folds: int, seed: int,
+        withhold: bool = True) -> tuple[list[EvalItem], list[Record]]:
+    """Every item under the expert, with blank and shuffled images, cross-fitted by image.
+
+    With ``withhold``, an answer of a kind the fold library's own table
+    (``retrievers.question_kinds``) calls unreliable is withheld, as ``case_answer`` does.
+    """
     items = load_suite(str(items_file))
     home = AgentContext.from_env().home_dir / "eval-libraries"
     library_of = fold_libraries(items_file, items, folds, seed, home,
@@ -107,6 +98,7 @@ def run(items_file: Path, folds: int, seed: int) -> tuple[list[EvalItem], list[R
         try:
             bank = CaseBank.from_library(lib)
             heads, model, emb = load_heads(path), load_answer_model(path), lib.image_embedder.name
+            rel = load_reliability(path) if withhold else None
         finally:
             lib.close()
         mean = bank.mean if bank.mean is not None else np.zeros_like(next(iter(vectors.values())))
@@ -120,6 +112,8 @@ def run(items_file: Path, folds: int, seed: int) -> tuple[list[EvalItem], list[R
             for variant, vec in (("full", vectors[own]), ("blank", mean),
                                  ("shuffled", vectors[other])):
                 answer, score = expert_answer(bank, heads, model, emb, it.prompt, qvecs[i], vec)
+                if answer and unreliable_kind(rel, bank, qvecs[i], is_yesno_question(it.prompt)):
+                    answer, score = "", 0.0
                 records.append(_record(it, variant, answer, score))
     return items, records
 
@@ -132,9 +126,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-accuracy", type=float, default=0.85)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-withhold", action="store_true",
+                    help="answer every kind of question (as before the per-kind table)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    items, records = run(args.items, args.folds, args.seed)
+    items, records = run(args.items, args.folds, args.seed, withhold=not args.no_withhold)
 
     def no_graph() -> tuple[Any, Any]:
         raise RuntimeError("records are given; nothing runs the agent")

@@ -38,6 +38,7 @@ from pydantic import Field
 from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.heads import Head, load_heads, predict_heads
+from retrievers.question_kinds import KindScore, Reliability, load_reliability, predict_kind
 from retrievers.similar import LIBRARY_DOMAIN
 from retrievers.vqa_library import QA_FILE, QAItem, label_question, load_qa, normalise_answer
 from tools.base import ImageArgs
@@ -61,6 +62,7 @@ __all__ = [
     "case_answer_tools",
     "is_yesno_question",
     "token_recall",
+    "unreliable_kind",
     "yesno_from_library",
 ]
 
@@ -325,10 +327,39 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                      "yes_no": yn.answer, "question": question}
             summary = yn.summary
             score = max(yn.p_yes, 1.0 - yn.p_yes)
+        weak = unreliable_kind(load_reliability(lib.root), bank, qvec,
+                               is_yesno_question(question))
+        if weak is not None and data.get("answer"):
+            # Kept for the record, not stated: a planner copies what it reads.
+            said = data["answer"]
+            data = {k: v for k, v in data.items() if k not in ("yes_no", "answer")}
+            data |= {"answer": None, "withheld": said,
+                     "kind": weak.kind, "kind_score": {
+                         "answered": weak.answered, "right": weak.expert,
+                         "majority": weak.majority, "majority_answer": weak.majority_answer}}
+            summary = (f"No answer: similar cases cannot answer this kind of question "
+                       f"reliably ({weak.describe()}); no offline tool checked it.")
+            score = 0.0
         return Evidence(tool="case_answer", image_id=args.image_id, summary=summary,
                         score=score, data=data, elapsed_s=time.perf_counter() - t0)
 
     return case_answer
+
+
+def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,
+                    closed: bool) -> KindScore | None:
+    """The library's score for this question's kind, when it is one the cases cannot answer.
+
+    That is, when they did no better there than the commonest answer
+    (``retrievers.question_kinds``, the library's ``rel``); None otherwise, or without a table.
+    """
+    if rel is None:
+        return None
+    kind = predict_kind([it.category for it in bank.items],
+                        [it.answer_type == "yesno" for it in bank.items],
+                        bank.question_vectors, qvec, closed)
+    score = rel.kinds.get(kind) if kind is not None else None
+    return score if score is not None and not score.reliable else None
 
 
 def _has_pairs(deps: ToolDeps) -> bool:

@@ -178,6 +178,12 @@ def _human(report: dict[str, Any]) -> str:
         lines.append(f"baseline {name}: accuracy {b['accuracy']} (95% CI {b['accuracy_ci95']}),"
                      f" n={b['n_items']}")
     lines += _splits(report)
+    answered = report.get("by_category_answered") or {}
+    if answered:
+        lines.append("answered items vs the majority answer on the same items (verdict):")
+        for value, c in answered.items():
+            lines.append(f"  {value:<10} n={c['n']:<4} answered {c['answered']:<4} "
+                         f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}")
     for c in (report.get("calibration_by_domain") or {}).values():
         lines += _calibration(c)
     return "\n".join(lines)

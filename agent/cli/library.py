@@ -6,7 +6,9 @@ calibrated out of fold: ``retrievers.heads``) for every label task the library's
 library serves ``classify`` (trained heads outrank the kNN vote; a configured model outranks
 both) when it is the run's library (``MEDLOOP_LIBRARY``). A library built from question-answer
 pairs also gets its yes/no answer model (``retrievers.answer_model``, ``INDEX/answer_model.json``),
-which ``case_answer`` uses for yes/no questions.
+which ``case_answer`` uses for yes/no questions, and its table of the kinds of question the
+cases answer better than the commonest answer (``retrievers.reliability``,
+``INDEX/reliability.json``): ``case_answer`` withholds answers of the other kinds.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 from typing import Any
 
 from agent.cli.options import BadInput, emit_json
-from retrievers import answer_model
+from retrievers import answer_model, reliability
 from retrievers.heads import train_and_save
 from retrievers.library import EmbedderMismatch
 from retrievers.vqa_library import open_case_library
@@ -49,6 +51,7 @@ def cmd_library(args: argparse.Namespace) -> int:
         summary = train_and_save(lib, args.task or None)
         if not args.task:
             summary["answer_model"] = answer_model.train_and_save(lib)
+            summary["reliability"] = reliability.train_and_save(lib)
         emit_json(summary)
     except (ToolInputError, ValueError) as exc:
         raise BadInput(str(exc)) from exc

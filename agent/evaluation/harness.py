@@ -12,7 +12,7 @@ from agent.evaluation.baselines import MAJORITY, majority_records
 from agent.evaluation.items import EvalItem
 from agent.evaluation.report import calibrate_by_domain, summarise, write_report
 from agent.evaluation.runner import Record, Variant, run_suite
-from agent.evaluation.splits import split_table
+from agent.evaluation.splits import answered_table, split_table
 from agent.trust.calibration import Calibration, save_calibration
 
 __all__ = ["BASELINES", "EvalResult", "evaluate"]
@@ -111,6 +111,7 @@ def evaluate(
         "metrics": summary.get("full", {}),
         "baselines": {k: v for k, v in summary.items() if k != "full"},
         "by_split": split_table([*records, *extra]),
+        "by_category_answered": answered_table([*records, *extra]),
         "calibration": _public(held) if held else None,
         "calibration_by_domain": {d: _public(h) for d, (_, h) in fitted.items()},
         "elapsed_s": round(time.perf_counter() - t0, 2),

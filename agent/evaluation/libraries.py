@@ -24,8 +24,9 @@ import numpy as np
 
 from agent.evaluation.folds import folds_by_image
 from agent.evaluation.items import EvalItem
-from retrievers import answer_model, heads
+from retrievers import answer_model, heads, reliability
 from retrievers.embedders import image_embedder_by_name
+from retrievers.question_kinds import RELIABILITY_FILE
 from retrievers.vqa_library import (
     DEFAULT_IMAGE_EMBEDDER,
     build_vqa_library,
@@ -49,6 +50,12 @@ def _build(items_file: Path, root: Path, images: Sequence[str] | None,
            vectors: dict[str, np.ndarray] | None, embedder_name: str) -> None:
     """One library with its heads and answer model, marked done only when complete."""
     if (root / _DONE).exists():
+        if not (root / RELIABILITY_FILE).exists():  # built before the table existed
+            lib = open_case_library(root)
+            try:
+                reliability.train_and_save(lib)
+            finally:
+                lib.close()
         return
     shutil.rmtree(root, ignore_errors=True)
     embedder = image_embedder_by_name(embedder_name)
@@ -56,6 +63,7 @@ def _build(items_file: Path, root: Path, images: Sequence[str] | None,
     try:
         heads.train_and_save(lib)
         answer_model.train_and_save(lib)
+        reliability.train_and_save(lib)
     finally:
         lib.close()
     (root / _DONE).write_text("ok\n")

@@ -23,8 +23,8 @@ from agent.evaluation.metrics import wilson_ci
 from agent.evaluation.runner import Record
 from agent.evaluation.scoring import open_scores
 
-__all__ = ["CLOSED_TYPES", "SPLITS", "conflict_counts", "open_figures", "split_table",
-           "split_value"]
+__all__ = ["CLOSED_TYPES", "SPLITS", "answered_table", "conflict_counts", "open_figures",
+           "split_table", "split_value"]
 
 SPLITS = ("closed_open", "category", "organ")
 # Closed questions: a fixed set of answers (yes/no, or the listed options).
@@ -113,4 +113,33 @@ def split_table(records: Sequence[Record]) -> dict[str, dict[str, dict[str, dict
             table[value] = {v: _cell(recs) for v, recs in row.items() if recs}
         if table:
             out[split] = table
+    return out
+
+
+def answered_table(records: Sequence[Record], variant: str = "full",
+                   baseline: str = "majority") -> dict[str, dict[str, Any]]:
+    """Per category, whether ``variant`` is right more often than ``baseline`` where it answered.
+
+    ``{category: {n, answered, accuracy, baseline_accuracy, verdict}}``: ``accuracy`` and
+    ``baseline_accuracy`` are over the same answered items (first repeat), ``verdict`` is
+    ``above``, ``not above`` or ``abstains`` (nothing answered). This is the measure of "every
+    category above its majority baseline or abstaining": an agent that abstains where it
+    cannot see the answer should read ``abstains`` there, not ``not above``. Empty without
+    baseline records or categories.
+    """
+    base = {r.item_id: r for r in records if r.variant == baseline and r.repeat == 0}
+    mine = [r for r in records if r.variant == variant and r.repeat == 0 and r.item_id in base]
+    out: dict[str, dict[str, Any]] = {}
+    for value in sorted({split_value(r, "category") for r in mine} - {""}):
+        rows = [r for r in mine if split_value(r, "category") == value]
+        answered = [r for r in rows if not r.abstained and r.answer.strip()]
+        right = sum(r.correct for r in answered)
+        prior = sum(base[r.item_id].correct for r in answered)
+        out[value] = {
+            "n": len(rows), "answered": len(answered),
+            "accuracy": _r(right / len(answered)) if answered else None,
+            "baseline_accuracy": _r(prior / len(answered)) if answered else None,
+            "verdict": ("abstains" if not answered else "above" if right > prior
+                        else "not above"),
+        }
     return out

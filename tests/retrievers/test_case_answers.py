@@ -210,3 +210,46 @@ def test_the_tool_answers_yes_no_from_the_trained_library(tmp_path: Path, store,
         assert "cannot see a finding" in ev.summary
     finally:
         lib.close()
+
+
+@pytest.mark.slow
+def test_the_tool_withholds_an_answer_of_a_kind_the_cases_cannot_answer(tmp_path: Path, store,
+                                                                        mini_embedder) -> None:
+    """The measured table decides; the withheld answer stays in data, not in the summary."""
+    from retrievers import reliability
+    from retrievers.question_kinds import (
+        KindScore,
+        Reliability,
+        kind_key,
+        load_reliability,
+        save_reliability,
+    )
+
+    lib = build_vqa_library(MINI, tmp_path / "lib", mini_embedder, HashText())
+    try:
+        train_and_save(lib)
+        answer_model.train_and_save(lib)
+        summary = reliability.train_and_save(lib)
+        assert summary is not None and load_reliability(lib.root) is not None
+        kinds = {kind_key(it.category, it.answer_type == "yesno") for it in read_items(MINI)}
+        assert set(summary["withheld"]) | set(summary["answered"]) <= kinds
+        _, refs = ingest_path(store, MINI.parent / "images" / "synpic33892.jpg")
+        tool = case_answer_tools(store, lambda: lib, text_embedder=HashText)[0]
+        ask = {"image_id": refs[0].id, "question": "Is there a fracture?"}
+
+        def table(reliable: bool) -> None:
+            right = 8 if reliable else 3
+            save_reliability(lib.root, Reliability(
+                {k: KindScore(k, 12, 10, right, 6, "no") for k in kinds if k}, 5, 0))
+
+        table(reliable=False)
+        ev = tool.invoke(ask)
+        assert ev.data["answer"] is None and "yes_no" not in ev.data and ev.score == 0.0
+        assert ev.data["withheld"] in ("yes", "no") and ev.data["kind"] in kinds
+        assert ev.summary.startswith("No answer") and "30%" in ev.summary
+        assert "Answer: yes" not in ev.summary and "Answer: no" not in ev.summary
+        table(reliable=True)
+        ev = tool.invoke(ask)
+        assert ev.data["yes_no"] in ("yes", "no") and "withheld" not in ev.data
+    finally:
+        lib.close()

@@ -283,8 +283,12 @@ def test_library_folds_answer_each_item_without_its_own_image(monkeypatch, capsy
     for r in records:
         own = r["item_images"][0].rsplit("/", 1)[-1]
         assert own not in " ".join(r["evidence"]), (r["item_id"], r["evidence"])
-    answered = [r for r in records if r["answer_type"] == "yesno"]
-    assert answered and all(r["parsed"] in ("yes", "no") for r in answered)
-    assert sorted((tmp_path / "home" / "eval-libraries").glob("*/fold-*")) != []
+    closed = [r for r in records if r["answer_type"] == "yesno"]
+    # each yes/no is answered, or withheld because its fold library's own table says the
+    # cases do no better than the commonest answer on that kind of question
+    withheld = [r for r in closed if "No answer: similar cases" in " ".join(r["evidence"])]
+    assert closed and all(r["parsed"] in ("yes", "no") for r in closed if r not in withheld)
+    folds = sorted((tmp_path / "home" / "eval-libraries").glob("*/fold-*"))
+    assert folds and all((f / "reliability.json").exists() for f in folds)
     assert main(["eval", "phantoms:3", "--library-folds"]) == 2
     assert "labelled JSON-lines suite" in capsys.readouterr().err

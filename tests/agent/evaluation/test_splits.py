@@ -70,3 +70,23 @@ def test_open_figures_and_conflict_counts(records):
     withheld = _full(full[1], False, abstained=True, conflicts=["..."])
     assert conflict_counts([given, withheld, full[2]]) == {
         "answers_contradicting_evidence": 1, "answers_contradicting_evidence_all": 2}
+
+
+def test_answered_items_are_held_to_the_majority_on_the_same_items(records):
+    from agent.evaluation.splits import answered_table
+
+    majority = [r for r in records if r.variant == "majority"]
+    # right on closed PRES, abstaining on every POS item, wrong on every other answer
+    full = [_full(r, r.answer_type == "yesno" and r.meta["category"] == "PRES",
+                  abstained=r.meta["category"] == "POS") for r in majority]
+    table = answered_table([*full, *majority])
+    pres = table["PRES"]
+    answered = [r for r in majority if r.meta["category"] == "PRES"]
+    assert pres["answered"] == pres["n"] == len(answered)
+    assert pres["baseline_accuracy"] == round(sum(r.correct for r in answered) / len(answered), 4)
+    assert pres["verdict"] == ("above" if pres["accuracy"] > pres["baseline_accuracy"]
+                               else "not above")
+    assert table["POS"] == {"n": table["POS"]["n"], "answered": 0, "accuracy": None,
+                            "baseline_accuracy": None, "verdict": "abstains"}
+    assert table["MODALITY"]["accuracy"] == 0.0 and table["MODALITY"]["verdict"] == "not above"
+    assert answered_table(full) == {}  # no baseline records: nothing to hold it to

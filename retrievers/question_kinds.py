@@ -1,0 +1,141 @@
+"""Which kinds of question a library's case-based answers can be trusted on: the table, read.
+
+A library built from labelled pairs answers every question it has a model or a neighbour for,
+but on real images it is right more often than the commonest answer only for some kinds of
+question (modality, size, attributes), and less often for others (position, abnormality,
+open organ and plane questions: VQA-RAD dev, ``bench/real_answers.py``). ``medloop library
+train`` measures that per kind, cross-validated by image inside the library
+(``retrievers.reliability``), and saves the table here as ``reliability.json``. At answer time
+the question's kind is read off its nearest library questions (``predict_kind``), and
+``case_answer`` withholds an answer of a kind on which the cases did no better than the
+commonest answer: the agent then abstains and says what it could not check, instead of
+passing a coin toss on as an answer.
+
+A kind is the question's category (VQA-RAD's PRES, POS, ABN, MODALITY, ...; any label a site
+gives) and whether it is closed (yes/no) or open: ``ABN/closed``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrievers.embedders import l2_normalise
+
+__all__ = ["K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "KindScore", "Reliability",
+           "kind_key", "load_reliability", "predict_kind", "save_reliability"]
+
+RELIABILITY_FILE = "reliability.json"
+K_KIND = 7
+"""Library questions that vote on a new question's kind (MiniLM cosine, same closed/open)."""
+MIN_ANSWERED = 5
+"""Fewer cross-validated answers of a kind than this: too few to call it reliable."""
+
+
+_SPELLINGS = {"ATRIB": "ATTRIB"}
+"""VQA-RAD's other spelling of a category (as ``medloop eval`` normalises it)."""
+
+
+def kind_key(category: str | None, closed: bool) -> str | None:
+    """``CATEGORY/closed`` or ``CATEGORY/open``; None without a category.
+
+    A multi-category label counts as its first category ("PRES, ATTRIB" is PRES), as the
+    evaluation report counts it.
+    """
+    primary = (category or "").split(",")[0].strip().upper()
+    if not primary:
+        return None
+    return f"{_SPELLINGS.get(primary, primary)}/{'closed' if closed else 'open'}"
+
+
+@dataclass(frozen=True)
+class KindScore:
+    """One kind of question, cross-validated by image inside the library.
+
+    ``answered`` questions of ``n`` got an answer from the cases; of those, ``expert`` were
+    right, and ``majority`` would have been right answering ``majority_answer`` (the commonest
+    answer of the kind in the fitting folds).
+    """
+
+    kind: str
+    n: int
+    answered: int
+    expert: int
+    majority: int
+    majority_answer: str
+
+    @property
+    def reliable(self) -> bool:
+        """Enough answers, and more of them right than the commonest answer gets."""
+        return self.answered >= MIN_ANSWERED and self.expert > self.majority
+
+    def describe(self) -> str:
+        """The measurement in words, for the evidence the planner and the user read."""
+        if not self.answered:
+            return f"no cross-validated answer of this kind ({self.kind})"
+        return (f"on {self.answered} questions of this kind ({self.kind}) in cross-validation, "
+                f"the cases were right {self.expert / self.answered:.0%} of the time, always "
+                f"answering '{self.majority_answer}' {self.majority / self.answered:.0%}")
+
+
+@dataclass
+class Reliability:
+    """The per-kind table of one library, with how it was measured."""
+
+    kinds: dict[str, KindScore]
+    folds: int
+    seed: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``reliability.json`` content (each kind with its verdict, for readers)."""
+        return {"folds": self.folds, "seed": self.seed,
+                "kinds": {k: {**asdict(v), "reliable": v.reliable}
+                          for k, v in sorted(self.kinds.items())}}
+
+
+def save_reliability(root: str | Path, rel: Reliability) -> Path:
+    """Write ``ROOT/reliability.json`` atomically; returns its path."""
+    path = Path(root) / RELIABILITY_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rel.as_json(), indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_reliability(root: str | Path) -> Reliability | None:
+    """The table saved in ``ROOT``, or None when the library has none (nothing is withheld)."""
+    path = Path(root) / RELIABILITY_FILE
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    fields = set(KindScore.__dataclass_fields__)
+    kinds = {k: KindScore(**{f: v[f] for f in fields}) for k, v in d["kinds"].items()}
+    return Reliability(kinds, int(d["folds"]), int(d["seed"]))
+
+
+def predict_kind(categories: Sequence[str | None], closed: Sequence[bool],
+                 question_vectors: np.ndarray, question_vector: np.ndarray, is_closed: bool,
+                 k: int = K_KIND) -> str | None:
+    """The kind of a question: the weighted vote of its ``k`` nearest library questions.
+
+    Only library questions of the same closed/open type vote, weighted by cosine;
+    ``categories[i]``, ``closed[i]`` and row ``i`` of ``question_vectors`` describe library
+    question ``i``. None when none has a category.
+    """
+    rows = [i for i, (c, cl) in enumerate(zip(categories, closed, strict=True))
+            if c and cl == is_closed]
+    if not rows:
+        return None
+    sims = np.asarray(question_vectors)[rows] @ l2_normalise(
+        np.asarray(question_vector, np.float64).reshape(1, -1))[0]
+    votes: dict[str, float] = {}
+    for j in np.argsort(-sims)[:k].tolist():
+        key = kind_key(categories[rows[j]], is_closed)
+        if key is not None:
+            votes[key] = votes.get(key, 0.0) + max(float(sims[j]), 0.0)
+    return max(votes, key=lambda key: votes[key]) if votes else None

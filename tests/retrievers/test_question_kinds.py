@@ -1,0 +1,93 @@
+"""retrievers.question_kinds and retrievers.reliability: which kinds of question the cases can
+answer better than the commonest answer, measured inside the library and read back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrievers.question_kinds import (
+    MIN_ANSWERED,
+    KindScore,
+    Reliability,
+    kind_key,
+    load_reliability,
+    predict_kind,
+    save_reliability,
+)
+from retrievers.reliability import measure_reliability
+from retrievers.vqa_library import QAItem
+from tests.retrievers.test_vqa_library import HashText
+
+
+def test_a_kind_is_the_category_and_whether_the_question_is_closed():
+    assert kind_key("pres", True) == "PRES/closed"
+    assert kind_key(" ABN ", False) == "ABN/open"
+    assert kind_key("PRES, ATTRIB", True) == "PRES/closed"  # the first is the primary one
+    assert kind_key("ATRIB", False) == "ATTRIB/open"  # VQA-RAD's other spelling
+    assert kind_key(None, True) is None and kind_key("", False) is None
+
+
+@pytest.mark.parametrize(("answered", "expert", "majority", "reliable"), [
+    (40, 30, 20, True),
+    (40, 20, 20, False),  # a tie is no better than the prior
+    (40, 15, 20, False),
+    (MIN_ANSWERED - 1, 4, 0, False),  # too few to tell
+    (MIN_ANSWERED, 4, 1, True),
+])
+def test_reliable_means_enough_answers_and_more_right_than_the_commonest(
+        answered, expert, majority, reliable):
+    score = KindScore("ABN/closed", answered + 3, answered, expert, majority, "no")
+    assert score.reliable is reliable
+    assert "ABN/closed" in score.describe() and "'no'" in score.describe()
+
+
+def test_the_table_round_trips(tmp_path):
+    rel = Reliability({"PRES/closed": KindScore("PRES/closed", 10, 9, 7, 5, "yes")}, 5, 0)
+    save_reliability(tmp_path, rel)
+    back = load_reliability(tmp_path)
+    assert back is not None and back.kinds == rel.kinds and (back.folds, back.seed) == (5, 0)
+    assert load_reliability(tmp_path / "elsewhere") is None
+
+
+def test_a_question_takes_the_kind_of_its_nearest_library_questions():
+    text = HashText()
+    questions = ["Is there a mass in the liver?", "Is there a nodule?", "Is this normal?",
+                 "Is the image abnormal?", "Where is the mass?"]
+    cats = ["PRES", "PRES", "ABN", "ABN", "POS"]
+    closed = [True, True, True, True, False]
+    qv = text.embed_texts(questions)
+
+    def kind(q, is_closed=True):
+        return predict_kind(cats, closed, qv, text.embed_texts([q])[0], is_closed, k=1)
+
+    assert kind("Is there a mass?") == "PRES/closed"
+    assert kind("Is the image normal?") == "ABN/closed"
+    assert kind("Where is the mass?", is_closed=False) == "POS/open"
+    assert predict_kind([None] * 5, closed, qv, qv[0], True) is None
+
+
+def _suite(n_cases=40, seed=0):
+    """Two kinds: the modality (open), which the image shows, and a yes/no 'mass' question
+    whose answer (mostly no) has nothing to do with the image."""
+    rng = np.random.default_rng(seed)
+    vectors, items = {}, []
+    for c in range(n_cases):
+        mr = c % 3 == 0
+        v = np.array([0.0, 1.0, 0.0] if mr else [1.0, 0.0, 0.0]) + rng.normal(0, 0.05, 3)
+        vectors[f"case{c}"] = v.astype(np.float32)
+        items.append(QAItem(f"m{c}", f"case{c}", "What modality is this?",
+                            "MRI" if mr else "CT", "open", category="MODALITY"))
+        items.append(QAItem(f"y{c}", f"case{c}", "Is there a mass?",
+                            "yes" if rng.random() < 0.2 else "no", "yesno", category="PRES"))
+    return items, HashText().embed_texts([it.question for it in items]), vectors
+
+
+def test_the_cases_answer_what_the_image_shows_and_not_what_it_does_not():
+    items, qv, vectors = _suite()
+    rel = measure_reliability(items, qv, vectors, {}, "toy", "hash-words", folds=5, seed=0)
+    modality, mass = rel.kinds["MODALITY/open"], rel.kinds["PRES/closed"]
+    assert modality.reliable and modality.expert == modality.answered  # neighbours see it
+    assert modality.majority < modality.answered  # 'CT' alone misses the MR images
+    assert not mass.reliable and mass.expert <= mass.majority  # nothing beats the prior
+    assert modality.n == mass.n == 40  # every pair scored once, by a model that never saw it
