@@ -126,6 +126,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-accuracy", type=float, default=0.85)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="also write the report, records and plots here")
     ap.add_argument("--no-withhold", action="store_true",
                     help="answer every kind of question (as before the per-kind table)")
     args = ap.parse_args()
@@ -138,7 +140,8 @@ def main() -> int:
     result = evaluate(items, make_graph=no_graph, suite=str(args.items),
                       llm="case_answer alone (no planner)",
                       baselines=("blank", "shuffled", "majority"), folds=args.folds,
-                      seed=args.seed, target_accuracy=args.target_accuracy, records=records)
+                      seed=args.seed, target_accuracy=args.target_accuracy, records=records,
+                      out_dir=args.out)
     if args.json:
         print(json.dumps(result.report, indent=1, default=str))
     else:
