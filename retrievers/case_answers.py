@@ -333,7 +333,7 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
             # Kept for the record, not stated: a planner copies what it reads.
             said = data["answer"]
             data = {k: v for k, v in data.items() if k not in ("yes_no", "answer")}
-            data |= {"answer": None, "withheld": said,
+            data |= {"answer": None, "withheld": said, "question": question,
                      "kind": weak.kind, "kind_score": {
                          "answered": weak.answered, "right": weak.expert,
                          "majority": weak.majority, "majority_answer": weak.majority_answer}}

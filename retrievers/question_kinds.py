@@ -75,12 +75,15 @@ class KindScore:
         return self.answered >= MIN_ANSWERED and self.expert > self.majority
 
     def describe(self) -> str:
-        """The measurement in words, for the evidence the planner and the user read."""
+        """The measurement in words, for the evidence the planner and the user read.
+
+        It does not name the commonest answer: a small planner copies any yes or no it reads.
+        """
         if not self.answered:
             return f"no cross-validated answer of this kind ({self.kind})"
         return (f"on {self.answered} questions of this kind ({self.kind}) in cross-validation, "
-                f"the cases were right {self.expert / self.answered:.0%} of the time, always "
-                f"answering '{self.majority_answer}' {self.majority / self.answered:.0%}")
+                f"the cases were right {self.expert / self.answered:.0%} of the time, and "
+                f"always giving the commonest answer {self.majority / self.answered:.0%}")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from agent.nodes.think import resolve_llm, round_offer
 from agent.planner.prompt import build_prompt
 from agent.state import AgentState, current_question
 from agent.trace import AnswerStep
+from agent.trust.agreement import unanswerable
 from agent.trust.calibration import Calibration, domain_of, load_calibration
 from agent.trust.checks import review
 from agent.trust.confidence import answer_form_score, combine_confidence, evidence_consistency
@@ -125,7 +126,15 @@ def compose_answer(
         notes.append(f"the round budget ({ctx.max_rounds}) ran out")
 
     conflicts = result.conflicts if result else []
-    if proposal is not None and result is not None and result.supported and not conflicts:
+    declined = None
+    if proposal is not None and result is not None and result.supported:
+        cited_ids = {i for c in result.supported for i in c.evidence_ids}
+        declined = unanswerable(question, ok, [e for e in ok if e.id in cited_ids])
+        if declined is not None:
+            notes.append(f"not answered: {declined.id} ({declined.tool}) declined this "
+                         "question and no other evidence bears on it")
+    if (proposal is not None and result is not None and result.supported and not conflicts
+            and declined is None):
         cited = {i for c in result.supported for i in c.evidence_ids}
         scores = [e.score for e in ok if e.id in cited and e.score is not None]
         # Two checks of the answer itself: does it have the form the question asks for, and do
@@ -161,6 +170,9 @@ def compose_answer(
     reason = (
         "The proposed answer contradicted its own evidence: " + "; ".join(conflicts) + "."
         if conflicts
+        else f"No offline tool can answer this question: {declined.id} ({declined.tool}) "
+             f"{declined.summary}"
+        if declined is not None
         else "The round budget ran out before a supported answer."
         if exhausted
         else "The evidence does not support an answer."

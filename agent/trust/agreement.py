@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tools.evidence import Assertion, Evidence
 
 __all__ = ["Stance", "answer_conflicts", "conflicts_with", "evidence_yes_no", "finding_family",
-           "stance_of"]
+           "stance_of", "unanswerable"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -234,6 +234,30 @@ def evidence_yes_no(question: str, evidence: Iterable[Evidence]) -> str | None:
         return None
     said = {a for ev in evidence if (a := _answers_yes_no(ev, question))}
     return said.pop() if len(said) == 1 else None
+
+
+def unanswerable(question: str, evidence: Sequence[Evidence],
+                 cited: Sequence[Evidence]) -> Evidence | None:
+    """Evidence that declined this very question, when nothing the answer cites answers it.
+
+    A tool that knows it cannot answer a kind of question says so (``case_answer`` withholds
+    the cases' answer where they did no better than the commonest answer: ``data["withheld"]``
+    with the question). An answer is then only given if its cited evidence holds something
+    that bears on the question: a yes/no for it, an assertion about a finding, a measurement.
+    Otherwise the planner's sentence stands on nothing (the small planner answered "No." to
+    "Is this image abnormal?" from a summary that declined it), and the agent abstains and
+    says what could not be checked.
+    """
+    if not question.strip():
+        return None
+    declined = [ev for ev in evidence if ev.status == "ok" and ev.data.get("withheld")
+                and _same_question(str(ev.data.get("question", "")), question)]
+    if not declined:
+        return None
+    if any(ev.assertions or ev.measurements or _answers_yes_no(ev, question)
+           for ev in cited if not ev.data.get("withheld")):
+        return None
+    return declined[0]
 
 
 def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,

@@ -118,3 +118,26 @@ def test_the_evidence_yes_no_is_given_only_when_it_answered_this_question_one_wa
     assert evidence_yes_no(q, [yes.model_copy(
         update={"data": {**yes.data, "out_of_domain": True}})]) is None
     assert evidence_yes_no(q, [no.model_copy(update={"status": "error"})]) is None
+
+
+def test_a_declined_question_is_unanswerable_unless_cited_evidence_bears_on_it():
+    from agent.trust.agreement import unanswerable
+    from tools.evidence import Measurement
+
+    q = "Is this image abnormal?"
+    declined = Evidence(id="E1", tool="case_answer", summary="No answer: ...", score=0.0,
+                        data={"answer": None, "withheld": "no", "question": q})
+    look = Evidence(id="E2", tool="describe_image", summary="CT, 512x512 px")
+    assert unanswerable(q, [declined, look], [declined]) is declined
+    assert unanswerable(q, [declined, look], [look]) is declined  # describes, does not answer
+    finding = look.model_copy(update={"id": "E3", "assertions": [
+        Assertion(finding="mass", present=True)]})
+    assert unanswerable(q, [declined, finding], [finding]) is None
+    size = look.model_copy(update={"id": "E4", "measurements": [
+        Measurement(name="diameter", value=12.0, unit="mm")]})
+    assert unanswerable(q, [declined, size], [size]) is None
+    other = Evidence(id="E5", tool="xrv", summary="Answer: yes", score=0.8,
+                     data={"yes_no": "yes", "question": q})
+    assert unanswerable(q, [declined, other], [other]) is None
+    assert unanswerable("Is there a mass?", [declined], [declined]) is None  # not this one
+    assert unanswerable(q, [look], [look]) is None  # nothing declined: the usual checks
