@@ -29,7 +29,7 @@ from tools.domain import Domain
 from tools.errors import ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
-from tools.spec import ToolSpec
+from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 
 __all__ = [
@@ -203,10 +203,19 @@ SIMILAR_CASES = ToolSpec(
               "Find prior cases that look like this."),
     domain=LIBRARY_DOMAIN,
 )
+def _has_reports(deps: ToolDeps) -> bool:
+    """The demo library has reports; a configured one only if it was built with some.
+
+    A library built from question-answer pairs has none, and offered there the planner called
+    ``report_lookup`` five times on "Is there a pleural effusion?" until its budget ran out.
+    """
+    return deps.library_path is None or deps.library_has("text.vec")
+
+
 REPORT_LOOKUP = ToolSpec(
     name="report_lookup", description=_LOOKUP, args=LookupArgs,
     build=lambda deps: _lookup(_getter(deps.library, deps.home)),
-    models=(MINILM,),
+    models=(MINILM,), enabled=_has_reports,
     examples=("What do radiology reports say about pleural effusion?",
               "How is a pneumothorax usually described in a report?",
               "Find report sentences that mention atelectasis."),

@@ -146,13 +146,16 @@ budget ran out; withheld, the planner answers from what it has or abstains a rou
 
 
 def failing_images(evidence: Sequence[Evidence]) -> dict[str, list[str]]:
-    """Per tool, the images its last ``FAILURES_BEFORE_WITHHELD`` calls or more failed on."""
+    """Per tool, the images its last ``FAILURES_BEFORE_WITHHELD`` calls or more failed on.
+
+    A tool that takes no image (a text search) is keyed by ``""``: failing twice running, it
+    is withheld altogether.
+    """
     streak: dict[tuple[str, str], int] = {}
     for e in evidence:
         image = e.image_id or e.args.get("image_id")
-        if isinstance(image, str):
-            key = (e.tool, image)
-            streak[key] = 0 if e.status == "ok" else streak.get(key, 0) + 1
+        key = (e.tool, image if isinstance(image, str) else "")
+        streak[key] = 0 if e.status == "ok" else streak.get(key, 0) + 1
     out: dict[str, list[str]] = {}
     for (tool, image), n in streak.items():
         if n >= FAILURES_BEFORE_WITHHELD:
@@ -225,6 +228,8 @@ def offered_tools(
         if tool.name in answered and repeats_nothing(params):
             image_ids = [i for i in image_ids if i not in answered[tool.name]]
         if tool.name in failing:
+            if "" in failing[tool.name] and "image_id" not in params.get("properties", {}):
+                continue  # a tool without an image failed twice running: it is not offered
             image_ids = [i for i in image_ids if i not in failing[tool.name]]
         if "image_id" in params.get("required", []) and not image_ids:
             continue  # no image it can run on: offered, it only invites a made-up id

@@ -83,3 +83,19 @@ def test_demo_library_builds_in_the_background_on_first_use(monkeypatch, tmp_pat
     demo._BUILDS[demo.demo_path(tmp_path / "other")].join(20)
     with pytest.raises(ToolFailure, match="disk full"):
         get()
+
+
+def test_report_lookup_is_offered_only_over_a_library_with_reports(store, tmp_path):
+    """The demo library (no path configured) has reports; a library of QA pairs has none."""
+    from retrievers.similar import REPORT_LOOKUP
+    from tools.spec import ToolDeps
+
+    def deps(path):
+        return ToolDeps(store, library=lambda: None, library_path=path)
+
+    assert REPORT_LOOKUP.enabled(deps(None))
+    pairs = tmp_path / "qa-lib"
+    pairs.mkdir()
+    assert not REPORT_LOOKUP.enabled(deps(pairs))
+    (pairs / "text.vec").write_bytes(b"")
+    assert REPORT_LOOKUP.enabled(deps(pairs))

@@ -237,6 +237,27 @@ def test_a_tool_that_failed_twice_running_on_an_image_is_withheld_for_it():
     assert failing_images([fail(1), fail(2), ok]) == {}  # a success since resets the streak
 
 
+class QueryArgs(BaseModel):
+    query: str
+
+
+def test_a_tool_without_an_image_that_failed_twice_running_is_withheld():
+    from agent.planner.offer import failing_images
+
+    def search(a: QueryArgs) -> Evidence:
+        return Evidence(tool="search", summary="x")
+
+    tools = [*_tools(), make_tool(search, name="search", description="Search reports.",
+                                  args_schema=QueryArgs)]
+    images = [ImageRef(id="img-000000000001", summary="a")]
+    fails = [Evidence(id=f"E{n}", tool="search", status="error", summary="no report index",
+                      args={"query": f"effusion {n}"}) for n in (1, 2)]
+    assert failing_images(fails) == {"search": [""]}
+    assert "search" in _names(offered_tools(tools, images, fails[:1]))
+    assert "search" not in _names(offered_tools(tools, images, fails))
+    assert "look" in _names(offered_tools(tools, images, fails))  # the others stay
+
+
 def test_with_nothing_left_to_call_or_cite_the_agent_abstains_without_asking(store,
                                                                           medloop_home):
     from agent import AgentContext, build_graph
