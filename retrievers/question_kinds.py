@@ -27,10 +27,14 @@ import numpy as np
 
 from retrievers.embedders import l2_normalise
 
-__all__ = ["K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "KindScore", "Reliability",
-           "kind_key", "load_reliability", "predict_kind", "save_reliability"]
+__all__ = ["K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "TABLE_VERSION", "KindScore",
+           "Reliability", "kind_key", "load_reliability", "predict_kind", "save_reliability",
+           "table_is_current"]
 
 RELIABILITY_FILE = "reliability.json"
+TABLE_VERSION = 2
+"""Bumped when the kinds change meaning (2: multi-category labels count as their first
+category, ATRIB as ATTRIB), so a stale table is measured again (``table_is_current``)."""
 K_KIND = 7
 """Library questions that vote on a new question's kind (MiniLM cosine, same closed/open)."""
 MIN_ANSWERED = 5
@@ -96,7 +100,7 @@ class Reliability:
 
     def as_json(self) -> dict[str, Any]:
         """The ``reliability.json`` content (each kind with its verdict, for readers)."""
-        return {"folds": self.folds, "seed": self.seed,
+        return {"version": TABLE_VERSION, "folds": self.folds, "seed": self.seed,
                 "kinds": {k: {**asdict(v), "reliable": v.reliable}
                           for k, v in sorted(self.kinds.items())}}
 
@@ -119,6 +123,15 @@ def load_reliability(root: str | Path) -> Reliability | None:
     fields = set(KindScore.__dataclass_fields__)
     kinds = {k: KindScore(**{f: v[f] for f in fields}) for k, v in d["kinds"].items()}
     return Reliability(kinds, int(d["folds"]), int(d["seed"]))
+
+
+def table_is_current(root: str | Path) -> bool:
+    """Whether ``ROOT`` holds a table measured with this version's kinds."""
+    path = Path(root) / RELIABILITY_FILE
+    try:
+        return bool(json.loads(path.read_text()).get("version") == TABLE_VERSION)
+    except (OSError, ValueError):
+        return False
 
 
 def predict_kind(categories: Sequence[str | None], closed: Sequence[bool],

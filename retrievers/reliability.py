@@ -79,7 +79,8 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
     ``vectors`` and ``labels`` are per case id (``items[i].image``); pairs without a vector
     or a category are left out.
     """
-    keep = [i for i, it in enumerate(items) if it.image in vectors and it.category]
+    keep = [i for i, it in enumerate(items)
+            if it.image in vectors and kind_key(it.category, True) is not None]
     fold_of = folds_by_image([items[i].image for i in keep], folds, seed)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # n, answered, ok, major
     majority_shown: dict[str, Counter[str]] = defaultdict(Counter)

@@ -26,7 +26,7 @@ from agent.evaluation.folds import folds_by_image
 from agent.evaluation.items import EvalItem
 from retrievers import answer_model, heads, reliability
 from retrievers.embedders import image_embedder_by_name
-from retrievers.question_kinds import RELIABILITY_FILE
+from retrievers.question_kinds import table_is_current
 from retrievers.vqa_library import (
     DEFAULT_IMAGE_EMBEDDER,
     build_vqa_library,
@@ -50,7 +50,7 @@ def _build(items_file: Path, root: Path, images: Sequence[str] | None,
            vectors: dict[str, np.ndarray] | None, embedder_name: str) -> None:
     """One library with its heads and answer model, marked done only when complete."""
     if (root / _DONE).exists():
-        if not (root / RELIABILITY_FILE).exists():  # built before the table existed
+        if not table_is_current(root):  # built before the table (or these kinds) existed
             lib = open_case_library(root)
             try:
                 reliability.train_and_save(lib)

@@ -3,6 +3,8 @@ answer better than the commonest answer, measured inside the library and read ba
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from retrievers.question_kinds import (
     load_reliability,
     predict_kind,
     save_reliability,
+    table_is_current,
 )
 from retrievers.reliability import measure_reliability
 from retrievers.vqa_library import QAItem
@@ -49,6 +52,10 @@ def test_the_table_round_trips(tmp_path):
     back = load_reliability(tmp_path)
     assert back is not None and back.kinds == rel.kinds and (back.folds, back.seed) == (5, 0)
     assert load_reliability(tmp_path / "elsewhere") is None
+    assert table_is_current(tmp_path) and not table_is_current(tmp_path / "elsewhere")
+    stale = json.loads((tmp_path / "reliability.json").read_text()) | {"version": 1}
+    (tmp_path / "reliability.json").write_text(json.dumps(stale))
+    assert not table_is_current(tmp_path)  # measured with other kinds: measure it again
 
 
 def test_a_question_takes_the_kind_of_its_nearest_library_questions():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,4 +49,13 @@ def test_no_item_is_answered_by_a_library_holding_its_image(tmp_path: Path) -> N
     # built once: a second call reuses every library as it is
     stamp = {p: (p / ANSWER_MODEL_FILE).stat().st_mtime_ns for p in library_of.values()}
     assert fold_libraries(MINI, items, 3, 0, tmp_path, image_embedder="thumbnail-32") == library_of
+    assert stamp == {p: (p / ANSWER_MODEL_FILE).stat().st_mtime_ns for p in library_of.values()}
+    # ... except a per-kind table measured with other kinds, which is measured again
+    from retrievers.question_kinds import RELIABILITY_FILE, table_is_current
+
+    some = next(iter(library_of.values()))
+    table = json.loads((some / RELIABILITY_FILE).read_text())
+    (some / RELIABILITY_FILE).write_text(json.dumps(table | {"version": 1}))
+    fold_libraries(MINI, items, 3, 0, tmp_path, image_embedder="thumbnail-32")
+    assert table_is_current(some)
     assert stamp == {p: (p / ANSWER_MODEL_FILE).stat().st_mtime_ns for p in library_of.values()}
