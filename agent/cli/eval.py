@@ -139,6 +139,10 @@ def _calibration(c: dict[str, Any]) -> list[str]:
              f"{c['brier_before']} → {c['brier_after']}, AURC {c['aurc_before']} → "
              f"{c['aurc_after']}; abstain below {c['abstain_below']} → coverage "
              f"{c.get('coverage')}, selective accuracy {c['selective_accuracy']}"]
+    forms = c.get("by_form") or {}
+    if forms:
+        lines.append("  a map per question form: " + ", ".join(
+            f"{f} {m['method']} ({m['n_fit']} items)" for f, m in forms.items()))
     if c.get("crossfit_n_items"):
         lines.append(f"cross-fitted ({c.get('crossfit_folds')} folds by image, all "
                      f"{c['crossfit_n_items']} items): ECE {c['crossfit_ece_before']} → "

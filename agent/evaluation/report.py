@@ -10,7 +10,8 @@ the full-variant items (split by *image*, with a fixed seed: no image's question
 sides) and reports ECE and Brier before and after on the rest, with the abstention threshold
 for a target accuracy; it also cross-fits (k folds by image) so every item gets an
 out-of-sample calibrated confidence. ``calibrate_by_domain`` does this once per image domain
-(phantom, clinical): each map is fitted, reported and saved for its own domain only.
+(phantom, clinical): each map is fitted, reported and saved for its own domain only, with a
+map per question form (closed, open) inside it where the form has enough items.
 ``write_report`` saves ``report.json``, ``records.jsonl`` and two PNGs (reliability diagram,
 latency histogram) drawn with matplotlib's Agg backend.
 """
@@ -46,6 +47,7 @@ from agent.trust.calibration import (
     Calibration,
     abstain_threshold,
     fit_calibration,
+    question_form,
 )
 from agent.trust.confidence import combine_confidence
 
@@ -165,6 +167,11 @@ def _record_keys(record: Record) -> list[str]:
     return list(record.item_images) or [f"item:{record.item_id}"]
 
 
+def _forms(records: Sequence[Record]) -> list[str]:
+    """Each record's question form (closed or open): each form gets its own map."""
+    return [question_form(r.question) for r in records]
+
+
 def _fit_split(full: Sequence[Record], fit_fraction: float, seed: int) -> set[str] | None:
     """The item ids to fit on: whole image groups, shuffled, up to ``fit_fraction`` of items.
 
@@ -212,11 +219,11 @@ def calibrate_split(
     fit = [r for r in full if r.item_id in fit_ids]
     test = [r for r in full if r.item_id not in fit_ids]
     cal = fit_calibration([r.raw_confidence for r in fit], [r.correct for r in fit],
-                          method=method)  # type: ignore[arg-type]
+                          method=method, forms=_forms(fit))  # type: ignore[arg-type]
     raw_t = [r.raw_confidence for r in test]
     y_t = [float(r.correct) for r in test]
-    cal_t = [float(v) for v in cal.apply(np.asarray(raw_t))]
-    cal_f = [float(v) for v in cal.apply(np.asarray([r.raw_confidence for r in fit]))]
+    cal_t = [float(v) for v in cal.apply_forms(raw_t, _forms(test))]
+    cal_f = [float(v) for v in cal.apply_forms([r.raw_confidence for r in fit], _forms(fit))]
     thr = abstain_threshold(cal_f, [r.correct for r in fit], target_accuracy)
     abst, sel = selective(cal_t, y_t, thr) if thr is not None else (1.0, float("nan"))
     domains = {record_domain(r) for r in full}
@@ -225,6 +232,8 @@ def calibrate_split(
         "domain": domain,
         "method": cal.method,
         "params": cal.params,
+        "by_form": {f: {"method": c.method, "params": c.params, "n_fit": c.n_fit}
+                    for f, c in cal.by_form.items()},
         "split_by": "image" if all(r.item_images for r in full) else "item",
         "n_fit_items": len(fit_ids),
         "n_test_items": len(ids) - len(fit_ids),
@@ -250,8 +259,9 @@ def calibrate_split(
     }
     held.update(_crossfit(full, folds, seed, method, target_accuracy))
     final = fit_calibration([r.raw_confidence for r in full], [r.correct for r in full],
-                            method=cal.method)
-    final_cal = [float(v) for v in final.apply(np.asarray([r.raw_confidence for r in full]))]
+                            method=method, forms=_forms(full))  # type: ignore[arg-type]
+    final_cal = [float(v) for v in final.apply_forms([r.raw_confidence for r in full],
+                                                     _forms(full))]
     final.abstain_below = abstain_threshold(final_cal, [r.correct for r in full],
                                             target_accuracy)
     final.target_accuracy = target_accuracy
@@ -312,6 +322,7 @@ def _crossfit(full: Sequence[Record], k: int, seed: int, method: str,
             combine_confidence(None, [r.raw_confidence], agreement=a)
             for r, a in zip(full, agree, strict=True)]
     y = [float(r.correct) for r in full]
+    forms = _forms(full)
     out: dict[str, Any] = {"crossfit_n_items": len({r.item_id for r in full}),
                            "crossfit_folds": len(folds)}
     for suffix, x in signals.items():
@@ -319,11 +330,14 @@ def _crossfit(full: Sequence[Record], k: int, seed: int, method: str,
         answered = [False] * len(full)
         for fold in folds:
             fitted = fit_calibration([x[i] for i in fold.fit], [bool(y[i]) for i in fold.fit],
-                                     method=method)  # type: ignore[arg-type]
-            on_fit = [float(v) for v in fitted.apply(np.asarray([x[i] for i in fold.fit]))]
+                                     method=method,  # type: ignore[arg-type]
+                                     forms=[forms[i] for i in fold.fit])
+            on_fit = [float(v) for v in fitted.apply_forms([x[i] for i in fold.fit],
+                                                           [forms[i] for i in fold.fit])]
             thr = abstain_threshold(on_fit, [y[i] for i in fold.fit], target_accuracy)
-            for i, v in zip(fold.scored, fitted.apply(np.asarray([x[i] for i in fold.scored])),
-                            strict=True):
+            scored = fitted.apply_forms([x[i] for i in fold.scored],
+                                        [forms[i] for i in fold.scored])
+            for i, v in zip(fold.scored, scored, strict=True):
                 cal_x[i] = float(v)
                 answered[i] = thr is not None and cal_x[i] >= thr
         kept = [y[i] for i in range(len(full)) if answered[i]]

@@ -13,9 +13,10 @@ questions about that domain: a map fitted on phantoms never calibrates a clinica
 looked up by the ``llm`` spec and the domain, ``$MEDLOOP_HOME/calibration/<spec>.<domain>.json``
 then ``<spec>.json`` (when its recorded domain matches), then the shipped ones in
 ``agent/calibration/``; ``AgentContext.calibration`` names a file to use instead (still only on
-its own domain), or ``none`` for raw confidences. Without a map for the domain the confidence
-stays raw and the answer's notes say so. The raw value is kept in the trace, so a calibration
-can be refitted from any run.
+its own domain), or ``none`` for raw confidences. Inside a map, the map of the question's form
+(closed or open, ``question_form``) applies when it has one. Without a map for the domain the
+confidence stays raw and the answer's notes say so. The raw value is kept in the trace, so a
+calibration can be refitted from any run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from agent.planner.prompt import build_prompt
 from agent.state import AgentState, current_question
 from agent.trace import AnswerStep
 from agent.trust.agreement import unanswerable
-from agent.trust.calibration import Calibration, domain_of, load_calibration
+from agent.trust.calibration import Calibration, domain_of, load_calibration, question_form
 from agent.trust.checks import review
 from agent.trust.confidence import answer_form_score, combine_confidence, evidence_consistency
 from agent.trust.consistency import Samples, sample_answers
@@ -111,14 +112,16 @@ def compose_answer(
     ``agreement`` is the self-consistency of the proposal (``agent.trust.consistency``), pooled into
     the confidence when given. Returns the answer and its raw (uncalibrated) confidence.
     """
-    cal = calibration
-    threshold = (cal.abstain_below if cal is not None and cal.abstain_below is not None
+    threshold = (calibration.abstain_below
+                 if calibration is not None and calibration.abstain_below is not None
                  else ctx.abstain_below)
     evidence = state.get("evidence") or []
     ok = [e for e in evidence if e.status == "ok"]
     proposal: FinalAnswerArgs | None = state.get("proposal")
     exhausted = bool(state.get("budget_exhausted"))
     question = current_question(state)
+    # closed and open questions have their own maps: their accuracies differ at a raw score
+    cal = calibration.for_form(question_form(question)) if calibration is not None else None
     result = review(proposal, evidence, question) if proposal is not None else None
     contradictions = result.contradictions if result else []
     notes = [f"dropped unsupported claim: {s}" for s in (result.dropped if result else [])]

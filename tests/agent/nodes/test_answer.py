@@ -35,3 +35,35 @@ def test_an_answer_to_a_declined_question_is_not_given(store, medloop_home):
     assert answer.abstained and "No offline tool can answer this question" in answer.text
     assert "E1 (case)" in answer.text and not answer.text.startswith("No.")
     assert any("declined this question" in n for n in answer.notes)
+
+
+def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home, tmp_path):
+    """A closed question is calibrated by the closed map, an open one by the open map."""
+    import pytest
+
+    from agent.trust.calibration import Calibration, domain_of, save_calibration
+
+    img = store.put(phantom()).id
+    domain = domain_of([store.get(img)])
+
+    def finder(a: _Args) -> Evidence:
+        return Evidence(tool="finder", image_id=a.image_id, score=0.8,
+                        summary="1 lesion found in the upper left of the image.")
+
+    tools = [make_tool(finder, name="finder", description="Finds.", args_schema=_Args)]
+    cal = Calibration("identity", domain=domain, by_form={
+        "closed": Calibration("platt", {"a": 0.0, "b": -2.0}),
+        "open": Calibration("platt", {"a": 0.0, "b": 2.0})})
+    path = save_calibration(cal, tmp_path / "forms.json")
+    got = {}
+    for q, said in (("Is there a lesion?", "Yes, one lesion."),
+                    ("Where is the lesion?", "In the upper left.")):
+        model = ScriptedChatModel.of([ai(call("finder", image_id=img)),
+                                      final(said, [(said, ["E1"])], 0.9)])
+        ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                           calibration=str(path))
+        out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                                   context=ctx)
+        got[q] = out["answer"].confidence
+    assert got["Is there a lesion?"] == pytest.approx(0.1192, abs=1e-3)  # sigmoid(-2)
+    assert got["Where is the lesion?"] == pytest.approx(0.8808, abs=1e-3)  # sigmoid(2)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.evaluation.metrics import ece
+from agent.evaluation.metrics import brier, ece
 from agent.trust.calibration import (
     Calibration,
     abstain_threshold,
@@ -187,3 +187,56 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
     assert calibration_for(explicit, "phantom").params == {"T": 3.0}
     back = load_calibration(folder / calibration_name("embedded", 0, "clinical"))
     assert back.domain == "clinical"
+
+
+def test_question_forms():
+    from agent.trust.calibration import question_form
+
+    assert question_form("Is the heart enlarged?") == "closed"
+    assert question_form("  does this show a fracture") == "closed"
+    assert question_form("Is this an MRI or a CT?") == "closed"
+    assert question_form("What organ is shown?") == "open"
+    assert question_form("Where is the mass?") == "open"
+    assert question_form("") == "open"
+
+
+def _two_forms(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Closed answers right 60 % of the time, open ones 5 %, at the same raw confidences."""
+    rng = np.random.default_rng(seed)
+    forms = ["closed" if i % 2 else "open" for i in range(n)]
+    p = rng.uniform(0.6, 0.9, n)
+    rate = np.where(np.asarray(forms) == "closed", 0.6, 0.05)
+    return p, (rng.uniform(size=n) < rate).astype(float), forms
+
+
+def test_a_map_per_question_form_beats_one_pooled_map():
+    fit_p, fit_y, fit_f = _two_forms(2000, 0)
+    test_p, test_y, test_f = _two_forms(2000, 1)
+    pooled = fit_calibration(fit_p, fit_y, method="platt")
+    split = fit_calibration(fit_p, fit_y, method="platt", forms=fit_f)
+    assert set(split.by_form) == {"closed", "open"} and not pooled.by_form
+    assert split.for_form("open")(0.8) < 0.15 < 0.45 < split.for_form("closed")(0.8)
+    # one pooled map is right on average and wrong on every closed and every open answer
+    closed = np.asarray(test_f) == "closed"
+    both = split.apply_forms(test_p, test_f)
+    one = pooled.apply(test_p)
+    for mask in (closed, ~closed):
+        assert ece(both[mask], test_y[mask]) < 0.08 < 0.2 < ece(one[mask], test_y[mask])
+    assert brier(both, test_y) < brier(one, test_y) - 0.03
+    # a form with too few items, or an unknown one, is calibrated by the pooled map
+    few = fit_calibration(fit_p[:40], fit_y[:40], method="platt", forms=fit_f[:40])
+    assert not few.by_form and few.for_form("closed") is few
+    with pytest.raises(ValueError, match="one question form per confidence"):
+        fit_calibration(fit_p, fit_y, forms=fit_f[:3])
+
+
+def test_maps_per_form_survive_a_round_trip(tmp_path):
+    p, y, f = _two_forms(200, 2)
+    cal = fit_calibration(p, y, method="platt", forms=f)
+    back = load_calibration(save_calibration(cal, tmp_path / "c.json"))
+    assert back is not None and set(back.by_form) == {"closed", "open"}
+    assert back.for_form("open")(0.7) == pytest.approx(cal.for_form("open")(0.7))
+    (tmp_path / "bad.json").write_text('{"method": "platt", "params": {"a": 1, "b": 0}, '
+                                       '"by_form": {"open": {"method": "magic"}}}')
+    with pytest.raises(ValueError, match="unknown calibration method 'magic'"):
+        load_calibration(tmp_path / "bad.json")
