@@ -6,7 +6,8 @@ the transcript stays valid for any chat API) and one ``Evidence`` item, numbered
 order. Failures are recorded with ``status="error"`` and told to the model in words it can act
 on — bad arguments (retry), unknown tool (here are the names), time-out, tool failure — and
 never dressed up as results. A call identical to one that already succeeded this conversation
-is not run again; the model is pointed at the earlier evidence instead.
+is not run again; the model is pointed at the earlier evidence instead. A tool that takes the
+user's question (``question``, e.g. ``case_answer``) is given it as asked (``as_asked``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from langgraph.types import Command
 from pydantic import ValidationError
 
 from agent.context import AgentContext
-from agent.state import AgentState
+from agent.state import AgentState, current_question
 from agent.trace import ActStep
 from tools.errors import MedloopError, ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
@@ -99,6 +100,31 @@ def _failed(call: ToolCall, summary: str, elapsed: float = 0.0) -> Evidence:
     )
 
 
+def _takes_question(tool: BaseTool) -> bool:
+    schema = tool.args_schema
+    if isinstance(schema, dict):
+        return "question" in (schema.get("properties") or {})
+    return "question" in (getattr(schema, "model_fields", None) or {})
+
+
+def as_asked(call: ToolCall, tool: BaseTool | None, question: str) -> ToolCall:
+    """The call with the user's question, as asked, as its ``question`` argument.
+
+    Only for a tool whose schema takes one ("the user's question about the image, as asked").
+    Such a tool is only as good as the question it is given, and two checks key on the question
+    as asked: the answer bound to the yes/no the evidence gave it, and the check that an answer
+    does not contradict its evidence. The small planner reworded questions in its calls
+    ("Is/Are the mass cystic? -yes/no" lost its tail), which escaped both: on 115 real closed
+    answers, 10 said the opposite of the expert they cited.
+    """
+    if tool is None or not question.strip() or not _takes_question(tool):
+        return call
+    args = dict(call.get("args") or {})
+    if args.get("question") == question:
+        return call
+    return {**call, "args": {**args, "question": question}}
+
+
 def plan_jobs(
     calls: list[ToolCall], by_name: dict[str, BaseTool], evidence: list[Evidence]
 ) -> list[_Job | Evidence]:
@@ -162,7 +188,9 @@ def make_act(default: AgentContext, tools: list[BaseTool],
     def act(state: AgentState, runtime: Runtime[AgentContext]) -> Command[Literal["think"]]:
         ctx = runtime.context or default
         last = state["messages"][-1]
-        calls = list(last.tool_calls) if isinstance(last, AIMessage) else []
+        question = current_question(state)
+        calls = [as_asked(c, by_name.get(c["name"]), question)
+                 for c in (last.tool_calls if isinstance(last, AIMessage) else [])]
         evidence = state.get("evidence") or []
         turn, rnd = int(state.get("turn") or 0), int(state.get("round") or 0)
 

@@ -1,0 +1,55 @@
+"""*act*: a tool that takes the user's question is given it as asked."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from agent import AgentContext, build_graph
+from tests.conftest import phantom
+from tests.fakes import ScriptedChatModel, ai, call, final
+from tools.base import make_tool
+from tools.evidence import Evidence
+
+
+class _Args(BaseModel):
+    image_id: str
+    question: str
+
+
+class _ImageOnly(BaseModel):
+    image_id: str
+
+
+def test_a_reworded_question_reaches_the_tool_as_asked_and_its_answer_binds(
+        store, medloop_home):
+    asked = "Is/Are the mass cystic? -yes/no"
+    img = store.put(phantom()).id
+    seen: list[str] = []
+
+    def expert(a: _Args) -> Evidence:
+        seen.append(a.question)
+        return Evidence(tool="expert", image_id=a.image_id, score=0.8,
+                        summary="Answer: yes (P(yes) = 0.80).",
+                        data={"yes_no": "yes", "question": a.question})
+
+    def look(a: _ImageOnly) -> Evidence:
+        return Evidence(tool="look", image_id=a.image_id, score=0.5, summary="An image.")
+
+    tools = [make_tool(expert, name="expert", description="Answers.", args_schema=_Args),
+             make_tool(look, name="look", description="Looks.", args_schema=_ImageOnly)]
+    model = ScriptedChatModel.of([
+        ai(call("expert", image_id=img, question="Is the mass cystic?"),
+           call("look", image_id=img)),
+        final("No.", [("the mass is not cystic", ["E1"])], 0.9),
+        final("No.", [("the mass is not cystic", ["E1"])], 0.9),
+        final("No.", [("the mass is not cystic", ["E1"])], 0.9),
+    ])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", asked)], "images": [img]},
+                                               context=ctx)
+    assert seen == [asked]
+    ev = {e.tool: e for e in out["evidence"]}
+    assert ev["expert"].args["question"] == asked and "question" not in ev["look"].args
+    # the expert answered this very question "yes": "No." contradicts it and is not given
+    answer = out["answer"]
+    assert answer.abstained and not answer.text.startswith("No.") and answer.conflicts
