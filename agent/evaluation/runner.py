@@ -38,7 +38,7 @@ import numpy as np
 from agent.evaluation.folds import image_keys
 from agent.evaluation.items import EvalItem
 from agent.evaluation.metrics import grounding_iou
-from agent.evaluation.scoring import grade, open_scores
+from agent.evaluation.scoring import Grade, OpenScores, grade, open_scores, states_answer
 from agent.trace import ActStep, AnswerStep, ThinkStep, TraceStep, steps_of
 from agent.trust.agreement import answer_conflicts
 from agent.trust.calibration import domain_of
@@ -191,6 +191,9 @@ def run_item(
     if g.parsed is None and ans.findings:  # the reply's first sentence said nothing: the claims
         g = grade(text, item.answer, item.answer_type, options=item.options,
                   tolerance=item.tolerance)
+    answered = states_answer(ans.text, bool(ans.abstained))
+    if not answered:
+        g = Grade(False, None)
     trace: list[TraceStep] = state.get("trace") or []
     acts: list[ActStep] = steps_of(trace, "act")
     thinks: list[ThinkStep] = steps_of(trace, "think")
@@ -199,7 +202,8 @@ def run_item(
     iou = grounding_iou(item.boxes, _cited_boxes(state)) if item.boxes and images else None
     size_err = (abs(g.value - item.value_mm) if item.value_mm is not None and g.value is not None
                 and item.answer_type == "number" else None)
-    scores = open_scores(ans.text, item.answer) if item.answer_type == "open" else None
+    scores = (None if item.answer_type != "open" else open_scores(ans.text, item.answer)
+              if answered else OpenScores(False, 0.0))
     return Record(
         evidence=[e.for_prompt() for e in state.get("evidence") or []],
         item_id=item.id, variant=variant, repeat=repeat, question=item.prompt,
@@ -218,9 +222,19 @@ def run_item(
 
 
 def read_records(path: str) -> list[Record]:
-    """Records saved one JSON object a line (``records.jsonl``)."""
-    return [Record(**json.loads(line)) for line in Path(path).read_text(
+    """Records saved one JSON object a line (``records.jsonl``).
+
+    A record of a reply that gave no answer (``states_answer``) is read as not right, whatever
+    an older scorer made of it.
+    """
+    records = [Record(**json.loads(line)) for line in Path(path).read_text(
         encoding="utf-8").splitlines() if line.strip()]
+    for r in records:
+        if r.error is None and not states_answer(r.answer, r.abstained):
+            r.correct, r.parsed = False, None
+            if r.exact_match is not None or r.token_recall is not None:
+                r.exact_match, r.token_recall = False, 0.0
+    return records
 
 
 def run_suite(

@@ -54,6 +54,19 @@ _LEAD_IN = re.compile(r"^(?:(?:yes|no)\s+)?(?:(?:the\s+)?answer\s+is|it\s+is|thi
                       r"there\s+are)\s+")
 
 
+def states_answer(text: str, abstained: bool) -> bool:
+    """Whether a reply gives an answer that can be graded.
+
+    Every reply that did not abstain does, and so does an abstention that still states its
+    answer ("Uncertain (confidence 0.30): No. This needs review..."). An abstention that gives
+    none ("No offline tool can answer this question: E1 ...", "The round budget ran out...",
+    then what the tools found) is a non-answer: never right, though its first word may be "No"
+    and the evidence it lists may name the reference's words (before this rule, 10 of 29
+    such closed replies on real items were graded as a right "no").
+    """
+    return not abstained or _ABSTAIN_PREFIX.match(text) is not None
+
+
 def answer_tokens(text: str) -> list[str]:
     """Words of ``text`` for open-answer scoring: lower case, hyphens joined, no articles.
 

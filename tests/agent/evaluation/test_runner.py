@@ -107,3 +107,35 @@ def test_open_records_carry_exact_match_and_token_recall(store):
     rec = run_item(_Graph({"answer": ans, "trace": []}), store, phantom, [])
     assert rec.exact_match is None and rec.domain == "phantom"
     assert rec.item_images == [phantom.images[0].content_id()]
+
+
+def test_an_abstention_that_gives_no_answer_is_never_right(store, tmp_path):
+    import dataclasses
+    import json
+
+    from agent.evaluation.runner import read_records
+
+    declined = Answer(
+        text="No offline tool can answer this question: E1 (case_answer) No answer: similar "
+             "cases cannot answer this kind of question reliably. This needs review by a "
+             "radiologist.\nWhat the tools found:\n- E1 (describe_image): a CT image.",
+        confidence=0.05, abstained=True,
+        findings=[Claim(statement="a CT image", evidence_ids=["E1"])])
+    closed = EvalItem(id="a1", question="Is this abnormal?", answer="no", answer_type="yesno")
+    rec = run_item(_Graph({"answer": declined, "trace": []}), store, closed, [])
+    assert rec.abstained and not rec.correct and rec.parsed is None  # "No offline..." is no "no"
+    opened = EvalItem(id="a2", question="What modality?", answer="CT", answer_type="open")
+    rec_open = run_item(_Graph({"answer": declined, "trace": []}), store, opened, [])
+    assert not rec_open.correct and rec_open.exact_match is False and rec_open.token_recall == 0
+    # an abstention that states its answer is graded on it
+    unsure = Answer(text="Uncertain (confidence 0.30): No. This needs review by a radiologist.",
+                    confidence=0.3, abstained=True)
+    assert run_item(_Graph({"answer": unsure, "trace": []}), store, closed, []).correct
+    # records an older scorer graded as right are read back as not right
+    old = dataclasses.replace(rec, correct=True, parsed="no")
+    old_open = dataclasses.replace(rec_open, correct=True, token_recall=1.0)
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in (old, old_open)))
+    back = read_records(str(path))
+    assert [(r.correct, r.parsed) for r in back] == [(False, None), (False, None)]
+    assert back[1].token_recall == 0.0 and back[1].exact_match is False
