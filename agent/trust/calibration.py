@@ -48,6 +48,7 @@ __all__ = [
     "CLOSED",
     "DOMAINS",
     "FORMS",
+    "ISOTONIC_MIN_ITEMS",
     "METHODS",
     "MIN_FORM_ITEMS",
     "OPEN",
@@ -71,6 +72,13 @@ OPEN = "open"
 FORMS = (CLOSED, OPEN)
 MIN_FORM_ITEMS = 30
 """A question form with fewer fitting items than this is calibrated by the pooled map."""
+ISOTONIC_MIN_ITEMS = 200
+"""``auto`` considers the isotonic map only when fitted on at least this many items.
+
+Below that its step function follows the noise, and a 5-fold log-loss on 20-odd items a fold
+is too noisy to reject it: on 320 real agent items, per-form maps chosen by ``auto`` (isotonic
+for the 65 open items) gave a cross-fitted ECE of 0.056-0.066 over three fold seeds, Platt
+maps 0.024-0.044."""
 _CLOSED_START = re.compile(
     r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
     r"might|must)\b", re.IGNORECASE)
@@ -277,7 +285,8 @@ def fit_calibration(
                     continue
                 losses.append(_log_loss(_fit_one(m, p[train], y[train]).apply(p[test]), y[test]))
             scores[m] = float(np.mean(losses)) if losses else math.inf
-        best = min(METHODS, key=lambda m: scores[m])
+        allowed = [m for m in METHODS if m != "isotonic" or p.size >= ISOTONIC_MIN_ITEMS]
+        best = min(allowed, key=lambda m: scores[m])
         cal = _fit_one(best, p, y)
         cal.metrics = {f"cv_log_loss_{m}": round(v, 5) for m, v in scores.items()}
     cal.n_fit = int(p.size)

@@ -240,3 +240,32 @@ def test_maps_per_form_survive_a_round_trip(tmp_path):
                                        '"by_form": {"open": {"method": "magic"}}}')
     with pytest.raises(ValueError, match="unknown calibration method 'magic'"):
         load_calibration(tmp_path / "bad.json")
+
+
+def test_auto_leaves_the_isotonic_map_to_large_fits():
+    from agent.trust.calibration import ISOTONIC_MIN_ITEMS
+
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.05, 0.95, 1000)
+    y = (rng.uniform(size=p.size) < np.where(p > 0.6, 0.95, 0.05)).astype(float)  # a step
+    assert fit_calibration(p, y).method == "isotonic"
+    small = fit_calibration(p[:150], y[:150])
+    assert 150 < ISOTONIC_MIN_ITEMS and small.method in ("identity", "temperature", "platt")
+    assert "cv_log_loss_isotonic" in small.metrics  # measured, not adopted
+
+
+def test_the_default_planner_ships_a_clinical_map_per_question_form(tmp_path, monkeypatch):
+    """Fitted on 320 real VQA-RAD items answered by the default planner (bench/README.md)."""
+    from agent.context import AgentContext
+    from agent.nodes.answer import calibration_for
+
+    monkeypatch.delenv("MEDLOOP_CALIBRATION", raising=False)
+    ctx = AgentContext(llm="embedded", home=tmp_path)
+    cal = calibration_for(ctx, "clinical")
+    assert cal is not None and cal.domain == "clinical" and cal.n_fit >= 300
+    assert set(cal.by_form) == {"closed", "open"}
+    assert calibration_for(ctx, "phantom") is None  # never applied to another domain
+    # its open answers were rarely right on real images: a raw 0.7 reads low there
+    assert cal.for_form("open")(0.7) < 0.2 < cal.for_form("closed")(0.7)
+    other = AgentContext(llm="embedded:qwen2.5-1.5b", home=tmp_path)
+    assert calibration_for(other, "clinical") is None  # fitted for one planner only
