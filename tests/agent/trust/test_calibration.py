@@ -171,7 +171,8 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
     old.write_text('{"method": "temperature", "params": {"T": 2.0}}')
     assert load_calibration(old).domain == "phantom"
     assert calibration_for(ctx, "phantom").params == {"T": 2.0}
-    assert calibration_for(ctx, "clinical") is None  # raw confidence on real images
+    shipped = calibration_for(ctx, "clinical")  # the shipped real-image map, not the old one
+    assert shipped is not None and shipped.domain == "clinical" and shipped.n_fit >= 300
     # a map fitted on real images is looked up by its domain's own name
     assert calibration_name("embedded", 0, "clinical") == "embedded-smollm2-135m.clinical.json"
     assert calibration_name("embedded", 3, "clinical") == (
