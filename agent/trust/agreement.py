@@ -172,9 +172,7 @@ def stance_of(text: str, question: str = "") -> Stance:
         elif q_findings and not findings:
             findings = q_findings
             polarity = "present" if yes else "absent"
-    sides = ({"left", "right"} if re.search(r"\b(bilateral\w*|both sides)\b", low)
-             else {s for s in ("left", "right") if re.search(rf"\b{s}\b", low)})
-    return Stance(frozenset(findings), polarity, normal, frozenset(sides),
+    return Stance(frozenset(findings), polarity, normal, frozenset(_sides_of(low)),
                   _count_of(low, findings), conflict)
 
 
@@ -183,6 +181,29 @@ def _reliable(ev: Evidence) -> list[Assertion]:
     if ev.status != "ok" or ev.data.get("out_of_domain"):
         return []
     return list(ev.assertions)
+
+
+_PATIENT_SIDE = re.compile(r"\bpatient'?s (left|right)\b")
+_IMAGE_PLACE = re.compile(r"\b(?:(?:upper|lower|top|bottom|middle)[ -])?(?:left|right)"
+                          r"(?: (?:half|side|part|edge))? of the (?:image|picture|film)\b")
+
+
+def _sides_of(low: str) -> set[str]:
+    """The patient's sides a sentence places findings on.
+
+    "Bilateral" is both. A side named as the patient's wins; a place in the image ("in the
+    lower right of the image") is not the patient's side (a frontal radiograph shows the
+    patient's left on the image's right), so it is left out before bare left/right words are
+    read. Copying a detector's "lower right of the image (patient's left side)" used to read
+    as right and left at once, and conflict with the detector itself.
+    """
+    if re.search(r"\b(bilateral\w*|both sides)\b", low):
+        return {"left", "right"}
+    patient = set(_PATIENT_SIDE.findall(low))
+    if patient:
+        return patient
+    rest = _IMAGE_PLACE.sub(" ", low)
+    return {s for s in ("left", "right") if re.search(rf"\b{s}\b", rest)}
 
 
 def _side_words(side: str | None) -> set[str]:

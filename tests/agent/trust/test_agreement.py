@@ -34,6 +34,12 @@ def test_finding_family(finding, family):
     ("The study is unremarkable.", "", None, True, set(), None),
     ("The heart is not normal.", "", None, False, set(), None),
     ("Yes.", "", None, None, set(), None),  # a bare yes/no needs its question
+    # a place in the image is not the patient's side; the patient's side named wins
+    ("1 focal lesion found: L1 in the lower right of the image (patient's left side).", "",
+     "present", None, {"left"}, None),
+    ("A nodule in the upper left of the image.", "", "present", None, set(), None),
+    ("A nodule in the right lung, upper left of the image.", "", "present", None, {"right"},
+     None),
 ])
 def test_stance_of(text, question, polarity, normal, sides, count):
     st = stance_of(text, question)
