@@ -309,4 +309,10 @@ async def serve_http(server: Server[Any, Any], host: str, port: int) -> None:
     import uvicorn
 
     config = uvicorn.Config(http_app(server, host), host=host, port=port, log_level="warning")
-    await uvicorn.Server(config).serve()
+    served = uvicorn.Server(config)
+    await served.serve()
+    if served.started:
+        # A started server stops only when told to (Ctrl-C, SIGTERM). uvicorn re-raises the
+        # signal after its shutdown, but a session's stream closing during that shutdown can
+        # swallow it (seen under load), and the CLI then exited 0 instead of 130.
+        raise KeyboardInterrupt
