@@ -147,9 +147,17 @@ def stance_of(text: str, question: str = "") -> Stance:
 
     A leading yes/no is read through the question: "No" to "Are the kidneys normal?" means
     abnormal; "No" to "Is there a nodule?" means no nodule. Without the question a bare yes/no
-    says nothing the evidence could contradict.
+    says nothing the evidence could contradict. To an either-or question ("on the patient's
+    left or right side?") a leading yes/no answers nothing and is dropped: the small planner
+    wrote "No, the lesion is on the patient's left side." and was read as denying the lesion.
+    A question about the image ("which quadrant of the image") is answered in the image's
+    frame, so its bare left/right are places in the image, not the patient's sides.
     """
     low = text.lower()
+    q_low = question.lower()
+    if re.search(r"\bor\b", q_low):
+        low = re.sub(r"^\s*(yes|no)\b[\s,.;:!-]*", "", low)
+    image_frame = re.search(r"\b(quadrant|of the image|in the image)\b", q_low) is not None
     findings = _families_in(low)
     normal = _normality(low)
     polarity: str | None = None
@@ -172,7 +180,7 @@ def stance_of(text: str, question: str = "") -> Stance:
         elif q_findings and not findings:
             findings = q_findings
             polarity = "present" if yes else "absent"
-    return Stance(frozenset(findings), polarity, normal, frozenset(_sides_of(low)),
+    return Stance(frozenset(findings), polarity, normal, frozenset(_sides_of(low, image_frame)),
                   _count_of(low, findings), conflict)
 
 
@@ -188,7 +196,7 @@ _IMAGE_PLACE = re.compile(r"\b(?:(?:upper|lower|top|bottom|middle)[ -])?(?:left|
                           r"(?: (?:half|side|part|edge))? of the (?:image|picture|film)\b")
 
 
-def _sides_of(low: str) -> set[str]:
+def _sides_of(low: str, image_frame: bool = False) -> set[str]:
     """The patient's sides a sentence places findings on.
 
     "Bilateral" is both. A side named as the patient's wins; a place in the image ("in the
@@ -202,6 +210,8 @@ def _sides_of(low: str) -> set[str]:
     patient = set(_PATIENT_SIDE.findall(low))
     if patient:
         return patient
+    if image_frame:
+        return set()
     rest = _IMAGE_PLACE.sub(" ", low)
     return {s for s in ("left", "right") if re.search(rf"\b{s}\b", rest)}
 
@@ -334,11 +344,27 @@ def answer_conflicts(answer: str, claims: Sequence[tuple[str, Sequence[Evidence]
     """Conflicts of the answer with everything its claims cite, then of each claim with its own.
 
     ``claims`` pairs each claim's statement with the evidence it cites; the answer is read
-    through ``question`` (its yes/no), the claims on their own words.
+    through ``question`` (its yes/no), the claims on their own words, except that the
+    question's form still applies to them (``_form_only``: an either-or question, a question
+    in the image's frame).
     """
     cited = list({id(ev): ev for _, evs in claims for ev in evs}.values())
     out = (conflicts_with(answer, cited, question=question, who="the answer")
            if answer.strip() else [])
     for statement, evs in claims:
-        out.extend(conflicts_with(statement, evs, who=f"claim {statement[:60]!r}"))
+        out.extend(conflicts_with(statement, evs, question=_form_only(question),
+                                  who=f"claim {statement[:60]!r}"))
     return list(dict.fromkeys(out))
+
+
+def _form_only(question: str) -> str:
+    """The part of ``question`` a claim is read through: its form, not its yes/no.
+
+    A claim that begins "No, ..." under an either-or question, or names a place under a
+    question in the image's frame, is read as the answer is; a bare "No." claim is not read
+    as denying the question's finding.
+    """
+    q = question.lower()
+    keep = [w for w in ("or", "quadrant", "of the image") if re.search(rf"\b{w}\b", q)]
+    return " ".join(keep)
+

@@ -40,6 +40,12 @@ def test_finding_family(finding, family):
     ("A nodule in the upper left of the image.", "", "present", None, set(), None),
     ("A nodule in the right lung, upper left of the image.", "", "present", None, {"right"},
      None),
+    # a leading "No" answers nothing to an either-or question
+    ("No, the lesion is on the patient's left side.",
+     "Is the lesion on the patient's left or right side?", "present", None, {"left"}, None),
+    # a question in the image's frame is answered with places in the image, not sides
+    ("The lesion is in the lower right.", "In which quadrant of the image is the lesion?",
+     "present", None, set(), None),
 ])
 def test_stance_of(text, question, polarity, normal, sides, count):
     st = stance_of(text, question)
@@ -147,3 +153,16 @@ def test_a_declined_question_is_unanswerable_unless_cited_evidence_bears_on_it()
     assert unanswerable(q, [declined, other], [other]) is None
     assert unanswerable("Is there a mass?", [declined], [declined]) is None  # not this one
     assert unanswerable(q, [look], [look]) is None  # nothing declined: the usual checks
+
+
+def test_copying_the_detector_on_a_phantom_is_no_conflict():
+    """The phantom suite's laterality and location answers, as the small planner wrote them."""
+    lesion = ev(1, Assertion(finding="focal lesion", present=True, count=1, side="left"))
+    q = "Is the lesion on the patient's left or right side?"
+    said = "No, the lesion is on the patient's left side."
+    assert answer_conflicts(said, [(said, [lesion])], q) == []
+    wrong = "No, the lesion is on the patient's right side."
+    assert answer_conflicts(wrong, [(wrong, [lesion])], q)  # the side is still checked
+    q = "In which quadrant of the image is the lesion?"
+    assert answer_conflicts("The lesion is in the lower right.",
+                            [("The lesion is in the lower right.", [lesion])], q) == []
