@@ -23,7 +23,6 @@ question, rather than guessing).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from tools.base import ImageArgs
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
+from tools.question_form import is_yesno_question
 from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 
@@ -76,16 +76,6 @@ K_IMAGES = 10
 MIN_QUESTION_SIM = 0.75
 """A neighbour's question must be a near paraphrase (MiniLM cosine): at 0.6, questions naming
 another plane or organ voted too, and plane and organ questions fell below the majority."""
-
-_YESNO_START = re.compile(
-    r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
-    r"might|must)\b", re.IGNORECASE)
-
-
-def is_yesno_question(question: str) -> bool:
-    """True when the question opens with an auxiliary verb ("Is there...", "Does the...")."""
-    return bool(_YESNO_START.match(question)) and not re.search(r"\bor\b", question.lower())
-
 
 def token_recall(predicted: str, truth: str) -> float:
     """Share of the true answer's normalised words found in the predicted answer (0..1)."""

@@ -15,6 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PIXELS = "pixels"
+"""``data["observes"]`` of a tool that reads the picture itself (intensity statistics, sizes,
+burned-in text, a window): its evidence answers questions about the picture, never about what
+the picture shows (``agent.trust.agreement.pixels_only``)."""
+
 
 class Box(BaseModel):
     """An axis-aligned box in pixel coordinates, XYXY."""

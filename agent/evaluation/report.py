@@ -265,7 +265,8 @@ def calibrate_split(
     final.abstain_below = abstain_threshold(final_cal, [r.correct for r in full],
                                             target_accuracy)
     final.target_accuracy = target_accuracy
-    final.domain = domain
+    for c in (final, *final.by_form.values()):
+        c.domain = domain  # a form's map is fitted on the same domain's items
     final.metrics = {"held_out_ece_before": float(ece(raw_t, y_t)),
                      "held_out_ece_after": float(ece(cal_t, y_t))}
     return final, held

@@ -105,13 +105,16 @@ def calibration_name(llm: str, answer_samples: int = 0, domain: str | None = Non
 
 def compose_answer(
     state: AgentState, ctx: AgentContext, calibration: Calibration | None = None,
-    agreement: float | None = None,
+    agreement: float | None = None, domain: str | None = None,
 ) -> tuple[Answer, float]:
     """Build the final ``Answer`` from the state's proposal and evidence.
 
     ``agreement`` is the self-consistency of the proposal (``agent.trust.consistency``), pooled into
-    the confidence when given. Returns the answer and its raw (uncalibrated) confidence.
+    the confidence when given. ``domain`` is the images' (``domain_of``; None reads it off the
+    state): an answer with a defect on it (``ReviewResult.defects``) is not given. Returns the
+    answer and its raw (uncalibrated) confidence.
     """
+    domain = domain if domain is not None else domain_of(state.get("image_refs") or [])
     threshold = (calibration.abstain_below
                  if calibration is not None and calibration.abstain_below is not None
                  else ctx.abstain_below)
@@ -122,8 +125,9 @@ def compose_answer(
     question = current_question(state)
     # closed and open questions have their own maps: their accuracies differ at a raw score
     cal = calibration.for_form(question_form(question)) if calibration is not None else None
-    result = review(proposal, evidence, question) if proposal is not None else None
+    result = review(proposal, evidence, question, domain) if proposal is not None else None
     contradictions = result.contradictions if result else []
+    defects = result.defects if result else []
     notes = [f"dropped unsupported claim: {s}" for s in (result.dropped if result else [])]
     if exhausted:
         notes.append(f"the round budget ({ctx.max_rounds}) ran out")
@@ -137,7 +141,7 @@ def compose_answer(
             notes.append(f"not answered: {declined.id} ({declined.tool}) declined this "
                          "question and no other evidence bears on it")
     if (proposal is not None and result is not None and result.supported and not conflicts
-            and declined is None):
+            and not defects and declined is None):
         cited = {i for c in result.supported for i in c.evidence_ids}
         scores = [e.score for e in ok if e.id in cited and e.score is not None]
         # Two checks of the answer itself: does it have the form the question asks for, and do
@@ -173,6 +177,8 @@ def compose_answer(
     reason = (
         "The proposed answer contradicted its own evidence: " + "; ".join(conflicts) + "."
         if conflicts
+        else "The proposed answer could not be used: " + "; ".join(defects) + "."
+        if defects
         else f"No offline tool can answer this question: {declined.id} ({declined.tool}) "
              f"{declined.summary}"
         if declined is not None
@@ -227,7 +233,8 @@ def make_answer(default: AgentContext, tools: list[Any] | None = None) -> Callab
         cal = calibration_for(ctx, domain)
         samples = _samples(state, ctx, tools or []) if ctx.answer_samples else None
         ans, raw = compose_answer(state, ctx, cal,
-                                  agreement=samples.agreement if samples else None)
+                                  agreement=samples.agreement if samples else None,
+                                  domain=domain)
         step = AnswerStep(turn=int(state.get("turn") or 0), round=int(state.get("round") or 0),
                           step="answer", confidence=ans.confidence, raw_confidence=raw,
                           calibration=cal.method if cal is not None else None,

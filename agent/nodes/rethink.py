@@ -19,6 +19,7 @@ from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.context import AgentContext
 from agent.state import AgentState, current_question
 from agent.trace import RethinkStep
+from agent.trust.calibration import domain_of
 from agent.trust.checks import review
 from prompts import load_prompt
 
@@ -34,20 +35,25 @@ def _final_call_id(state: AgentState) -> str | None:
 
 
 def _conflict_persists(state: AgentState, turn: int, problems: list[str],
-                       conflicts: list[str]) -> bool:
+                       conflicts: list[str], defects: list[str] | None = None) -> bool:
     """Whether this turn's planner was already told of one of these conflicts, and repeats it.
 
     A planner that answers against its evidence again after the conflict was named will not
     be argued round (measured on real items: SmolLM2 repeated "No." to evidence answering yes
-    until its five rounds were spent, 170 s); the answer node then abstains and says why.
+    until its five rounds were spent, 170 s); the answer node then abstains and says why. A
+    defect (``ReviewResult.defects``) persists when one of its kind was named before (a loop
+    repeats other words the second time).
     """
-    if not conflicts:
+    if not conflicts and not defects:
         return False
     told: set[str] = set()
     for step in state.get("trace") or []:
         if step.get("step") == "rethink" and step.get("turn") == turn:
             told.update(cast("RethinkStep", step)["problems"])
-    return any(p in told for p in problems if any(p.startswith(c) for c in conflicts))
+    if any(p in told for p in problems if any(p.startswith(c) for c in conflicts)):
+        return True
+    kinds = {" ".join(d.split()[:3]) for d in defects or []}
+    return any(t.startswith(k) for t in told for k in kinds)
 
 
 def make_rethink(default: AgentContext) -> Callable[..., Any]:
@@ -58,14 +64,15 @@ def make_rethink(default: AgentContext) -> Callable[..., Any]:
     ) -> Command[Literal["think", "answer"]]:
         ctx = runtime.context or default
         proposal = state.get("proposal") or FinalAnswerArgs(answer="", claims=[], confidence=0.0)
-        result = review(proposal, state.get("evidence") or [], current_question(state))
+        result = review(proposal, state.get("evidence") or [], current_question(state),
+                        domain_of(state.get("image_refs") or []))
         rnd, turn = int(state.get("round") or 0), int(state.get("turn") or 0)
         step = RethinkStep(turn=turn, round=rnd, step="rethink", decision="answer",
                            supported=len(result.supported), problems=result.problems,
                            contradictions=result.contradictions)
         call_id = _final_call_id(state)
-        if result.ok or rnd >= ctx.max_rounds or _conflict_persists(state, turn, result.problems,
-                                                                   result.conflicts):
+        if result.ok or rnd >= ctx.max_rounds or _conflict_persists(
+                state, turn, result.problems, result.conflicts, result.defects):
             msgs = []
             if call_id:
                 msgs.append(
@@ -74,7 +81,8 @@ def make_rethink(default: AgentContext) -> Callable[..., Any]:
                         if result.ok
                         else "answering with the supported claims: " + (
                             "budget spent" if rnd >= ctx.max_rounds
-                            else "the answer still contradicts its evidence"),
+                            else "the answer still contradicts its evidence"
+                            if result.conflicts else "the answer still cannot be used"),
                         tool_call_id=call_id,
                         name=FINAL_ANSWER_TOOL,
                     )

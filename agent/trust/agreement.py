@@ -18,10 +18,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tools.evidence import Assertion, Evidence
+from tools.evidence import PIXELS, Assertion, Evidence
+from tools.question_form import QuestionForm, opens_with_auxiliary
 
-__all__ = ["Stance", "answer_conflicts", "conflicts_with", "evidence_yes_no", "finding_family",
-           "stance_of", "unanswerable"]
+__all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_yes_no",
+           "finding_family", "pixels_only", "stance_of", "unanswerable"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -55,8 +56,6 @@ _COUNT = re.compile(r"\b(\d+|zero|one|a single|single|two|three|four|five|six|se
 
 
 _KNOWN = frozenset(f for f, _ in _FAMILIES)
-_YESNO_QUESTION = re.compile(r"^\s*(is|are|was|were|does|do|did|has|have|can|could|will)\b",
-                             re.IGNORECASE)
 _UNDECIDED = re.compile(r"\b(cannot|can't|unable|unclear|uncertain|unknown|not sure|"
                         r"indeterminate|not possible to|no way to)\b")
 
@@ -142,7 +141,44 @@ def _yes_no(low: str) -> bool | None:
     return None
 
 
-def stance_of(text: str, question: str = "") -> Stance:
+_FILLER = frozenset((
+    "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "can",
+    "could", "has", "have", "had", "will", "would", "should", "shall", "may", "might", "must",
+    "a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "of",
+    "in", "on", "at", "to", "for", "with", "by", "from", "as", "and", "any", "some", "seen",
+    "see", "visible", "present", "shown", "show", "shows"))
+"""Words that carry no content of a question (auxiliaries, articles, "seen")."""
+_CLAUSE_END = re.compile(r"[,;.!?]|\bbut\b")
+
+
+def _content_words(low: str) -> set[str]:
+    return {_singular(w) for w in re.findall(r"[a-z]+", low) if w not in _FILLER}
+
+
+def _restates_against(low: str, q_low: str, yes: bool) -> str:
+    """Why "No, <the question as a statement>" (or "Yes, <it negated>") contradicts itself.
+
+    The small planner wrote "No, this is a lateral film." to "Is this a lateral film?": its
+    first clause states every content word of the question, with the opposite polarity to its
+    leading word. Only the first clause is read ("Yes, there is a mass, not in the lung." is
+    no contradiction), and a question that itself negates is left alone.
+    """
+    if _NEGATION.search(q_low):
+        return ""
+    body = re.sub(r"^\s*(yes|yeah|correct|true|no|none|false)\b[\s,.;:!-]*", "", low)
+    clause = _CLAUSE_END.split(body, maxsplit=1)[0]
+    wanted = _content_words(q_low)
+    if not wanted or not wanted <= _content_words(clause):
+        return ""
+    negated = _NEGATION.search(clause) is not None
+    if yes == negated:
+        said = "yes" if yes else "no"
+        then = "denies it" if negated else "states it"
+        return f"it answers {said}, then {then} ({clause.strip()!r})"
+    return ""
+
+
+def stance_of(text: str, question: str = "", *, as_answer: bool = True) -> Stance:
     """Read ``text`` (answering ``question``, when given) into a ``Stance``.
 
     A leading yes/no is read through the question: "No" to "Are the kidneys normal?" means
@@ -152,12 +188,13 @@ def stance_of(text: str, question: str = "") -> Stance:
     wrote "No, the lesion is on the patient's left side." and was read as denying the lesion.
     A question about the image ("which quadrant of the image") is answered in the image's
     frame, so its bare left/right are places in the image, not the patient's sides.
+    ``as_answer=False`` reads a claim: the question's form applies, its yes/no does not (a
+    bare "No." claim is not read as denying the question's finding).
     """
     low = text.lower()
-    q_low = question.lower()
-    if re.search(r"\bor\b", q_low):
+    form = QuestionForm.of(question)
+    if form.either_or:
         low = re.sub(r"^\s*(yes|no)\b[\s,.;:!-]*", "", low)
-    image_frame = re.search(r"\b(quadrant|of the image|in the image)\b", q_low) is not None
     findings = _families_in(low)
     normal = _normality(low)
     polarity: str | None = None
@@ -165,7 +202,7 @@ def stance_of(text: str, question: str = "") -> Stance:
         polarity = "absent" if _NEGATION.search(low) else "present"
     yes = _yes_no(low)
     conflict = ""
-    if yes is not None and question.strip():
+    if yes is not None and question.strip() and as_answer:
         q = question.lower()
         q_normal = re.search(r"\b(normal|unremarkable)\b", q) is not None
         q_abnormal = _ABNORMAL.search(q) is not None
@@ -180,8 +217,10 @@ def stance_of(text: str, question: str = "") -> Stance:
         elif q_findings and not findings:
             findings = q_findings
             polarity = "present" if yes else "absent"
-    return Stance(frozenset(findings), polarity, normal, frozenset(_sides_of(low, image_frame)),
-                  _count_of(low, findings), conflict)
+        if not conflict and form.yes_no:
+            conflict = _restates_against(low, q, yes)
+    return Stance(frozenset(findings), polarity, normal,
+                  frozenset(_sides_of(low, form.image_frame)), _count_of(low, findings), conflict)
 
 
 def _reliable(ev: Evidence) -> list[Assertion]:
@@ -261,7 +300,7 @@ def evidence_yes_no(question: str, evidence: Iterable[Evidence]) -> str | None:
     planner's ``final_answer`` is bound to start with this word (``agent.planner.offer``): a
     small planner wrote "No." under evidence reading "Answer: yes" on real items.
     """
-    if not question.strip() or not _YESNO_QUESTION.match(question):
+    if not question.strip() or not opens_with_auxiliary(question):
         return None
     said = {a for ev in evidence if (a := _answers_yes_no(ev, question))}
     return said.pop() if len(said) == 1 else None
@@ -291,6 +330,49 @@ def unanswerable(question: str, evidence: Sequence[Evidence],
     return declined[0]
 
 
+_ABOUT_PICTURE = re.compile(
+    r"\b(pixels?|px|spacing|(image|picture) (size|width|height|dimensions?|resolution)|"
+    r"(size|width|height|dimensions?|resolution) of (the|this) (image|picture|file)|text|"
+    r"written|writing|letters?|says?|read|date|window(ing|ed)?|histogram|pixel values?|"
+    r"intensity values?|mean intensity|gr[ae]y ?levels?|describe|description|summari[sz]e|"
+    r"overview)\b|^\s*(show|display|open|zoom)\b")
+
+
+def bears_on(ev: Evidence, question: str) -> bool:
+    """Whether ``ev`` holds anything that can bear on ``question``.
+
+    Everything does except a reading of the picture itself (``data["observes"] == PIXELS``:
+    intensity statistics, sizes, burned-in text) of an image that records nothing about how it
+    was taken. That bears only on a question about the picture: its size, intensities or text,
+    a request to describe it or to show it ("Show the lungs." is answered by a window). A
+    reading that carries the image's recorded modality, body part or view (a DICOM file's)
+    also states those facts, and is left to the meaning checks.
+    """
+    if ev.data.get("observes") != PIXELS:
+        return True
+    if _ABOUT_PICTURE.search(question.lower()):
+        return True
+    # DICOM's "OT" is "other": it records nothing either
+    return any(str(ev.data.get(k) or "").strip().lower() not in ("", "unknown", "none", "ot")
+               for k in ("modality", "body_part", "view_position"))
+
+
+def pixels_only(question: str, cited: Sequence[Evidence]) -> str:
+    """Why an answer citing only ``cited`` stands on nothing that bears on ``question``.
+
+    Empty when something cited bears on it (``bears_on``). On real images the small planner
+    answered "What material is the peripheral hypodensity?" with "The material is the
+    peripheral hypodensity." citing ``describe_image`` alone, whose score (1.0: its numbers
+    are exact) then lent the sentence a confidence of 0.89.
+    """
+    if not question.strip() or not cited or any(bears_on(ev, question) for ev in cited):
+        return ""
+    ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in cited)
+    verb = "reads" if len(cited) == 1 else "read"
+    return (f"the answer rests only on {ids}, which {verb} the picture's pixels, not what they "
+            "show; nothing cited bears on this question")
+
+
 def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
                       who: str) -> list[str]:
     """A yes/no answer against evidence that answered this very question yes or no.
@@ -303,7 +385,7 @@ def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
         return []
     low = text.lower()
     said = _yes_no(low)
-    if said is None and _YESNO_QUESTION.match(question) and not _UNDECIDED.search(low):
+    if said is None and opens_with_auxiliary(question) and not _UNDECIDED.search(low):
         # "There is a midline shift." answers "Is there a midline shift?" with a yes; a
         # sentence that negates anything ("no", "not", "without") with a no
         said = not _NEGATION.search(low)
@@ -319,16 +401,18 @@ def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
 
 
 def conflicts_with(text: str, evidence: Iterable[Evidence], *, question: str = "",
-                   who: str = "the answer") -> list[str]:
+                   who: str = "the answer", as_answer: bool = True) -> list[str]:
     """Why ``text`` contradicts itself or the assertions of ``evidence`` (empty: it agrees).
 
     Each message names the sentence and the evidence id that says otherwise, in words the
     planner can act on. Only findings medloop knows to be abnormal (``_FAMILIES``) count
-    against "normal"; a classifier's "chest: present" does not.
+    against "normal"; a classifier's "chest: present" does not. ``as_answer=False`` reads a
+    claim through the question's form only (``stance_of``): no yes/no is read into it.
     """
-    st = stance_of(text, question)
+    st = stance_of(text, question, as_answer=as_answer)
     out = [f"{who} contradicts itself: {st.self_conflict}"] if st.self_conflict else []
-    out += _yes_no_conflicts(text, evidence, question, who)
+    if as_answer:
+        out += _yes_no_conflicts(text, evidence, question, who)
     pairs = [(ev, a) for ev in evidence for a in _reliable(ev)]
     for ev, a in pairs:
         out.extend(_finding_conflicts(st, ev, a, who))
@@ -345,26 +429,13 @@ def answer_conflicts(answer: str, claims: Sequence[tuple[str, Sequence[Evidence]
 
     ``claims`` pairs each claim's statement with the evidence it cites; the answer is read
     through ``question`` (its yes/no), the claims on their own words, except that the
-    question's form still applies to them (``_form_only``: an either-or question, a question
-    in the image's frame).
+    question's form still applies to them (an either-or question, a question in the image's
+    frame).
     """
     cited = list({id(ev): ev for _, evs in claims for ev in evs}.values())
     out = (conflicts_with(answer, cited, question=question, who="the answer")
            if answer.strip() else [])
     for statement, evs in claims:
-        out.extend(conflicts_with(statement, evs, question=_form_only(question),
+        out.extend(conflicts_with(statement, evs, question=question, as_answer=False,
                                   who=f"claim {statement[:60]!r}"))
     return list(dict.fromkeys(out))
-
-
-def _form_only(question: str) -> str:
-    """The part of ``question`` a claim is read through: its form, not its yes/no.
-
-    A claim that begins "No, ..." under an either-or question, or names a place under a
-    question in the image's frame, is read as the answer is; a bare "No." claim is not read
-    as denying the question's finding.
-    """
-    q = question.lower()
-    keep = [w for w in ("or", "quadrant", "of the image") if re.search(rf"\b{w}\b", q)]
-    return " ".join(keep)
-

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from tools.question_form import opens_with_auxiliary
 
 __all__ = [
     "CLINICAL",
@@ -79,18 +80,13 @@ Below that its step function follows the noise, and a 5-fold log-loss on 20-odd 
 is too noisy to reject it: on 320 real agent items, per-form maps chosen by ``auto`` (isotonic
 for the 65 open items) gave a cross-fitted ECE of 0.056-0.066 over three fold seeds, Platt
 maps 0.024-0.044."""
-_CLOSED_START = re.compile(
-    r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
-    r"might|must)\b", re.IGNORECASE)
-
-
 def question_form(question: str) -> str:
     """``closed`` for a question opening with an auxiliary verb (yes/no, either-or); or ``open``.
 
     Read off the question alone, so that the evaluation fits its maps on exactly the strata
     the answer node applies them to.
     """
-    return CLOSED if _CLOSED_START.match(question or "") else OPEN
+    return CLOSED if opens_with_auxiliary(question) else OPEN
 
 
 Method = Literal["identity", "temperature", "platt", "isotonic"]
@@ -362,7 +358,9 @@ def load_calibration(path: str | Path) -> Calibration | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         subs = data.pop("by_form", None) or {}
         cal = Calibration(**data)
-        cal.by_form = {str(k): Calibration(**v) for k, v in subs.items()}
+        # a form's map belongs to its parent's domain (files before 2026-11-30 said "phantom")
+        cal.by_form = {str(k): Calibration(**{**v, "domain": cal.domain})
+                       for k, v in subs.items()}
     except (json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path.name}: not a medloop calibration file ({exc})") from exc
     for c in (cal, *cal.by_form.values()):

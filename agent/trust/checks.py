@@ -7,7 +7,8 @@ unit only matches evidence numbers in that unit, and nothing but zero matches a 
 planner that invents "12 mm" is caught here, not by trusting it. The answer and its claims must
 also mean what the cited evidence asserts (``agent.trust.agreement``: present/absent, normal,
 side, count); a conflict sends the planner back with the conflict named, and an answer that
-still conflicts when the budget is spent abstains.
+still conflicts when the budget is spent abstains. So does an answer no reader can use: one that
+repeats itself, or (on clinical images) one that rests only on readings of the pixels.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.answer import Claim, FinalAnswerArgs, ProposedClaim
-from agent.trust.agreement import answer_conflicts
+from agent.trust.agreement import answer_conflicts, pixels_only
+from agent.trust.calibration import CLINICAL
 from tools.evidence import Evidence
 
 _NUMBER = re.compile(r"(?<![\w.])(?<!\w-)[-+]?\d+(?:\.\d+)?")
@@ -34,6 +36,9 @@ class ReviewResult:
     contradictions: list[str] = field(default_factory=list)
     # The answer or a claim saying the opposite of what its cited evidence asserts.
     conflicts: list[str] = field(default_factory=list)
+    # Why the answer cannot be used even where nothing contradicts it (it repeats itself; it
+    # stands on nothing that bears on the question).
+    defects: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -120,6 +125,40 @@ def check_claim(claim: ProposedClaim, evidence: dict[str, Evidence]) -> str | No
     return None
 
 
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _non_overlapping(words: list[str], gram: tuple[str, ...]) -> int:
+    n, i, times = len(gram), 0, 0
+    while i + n <= len(words):
+        if tuple(words[i:i + n]) == gram:
+            times, i = times + 1, i + n
+        else:
+            i += 1
+    return times
+
+
+def repeats_itself(text: str) -> str:
+    """Why ``text`` is a loop rather than an answer ("" when it is not).
+
+    A run of two to six words said three or more times (not overlapping) that makes up half
+    the text: the small planner wrote "The image is wrong. The image is wrong. ..." and "The
+    image is taken by the modality of modality of modality ...". The run named is the one
+    that covers the most words.
+    """
+    words = _WORD.findall(text.lower())
+    best: tuple[int, int, tuple[str, ...]] = (0, 0, ())
+    for n in range(2, 7):
+        for gram in {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}:
+            times = _non_overlapping(words, gram)
+            if times >= 3 and times * n > best[0]:
+                best = (times * n, times, gram)
+    covered, times, gram = best
+    if times and covered >= len(words) / 2:
+        return f"the answer repeats {' '.join(gram)!r} {times} times instead of answering"
+    return ""
+
+
 def find_contradictions(evidence: Sequence[Evidence]) -> list[str]:
     """Pairs of successful tool results that assert opposite things about one finding."""
     seen: dict[str, tuple[Evidence, bool]] = {}
@@ -140,11 +179,14 @@ def find_contradictions(evidence: Sequence[Evidence]) -> list[str]:
     return out
 
 
-def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: str = ""
-           ) -> ReviewResult:
+def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: str = "",
+           domain: str | None = None) -> ReviewResult:
     """Check every claim of ``proposal`` and look for contradictions among the evidence.
 
     ``question`` (the user's, when known) lets a bare "yes"/"no" answer be read for meaning.
+    ``domain`` is the images' (``agent.trust.calibration.domain_of``): on ``clinical`` images
+    an answer citing only readings of the pixels is a defect (``pixels_only``); on phantoms
+    the pixels are the ground truth and may answer.
     """
     by_id = {e.id: e for e in evidence}
     result = ReviewResult(contradictions=find_contradictions(evidence))
@@ -172,4 +214,13 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
     result.problems.extend(
         f"{c}; make the answer say what the evidence says, or call another tool"
         for c in result.conflicts)
+    loop = repeats_itself(proposal.answer)
+    cited_evidence = list({i: by_id[i] for c in result.supported for i in c.evidence_ids}.values())
+    bare = pixels_only(question, cited_evidence) if domain == CLINICAL else ""
+    result.defects = [d for d in (loop, bare) if d]
+    if loop:
+        result.problems.append(f"{loop}; write one short sentence that answers the question")
+    if bare:
+        result.problems.append(f"{bare}; call a tool that can answer it, or answer that it "
+                               "cannot be answered from these tools")
     return result

@@ -39,7 +39,7 @@ from langchain_core.tools import BaseTool
 from tools.base import ImageArgs
 from tools.domain import Domain
 from tools.errors import ToolFailure, ToolInputError
-from tools.evidence import Box, Evidence
+from tools.evidence import PIXELS, Box, Evidence
 from tools.packaged import RAPIDOCR
 from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
@@ -258,7 +258,8 @@ def text_evidence(regions: Sequence[TextRegion], image_id: str, frames: int = 1)
         summary=summary + ".",
         score=round(float(np.mean([r.score for r in regions])), 4) if regions else None,
         boxes=boxes,
-        data={"regions": len(regions), "possible_identifiers": n_phi, "identifier_kinds": by_kind},
+        data={"observes": PIXELS, "regions": len(regions), "possible_identifiers": n_phi,
+              "identifier_kinds": by_kind},
     )
 
 

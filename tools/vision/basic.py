@@ -25,7 +25,7 @@ from pydantic import Field
 from tools.base import ImageArgs
 from tools.domain import ANY_IMAGE
 from tools.errors import ToolInputError
-from tools.evidence import Box, Evidence, Measurement
+from tools.evidence import PIXELS, Box, Evidence, Measurement
 from tools.image import LoadedImage
 from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
@@ -431,6 +431,7 @@ def _describe_evidence(d: ImageDescription, image_id: str) -> Evidence:
         score=1.0,
         measurements=ms,
         data={
+            "observes": PIXELS,
             "modality": d.modality,
             "body_part": d.body_part,
             "view_position": d.view_position,
@@ -477,6 +478,7 @@ def _region_evidence(r: RegionStats, img: LoadedImage, image_id: str) -> Evidenc
         score=1.0,
         boxes=[Box(xyxy=(x0, y0, x1, y1), label="region")],
         measurements=ms,
+        data={"observes": PIXELS},
     )
 
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from tools.base import ImageArgs
 from tools.domain import Domain
 from tools.errors import ToolInputError
-from tools.evidence import Evidence, Measurement
+from tools.evidence import PIXELS, Evidence, Measurement
 from tools.image import LoadedImage
 from tools.ingest.windowing import WINDOW_PRESETS, window
 from tools.spec import ToolSpec
@@ -114,8 +114,8 @@ def window_evidence(w: Windowed, image_id: str, new_id: str, elapsed_s: float = 
         measurements=[Measurement(name="window_center", value=w.center_hu, unit="HU"),
                       Measurement(name="window_width", value=w.width_hu, unit="HU")],
         new_image_ids=[new_id],
-        data={"window_image_id": new_id, "preset": w.preset, "center_hu": w.center_hu,
-              "width_hu": w.width_hu},
+        data={"observes": PIXELS, "window_image_id": new_id, "preset": w.preset,
+              "center_hu": w.center_hu, "width_hu": w.width_hu},
         elapsed_s=elapsed_s,
     )
 

@@ -67,3 +67,36 @@ def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home,
         got[q] = out["answer"].confidence
     assert got["Is there a lesion?"] == pytest.approx(0.1192, abs=1e-3)  # sigmoid(-2)
     assert got["Where is the lesion?"] == pytest.approx(0.8808, abs=1e-3)  # sigmoid(2)
+
+
+def test_an_answer_on_the_pixels_alone_goes_back_then_is_not_given(store, medloop_home):
+    """A clinical question answered from ``describe_image`` alone, twice, on a real image."""
+    from pathlib import Path
+
+    from tools.ingest.loader import load_image
+    from tools.vision.basic import basic_tools
+
+    q = "In which side is the hemidiaphragm elevated?"  # a VQA-RAD question on this radiograph
+    jpeg = Path(__file__).parents[2] / "fixtures" / "vqa_rad_mini" / "images" / "synpic17145.jpg"
+    img = store.put(load_image(jpeg)).id
+    tools = [t for t in basic_tools(store) if t.name == "describe_image"]
+    said = final("The hemidiaphragm is elevated on the left side.",
+                 [("elevated hemidiaphragm", ["E1"])], 0.9)
+    model = ScriptedChatModel.of([ai(call("describe_image", image_id=img)), said, said])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                               context=ctx)
+    answer = out["answer"]
+    assert answer.abstained and "The proposed answer could not be used" in answer.text
+    assert "E1 (describe_image)" in answer.text and "left side" not in answer.text
+    rethinks = [s for s in out["trace"] if s["step"] == "rethink"]
+    assert [s["decision"] for s in rethinks] == ["think", "answer"]  # told once, then stopped
+    assert "call a tool that can answer it" in rethinks[0]["problems"][-1]
+    # the same image asked about its pixels is answered from them
+    model = ScriptedChatModel.of([ai(call("describe_image", image_id=img)),
+                                  final("It is 256 px wide.", [("256 px wide", ["E1"])], 0.9)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    out = build_graph(ctx, store=store).invoke(
+        {"messages": [("user", "What is the image width in pixels?")], "images": [img]},
+        context=ctx)
+    assert not out["answer"].abstained, out["answer"].text

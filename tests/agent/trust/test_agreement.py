@@ -166,3 +166,53 @@ def test_copying_the_detector_on_a_phantom_is_no_conflict():
     q = "In which quadrant of the image is the lesion?"
     assert answer_conflicts("The lesion is in the lower right.",
                             [("The lesion is in the lower right.", [lesion])], q) == []
+
+
+@pytest.mark.parametrize("answer, question, why", [
+    ("No, this is a lateral film.", "Is this a lateral film?", "answers no, then states it"),
+    ("No, the trachea is midline.", "Is/Are the trachea midline?", "answers no, then states it"),
+    ("Yes, there is no fracture.", "Is there a fracture?", "answers yes, then denies it"),
+    # no contradiction: the same polarity, another place, a later clause, a negated question
+    ("No, there is no free air.", "Is there free air?", ""),
+    ("No, this is a CT, not an MRI.", "Is this an MRI?", ""),
+    ("Yes, there is a mass, not in the lung.", "Is there a mass?", ""),
+    ("No, the mass is in the right lung.", "Is the mass in the left lung?", ""),
+    ("Yes, there is no fracture.", "Is there no fracture?", ""),
+    ("No, the lesion is on the left.", "Is the lesion on the right or left?", ""),  # either-or
+])
+def test_a_yes_no_then_the_question_restated_the_other_way_contradicts_itself(
+        answer, question, why):
+    """The small planner wrote "No, this is a lateral film." to "Is this a lateral film?"."""
+    assert why in stance_of(answer, question).self_conflict
+    assert bool(stance_of(answer, question).self_conflict) == bool(why)
+    found = conflicts_with(answer, [], question=question)
+    assert bool(found) == bool(why)
+    # a claim is read through the question's form only, never its yes/no
+    assert conflicts_with(answer, [], question=question, as_answer=False) == []
+
+
+def test_a_reading_of_the_pixels_bears_only_on_questions_about_the_picture():
+    from agent.trust.agreement import bears_on, pixels_only
+    from tools.evidence import PIXELS
+
+    jpeg = Evidence(id="E1", tool="describe_image", summary="unknown, 500x677 px", score=1.0,
+                    data={"observes": PIXELS, "modality": "unknown"})
+    text = Evidence(id="E2", tool="read_text", summary="2 text regions: 'L', 'PA'",
+                    data={"observes": PIXELS})
+    q = "What material is the peripheral hypodensity?"
+    assert not bears_on(jpeg, q) and not bears_on(text, q)
+    why = pixels_only(q, [jpeg, text])
+    assert "E1 (describe_image), E2 (read_text)" in why and "bears on this question" in why
+    for about_picture in ("What is the pixel spacing?", "Describe this image.",
+                          "What text is written on the film?", "Show the lungs.",
+                          "What is the size of the image?"):
+        assert bears_on(jpeg, about_picture) and pixels_only(about_picture, [jpeg]) == ""
+    # "show" only as a request, not inside a clinical question
+    assert pixels_only("Does this image show a fracture?", [jpeg])
+    # a DICOM's recorded acquisition is a fact about the image
+    dicom = jpeg.model_copy(update={"data": {"observes": PIXELS, "modality": "CR"}})
+    assert bears_on(dicom, q)
+    # anything that is not a reading of the pixels bears; one such item is enough
+    finding = ev(3, Assertion(finding="mass", present=True))
+    assert bears_on(finding, q) and pixels_only(q, [jpeg, finding]) == ""
+    assert pixels_only("", [jpeg]) == "" and pixels_only(q, []) == ""

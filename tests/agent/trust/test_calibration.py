@@ -173,6 +173,7 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
     assert calibration_for(ctx, "phantom").params == {"T": 2.0}
     shipped = calibration_for(ctx, "clinical")  # the shipped real-image map, not the old one
     assert shipped is not None and shipped.domain == "clinical" and shipped.n_fit >= 300
+    assert {m.domain for m in shipped.by_form.values()} == {"clinical"}
     # a map fitted on real images is looked up by its domain's own name
     assert calibration_name("embedded", 0, "clinical") == "embedded-smollm2-135m.clinical.json"
     assert calibration_name("embedded", 3, "clinical") == (
@@ -237,6 +238,11 @@ def test_maps_per_form_survive_a_round_trip(tmp_path):
     back = load_calibration(save_calibration(cal, tmp_path / "c.json"))
     assert back is not None and set(back.by_form) == {"closed", "open"}
     assert back.for_form("open")(0.7) == pytest.approx(cal.for_form("open")(0.7))
+    # a form's map is of its parent's domain, whatever an older file says
+    cal.domain = "clinical"
+    cal.by_form["open"].domain = "phantom"
+    back = load_calibration(save_calibration(cal, tmp_path / "c.json"))
+    assert back is not None and {m.domain for m in back.by_form.values()} == {"clinical"}
     (tmp_path / "bad.json").write_text('{"method": "platt", "params": {"a": 1, "b": 0}, '
                                        '"by_form": {"open": {"method": "magic"}}}')
     with pytest.raises(ValueError, match="unknown calibration method 'magic'"):

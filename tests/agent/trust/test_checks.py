@@ -152,3 +152,43 @@ def test_review_catches_polarity_normality_count_and_side(answer, question, expe
         statement="focal lesions found", evidence_ids=["E1"])])
     result = review(proposal, [_lesions(2, side="left")], question)
     assert any(expected in c for c in result.conflicts), result.conflicts
+
+
+@pytest.mark.parametrize("text, loops", [
+    ("The image is wrong. The image is wrong. The image is wrong. The image is wrong.", True),
+    ("The image is taken by the modality of modality of modality of modality of modality", True),
+    ("The evidence is that the small bowel is small. The evidence is that the small bowel is "
+     "small. The evidence is that the small bowel", True),
+    ("Left lung 1200 mm2, right lung 1100 mm2; the left lung is larger.", False),
+    ("No, no, no.", False),  # three words: too short to be a loop of runs
+    ("Yes.", False),
+    ("", False),
+])
+def test_an_answer_that_repeats_itself_is_a_loop(text, loops):
+    from agent.trust.checks import repeats_itself
+
+    assert bool(repeats_itself(text)) == loops
+
+
+def test_defects_an_answer_that_loops_or_stands_on_pixels_only_on_a_clinical_image():
+    from tools.evidence import PIXELS
+
+    look = ev(1, "unknown, 500x677 px; intensity 0 to 255 a.u.", tool="describe_image",
+              score=1.0, data={"observes": PIXELS})
+    q = "What material is the peripheral hypodensity?"
+    said = FinalAnswerArgs(answer="The material is the peripheral hypodensity.", claims=[
+        ProposedClaim(statement="peripheral hypodensity", evidence_ids=["E1"])], confidence=0.9)
+    clinical = review(said, [look], q, "clinical")
+    assert clinical.supported and not clinical.conflicts and not clinical.ok
+    (defect,) = clinical.defects
+    assert "E1 (describe_image)" in defect and any(defect in p for p in clinical.problems)
+    # on a phantom the pixels are the ground truth; without a domain nothing is assumed
+    assert review(said, [look], q, "phantom").ok and review(said, [look], q).ok
+    # a question about the picture itself is answered by it
+    size = said.model_copy(update={"answer": "The image is 500 by 677 pixels."})
+    assert review(size, [look], "What is the image size?", "clinical").ok
+    loop = said.model_copy(update={"answer": "The image is wrong. " * 4})
+    result = review(loop, [look], "Describe this image.", "phantom")
+    assert [d.startswith("the answer repeats 'the image is wrong'") for d in result.defects] == [
+        True]
+    assert not result.ok

@@ -1,0 +1,65 @@
+"""What a question's wording says about the answer it expects, read the same way everywhere.
+
+A question that opens with an auxiliary verb ("Is there...", "Does the...") is *closed*: it
+is answered yes or no, unless it offers alternatives ("... on the left or the right?"), when
+it is *either-or* and a leading yes/no answers nothing. A question about a place "in the
+image" ("which quadrant of the image") is in the image's frame: its left and right are places
+in the picture, not the patient's sides. The case library (which questions its yes/no model
+answers), calibration (which map applies) and the meaning check (how an answer is read) all
+ask these questions; they used to keep three regular expressions that had drifted apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["QuestionForm", "is_either_or", "is_yesno_question", "opens_with_auxiliary"]
+
+_AUXILIARY_START = re.compile(
+    r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
+    r"might|must)\b", re.IGNORECASE)
+_EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
+_IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
+
+
+def opens_with_auxiliary(question: str) -> bool:
+    """True when the question opens with an auxiliary verb: a closed question."""
+    return bool(_AUXILIARY_START.match(question or ""))
+
+
+def is_either_or(question: str) -> bool:
+    """True when the question offers alternatives ("... left or right?")."""
+    return bool(_EITHER_OR.search(question or ""))
+
+
+def is_yesno_question(question: str) -> bool:
+    """True for a closed question that offers no alternatives: its answer is yes or no."""
+    return opens_with_auxiliary(question) and not is_either_or(question)
+
+
+@dataclass(frozen=True)
+class QuestionForm:
+    """The form of a question, apart from what it asks about.
+
+    Attributes:
+        closed: it opens with an auxiliary verb (yes/no or either-or).
+        either_or: it offers alternatives; a leading yes/no in its answer answers nothing.
+        image_frame: it asks for a place in the image; left/right are the image's, not the
+            patient's.
+    """
+
+    closed: bool = False
+    either_or: bool = False
+    image_frame: bool = False
+
+    @classmethod
+    def of(cls, question: str) -> QuestionForm:
+        """Read the form off the question's words."""
+        q = question or ""
+        return cls(opens_with_auxiliary(q), is_either_or(q), bool(_IMAGE_FRAME.search(q)))
+
+    @property
+    def yes_no(self) -> bool:
+        """A closed question without alternatives: answered yes or no."""
+        return self.closed and not self.either_or
