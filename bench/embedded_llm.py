@@ -320,8 +320,12 @@ def prompt_lookup(model: EmbeddedChatModel, n_pred: int = 10) -> None:
                          (f"prompt lookup ({n_pred} tokens)", LlamaPromptLookupDecoding(
                              num_pred_tokens=n_pred))):
         rss0 = max_rss_mb()
+        # llama-cpp-python 0.3.36 sizes its logits buffer by the ``logits_all`` it is given,
+        # not the one a draft model forces: without it, a prompt past n_batch tokens fails
+        # ("could not broadcast ... into shape (0,)"). So the drafting model asks for it.
         llm = Llama(model_path=path, n_ctx=model.n_ctx, n_threads=threads,
-                    n_threads_batch=threads, draft_model=draft, verbose=False)
+                    n_threads_batch=threads, draft_model=draft, logits_all=draft is not None,
+                    verbose=False)
         toks, secs, outs = [], [], []
         for case in answers:
             tools = case.tools()
