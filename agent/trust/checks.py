@@ -149,7 +149,7 @@ def repeats_itself(text: str) -> str:
     words = _WORD.findall(text.lower())
     best: tuple[int, int, tuple[str, ...]] = (0, 0, ())
     for n in range(2, 7):
-        for gram in {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}:
+        for gram in sorted({tuple(words[i:i + n]) for i in range(len(words) - n + 1)}):
             times = _non_overlapping(words, gram)
             if times >= 3 and times * n > best[0]:
                 best = (times * n, times, gram)
