@@ -61,6 +61,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     help="leave out the first N items: split a long suite across processes "
                          "(--skip 0 --limit 100, --skip 100 --limit 100, ...) and report the "
                          "merged records with --records")
+    ev.add_argument("--ids", metavar="ID[,ID...]",
+                    help="run only these items (after --shuffle/--skip/--limit): re-run the "
+                         "items a change affects; with --library-folds the folds and libraries "
+                         "stay those of the whole suite, so the records can replace the earlier "
+                         "ones in a merged --records file")
     ev.add_argument("--shuffle", action="store_true",
                     help="run the suite's images in a seeded random order (--seed), each "
                          "image's questions together, before --skip/--limit: a run cut short "
@@ -227,7 +232,15 @@ def _checked(args: argparse.Namespace) -> tuple[list[EvalItem], list[str]]:
     if args.shuffle:
         items = shuffled_by_image(items, args.seed)
     items = items[args.skip:]
-    return (items[: args.limit] if args.limit else items), baselines
+    items = items[: args.limit] if args.limit else items
+    if args.ids:
+        wanted = [i.strip() for i in args.ids.split(",") if i.strip()]
+        missing = sorted(set(wanted) - {it.id for it in items})
+        if missing:
+            raise BadInput(f"--ids: {', '.join(missing[:5])} not among the suite's items "
+                           f"(after --skip/--limit)")
+        items = [it for it in items if it.id in set(wanted)]
+    return items, baselines
 
 
 def _graph_factory(ctx: AgentContext, tools: str | None) -> Callable[[], tuple[Any, Any]]:

@@ -146,8 +146,8 @@ def compose_answer(
         scores = [e.score for e in ok if e.id in cited and e.score is not None]
         # Two checks of the answer itself: does it have the form the question asks for, and do
         # the facts it states match the evidence it cites.
-        checks = [answer_form_score(question, proposal.answer),
-                  evidence_consistency(proposal.answer,
+        checks = [answer_form_score(question, result.answer),
+                  evidence_consistency(result.answer,
                                        [e.summary for e in ok if e.id in cited])]
         raw = combine_confidence(
             proposal.confidence,
@@ -158,7 +158,8 @@ def compose_answer(
         )
         conf = cal(raw) if cal is not None else raw
         abstained = conf < threshold
-        text = proposal.answer.strip() or "; ".join(c.statement for c in result.supported)
+        notes.extend(f"mended: {m}" for m in result.mended)
+        text = result.answer.strip() or "; ".join(c.statement for c in result.supported)
         if abstained:
             text = f"Uncertain (confidence {conf:.2f}): {text} This needs review by a radiologist."
         return Answer(

@@ -22,7 +22,7 @@ from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, opens_with_auxiliary
 
 __all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_yes_no",
-           "finding_family", "pixels_only", "stance_of", "unanswerable"]
+           "finding_family", "leading_yes_no", "pixels_only", "stance_of", "unanswerable"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -139,6 +139,12 @@ def _yes_no(low: str) -> bool | None:
     if _NO.search(low):
         return False
     return None
+
+
+def leading_yes_no(text: str) -> str | None:
+    """``yes`` / ``no`` when ``text`` opens with a bare yes or no ("No, ..."), else None."""
+    said = _yes_no(text.lower())
+    return None if said is None else "yes" if said else "no"
 
 
 _FILLER = frozenset((

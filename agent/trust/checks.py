@@ -7,8 +7,12 @@ unit only matches evidence numbers in that unit, and nothing but zero matches a 
 planner that invents "12 mm" is caught here, not by trusting it. The answer and its claims must
 also mean what the cited evidence asserts (``agent.trust.agreement``: present/absent, normal,
 side, count); a conflict sends the planner back with the conflict named, and an answer that
-still conflicts when the budget is spent abstains. So does an answer no reader can use: one that
-repeats itself, or (on clinical images) one that rests only on readings of the pixels.
+still conflicts when the budget is spent abstains. So does an answer no reader can use: on
+clinical images, one that rests only on readings of the pixels. Two faults of a small planner's
+sentence are mended rather than sent back, because what it says is still the evidence's: a
+loop ("No, no, no, ...") is given once, and a sentence whose leading yes/no is the one the
+evidence gave but whose rest says the opposite ("No, this patient has a skull fracture.") is
+given as that yes/no alone; each mend is noted (``ReviewResult.mended``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.answer import Claim, FinalAnswerArgs, ProposedClaim
-from agent.trust.agreement import answer_conflicts, pixels_only
+from agent.trust.agreement import (
+    answer_conflicts,
+    evidence_yes_no,
+    leading_yes_no,
+    pixels_only,
+    stance_of,
+)
 from agent.trust.calibration import CLINICAL
 from tools.evidence import Evidence
 
@@ -36,9 +46,12 @@ class ReviewResult:
     contradictions: list[str] = field(default_factory=list)
     # The answer or a claim saying the opposite of what its cited evidence asserts.
     conflicts: list[str] = field(default_factory=list)
-    # Why the answer cannot be used even where nothing contradicts it (it repeats itself; it
-    # stands on nothing that bears on the question).
+    # Why the answer cannot be used even where nothing contradicts it (it stands on nothing
+    # that bears on the question).
     defects: list[str] = field(default_factory=list)
+    # The answer as it is given (``answer``, once mended) and what was mended.
+    answer: str = ""
+    mended: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -159,6 +172,50 @@ def repeats_itself(text: str) -> str:
     return ""
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9']+[^A-Za-z0-9']*")
+
+
+def collapse_repeats(text: str) -> str:
+    """``text`` with every run of one to six words said twice in a row kept once.
+
+    "No, no, no, no" becomes "No."; "The image is wrong. The image is wrong." becomes "The
+    image is wrong."
+    """
+    lead = re.match(r"[^A-Za-z0-9']*", text)
+    toks = _TOKEN.findall(text)
+    words = [re.sub(r"[^a-z0-9']", "", t.lower()) for t in toks]
+    changed = True
+    while changed:
+        changed = False
+        for n in range(1, 7):
+            i = 0
+            while i + 2 * n <= len(words):
+                if words[i:i + n] == words[i + n:i + 2 * n]:
+                    del words[i + n:i + 2 * n], toks[i + n:i + 2 * n]
+                    changed = True
+                else:
+                    i += 1
+    out = re.sub(r"[\s,;:-]+$", "", ((lead.group(0) if lead else "") + "".join(toks)).strip())
+    return out if not out or out.endswith((".", "!", "?")) else out + "."
+
+
+def _mend(answer: str, question: str, cited: Sequence[Evidence]) -> tuple[str, list[str]]:
+    """The answer as it is given, and what was mended (see the module docstring)."""
+    mended: list[str] = []
+    loop = repeats_itself(answer)
+    if loop:
+        answer = collapse_repeats(answer)
+        mended.append(f"{loop}; given once: {answer!r}")
+    bound = evidence_yes_no(question, cited) if question.strip() else None
+    lead = leading_yes_no(answer)
+    conflict = stance_of(answer, question).self_conflict if bound and lead == bound else ""
+    if conflict:
+        answer = f"{bound.capitalize()}."  # type: ignore[union-attr]
+        mended.append(f"the answer contradicted itself ({conflict}); its {bound!r}, which the "
+                      f"evidence gives, is kept alone")
+    return answer, mended
+
+
 def find_contradictions(evidence: Sequence[Evidence]) -> list[str]:
     """Pairs of successful tool results that assert opposite things about one finding."""
     seen: dict[str, tuple[Evidence, bool]] = {}
@@ -189,7 +246,7 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
     the pixels are the ground truth and may answer.
     """
     by_id = {e.id: e for e in evidence}
-    result = ReviewResult(contradictions=find_contradictions(evidence))
+    result = ReviewResult(contradictions=find_contradictions(evidence), answer=proposal.answer)
     if not proposal.claims:
         if any(e.status == "ok" for e in evidence):
             result.problems.append(
@@ -210,16 +267,14 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
             result.problems.append(why)
             result.dropped.append(claim.statement)
     cited = [(c.statement, [by_id[i] for i in c.evidence_ids]) for c in result.supported]
-    result.conflicts = answer_conflicts(proposal.answer, cited, question) if cited else []
+    cited_evidence = list({id(e): e for _, evs in cited for e in evs}.values())
+    result.answer, result.mended = _mend(proposal.answer, question, cited_evidence)
+    result.conflicts = answer_conflicts(result.answer, cited, question) if cited else []
     result.problems.extend(
         f"{c}; make the answer say what the evidence says, or call another tool"
         for c in result.conflicts)
-    loop = repeats_itself(proposal.answer)
-    cited_evidence = list({i: by_id[i] for c in result.supported for i in c.evidence_ids}.values())
     bare = pixels_only(question, cited_evidence) if domain == CLINICAL else ""
-    result.defects = [d for d in (loop, bare) if d]
-    if loop:
-        result.problems.append(f"{loop}; write one short sentence that answers the question")
+    result.defects = [bare] if bare else []
     if bare:
         result.problems.append(f"{bare}; call a tool that can answer it, or answer that it "
                                "cannot be answered from these tools")

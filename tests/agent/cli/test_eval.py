@@ -150,6 +150,16 @@ def test_a_suite_split_with_skip_and_limit_merges_back(monkeypatch, capsys, tmp_
     assert ids == [f"phantom-0-{i:04d}" for i in range(6)]
     assert main(["eval", "phantoms:6", "--skip", "6"]) == 2
     assert "leaves none" in capsys.readouterr().err
+    # re-running chosen items: only those, and a missing id is named
+    again = tmp_path / "again"
+    assert main(["eval", "phantoms:6", "--tools", "detect_lesions", "--ids",
+                 "phantom-0-0004,phantom-0-0001", "--baselines", "none", "--out", str(again),
+                 "-q"]) == 0
+    rerun = [json.loads(x)["item_id"] for x in (again / "records.jsonl").read_text().splitlines()]
+    assert rerun == ["phantom-0-0001", "phantom-0-0004"]  # in the suite's order
+    capsys.readouterr()
+    assert main(["eval", "phantoms:6", "--ids", "phantom-0-0001,nope"]) == 2
+    assert "--ids: nope not among" in capsys.readouterr().err
 
 
 def test_bad_planner_settings_are_named_before_any_model_loads(capsys):

@@ -187,8 +187,45 @@ def test_defects_an_answer_that_loops_or_stands_on_pixels_only_on_a_clinical_ima
     # a question about the picture itself is answered by it
     size = said.model_copy(update={"answer": "The image is 500 by 677 pixels."})
     assert review(size, [look], "What is the image size?", "clinical").ok
+    # a loop is no defect: it is given once, and says so
     loop = said.model_copy(update={"answer": "The image is wrong. " * 4})
     result = review(loop, [look], "Describe this image.", "phantom")
-    assert [d.startswith("the answer repeats 'the image is wrong'") for d in result.defects] == [
-        True]
-    assert not result.ok
+    assert result.ok and not result.defects and result.answer == "The image is wrong."
+    assert result.mended[0].startswith("the answer repeats 'the image is wrong' 4 times")
+
+
+@pytest.mark.parametrize("text, once", [
+    ("No, no, no, no, no, no", "No."),
+    ("The image is wrong. The image is wrong. The image is wrong.", "The image is wrong."),
+    ("Yes, the the lesion is large", "Yes, the lesion is large."),
+    ("", ""),
+])
+def test_a_loop_is_given_once(text, once):
+    from agent.trust.checks import collapse_repeats
+
+    assert collapse_repeats(text) == once
+
+
+def test_a_bound_yes_no_whose_sentence_says_the_opposite_is_given_alone():
+    """"No, this patient has a skull fracture." under evidence answering this question "no"."""
+    q = "Does this patient have a skull fracture?"
+    expert = ev(1, "Answer: no (P(yes) = 0.21)", tool="case_answer", score=0.79,
+                data={"yes_no": "no", "question": q})
+    said = FinalAnswerArgs(answer="No, this patient has a skull fracture.", claims=[
+        ProposedClaim(statement="the cases answer no", evidence_ids=["E1"])], confidence=0.8)
+    result = review(said, [expert], q, "clinical")
+    assert result.ok and result.answer == "No." and not result.conflicts
+    assert "contradicted itself" in result.mended[0] and "'no'" in result.mended[0]
+    # a loop of the bound word is given once
+    looped = said.model_copy(update={"answer": "No, no, no, no, no, no, no, no, no."})
+    result = review(looped, [expert], q, "clinical")
+    assert result.ok and result.answer == "No."
+    # without evidence for that yes/no, the contradiction stands and is sent back
+    other = ev(1, "Answer: no", tool="case_answer", data={"yes_no": "no", "question": "Other?"})
+    result = review(said, [other], q, "clinical")
+    assert not result.ok and result.answer == said.answer
+    assert any("contradicts itself" in c for c in result.conflicts)
+    # nor is an answer mended whose leading word is not the evidence's
+    result = review(said.model_copy(update={"answer": "Yes, there is no skull fracture."}),
+                    [expert], q, "clinical")
+    assert not result.ok and result.conflicts
