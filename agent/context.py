@@ -65,6 +65,11 @@ class AgentContext:
             context built directly changes nothing: pass it to ``from_env``.
         library: a case library folder (``medloop index build``) for the retrieval tools;
             None uses the demo library, built in the background on first use.
+        answers_library: the library of labelled question-answer cases ``case_answer``
+            answers from when ``library`` holds none (``MEDLOOP_ANSWERS_LIBRARY``): None uses
+            the one medloop ships (VQA-RAD's development pairs, CC0;
+            ``retrievers.shipped_library``), ``none`` turns it off, anything else is a folder
+            ``medloop index build`` made from labelled pairs.
         calibration: None looks up the map fitted for this planner configuration
             (``$home/calibration/``, then the shipped ones); ``none`` uses raw confidences;
             anything else is the path of a calibration file.
@@ -118,6 +123,7 @@ class AgentContext:
     vlm: str | None = None
     profile: str | None = None
     library: str | Path | None = None
+    answers_library: str | Path | None = None
     calibration: str | Path | None = None
     llm_threads: int | None = None
     llm_temperature: float = 0.0
@@ -159,7 +165,8 @@ class AgentContext:
         graph call it); nothing else in medloop reads the environment for a setting:
         ``MEDLOOP_LLM``, ``MEDLOOP_HOME``, ``MEDLOOP_DEVICE``, ``MEDLOOP_SEGMENTER``,
         ``MEDLOOP_DETECTOR``, ``MEDLOOP_CLASSIFIER``, ``MEDLOOP_LIBRARY``,
-        ``MEDLOOP_CALIBRATION``, ``MEDLOOP_LLM_THREADS``, ``MEDLOOP_LLM_TEMPERATURE``,
+        ``MEDLOOP_ANSWERS_LIBRARY``, ``MEDLOOP_CALIBRATION``, ``MEDLOOP_LLM_THREADS``,
+        ``MEDLOOP_LLM_TEMPERATURE``,
         ``MEDLOOP_DEID_SECRET``, ``MEDLOOP_VLM``, ``MEDLOOP_VLM_API_KEY``, ``MEDLOOP_PROFILE``,
         ``MEDLOOP_PACS_URL``, ``MEDLOOP_PACS_USER``, ``MEDLOOP_PACS_PASSWORD``,
         ``MEDLOOP_PACS_TOKEN``, ``MEDLOOP_PACS_CONFIG``, ``MEDLOOP_PACS_CA``,
@@ -236,6 +243,23 @@ class AgentContext:
         return Path(self.library).expanduser() if self.library else None
 
     @property
+    def answers_library_path(self) -> Path | None:
+        """The labelled library ``case_answer`` falls back on, or None for none.
+
+        None also when ``library`` holds question-answer pairs itself: it answers then.
+        """
+        from retrievers.shipped_library import shipped
+        from retrievers.vqa_library import QA_FILE
+
+        own = self.library_path
+        if own is not None and (own / QA_FILE).exists():
+            return None
+        ref = str(self.answers_library or "").strip()
+        if ref.lower() in ("none", "off"):
+            return None
+        return Path(ref).expanduser() if ref else shipped()
+
+    @property
     def home_dir(self) -> Path:
         """The resolved data folder."""
         return Path(self.home) if self.home is not None else tools.store.default_home()
@@ -265,6 +289,7 @@ _ENV = {
     "MEDLOOP_DETECTOR": "detector",
     "MEDLOOP_CLASSIFIER": "classifier",
     "MEDLOOP_LIBRARY": "library",
+    "MEDLOOP_ANSWERS_LIBRARY": "answers_library",
     "MEDLOOP_CALIBRATION": "calibration",
     "MEDLOOP_LLM_THREADS": "llm_threads",
     "MEDLOOP_LLM_TEMPERATURE": "llm_temperature",

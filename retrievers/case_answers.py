@@ -41,6 +41,7 @@ from retrievers.question_kinds import KindScore, Reliability, load_reliability, 
 from retrievers.similar import LIBRARY_DOMAIN
 from retrievers.vqa_library import QA_FILE, QAItem, label_question, load_qa, normalise_answer
 from tools.base import ImageArgs
+from tools.domain import Domain
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
@@ -353,31 +354,61 @@ def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,
 
 
 def _has_pairs(deps: ToolDeps) -> bool:
-    """Offered only over a library built from question-answer pairs (``vqa_library``)."""
+    """Offered over the run's own library when it holds question-answer pairs (``vqa_library``)."""
     return deps.library_has(QA_FILE)
 
+
+def _falls_back(deps: ToolDeps) -> bool:
+    """Offered over the fallback labelled library (the shipped one) when the run's has none."""
+    return (not deps.library_has(QA_FILE) and deps.answers is not None
+            and deps.answers_path is not None and (deps.answers_path / QA_FILE).exists())
+
+
+def _answers(deps: ToolDeps) -> Callable[[], Any]:
+    """The fallback library's getter; the variant is only enabled when there is one."""
+    if deps.answers is None:
+        raise ToolFailure("this tool needs a library of labelled cases (MEDLOOP_ANSWERS_LIBRARY)")
+    return deps.answers
+
+
+_EXAMPLES = ("What imaging modality was used?",
+             "Is this an MRI or a CT?",
+             "In which plane is this image taken?",
+             "Which organ system is shown?",
+             "Is this a T2 weighted image?",
+             # yes/no questions about real images: the answer model of the library's
+             # labelled pairs is the one expert fitted on such questions
+             "Is this image abnormal?",
+             "Is there evidence of a fracture?",
+             "Is the heart enlarged?",
+             "Are the kidneys normal?",
+             "Is there a mass in the brain?",
+             "Is the lesion larger than 5 cm?")
+
+SHIPPED_DOMAIN = Domain(
+    validated_on="clinical radiology images (the shipped library: 111 VQA-RAD CT, MR and X-ray "
+                 "images of head, chest and abdomen)",
+    clinical_only=True, outside="refuse",
+    why="its cases are real images with clinicians' questions; a synthetic phantom's answers "
+        "are in its pixels, and real cases' answers to a reworded question would be noise")
+"""``case_answer`` over the shipped library: clinical images only, its neighbours' score."""
 
 TOOLS = (
     ToolSpec(
         name="case_answer", description=_DESCRIPTION, args=CaseAnswerArgs,
         build=lambda deps: _case_answer(deps.store, _library(deps), shared_minilm),
         models=(LITE_MEDSAM, MINILM), enabled=_has_pairs, variant="vqa-library",
-        examples=("What imaging modality was used?",
-                  "Is this an MRI or a CT?",
-                  "In which plane is this image taken?",
-                  "Which organ system is shown?",
-                  "Is this a T2 weighted image?",
-                  # yes/no questions about real images: the answer model of the library's
-                  # labelled pairs is the one expert fitted on such questions
-                  "Is this image abnormal?",
-                  "Is there evidence of a fracture?",
-                  "Is the heart enlarged?",
-                  "Are the kidneys normal?",
-                  "Is there a mass in the brain?",
-                  "Is the lesion larger than 5 cm?"),
-        domain=LIBRARY_DOMAIN, always_offered=True,
+        examples=_EXAMPLES, domain=LIBRARY_DOMAIN, always_offered=True, precedence=1,
+    ),
+    ToolSpec(
+        name="case_answer", description=_DESCRIPTION, args=CaseAnswerArgs,
+        build=lambda deps: _case_answer(deps.store, _answers(deps), shared_minilm),
+        models=(LITE_MEDSAM, MINILM), enabled=_falls_back, variant="shipped-library",
+        examples=_EXAMPLES, domain=SHIPPED_DOMAIN, always_offered=True,
     ),
 )
+
+
 """``case_answer``: neighbours' answers from a library of real question-answer pairs. Always
 offered beside what the router picks when the run's library holds such pairs: it is the one
 expert fitted on real clinicians' questions (on real images the router's pick is often a tool

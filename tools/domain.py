@@ -3,14 +3,15 @@
 Each ``ToolSpec`` declares a ``Domain`` (``tools.spec``): the modalities (DICOM codes: CT, MR,
 CR, DX...), body parts and projections (``ViewPosition``: PA, AP...) it was validated on, whether
 only medloop's own synthetic images (``source_format`` ``"phantom"`` / ``"synthetic"``) are
-inside, and a line saying what it was validated on. The tool wrapper (``ToolSpec.bind``) judges
-the image a call names against it *before* the tool runs:
+inside or, for an expert fitted on real cases, only clinical ones, and a line saying what it
+was validated on. The tool wrapper (``ToolSpec.bind``) judges the image a call names against
+it *before* the tool runs:
 
 * **inside** — the tool runs as usual;
 * **outside** (the metadata says so: a CT for a chest-radiograph tool, any clinical image for a
-  phantom-validated detector) — per the declaration, the call is refused with a
-  ``ToolInputError`` naming why (the planner picks another tool), or the tool runs and its
-  evidence is *flagged*;
+  phantom-validated detector, a phantom for a library of real cases) — per the declaration,
+  the call is refused with a ``ToolInputError`` naming why (the planner picks another tool), or
+  the tool runs and its evidence is *flagged*;
 * **unknown** (a JPEG without DICOM metadata: modality, body part or view missing) — the
   declaration says explicitly whether the tool runs, runs flagged, or is refused.
 
@@ -141,6 +142,8 @@ class Domain:
         projections: ``ViewPosition`` values inside (``PA``, ``AP``); empty: any view.
         synthetic_only: only medloop's own synthetic images (phantoms, test images) are inside;
             every clinical image is outside, whatever its metadata.
+        clinical_only: only clinical images are inside; medloop's synthetic images are outside
+            (an expert fitted on real cases has nothing to say about a phantom).
         outside: ``"refuse"`` (``ToolInputError``: the planner picks another tool) or
             ``"flag"`` (run, and mark the evidence) for an image clearly outside.
         unknown: what happens when the metadata cannot establish the domain (a JPEG without
@@ -155,6 +158,7 @@ class Domain:
     body_parts: frozenset[str] = frozenset()
     projections: frozenset[str] = frozenset()
     synthetic_only: bool = False
+    clinical_only: bool = False
     outside: Policy = "flag"
     unknown: UnknownPolicy = "run"
     why: str = ""
@@ -164,7 +168,7 @@ class Domain:
     def is_any(self) -> bool:
         """True when every image is inside: no check is needed."""
         return not (self.modalities or self.body_parts or self.projections
-                    or self.synthetic_only)
+                    or self.synthetic_only or self.clinical_only)
 
     def judge(self, facts: ImageFacts) -> Verdict:
         """Whether ``facts`` are inside this domain; the reason names the first mismatch."""
@@ -175,6 +179,8 @@ class Domain:
                 return Verdict("inside")
             return Verdict("outside", f"{facts.describe()}, not one of medloop's synthetic "
                                       "images")
+        if self.clinical_only and facts.synthetic:
+            return Verdict("outside", f"{facts.describe()}, not a clinical image")
         missing: list[str] = []
         for name, allowed, value in (("modality", self.modalities, facts.modality),
                                      ("body part", self.body_parts, facts.body_part),

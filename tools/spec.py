@@ -153,6 +153,10 @@ class ToolDeps:
         library_path: the configured case library's folder (None: the demo library), so an
             ``enabled`` rule can look for what a library holds (question-answer pairs,
             trained heads) without opening it.
+        answers: a zero-argument callable giving the library of labelled question-answer
+            cases ``case_answer`` answers from when the run's own library holds none (by
+            default the one medloop ships: ``retrievers.shipped_library``); None: no such library.
+        answers_path: that library's folder, for ``enabled`` rules (not opened).
     """
 
     store: ImageStore
@@ -160,6 +164,8 @@ class ToolDeps:
     library: Callable[[], Any] | None = None
     home: Path | None = None
     library_path: Path | None = None
+    answers: Callable[[], Any] | None = None
+    answers_path: Path | None = None
 
     def library_has(self, filename: str) -> bool:
         """Whether the run's own case library holds ``filename`` (looked for, not opened)."""

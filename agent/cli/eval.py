@@ -43,6 +43,7 @@ from agent.evaluation.readers import SuiteError, load_suite
 from agent.evaluation.runner import Record, Variant, read_records, run_suite
 from agent.nodes.answer import calibration_name
 from agent.planner.toolset import default_tools
+from retrievers.shipped_library import overlapping
 from retrievers.vqa_library import vqa_items_file
 
 __all__ = ["add_parser", "cmd_eval", "run_context"]
@@ -339,11 +340,37 @@ def _cross_fitted(args: argparse.Namespace, ctx: AgentContext, items: list[EvalI
     return records
 
 
+def _unlearnt(ctx: AgentContext, items: list[EvalItem], quiet: bool) -> AgentContext:
+    """``ctx`` without its fallback labelled library when that library holds suite images.
+
+    ``case_answer`` over a library built from the very images being scored (the shipped one
+    holds the VQA-RAD dev set's 111) would answer from their own labels: accuracy it has
+    memorised, not measured. Found by content (``images.sha256`` beside the library), the
+    library is left out of the run and the run says so; ``--library-folds`` is the
+    cross-fitted way to score case-based answers on a labelled suite.
+    """
+    source = ctx.answers_library_path
+    if source is None:
+        return ctx
+    paths = [im for it in items for im in it.images if isinstance(im, str)]
+    learnt = overlapping(paths, source)
+    if not learnt:
+        return ctx
+    if not quiet:
+        sys.stderr.write(f"[eval] the labelled case library {source} was built from "
+                         f"{len(learnt)} of this suite's images: case_answer is left out of "
+                         "this run (it would answer from their own labels); --library-folds "
+                         "scores case-based answers cross-fitted by image\n")
+    return dataclasses.replace(ctx, answers_library="none")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run a suite through the agent and print (and optionally save) the report."""
     ctx = run_context(args)
     spec = checked_llm(ctx)
     items, baselines = _checked(args)
+    if not (args.records or args.library_folds):  # fold libraries hold no scored image
+        ctx = _unlearnt(ctx, items, args.quiet)
     save = _calibration_target(args.save_calibration, ctx, spec)
     records = (_cross_fitted(args, ctx, items, baselines) if args.library_folds
                else read_records(args.records) if args.records else None)

@@ -138,14 +138,19 @@ def offered_specs(specs: Sequence[ToolSpec], deps: ToolDeps) -> list[ToolSpec]:
 def tool_deps(ctx: AgentContext, store: ImageStore | None = None) -> ToolDeps:
     """What the tools are built over, from the run's context.
 
-    ``store`` (default ``ctx.store``), ``ctx``'s models and device, and the case library
-    (``ctx.library``, else the demo one under ``ctx.home``), opened on its first use.
+    ``store`` (default ``ctx.store``), ``ctx``'s models and device, the case library
+    (``ctx.library``, else the demo one under ``ctx.home``) and the labelled library
+    ``case_answer`` falls back on (``ctx.answers_library_path``), each opened on first use.
     """
+    from retrievers.shipped_library import answers_getter
     from retrievers.similar import default_library
 
+    answers = ctx.answers_library_path
     return ToolDeps(store=store if store is not None else ctx.store, vision=ctx.vision,
                     library=default_library(ctx.home_dir, ctx.library_path), home=ctx.home_dir,
-                    library_path=ctx.library_path)
+                    library_path=ctx.library_path,
+                    answers=answers_getter(answers, ctx.home_dir) if answers else None,
+                    answers_path=answers)
 
 
 def default_tools(ctx: AgentContext, store: ImageStore | None = None) -> list[BaseTool]:

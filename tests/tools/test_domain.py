@@ -41,6 +41,19 @@ def test_synthetic_only_domains_take_phantoms_and_nothing_clinical():
     assert verdict.status == "outside" and "clinical jpeg" in verdict.reason
 
 
+def test_clinical_only_domains_refuse_phantoms_and_take_every_clinical_image():
+    real = Domain(validated_on="real cases", clinical_only=True, outside="refuse")
+    assert not real.is_any
+    verdict = real.judge(ImageFacts.of_image(_img({"modality": "CT"}, "phantom")))
+    assert verdict.status == "outside" and "not a clinical image" in verdict.reason
+    assert not real.admits(ImageFacts.of_ref(ImageRef(id="img-000000000001",
+                                                      source_format="phantom")))
+    for meta, fmt in (({"modality": "unknown"}, "jpeg"), ({"modality": "MR"}, "dicom")):
+        assert real.judge(ImageFacts.of_image(_img(meta, fmt))).status == "inside"
+    with pytest.raises(ToolInputError, match="not a clinical image"):
+        real.screen(ImageFacts(source_format="phantom", synthetic=True), "case_answer")
+
+
 def test_screen_refuses_flags_or_runs_per_the_declaration():
     with pytest.raises(ToolInputError, match=r"frontal chest radiographs only.*modality is CT"):
         CHEST.screen(ImageFacts(modality="CT", source_format="dicom"), "find")

@@ -101,6 +101,8 @@ def test_every_default_tool_declares_its_domain():
     assert domains["find"].projections == {"PA", "AP"} and domains["find"].outside == "refuse"
     assert domains["measure_lungs"] is domains["find"]
     assert domains["window"].modalities == {"CT"}
+    shipped = next(s for s in tool_specs() if s.variant == "shipped-library")
+    assert shipped.name == "case_answer" and shipped.domain.clinical_only
     for name in ("describe_image", "region_stats", "measure_distance", "segment", "read_text"):
         assert domains[name].is_any, name
     for spec in tool_specs():

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from agent.cli.main import main
+from agent.context import AgentContext
 from tests.fakes import ScriptedChatModel, ai, call, final
 
 
@@ -302,3 +303,24 @@ def test_library_folds_answer_each_item_without_its_own_image(monkeypatch, capsy
     assert folds and all((f / "reliability.json").exists() for f in folds)
     assert main(["eval", "phantoms:3", "--library-folds"]) == 2
     assert "labelled JSON-lines suite" in capsys.readouterr().err
+
+
+def test_the_shipped_library_is_left_out_of_a_run_on_images_it_learnt(monkeypatch, capsys,
+                                                                      medloop_home):
+    """Scored with a library holding their own labels, dev images would report memory."""
+    from agent.cli.eval import _unlearnt
+    from agent.evaluation.readers import load_suite
+
+    mini = "tests/fixtures/vqa_rad_mini/items.jsonl"  # dev images, shrunk and re-encoded
+    ctx = AgentContext(home=medloop_home, checkpoint=None)
+    assert ctx.answers_library_path is not None
+    left = _unlearnt(ctx, load_suite(mini)[:3], quiet=False)
+    assert left.answers_library_path is None
+    assert "built from 1 of this suite's images" in capsys.readouterr().err
+    phantoms = load_suite("phantoms:2")
+    assert _unlearnt(ctx, phantoms, quiet=False) is ctx  # nothing of its own there
+    # through the CLI: case_answer is not among the run's tools at all
+    assert main(["eval", mini, "--limit", "2", "--tools", "case_answer", "--baselines",
+                 "none"]) == 2
+    err = capsys.readouterr().err
+    assert "left out of this run" in err and "unknown tool 'case_answer'" in err

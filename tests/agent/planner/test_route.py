@@ -23,7 +23,9 @@ def default_specs(tmp_path_factory):
     from tools.store import ImageStore
 
     home = tmp_path_factory.mktemp("route")
-    ctx = AgentContext(home=home, checkpoint=None)
+    # Without the shipped case library: these questions are about phantoms and the synthetic
+    # chest radiograph, where its case_answer is never offered (clinical images only).
+    ctx = AgentContext(home=home, checkpoint=None, answers_library="none")
     return [convert_to_openai_tool(t) for t in default_tools(ctx, ImageStore(home / "store"))]
 
 

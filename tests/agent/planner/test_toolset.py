@@ -29,7 +29,7 @@ from tools.spec import ToolSpec
 
 DEFAULT_NAMES = ["describe_image", "region_stats", "measure_distance", "read_text",
                  "detect_lesions", "segment", "find", "measure", "measure_lungs",
-                 "similar_cases", "report_lookup", "classify", "window"]
+                 "similar_cases", "report_lookup", "classify", "case_answer", "window"]
 
 
 @pytest.fixture
@@ -63,13 +63,38 @@ def test_default_tools_in_the_order_the_planner_always_saw(ctx, store):
     assert [t.name for t in default_tools(ctx)] == DEFAULT_NAMES  # ctx.store by default
 
 
+def test_the_shipped_case_library_answers_unless_turned_off_or_replaced(medloop_home, store,
+                                                                       tmp_path):
+    from retrievers.shipped_library import SOURCE
+
+    default = AgentContext(home=medloop_home, checkpoint=None)
+    assert default.answers_library_path == SOURCE
+    deps = tool_deps(default, store)
+    assert deps.answers_path == SOURCE and deps.answers is not None
+    assert not (medloop_home / "libraries").exists()  # copied and opened on first use only
+    off = AgentContext(home=medloop_home, checkpoint=None, answers_library="none")
+    assert off.answers_library_path is None
+    assert "case_answer" not in [t.name for t in default_tools(off, store)]
+    site = tmp_path / "site-pairs"  # a site's own labelled library in its place
+    site.mkdir()
+    (site / "qa.jsonl").write_text("")
+    mine = AgentContext(home=medloop_home, checkpoint=None, answers_library=str(site))
+    assert tool_deps(mine, store).answers_path == site
+    assert "case_answer" in [t.name for t in default_tools(mine, store)]
+    empty = AgentContext(home=medloop_home, checkpoint=None, answers_library=str(tmp_path))
+    assert "case_answer" not in [t.name for t in default_tools(empty, store)]  # no pairs there
+    env = AgentContext.from_env({"MEDLOOP_ANSWERS_LIBRARY": "none",
+                                 "MEDLOOP_HOME": str(medloop_home)})
+    assert env.answers_library_path is None
+
+
 def test_every_declared_tool_comes_from_the_module_list_and_has_examples():
     specs = tool_specs()
-    # case_answer is declared too: offered only over a library of question-answer pairs;
-    # segment_anatomy only with an anatomy model configured (MEDLOOP_ANATOMY); ask_image and
-    # draft_report only with a vision-language model (MEDLOOP_VLM)
-    assert {s.name for s in specs} == {*DEFAULT_NAMES, "case_answer", "segment_anatomy",
-                                       "ask_image", "draft_report"}
+    # segment_anatomy is declared too, offered only with an anatomy model configured
+    # (MEDLOOP_ANATOMY); ask_image and draft_report only with a vision-language model
+    # (MEDLOOP_VLM)
+    assert {s.name for s in specs} == {*DEFAULT_NAMES, "segment_anatomy", "ask_image",
+                                       "draft_report"}
     assert all(s.examples and s.description for s in specs)
     assert len(TOOL_MODULES) == len(set(TOOL_MODULES))
 
@@ -170,12 +195,17 @@ def test_a_library_of_labelled_cases_adds_case_answer_and_its_trained_heads(medl
     lib = tmp_path / "vqa-lib"
     lib.mkdir()
     ctx = AgentContext(home=medloop_home, checkpoint=None, device="cpu", library=str(lib))
-    assert "case_answer" not in [t.name for t in default_tools(ctx, store)]  # no pairs yet
+
+    def answering() -> set[str]:
+        return {e.variant for e in tool_catalog(ctx) if e.name == "case_answer" and e.offered}
+
+    assert answering() == {"shipped-library"}  # no pairs yet: the shipped library answers
     (lib / QA_FILE).write_text("")
+    assert answering() == {"vqa-library"}  # the site's own pairs outrank it
+    assert ctx.answers_library_path is None
     names = [t.name for t in default_tools(ctx, store)]
     # a library of pairs has no reports: report_lookup is not offered over it
-    assert names == [*(n for n in DEFAULT_NAMES[:-1] if n != "report_lookup"), "case_answer",
-                     "window"]
+    assert names == [n for n in DEFAULT_NAMES if n != "report_lookup"]
     knn = {e.variant for e in tool_catalog(ctx) if e.name == "classify" and e.offered}
     assert knn == {"knn"}
     (lib / HEADS_FILE).write_text("{}")  # trained heads outrank the kNN classify
