@@ -25,12 +25,12 @@ from agent.answer import FINAL_ANSWER_TOOL, FinalAnswerArgs
 from agent.context import AgentContext
 from agent.llm import make_chat_model
 from agent.llm.text_protocol import reply_with_tool_calls
-from agent.planner.offer import bind_yes_no, offered_tools, tool_catalogue
+from agent.planner.offer import bind_answer, offered_tools, tool_catalogue
 from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
 from agent.trace import ThinkStep
-from agent.trust.agreement import evidence_yes_no
+from agent.trust.agreement import evidence_lead
 
 __all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "make_think", "resolve_llm", "round_offer",
            "route_top_k"]
@@ -69,8 +69,8 @@ def round_offer(
     evidence = state.get("evidence") or []
     messages = list(state.get("messages") or [])
     _, question = split_turns(messages)
-    offer = bind_yes_no(offered_tools(tools, state.get("image_refs") or [], evidence),
-                        evidence_yes_no(question, evidence))
+    offer = bind_answer(offered_tools(tools, state.get("image_refs") or [], evidence),
+                        evidence_lead(question, evidence))
     top_k = route_top_k(ctx, llm)
     if not top_k:
         return offer, None, ""

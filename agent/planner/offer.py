@@ -27,6 +27,7 @@ offered that image either: its failures stay in the evidence for the planner to 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,27 +80,37 @@ ANSWER_TAIL = r"( [A-Za-z0-9 ,.;:()%'/-]{1,150})?$"
 quotes or backslashes, so the JSON string cannot break)."""
 
 
-def bind_yes_no(offer: list[dict[str, Any]], word: str | None) -> list[dict[str, Any]]:
-    """``offer`` with ``final_answer``'s answer bound to start with ``word`` (yes or no).
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .]{0,40}")
+"""A lead the pattern can hold: words and numbers ("Yes", "2", "Right", "13.5 mm")."""
 
-    *think* passes the yes/no that in-domain evidence gave this very yes/no question, one way
-    (``agent.trust.agreement.evidence_yes_no``); the answer's schema gets a ``pattern``:
-    "Yes." or "No." (or with a comma) and then the planner's own words. A constrained decoder
-    (the embedded planner) cannot write the opposite; a server that honours patterns neither;
-    for any other, rethink's meaning check still holds the answer to it. On real items the
-    small planner answered "No." under evidence reading "Answer: yes", and the loop then
-    abstained. The planner keeps every other choice: to call another tool first, what to cite,
-    what to add. Nothing changes when evidence answered both ways or not at all.
+
+def bind_answer(offer: list[dict[str, Any]], lead: str | None) -> list[dict[str, Any]]:
+    """``offer`` with ``final_answer``'s answer bound to open with ``lead``.
+
+    *think* passes what in-domain evidence gave this very question, one way
+    (``agent.trust.agreement.evidence_lead``): its yes or no, a count, a patient's side. The
+    answer's schema gets a ``pattern``: "Yes." or "No." (or with a comma), or the count or
+    side with optional punctuation, and then the planner's own words. A constrained decoder
+    (the embedded planner) cannot write another; a server that honours patterns neither; for
+    any other, rethink's meaning check still holds the answer to it. On real items the small
+    planner answered "No." under evidence reading "Answer: yes", and the loop then abstained;
+    on phantoms it answered counts with places and sides the wrong way round. The planner
+    keeps every other choice: to call another tool first, what to cite, what to add. Nothing
+    changes when evidence answered both ways or not at all.
     """
-    if word is None:
+    if lead is None or not _PLAIN.fullmatch(lead):
         return offer
+    yes_no = lead.lower() in ("yes", "no")
+    # llama.cpp's schema converter copies a backslash escape into the grammar literally: a
+    # dot goes in a class of its own, and nothing else but letters, digits and spaces is bound
+    head = (lead.capitalize() if yes_no else lead).replace(".", "[.]")
+    pattern = f"^{head}[.,]{ANSWER_TAIL}" if yes_no else f"^{head}[.,]?{ANSWER_TAIL}"
     out = []
     for spec in offer:
         if spec["function"]["name"] == FINAL_ANSWER_TOOL:
             spec = {**spec, "function": {**spec["function"]}}
             params = dict(spec["function"]["parameters"])
             props = dict(params["properties"])
-            pattern = f"^{word.capitalize()}[.,]{ANSWER_TAIL}"
             props["answer"] = {"type": "string", "pattern": pattern,
                                "description": props["answer"].get("description", "")}
             spec["function"]["parameters"] = {**params, "properties": props}

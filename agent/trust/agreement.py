@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, opens_with_auxiliary
 
-__all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_yes_no",
+__all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_lead",
+           "evidence_yes_no",
            "finding_family", "leading_yes_no", "pixels_only", "stance_of", "unanswerable"]
 
 # Findings that name the same thing in different words (lower case, singular).
@@ -310,6 +311,69 @@ def evidence_yes_no(question: str, evidence: Iterable[Evidence]) -> str | None:
         return None
     said = {a for ev in evidence if (a := _answers_yes_no(ev, question))}
     return said.pop() if len(said) == 1 else None
+
+
+_HOW_MANY = re.compile(r"^\s*how many\b", re.IGNORECASE)
+_SIZE = re.compile(r"\b(diameter|size|how (big|large|wide)|across)\b")
+
+
+def _names(finding: str, question: str) -> bool:
+    """Whether ``question`` names ``finding`` (its head noun, singular or plural)."""
+    words = re.findall(r"[a-z]+", finding.lower())
+    return bool(words) and re.search(rf"\b{re.escape(words[-1])}(s|es)?\b", question.lower()) \
+        is not None
+
+
+def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
+    """The words this question's answer must open with, when in-domain evidence gave them.
+
+    ``Yes`` / ``No`` as ``evidence_yes_no`` gives them; for "How many <finding>...?" the count
+    that good, in-domain evidence asserts for that finding; for "... the patient's left or
+    right ...?" the side it asserts the finding on; for its diameter or size, the one it
+    measured (the largest when asked for the largest); for the quadrant of the image, the one
+    it located it in (``data["lesions"]``, largest first). Each only when the evidence is
+    unanimous and, past the count, none of it says the finding is absent; None otherwise.
+    The planner's ``final_answer`` is bound to open with these words
+    (``agent.planner.offer.bind_answer``): on 100 phantoms, under evidence that had it right,
+    the small planner answered "How many focal lesions?" with a place 11 times, gave the side
+    opposite to the detector's 8 times, another lesion's diameter 7 times and the wrong
+    quadrant 7 times.
+    """
+    evidence = list(evidence)
+    said = evidence_yes_no(question, evidence)
+    if said is not None:
+        return said.capitalize()
+    asserted = [a for ev in evidence if ev.status == "ok" and not ev.data.get("out_of_domain")
+                for a in ev.assertions if _names(a.finding, question)]
+    if not asserted:
+        return None
+    if _HOW_MANY.match(question):
+        counts = {a.count for a in asserted if a.count is not None}
+        return str(counts.pop()) if len(counts) == 1 else None
+    if not all(a.present for a in asserted):
+        return None
+    form = QuestionForm.of(question)
+    q = question.lower()
+    if (form.either_or and not form.image_frame and re.search(r"\bleft\b", q)
+            and re.search(r"\bright\b", q)):
+        sides = {a.side for a in asserted if a.side in ("left", "right")}
+        return sides.pop().capitalize() if len(sides) == 1 else None
+    good = [ev for ev in evidence if ev.status == "ok" and not ev.data.get("out_of_domain")
+            and any(_names(a.finding, question) for a in ev.assertions)]
+    largest = re.search(r"\b(largest|biggest)\b", q) is not None
+    if _SIZE.search(q):
+        sizes = {(m.value, m.unit) for ev in good for m in ev.measurements
+                 if "diameter" in m.name}
+        if len(sizes) == 1 or (largest and sizes):
+            value, unit = max(sizes)
+            return f"{value:g} {unit}".strip()
+        return None
+    if form.image_frame and "quadrant" in q:
+        places = [str(d.get("quadrant")) for ev in good for d in ev.data.get("lesions") or []
+                  if isinstance(d, dict) and d.get("quadrant")]
+        if places and (len(set(places)) == 1 or largest):
+            return places[0].capitalize()  # the list is largest first
+    return None
 
 
 def unanswerable(question: str, evidence: Sequence[Evidence],

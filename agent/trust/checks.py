@@ -8,11 +8,13 @@ planner that invents "12 mm" is caught here, not by trusting it. The answer and 
 also mean what the cited evidence asserts (``agent.trust.agreement``: present/absent, normal,
 side, count); a conflict sends the planner back with the conflict named, and an answer that
 still conflicts when the budget is spent abstains. So does an answer no reader can use: on
-clinical images, one that rests only on readings of the pixels. Two faults of a small planner's
-sentence are mended rather than sent back, because what it says is still the evidence's: a
-loop ("No, no, no, ...") is given once, and a sentence whose leading yes/no is the one the
-evidence gave but whose rest says the opposite ("No, this patient has a skull fracture.") is
-given as that yes/no alone; each mend is noted (``ReviewResult.mended``).
+clinical images, one that rests only on readings of the pixels. Three faults of a small
+planner's sentences are mended rather than sent back, because what it says is still the
+evidence's: a loop ("No, no, no, ...") is given once; a sentence whose leading yes/no is the one
+the evidence gave but whose rest says the opposite ("No, this patient has a skull fracture.") is
+given as that yes/no alone; and under an answer that opens with what the evidence gives (its
+yes/no, count or side), a claim saying the opposite of its own evidence is restated in the
+evidence's words. Each mend is noted (``ReviewResult.mended``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from agent.answer import Claim, FinalAnswerArgs, ProposedClaim
 from agent.trust.agreement import (
     answer_conflicts,
+    conflicts_with,
+    evidence_lead,
     evidence_yes_no,
     leading_yes_no,
     pixels_only,
@@ -216,6 +220,39 @@ def _mend(answer: str, question: str, cited: Sequence[Evidence]) -> tuple[str, l
     return answer, mended
 
 
+def _opens_with(answer: str, lead: str) -> bool:
+    """Whether ``answer`` opens with ``lead`` as a word ("2 lesions", not "25 lesions")."""
+    text = answer.strip().lower()
+    return text.startswith(lead.lower()) and not text[len(lead):len(lead) + 1].isalnum()
+
+
+def _restate_claims(result: ReviewResult, by_id: dict[str, Evidence], question: str,
+                    cited: Sequence[Evidence]) -> list[str]:
+    """Claims that contradict their own evidence under an answer bound to that evidence.
+
+    When the answer opens with what the evidence gives this question (``evidence_lead``: the
+    grammar bound it there), a claim whose own words say the opposite of the evidence it
+    cites (the small planner's "Yes, the lesion is on the patient's left side." under
+    "Right." and a detector reporting the right side) is a slip of the pen, not a reading:
+    the cited evidence's own summary stands in for it, and the answer notes the mend. Left
+    alone, the claim made the agent abstain on an answer its evidence supports.
+    """
+    lead = evidence_lead(question, cited) if question.strip() else None
+    if lead is None or not _opens_with(result.answer, lead):
+        return []
+    notes = []
+    for k, claim in enumerate(result.supported):
+        evs = [by_id[i] for i in claim.evidence_ids]
+        if not conflicts_with(claim.statement, evs, question=question, as_answer=False):
+            continue
+        said = " ".join(e.summary for e in evs)
+        result.supported[k] = Claim(statement=said, evidence_ids=claim.evidence_ids)
+        notes.append(f"the claim {claim.statement!r} said the opposite of its own evidence "
+                     f"under an answer opening with what that evidence gives ({lead!r}); "
+                     "the evidence's own words stand in for it")
+    return notes
+
+
 def find_contradictions(evidence: Sequence[Evidence]) -> list[str]:
     """Pairs of successful tool results that assert opposite things about one finding."""
     seen: dict[str, tuple[Evidence, bool]] = {}
@@ -269,6 +306,8 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
     cited = [(c.statement, [by_id[i] for i in c.evidence_ids]) for c in result.supported]
     cited_evidence = list({id(e): e for _, evs in cited for e in evs}.values())
     result.answer, result.mended = _mend(proposal.answer, question, cited_evidence)
+    result.mended += _restate_claims(result, by_id, question, cited_evidence)
+    cited = [(c.statement, [by_id[i] for i in c.evidence_ids]) for c in result.supported]
     result.conflicts = answer_conflicts(result.answer, cited, question) if cited else []
     result.problems.extend(
         f"{c}; make the answer say what the evidence says, or call another tool"

@@ -178,13 +178,13 @@ def test_think_hands_the_catalogue_to_a_backend_that_reads_it(tmp_path):
 def test_final_answer_is_bound_to_the_yes_no_the_evidence_gave_this_question():
     import re
 
-    from agent.planner.offer import bind_yes_no
+    from agent.planner.offer import bind_answer
 
     q = "Is there a midline shift?"
     ev = [Evidence(id="E1", tool="case_answer", summary="Answer: no", score=0.6,
                    data={"yes_no": "no", "question": q})]
     offer = offered_tools(_tools(), [ImageRef(id="img-000000000001", summary="a")], ev)
-    bound = bind_yes_no(offer, "no")
+    bound = bind_answer(offer, "no")
     pattern = _props(bound, "final_answer")["answer"]["pattern"]
     assert re.match(pattern, "No. The midline is straight.")
     assert re.match(pattern, "No.")
@@ -192,7 +192,19 @@ def test_final_answer_is_bound_to_the_yes_no_the_evidence_gave_this_question():
         assert not re.match(pattern, wrong), wrong
     assert _props(bound, "look") == _props(offer, "look")  # the other tools untouched
     assert "pattern" not in _props(offer, "final_answer")["answer"]  # a copy was bound
-    assert bind_yes_no(offer, None) == offer  # the evidence did not answer it
+    assert bind_answer(offer, None) == offer  # the evidence did not answer it
+    count = _props(bind_answer(offer, "2"), "final_answer")["answer"]["pattern"]
+    for right in ("2", "2.", "2 focal lesions.", "2, both in the upper right."):
+        assert re.match(count, right), right
+    for wrong in ("25 lesions.", "The lesion is in the upper right.", "Two lesions."):
+        assert not re.match(count, wrong), wrong
+    side = _props(bind_answer(offer, "Right"), "final_answer")["answer"]["pattern"]
+    assert re.match(side, "Right, on the patient's right side.") and re.match(side, "Right")
+    assert not re.match(side, "Left.") and not re.match(side, "Rightward.")
+    size = _props(bind_answer(offer, "13.5 mm"), "final_answer")["answer"]["pattern"]
+    assert "\\" not in size  # no escapes: llama.cpp's converter would keep the backslash
+    assert re.match(size, "13.5 mm.") and not re.match(size, "1305 mm.")
+    assert bind_answer(offer, 'a "quoted" lead') == offer  # not a plain lead: left unbound
 
 
 def test_a_constrained_planner_cannot_answer_against_the_evidence(store, medloop_home):

@@ -113,6 +113,48 @@ def test_a_yes_no_answer_against_evidence_that_answered_the_same_question():
     assert conflicts_with("No.", [ev], question=q) == []
 
 
+def test_the_answer_opens_with_the_count_or_side_good_evidence_asserted():
+    from agent.trust.agreement import evidence_lead
+    from tools.evidence import Assertion, Measurement
+
+    def lesions(count: int, side: str | None, **data) -> Evidence:
+        return Evidence(id="E1", tool="detect_lesions", summary=f"{count} focal lesions found",
+                        score=0.9, data=data, assertions=[Assertion(
+                            finding="focal lesion", present=count > 0, count=count, side=side)])
+
+    two = lesions(2, "left")
+    assert evidence_lead("How many focal lesions are in this image?", [two]) == "2"
+    assert evidence_lead("How many lesions are there?", [two]) == "2"
+    assert evidence_lead("How many ribs are there?", [two]) is None  # another finding
+    assert evidence_lead("How many lesions?", [two, lesions(3, "left")]) is None  # split
+    assert evidence_lead("Is the lesion on the patient's left or right side?", [two]) == "Left"
+    assert evidence_lead("Is the lesion on the left or right?", [lesions(1, "both")]) is None
+    # in the image's frame, left and right are the picture's, not the patient's sides
+    assert evidence_lead("Is the lesion in the left or right half of the image?", [two]) is None
+    assert evidence_lead("Is the lesion on the left or right?", [lesions(0, None)]) is None
+    flagged = lesions(2, "left", out_of_domain=True)
+    assert evidence_lead("How many focal lesions are in this image?", [flagged]) is None
+    yes = Evidence(id="E2", tool="case_answer", summary="Answer: yes", score=0.7,
+                   data={"yes_no": "yes", "question": "Is there a mass?"})
+    assert evidence_lead("Is there a mass?", [yes]) == "Yes"
+    assert evidence_lead("What is the diameter of the largest lesion?", [two]) is None  # none
+    measured = two.model_copy(update={
+        "measurements": [Measurement(name="L1_diameter", value=13.5, unit="mm"),
+                         Measurement(name="L2_diameter", value=7.0, unit="mm")],
+        "data": {"lesions": [{"quadrant": "lower right"}, {"quadrant": "upper left"}]}})
+    assert evidence_lead("What is the diameter of the largest lesion in mm?",
+                         [measured]) == "13.5 mm"
+    assert evidence_lead("What is the diameter of the lesion?", [measured]) is None  # which?
+    assert evidence_lead("In which quadrant of the image is the largest lesion?",
+                         [measured]) == "Lower right"
+    assert evidence_lead("In which quadrant of the image is the lesion?", [measured]) is None
+    one = measured.model_copy(update={
+        "measurements": [Measurement(name="L1_diameter", value=6.2, unit="mm")],
+        "data": {"lesions": [{"quadrant": "upper right"}]}})
+    assert evidence_lead("How big is the lesion?", [one]) == "6.2 mm"
+    assert evidence_lead("In which quadrant of the image is the lesion?", [one]) == "Upper right"
+
+
 def test_the_evidence_yes_no_is_given_only_when_it_answered_this_question_one_way():
     from agent.trust.agreement import evidence_yes_no
 

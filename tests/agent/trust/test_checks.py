@@ -229,3 +229,25 @@ def test_a_bound_yes_no_whose_sentence_says_the_opposite_is_given_alone():
     result = review(said.model_copy(update={"answer": "Yes, there is no skull fracture."}),
                     [expert], q, "clinical")
     assert not result.ok and result.conflicts
+
+
+def test_a_claim_against_its_evidence_under_a_bound_answer_is_restated_in_its_words():
+    """"Right." bound by the detector, with the claim "... on the patient's left side."."""
+    q = "Is the lesion on the patient's left or right side?"
+    found = _lesions(1, side="right")
+    slip = ProposedClaim(statement="Yes, the lesion is on the patient's left side.",
+                         evidence_ids=["E1"])
+    result = review(FinalAnswerArgs(answer="Right.", claims=[slip]), [found], q, "phantom")
+    assert result.ok and result.answer == "Right." and not result.conflicts
+    assert result.supported[0].statement == found.summary
+    assert "said the opposite of its own evidence" in result.mended[0]
+    # an answer that does not open with the evidence's side is sent back, claim and all
+    result = review(FinalAnswerArgs(answer="Left.", claims=[slip]), [found], q, "phantom")
+    assert not result.ok and result.conflicts and not result.mended
+    # a count: "2" is bound, "25" is not that count
+    many = _lesions(2, side="left")
+    said = ProposedClaim(statement="There are three lesions.", evidence_ids=["E1"])
+    assert review(FinalAnswerArgs(answer="2 lesions.", claims=[said]), [many],
+                  "How many lesions are there?", "phantom").ok
+    assert not review(FinalAnswerArgs(answer="25 lesions.", claims=[said]), [many],
+                      "How many lesions are there?", "phantom").ok
