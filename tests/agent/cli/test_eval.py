@@ -115,6 +115,9 @@ def test_bad_eval_arguments_exit_2(capsys):
 def test_medloop_eval_phantoms_with_the_embedded_model(capsys, tmp_path, monkeypatch):
     """Two phantom items through the real embedded planner (SmolLM2-135M, llama.cpp)."""
     monkeypatch.setenv("MEDLOOP_CALIBRATION", "none")
+    # One thread: llama.cpp's threads spin while they wait, and with another process on the
+    # two cores this test went past its 10-minute limit twice (22 s on a quiet machine).
+    monkeypatch.setenv("MEDLOOP_LLM_THREADS", "1")
     code = main(["eval", "phantoms:2", "--llm", "embedded", "--tools", "detect_lesions",
                  "--max-rounds", "2", "--baselines", "none", "--json", "--out",
                  str(tmp_path), "-q"])
