@@ -131,6 +131,19 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
     return Reliability(kinds, folds, seed)
 
 
+def train_library(library: Any) -> None:
+    """Fit everything ``case_answer`` reads beside a library's pairs.
+
+    The trained heads, the yes/no answer model and, measured with both, the per-kind table:
+    what ``medloop library train`` fits.
+    """
+    from retrievers import answer_model, heads
+
+    heads.train_and_save(library)
+    answer_model.train_and_save(library)
+    train_and_save(library)
+
+
 def train_and_save(library: Any, folds: int = 5, seed: int = 0) -> dict[str, Any] | None:
     """Measure and save the table of a library built from labelled pairs; a JSON summary.
 

@@ -214,7 +214,7 @@ def build_shipped(items_file: str | Path, out: str | Path) -> Path:
     vectors, trained heads, the yes/no answer model, the per-kind reliability table), then the
     images' digests. ``out`` is replaced; its ``README.md`` (the provenance) is kept.
     """
-    from retrievers import answer_model, heads, reliability
+    from retrievers import reliability
     from retrievers.embedders import image_embedder_by_name
     from retrievers.vqa_library import DEFAULT_IMAGE_EMBEDDER, build_vqa_library
 
@@ -224,9 +224,7 @@ def build_shipped(items_file: str | Path, out: str | Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     lib = build_vqa_library(items_file, out, image_embedder_by_name(DEFAULT_IMAGE_EMBEDDER))
     try:
-        heads.train_and_save(lib)
-        answer_model.train_and_save(lib)
-        reliability.train_and_save(lib)
+        reliability.train_library(lib)
     finally:
         lib.close()
     write_image_digests(items_file, out)

@@ -24,7 +24,7 @@ import numpy as np
 
 from agent.evaluation.folds import folds_by_image
 from agent.evaluation.items import EvalItem
-from retrievers import answer_model, heads, reliability
+from retrievers import reliability
 from retrievers.embedders import image_embedder_by_name
 from retrievers.question_kinds import table_is_current
 from retrievers.vqa_library import (
@@ -61,9 +61,7 @@ def _build(items_file: Path, root: Path, images: Sequence[str] | None,
     embedder = image_embedder_by_name(embedder_name)
     lib = build_vqa_library(items_file, root, embedder, images=images, image_vectors=vectors)
     try:
-        heads.train_and_save(lib)
-        answer_model.train_and_save(lib)
-        reliability.train_and_save(lib)
+        reliability.train_library(lib)
     finally:
         lib.close()
     (root / _DONE).write_text("ok\n")
