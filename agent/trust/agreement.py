@@ -314,6 +314,15 @@ def evidence_yes_no(question: str, evidence: Iterable[Evidence]) -> str | None:
 
 
 _HOW_MANY = re.compile(r"^\s*how many\b", re.IGNORECASE)
+# "Is there a lesion?", "Are there any nodules in this image?", "Does the image show a mass?"
+_PRESENCE = re.compile(
+    r"^\s*(is|are) there\b|^\s*(does|do) (this|the) (image|scan|film|picture|study|radiograph)s?"
+    r" (show|contain|have|demonstrate)\b", re.IGNORECASE)
+# what makes a presence question ask more than presence: a side, a place, a number, a size
+_QUALIFIED = re.compile(
+    r"\b(left|right|upper|lower|anterior|posterior|medial|lateral|more|less|fewer|larger|"
+    r"smaller|bigger|than|multiple|several|many|only|single|one|two|three|four|five|both|"
+    r"each|every|new|old|quadrant|\d+)\b", re.IGNORECASE)
 _SIZE = re.compile(r"\b(diameter|size|how (big|large|wide)|across)\b")
 
 
@@ -327,7 +336,9 @@ def _names(finding: str, question: str) -> bool:
 def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     """The words this question's answer must open with, when in-domain evidence gave them.
 
-    ``Yes`` / ``No`` as ``evidence_yes_no`` gives them; for "How many <finding>...?" the count
+    ``Yes`` / ``No`` as ``evidence_yes_no`` gives them, or for a bare presence question ("Is
+    there a <finding> in this image?", with no side, place, number or size to it) as the
+    evidence's assertions about that finding unanimously say; for "How many <finding>...?" the count
     that good, in-domain evidence asserts for that finding; for "... the patient's left or
     right ...?" the side it asserts the finding on; for its diameter or size, the one it
     measured (the largest when asked for the largest); for the quadrant of the image, the one
@@ -337,7 +348,8 @@ def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     (``agent.planner.offer.bind_answer``): on 100 phantoms, under evidence that had it right,
     the small planner answered "How many focal lesions?" with a place 11 times, gave the side
     opposite to the detector's 8 times, another lesion's diameter 7 times and the wrong
-    quadrant 7 times.
+    quadrant 7 times; and once "No, there is no lesion in this image." under a detector that
+    found one.
     """
     evidence = list(evidence)
     said = evidence_yes_no(question, evidence)
@@ -347,6 +359,9 @@ def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
                 for a in ev.assertions if _names(a.finding, question)]
     if not asserted:
         return None
+    if _PRESENCE.match(question) and not _QUALIFIED.search(question):
+        present = {a.present for a in asserted}
+        return ("Yes" if present.pop() else "No") if len(present) == 1 else None
     if _HOW_MANY.match(question):
         counts = {a.count for a in asserted if a.count is not None}
         return str(counts.pop()) if len(counts) == 1 else None

@@ -134,6 +134,15 @@ def test_the_answer_opens_with_the_count_or_side_good_evidence_asserted():
     assert evidence_lead("Is the lesion on the left or right?", [lesions(0, None)]) is None
     flagged = lesions(2, "left", out_of_domain=True)
     assert evidence_lead("How many focal lesions are in this image?", [flagged]) is None
+    # a bare presence question takes the assertions' present/absent; a qualified one does not
+    assert evidence_lead("Is there a focal lesion in this image?", [two]) == "Yes"
+    assert evidence_lead("Are there any lesions?", [lesions(0, None)]) == "No"
+    assert evidence_lead("Does the image show a lesion?", [two]) == "Yes"
+    assert evidence_lead("Is there a lesion in the right lung?", [two]) is None  # a side
+    assert evidence_lead("Is there more than one lesion?", [two]) is None  # a number
+    assert evidence_lead("Is there a lesion?", [two, lesions(0, None)]) is None  # split
+    assert evidence_lead("Is there a focal lesion in this image?", [flagged]) is None
+    assert evidence_lead("Is there a fracture?", [two]) is None  # another finding
     yes = Evidence(id="E2", tool="case_answer", summary="Answer: yes", score=0.7,
                    data={"yes_no": "yes", "question": "Is there a mass?"})
     assert evidence_lead("Is there a mass?", [yes]) == "Yes"
