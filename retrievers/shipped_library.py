@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CONTENTS_FILE",
     "IMAGES_FILE",
     "NAME",
     "NEAR_BITS",
@@ -54,6 +55,7 @@ __all__ = [
     "install",
     "overlapping",
     "shipped",
+    "write_contents",
 ]
 
 NAME = "vqa-rad-dev"
@@ -61,6 +63,11 @@ NAME = "vqa-rad-dev"
 
 SOURCE = Path(__file__).resolve().parent / "libraries" / NAME
 """Where the shipped library lies inside the package."""
+
+CONTENTS_FILE = "contents.json"
+"""``{file name: sha256}`` of every other file of the library: ``install`` checks the copy
+against it. A ``*.sqlite`` ignore rule once kept ``cases.sqlite`` out of the repository, and a
+fresh checkout's library failed far from the cause (``KeyError: 0`` inside ``case_answer``)."""
 
 IMAGES_FILE = "images.jsonl"
 """One JSON a line per library image: ``{"image": path, "sha256": hex, "dhash": hex}``."""
@@ -107,7 +114,8 @@ def install(home: str | Path, source: Path | None = None) -> Path:
     interrupted copy is never opened.
 
     Raises:
-        FileNotFoundError: this install carries no shipped library.
+        FileNotFoundError: this install carries no shipped library, or an incomplete one.
+        ValueError: a file of it differs from the digest its ``contents.json`` lists.
     """
     source = source or shipped()
     if source is None:
@@ -115,6 +123,7 @@ def install(home: str | Path, source: Path | None = None) -> Path:
     dest = Path(home) / "libraries" / f"{source.name}-{_content_digest(source)[:12]}"
     if dest.is_dir():
         return dest
+    _check_contents(source)  # once, before the copy: what is copied is what was built
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
     shutil.copytree(source, scratch)
@@ -125,6 +134,33 @@ def install(home: str | Path, source: Path | None = None) -> Path:
         if not dest.is_dir():
             raise
     return dest
+
+
+def _check_contents(source: Path) -> None:
+    """Raise, naming them, when files ``contents.json`` lists are missing or changed."""
+    listed = source / CONTENTS_FILE
+    if not listed.is_file():
+        raise FileNotFoundError(f"the case library at {source} lists no contents "
+                                f"({CONTENTS_FILE} is missing): reinstall medloop")
+    contents: dict[str, str] = json.loads(listed.read_text(encoding="utf-8"))
+    missing = sorted(n for n in contents if not (source / n).is_file())
+    if missing:
+        raise FileNotFoundError(f"the case library at {source} is incomplete: "
+                                f"{', '.join(missing)} missing; reinstall medloop")
+    changed = sorted(n for n, digest in contents.items() if file_digest(source / n) != digest)
+    if changed:
+        raise ValueError(f"the case library at {source} is damaged: {', '.join(changed)} "
+                         f"differ from the digests in {CONTENTS_FILE}; reinstall medloop")
+
+
+def write_contents(out: str | Path) -> Path:
+    """``out/contents.json``: the sha256 of every other file of the library at ``out``."""
+    out = Path(out)
+    contents = {f.name: file_digest(f) for f in sorted(out.iterdir())
+                if f.is_file() and f.name != CONTENTS_FILE}
+    path = out / CONTENTS_FILE
+    path.write_text(json.dumps(contents, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def answers_getter(source: Path, home: str | Path) -> Callable[[], Any]:
@@ -230,6 +266,7 @@ def build_shipped(items_file: str | Path, out: str | Path) -> Path:
     write_image_digests(items_file, out)
     if kept is not None:
         readme.write_text(kept, encoding="utf-8")
+    write_contents(out)
     return out
 
 

@@ -47,6 +47,34 @@ def test_install_copies_once_under_home_and_never_half(tmp_path):
     assert not list((tmp_path / "libraries").glob(".*.tmp"))  # the scratch copy was renamed
 
 
+def test_every_file_it_lists_is_there_as_built(tmp_path):
+    """What a fresh checkout carries: every listed file, with the digest it was built with."""
+    contents = json.loads((SOURCE / shipped_library.CONTENTS_FILE).read_text())
+    assert {"cases.sqlite", "qa.jsonl", "image.vec", "heads.json"} <= set(contents)
+    assert {p.name for p in SOURCE.iterdir() if p.is_file()} == {
+        *contents, shipped_library.CONTENTS_FILE}
+    assert all(file_digest(SOURCE / n) == d for n, d in contents.items())
+
+
+def test_an_incomplete_or_damaged_library_is_a_clear_error_naming_the_file(tmp_path):
+    import shutil
+
+    lib = tmp_path / "vqa-rad-dev"
+    shutil.copytree(SOURCE, lib)
+    (lib / "cases.sqlite").unlink()
+    with pytest.raises(FileNotFoundError, match=r"incomplete: cases\.sqlite missing"):
+        install(tmp_path / "home", lib)
+    shutil.copy(SOURCE / "cases.sqlite", lib)
+    with (lib / "heads.json").open("a") as f:
+        f.write(" ")
+    with pytest.raises(ValueError, match=r"damaged: heads\.json differ"):
+        install(tmp_path / "home", lib)
+    assert not (tmp_path / "home" / "libraries").exists()  # nothing half-installed
+    (lib / shipped_library.CONTENTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=r"contents\.json is missing"):
+        install(tmp_path / "home", lib)
+
+
 def test_a_missing_shipped_library_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(shipped_library, "SOURCE", tmp_path / "gone")
     assert shipped_library.shipped() is None
