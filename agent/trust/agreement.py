@@ -22,8 +22,8 @@ from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, opens_with_auxiliary
 
 __all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_lead",
-           "evidence_yes_no",
-           "finding_family", "leading_yes_no", "pixels_only", "stance_of", "unanswerable"]
+           "evidence_yes_no", "finding_family", "leading_yes_no", "outside_only", "pixels_only",
+           "stance_of", "unanswerable"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -456,6 +456,25 @@ def pixels_only(question: str, cited: Sequence[Evidence]) -> str:
     verb = "reads" if len(cited) == 1 else "read"
     return (f"the answer rests only on {ids}, which {verb} the picture's pixels, not what they "
             "show; nothing cited bears on this question")
+
+
+def outside_only(cited: Sequence[Evidence]) -> str:
+    """Why an answer citing only ``cited`` stands on evidence no tool vouches for here.
+
+    Empty unless every cited item is flagged as outside its tool's validated domain
+    (``data["out_of_domain"]``, ``tools.domain``). Flagged evidence cannot contradict an
+    answer (``_reliable``), so it cannot carry one either: on real items the 1.5B planner,
+    offered ``measure_lungs`` beside ``case_answer``, answered "There is tracheal deviation."
+    and "The gallbladder wall is not enhanced by contrast." from lung areas measured on a JPEG
+    (flagged: its view cannot be established), at 0.54-0.65 confidence; 7 of its 15 such
+    answers were right, a coin's odds.
+    """
+    if not cited or not all(ev.data.get("out_of_domain") for ev in cited):
+        return ""
+    ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in cited)
+    whose = "its tool was" if len(cited) == 1 else "their tools were"
+    return (f"the answer cites only {ids}, outside what {whose} validated for; nothing from "
+            "inside a tool's domain bears on this question")
 
 
 def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,

@@ -30,6 +30,7 @@ from agent.trust.agreement import (
     evidence_lead,
     evidence_yes_no,
     leading_yes_no,
+    outside_only,
     pixels_only,
     stance_of,
 )
@@ -280,7 +281,8 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
     ``question`` (the user's, when known) lets a bare "yes"/"no" answer be read for meaning.
     ``domain`` is the images' (``agent.trust.calibration.domain_of``): on ``clinical`` images
     an answer citing only readings of the pixels is a defect (``pixels_only``); on phantoms
-    the pixels are the ground truth and may answer.
+    the pixels are the ground truth and may answer. On any image, so is an answer citing only
+    evidence flagged as outside its tool's validated domain (``outside_only``).
     """
     by_id = {e.id: e for e in evidence}
     result = ReviewResult(contradictions=find_contradictions(evidence), answer=proposal.answer)
@@ -313,8 +315,7 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
         f"{c}; make the answer say what the evidence says, or call another tool"
         for c in result.conflicts)
     bare = pixels_only(question, cited_evidence) if domain == CLINICAL else ""
-    result.defects = [bare] if bare else []
-    if bare:
-        result.problems.append(f"{bare}; call a tool that can answer it, or answer that it "
-                               "cannot be answered from these tools")
+    result.defects = [d for d in (bare, outside_only(cited_evidence)) if d]
+    result.problems.extend(f"{d}; call a tool that can answer it, or answer that it cannot be "
+                           "answered from these tools" for d in result.defects)
     return result

@@ -194,6 +194,28 @@ def test_defects_an_answer_that_loops_or_stands_on_pixels_only_on_a_clinical_ima
     assert result.mended[0].startswith("the answer repeats 'the image is wrong' 4 times")
 
 
+def test_defects_an_answer_that_stands_only_on_evidence_outside_its_tools_domain():
+    """"There is tracheal deviation." from lung areas measured on a flagged JPEG (the 1.5B)."""
+    lungs = ev(1, "Outside what this tool was validated for (...): lung areas 132749 px2 right",
+               tool="measure_lungs", score=0.4, data={"out_of_domain": True})
+    q = "Is there tracheal deviation?"
+    said = FinalAnswerArgs(answer="There is tracheal deviation.", claims=[
+        ProposedClaim(statement="lung areas measured", evidence_ids=["E1"])], confidence=0.8)
+    for domain in ("clinical", "phantom", None):
+        result = review(said, [lungs], q, domain)
+        assert result.supported and not result.conflicts and not result.ok
+        (defect,) = result.defects
+        assert defect.startswith("the answer cites only E1 (measure_lungs), outside what its "
+                                 "tool was validated for")
+        assert any(p.startswith(defect) for p in result.problems)
+    # one cited item from inside its tool's domain carries it
+    expert = ev(2, "Answer: no", tool="case_answer", score=0.7,
+                data={"yes_no": "no", "question": q})
+    no = said.model_copy(update={"answer": "No.", "claims": [
+        ProposedClaim(statement="the cases answer no", evidence_ids=["E1", "E2"])]})
+    assert review(no, [lungs, expert], q, "clinical").ok
+
+
 @pytest.mark.parametrize("text, once", [
     ("No, no, no, no, no, no", "No."),
     ("The image is wrong. The image is wrong. The image is wrong.", "The image is wrong."),
