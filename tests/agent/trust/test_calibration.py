@@ -164,6 +164,12 @@ def test_a_phantom_map_is_never_applied_to_a_clinical_image(tmp_path, monkeypatc
 
     monkeypatch.delenv("MEDLOOP_CALIBRATION", raising=False)
     ctx = AgentContext(llm="embedded", home=tmp_path)
+    # the default planner ships a map per domain, each fitted on its own domain's runs
+    ships = calibration_for(ctx, "phantom")
+    assert ships is not None and ships.domain == "phantom" and ships.n_fit >= 100
+    assert {m.domain for m in ships.by_form.values()} <= {"phantom"}
+    assert calibration_for(AgentContext(llm="embedded:qwen2.5-1.5b", home=tmp_path),
+                           "phantom") is None  # fitted for SmolLM2, not another planner
     folder = tmp_path / "calibration"
     # A map saved before domains were recorded was fitted on phantoms: it says so when read.
     folder.mkdir()
@@ -271,7 +277,7 @@ def test_the_default_planner_ships_a_clinical_map_per_question_form(tmp_path, mo
     cal = calibration_for(ctx, "clinical")
     assert cal is not None and cal.domain == "clinical" and cal.n_fit >= 300
     assert set(cal.by_form) == {"closed", "open"}
-    assert calibration_for(ctx, "phantom") is None  # never applied to another domain
+    assert calibration_for(ctx, "phantom").domain == "phantom"  # phantoms have their own
     # its open answers were rarely right on real images: a raw 0.7 reads low there
     assert cal.for_form("open")(0.7) < 0.2 < cal.for_form("closed")(0.7)
     other = AgentContext(llm="embedded:qwen2.5-1.5b", home=tmp_path)
