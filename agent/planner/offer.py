@@ -23,6 +23,11 @@ an identical call into "already done: see E1".
 
 A tool that failed twice running on an image (``FAILURES_BEFORE_WITHHELD``) is no longer
 offered that image either: its failures stay in the evidence for the planner to read.
+
+While every good result so far is flagged as outside its tool's domain and another tool is on
+offer, ``final_answer`` waits: such evidence cannot carry an answer (``agreement.outside_only``),
+and on real items both Qwen planners, offered ``measure_lungs`` beside ``case_answer``, called
+the first and answered from its lung areas on abdominal and head images.
 """
 
 from __future__ import annotations
@@ -223,8 +228,8 @@ def offered_tools(
 
     Image ids and mask keys become enums of the ones that exist, so a constrained planner
     cannot invent one; a tool that needs a mask is withheld until some tool has made one, and
-    one that needs an image while none it accepts is attached is withheld. Domains and
-    tools that already answered: see the module docstring.
+    one that needs an image while none it accepts is attached is withheld. Domains, tools
+    that already answered, and when ``final_answer`` waits: see the module docstring.
     """
     mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
     answered = answered_images(evidence)
@@ -251,6 +256,8 @@ def offered_tools(
         spec["function"]["parameters"] = params
         out.append(spec)
     ok_ids = [e.id for e in evidence if e.status == "ok"]
-    if ok_ids or not images:
+    flagged_only = bool(ok_ids) and all(e.data.get("out_of_domain") for e in evidence
+                                        if e.status == "ok")
+    if (ok_ids or not images) and not (flagged_only and out):
         out.append(final_answer_schema(ok_ids))
     return out

@@ -458,23 +458,27 @@ def pixels_only(question: str, cited: Sequence[Evidence]) -> str:
             "show; nothing cited bears on this question")
 
 
-def outside_only(cited: Sequence[Evidence]) -> str:
-    """Why an answer citing only ``cited`` stands on evidence no tool vouches for here.
+def outside_only(question: str, cited: Sequence[Evidence], clinical: bool = True) -> str:
+    """Why an answer citing ``cited`` stands on evidence no tool vouches for here.
 
-    Empty unless every cited item is flagged as outside its tool's validated domain
-    (``data["out_of_domain"]``, ``tools.domain``). Flagged evidence cannot contradict an
-    answer (``_reliable``), so it cannot carry one either: on real items the 1.5B planner,
-    offered ``measure_lungs`` beside ``case_answer``, answered "There is tracheal deviation."
-    and "The gallbladder wall is not enhanced by contrast." from lung areas measured on a JPEG
-    (flagged: its view cannot be established), at 0.54-0.65 confidence; 7 of its 15 such
-    answers were right, a coin's odds.
+    Empty unless some cited item is flagged as outside its tool's validated domain
+    (``data["out_of_domain"]``, ``tools.domain``) and none of the rest carries the answer: on a
+    clinical image a reading of the pixels carries nothing (``bears_on``; citing
+    ``describe_image`` beside a flagged measurement does not make it one). Flagged evidence
+    cannot contradict an answer (``_reliable``), so it cannot carry one either: on real items
+    the 1.5B planner, offered ``measure_lungs`` beside ``case_answer``, answered "There is
+    tracheal deviation." and "The gallbladder wall is not enhanced by contrast." from lung
+    areas measured on a JPEG (flagged: its view cannot be established), at 0.54-0.65
+    confidence; 7 of its 15 such answers were right, a coin's odds.
     """
-    if not cited or not all(ev.data.get("out_of_domain") for ev in cited):
+    flagged = [ev for ev in cited if ev.data.get("out_of_domain")]
+    if not flagged or any(not ev.data.get("out_of_domain")
+                          and (not clinical or bears_on(ev, question)) for ev in cited):
         return ""
-    ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in cited)
-    whose = "its tool was" if len(cited) == 1 else "their tools were"
-    return (f"the answer cites only {ids}, outside what {whose} validated for; nothing from "
-            "inside a tool's domain bears on this question")
+    ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in flagged)
+    whose = "its tool was" if len(flagged) == 1 else "their tools were"
+    return (f"the answer stands only on {ids}, outside what {whose} validated for; nothing "
+            "from inside a tool's domain bears on this question")
 
 
 def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,

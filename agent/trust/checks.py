@@ -315,7 +315,8 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
         f"{c}; make the answer say what the evidence says, or call another tool"
         for c in result.conflicts)
     bare = pixels_only(question, cited_evidence) if domain == CLINICAL else ""
-    result.defects = [d for d in (bare, outside_only(cited_evidence)) if d]
+    result.defects = [d for d in (bare, outside_only(question, cited_evidence,
+                                                     domain == CLINICAL)) if d]
     result.problems.extend(f"{d}; call a tool that can answer it, or answer that it cannot be "
                            "answered from these tools" for d in result.defects)
     return result

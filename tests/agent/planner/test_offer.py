@@ -291,3 +291,16 @@ def test_with_nothing_left_to_call_or_cite_the_agent_abstains_without_asking(sto
     assert out["answer"].abstained and not out["answer"].budget_exhausted
     assert [s.get("error") for s in out["trace"] if s["step"] == "think"][-1] == (
         "no tool left to call and no evidence to cite")
+
+
+def test_final_answer_waits_while_every_result_is_outside_its_tools_domain():
+    """The Qwen planners answered from measure_lungs' lung areas on abdominal CTs."""
+    images = [ImageRef(id="img-000000000001", summary="a")]
+    flagged = Evidence(id="E1", tool="lungs", summary="Outside what ...: lung areas",
+                       data={"out_of_domain": True})
+    assert _names(offered_tools(_tools(), images, [flagged])) == ["look"]
+    # nothing else left to call: it may answer (and the check then abstains, naming E1)
+    looked = Evidence(id="E2", tool="look", summary="x", data={"out_of_domain": True})
+    assert _names(offered_tools(_tools()[:1], images, [flagged, looked])) == ["final_answer"]
+    inside = Evidence(id="E3", tool="look", summary="x")
+    assert _names(offered_tools(_tools(), images, [flagged, inside]))[-1] == "final_answer"

@@ -205,8 +205,8 @@ def test_defects_an_answer_that_stands_only_on_evidence_outside_its_tools_domain
         result = review(said, [lungs], q, domain)
         assert result.supported and not result.conflicts and not result.ok
         (defect,) = result.defects
-        assert defect.startswith("the answer cites only E1 (measure_lungs), outside what its "
-                                 "tool was validated for")
+        assert defect.startswith("the answer stands only on E1 (measure_lungs), outside what "
+                                 "its tool was validated for")
         assert any(p.startswith(defect) for p in result.problems)
     # one cited item from inside its tool's domain carries it
     expert = ev(2, "Answer: no", tool="case_answer", score=0.7,
@@ -214,6 +214,16 @@ def test_defects_an_answer_that_stands_only_on_evidence_outside_its_tools_domain
     no = said.model_copy(update={"answer": "No.", "claims": [
         ProposedClaim(statement="the cases answer no", evidence_ids=["E1", "E2"])]})
     assert review(no, [lungs, expert], q, "clinical").ok
+    # a reading of the pixels cited beside it does not carry it on a clinical image
+    from tools.evidence import PIXELS
+
+    look = ev(3, "unknown, 500x677 px", tool="describe_image", score=1.0,
+              data={"observes": PIXELS})
+    both = said.model_copy(update={"claims": [
+        ProposedClaim(statement="lung areas measured", evidence_ids=["E1", "E3"])]})
+    (defect,) = review(both, [lungs, look], q, "clinical").defects
+    assert defect.startswith("the answer stands only on E1 (measure_lungs)")
+    assert review(both, [lungs, look], q, "phantom").ok  # there the pixels are ground truth
 
 
 @pytest.mark.parametrize("text, once", [
