@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from agent.context import AgentContext
 from agent.state import AgentState, current_question
 from agent.trace import ActStep
+from tools.domain import flag_evidence
 from tools.errors import MedloopError, ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.store import ImageStore
@@ -176,6 +177,36 @@ def job_evidence(job: _Job, timeout_s: float) -> Evidence:
     )
 
 
+def _strings(value: Any) -> list[str]:
+    """The strings in a tool call's arguments (mask keys may come alone or in lists)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def inherit_flags(ev: Evidence, evidence: list[Evidence]) -> Evidence:
+    """``ev`` flagged when it was computed from a mask that flagged evidence made.
+
+    A measurement of a mask is no better than the mask: on real items the 0.5B planner, after
+    ``measure_lungs`` (flagged on a JPEG whose view is unknown), called ``measure`` on its lung
+    mask and answered "There is tracheal deviation." citing that clean-looking area.
+    """
+    if ev.status != "ok":
+        return ev
+    used = set(_strings(ev.args))
+    sources = [e for e in evidence if e.status == "ok" and e.data.get("out_of_domain")
+               and used.intersection(e.mask_keys)]
+    for src in sources:
+        ev = flag_evidence(ev, f"it measures a mask from {src.id} ({src.tool}), which is outside "
+                               "what that tool was validated for",
+                           "masks from a tool inside its validated domain")
+    return ev
+
+
 def make_act(default: AgentContext, tools: list[BaseTool],
              store: ImageStore | None = None) -> Callable[..., Any]:
     """Build the act node for a fixed tool list.
@@ -208,7 +239,7 @@ def make_act(default: AgentContext, tools: list[BaseTool],
         trace: list[ActStep] = []
         for n, (call, job) in enumerate(zip(calls, jobs, strict=True), start=len(evidence) + 1):
             ev = job if isinstance(job, Evidence) else job_evidence(job, ctx.tool_timeout_s)
-            ev = ev.model_copy(update={"id": f"E{n}"})
+            ev = inherit_flags(ev.model_copy(update={"id": f"E{n}"}), evidence)
             new_evidence.append(ev)
             messages.append(
                 ToolMessage(

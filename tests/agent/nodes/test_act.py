@@ -1,4 +1,5 @@
-"""*act*: a tool that takes the user's question is given it as asked."""
+"""*act*: a tool that takes the user's question is given it as asked; a measurement of a
+flagged tool's mask is flagged too."""
 
 from __future__ import annotations
 
@@ -53,3 +54,23 @@ def test_a_reworded_question_reaches_the_tool_as_asked_and_its_answer_binds(
     # the expert answered this very question "yes": "No." contradicts it and is not given
     answer = out["answer"]
     assert answer.abstained and not answer.text.startswith("No.") and answer.conflicts
+
+
+def test_a_measurement_of_a_flagged_tools_mask_is_flagged_too():
+    from agent.nodes.act import inherit_flags
+
+    lungs = Evidence(id="E1", tool="measure_lungs", summary="Outside what ...: lung areas",
+                     mask_keys=["mask-aaaaaaaaaaaa"], data={"out_of_domain": True}, score=0.4)
+    clean = Evidence(id="E2", tool="segment", summary="a mask", mask_keys=["mask-bbbbbbbbbbbb"])
+    area = Evidence(id="E3", tool="measure", summary="area 120 mm2", score=0.9,
+                    args={"image_id": "img-1", "mask_key": "mask-aaaaaaaaaaaa"})
+    flagged = inherit_flags(area, [lungs, clean])
+    assert flagged.data["out_of_domain"] and flagged.score < area.score
+    assert "mask from E1 (measure_lungs)" in flagged.summary
+    other = area.model_copy(update={"args": {"mask_key": "mask-bbbbbbbbbbbb"}})
+    assert inherit_flags(other, [lungs, clean]) == other  # a clean mask: left alone
+    listed = area.model_copy(update={"args": {"mask_keys": ["mask-bbbbbbbbbbbb",
+                                                            "mask-aaaaaaaaaaaa"]}})
+    assert inherit_flags(listed, [lungs, clean]).data["out_of_domain"]
+    failed = area.model_copy(update={"status": "error"})
+    assert inherit_flags(failed, [lungs]) == failed
