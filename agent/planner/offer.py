@@ -24,8 +24,9 @@ an identical call into "already done: see E1".
 A tool that failed twice running on an image (``FAILURES_BEFORE_WITHHELD``) is no longer
 offered that image either: its failures stay in the evidence for the planner to read.
 
-While every good result so far is flagged as outside its tool's domain and another tool is on
-offer, ``final_answer`` waits: such evidence cannot carry an answer (``agreement.outside_only``),
+A mask that flagged evidence made is not offered to the tools that take one, and while every
+good result so far is flagged as outside its tool's domain and another tool is on offer,
+``final_answer`` waits: such evidence cannot carry an answer (``agreement.outside_only``),
 and on real items both Qwen planners, offered ``measure_lungs`` beside ``case_answer``, called
 the first and answered from its lung areas on abdominal and head images.
 """
@@ -231,7 +232,11 @@ def offered_tools(
     one that needs an image while none it accepts is attached is withheld. Domains, tools
     that already answered, and when ``final_answer`` waits: see the module docstring.
     """
-    mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok" for k in e.mask_keys))
+    # a flagged tool's masks are not offered: what is measured on them is flagged too
+    # (``agent.nodes.act.inherit_flags``), and the Qwen planners, with final_answer waiting,
+    # measured measure_lungs' masks until the round budget ran out
+    mask_keys = list(dict.fromkeys(k for e in evidence if e.status == "ok"
+                                   and not e.data.get("out_of_domain") for k in e.mask_keys))
     answered = answered_images(evidence)
     failing = failing_images(evidence)
     out: list[dict[str, Any]] = []

@@ -51,6 +51,12 @@ def test_mask_tools_wait_for_a_mask_and_keys_are_enums():
     some = offered_tools(_tools(), images, ev)
     assert _names(some) == ["measure", "look", "final_answer"]
     assert _props(some, "measure")["mask_key"]["enum"] == ["mask-aaaaaaaaaaaa"]
+    # a mask from a tool outside its domain is not offered: its measurement would be flagged
+    flagged = Evidence(id="E3", tool="measure_lungs", summary="Outside what ...",
+                       mask_keys=["mask-cccccccccccc"], data={"out_of_domain": True})
+    mixed = offered_tools(_tools(), images, [*ev, flagged])
+    assert _props(mixed, "measure")["mask_key"]["enum"] == ["mask-aaaaaaaaaaaa"]
+    assert "measure" not in _names(offered_tools(_tools(), images, [flagged]))
 
 
 def test_image_tools_are_withheld_when_no_image_is_attached():
