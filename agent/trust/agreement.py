@@ -23,7 +23,7 @@ from tools.question_form import QuestionForm, opens_with_auxiliary
 
 __all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_lead",
            "evidence_yes_no", "finding_family", "leading_yes_no", "outside_only", "pixels_only",
-           "stance_of", "unanswerable"]
+           "speaks_to", "stance_of", "unanswerable", "unrelated_only"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -442,6 +442,34 @@ def bears_on(ev: Evidence, question: str) -> bool:
                for k in ("modality", "body_part", "view_position"))
 
 
+def speaks_to(ev: Evidence, question: str) -> bool:
+    """Whether ``question`` is about something ``ev`` speaks to.
+
+    Evidence that answers only some topics lists their words in ``data["about"]`` (trained
+    heads: modality, organ, plane and their classes, ``retrievers.heads.about_words``); it
+    speaks to a question that names one of them. Other evidence speaks to any question.
+    """
+    about = ev.data.get("about")
+    if not isinstance(about, list) or not about:
+        return True
+    low = question.lower()
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(str(w).lower())}(?![a-z0-9])", low)
+               for w in about)
+
+
+def unrelated_only(question: str, cited: Sequence[Evidence]) -> str:
+    """Why an answer citing only ``cited`` stands on evidence about other topics.
+
+    Empty when something cited speaks to ``question`` (``speaks_to``).
+    """
+    if not question.strip() or not cited or any(speaks_to(ev, question) for ev in cited):
+        return ""
+    ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in cited)
+    topics = sorted({t for ev in cited for t in ev.data.get("probabilities", {})}) or ["others"]
+    return (f"the answer stands only on {ids}, which speaks to {', '.join(topics)}, not to "
+            "what this question asks")
+
+
 def pixels_only(question: str, cited: Sequence[Evidence]) -> str:
     """Why an answer citing only ``cited`` stands on nothing that bears on ``question``.
 
@@ -472,7 +500,7 @@ def outside_only(question: str, cited: Sequence[Evidence], clinical: bool = True
     confidence; 7 of its 15 such answers were right, a coin's odds.
     """
     flagged = [ev for ev in cited if ev.data.get("out_of_domain")]
-    if not flagged or any(not ev.data.get("out_of_domain")
+    if not flagged or any(not ev.data.get("out_of_domain") and speaks_to(ev, question)
                           and (not clinical or bears_on(ev, question)) for ev in cited):
         return ""
     ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in flagged)

@@ -33,6 +33,7 @@ from agent.trust.agreement import (
     outside_only,
     pixels_only,
     stance_of,
+    unrelated_only,
 )
 from agent.trust.calibration import CLINICAL
 from tools.evidence import Evidence
@@ -282,7 +283,9 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
     ``domain`` is the images' (``agent.trust.calibration.domain_of``): on ``clinical`` images
     an answer citing only readings of the pixels is a defect (``pixels_only``); on phantoms
     the pixels are the ground truth and may answer. On any image, so is an answer citing only
-    evidence flagged as outside its tool's validated domain (``outside_only``).
+    evidence flagged as outside its tool's validated domain (``outside_only``), or only on
+    evidence about other topics (``unrelated_only``: trained heads' modality, organ and plane
+    for a question about a finding).
     """
     by_id = {e.id: e for e in evidence}
     result = ReviewResult(contradictions=find_contradictions(evidence), answer=proposal.answer)
@@ -315,8 +318,9 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
         f"{c}; make the answer say what the evidence says, or call another tool"
         for c in result.conflicts)
     bare = pixels_only(question, cited_evidence) if domain == CLINICAL else ""
-    result.defects = [d for d in (bare, outside_only(question, cited_evidence,
-                                                     domain == CLINICAL)) if d]
+    outside = outside_only(question, cited_evidence, domain == CLINICAL)
+    unrelated = "" if bare or outside else unrelated_only(question, cited_evidence)
+    result.defects = [d for d in (bare, outside, unrelated) if d]
     result.problems.extend(f"{d}; call a tool that can answer it, or answer that it cannot be "
                            "answered from these tools" for d in result.defects)
     return result

@@ -125,6 +125,9 @@ def test_train_heads_on_a_library_and_classify(tmp_path: Path, store, mini_embed
         ranked = ev.data["probabilities"]["organ"]
         assert ranked[0][0] == "head"  # an image of the library itself
         assert 0.0 < ev.score <= 1.0 and "organ: head" in ev.summary
+        # what it speaks to: the task, its words and its classes (not modality: not asked)
+        assert {"organ", "head", "abd", "chest", "brain"} <= set(ev.data["about"])
+        assert "axial" not in ev.data["about"]
         with pytest.raises(ToolInputError, match="no head for task"):
             tool.invoke({"image_id": refs[0].id, "task": "finding"})
     finally:

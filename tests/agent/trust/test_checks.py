@@ -226,6 +226,35 @@ def test_defects_an_answer_that_stands_only_on_evidence_outside_its_tools_domain
     assert review(both, [lungs, look], q, "phantom").ok  # there the pixels are ground truth
 
 
+def test_defects_an_answer_that_stands_only_on_evidence_about_other_topics():
+    """"The right rectus muscles are enhanced on the left." from modality/organ/plane heads."""
+    from retrievers.heads import about_words
+
+    heads = ev(1, "Trained heads (calibrated probabilities): modality: mr 0.98; organ: head "
+                  "1.00; plane: axial 1.00.", tool="classify", score=0.98,
+               data={"about": about_words({"modality": ["ct", "mr", "xray"],
+                                           "organ": ["abd", "chest", "head"],
+                                           "plane": ["axial", "frontal"]}),
+                     "probabilities": {"modality": [], "organ": [], "plane": []}})
+    q = "Which rectus muscles are enhanced on the left?"
+    said = FinalAnswerArgs(answer="The right rectus muscles are enhanced on the left.", claims=[
+        ProposedClaim(statement="an MR of the head", evidence_ids=["E1"])], confidence=0.9)
+    (defect,) = review(said, [heads], q, "clinical").defects
+    assert defect == ("the answer stands only on E1 (classify), which speaks to modality, "
+                      "organ, plane, not to what this question asks")
+    for asked in ("Is this an MRI?", "What organ system is shown?", "Is this a CT scan?",
+                  "Which plane is this image in?", "Was this taken in the axial plane?",
+                  "Is this a chest x-ray?", "Is this an image of the brain?"):
+        mri = said.model_copy(update={"answer": "It is an MR of the head."})
+        assert review(mri, [heads], asked, "clinical").ok, asked
+    # beside evidence that answers the question, it is no defect
+    expert = ev(2, "Answer: yes", tool="case_answer", score=0.7,
+                data={"yes_no": "yes", "question": q})
+    both = said.model_copy(update={"answer": "Yes.", "claims": [
+        ProposedClaim(statement="the cases answer yes", evidence_ids=["E1", "E2"])]})
+    assert review(both, [heads, expert], q, "clinical").ok
+
+
 @pytest.mark.parametrize("text, once", [
     ("No, no, no, no, no, no", "No."),
     ("The image is wrong. The image is wrong. The image is wrong.", "The image is wrong."),
