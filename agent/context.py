@@ -85,7 +85,7 @@ class AgentContext:
         route_tools: offer the planner at most this many tools each round, the ones whose
             descriptions best match the question (``agent.planner.route``; a runner-up only when it
             scores close to the best); 0 offers every tool. None (the default) routes to 2 for
-            planners that declare ``prefers_tool_routing`` (the embedded 135M model) and
+            planners that declare ``prefers_tool_routing`` (the packaged embedded ones) and
             offers every tool to others.
         answer_samples: once an answer is accepted, ask the planner this many more times
             at ``sample_temperature`` and pool the share that agrees into the confidence
