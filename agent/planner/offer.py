@@ -26,9 +26,11 @@ offered that image either: its failures stay in the evidence for the planner to 
 
 A mask that flagged evidence made is not offered to the tools that take one, and while every
 good result so far is flagged as outside its tool's domain and another tool is on offer,
-``final_answer`` waits: such evidence cannot carry an answer (``agreement.outside_only``),
-and on real items both Qwen planners, offered ``measure_lungs`` beside ``case_answer``, called
-the first and answered from its lung areas on abdominal and head images.
+``final_answer`` waits, and once an unflagged result is in, only unflagged ones may be cited:
+such evidence cannot carry an answer (``agreement.outside_only``). On real items both Qwen
+planners, offered ``measure_lungs`` beside ``case_answer``, called the first and answered from
+its lung areas on abdominal and head images; the 1.5B, made to wait, then cited the lung areas
+beside the expert's answer.
 """
 
 from __future__ import annotations
@@ -230,7 +232,8 @@ def offered_tools(
     Image ids and mask keys become enums of the ones that exist, so a constrained planner
     cannot invent one; a tool that needs a mask is withheld until some tool has made one, and
     one that needs an image while none it accepts is attached is withheld. Domains, tools
-    that already answered, and when ``final_answer`` waits: see the module docstring.
+    that already answered, and when ``final_answer`` waits or cites only some results: see
+    the module docstring.
     """
     # a flagged tool's masks are not offered: what is measured on them is flagged too
     # (``agent.nodes.act.inherit_flags``), and the Qwen planners, with final_answer waiting,
@@ -261,8 +264,9 @@ def offered_tools(
         spec["function"]["parameters"] = params
         out.append(spec)
     ok_ids = [e.id for e in evidence if e.status == "ok"]
-    flagged_only = bool(ok_ids) and all(e.data.get("out_of_domain") for e in evidence
-                                        if e.status == "ok")
-    if (ok_ids or not images) and not (flagged_only and out):
-        out.append(final_answer_schema(ok_ids))
+    inside = [e.id for e in evidence if e.status == "ok" and not e.data.get("out_of_domain")]
+    if (ok_ids or not images) and (inside or not ok_ids or not out):
+        # flagged results are citable only when nothing else is: the 1.5B, with case_answer's
+        # yes/no beside measure_lungs' flagged lung areas, cited the lung areas
+        out.append(final_answer_schema(inside or ok_ids))
     return out

@@ -309,4 +309,11 @@ def test_final_answer_waits_while_every_result_is_outside_its_tools_domain():
     looked = Evidence(id="E2", tool="look", summary="x", data={"out_of_domain": True})
     assert _names(offered_tools(_tools()[:1], images, [flagged, looked])) == ["final_answer"]
     inside = Evidence(id="E3", tool="look", summary="x")
-    assert _names(offered_tools(_tools(), images, [flagged, inside]))[-1] == "final_answer"
+    offer = offered_tools(_tools(), images, [flagged, inside])
+    assert _names(offer)[-1] == "final_answer"
+    # the flagged result is not citable beside one that is not; alone, it is
+    cite = _props(offer, "final_answer")["claims"]["items"]["properties"]["evidence_ids"]
+    assert cite["items"]["enum"] == ["E3"]
+    alone = offered_tools(_tools()[:1], images, [flagged, looked])
+    cite = _props(alone, "final_answer")["claims"]["items"]["properties"]["evidence_ids"]
+    assert cite["items"]["enum"] == ["E1", "E2"]
