@@ -185,6 +185,32 @@ def _restates_against(low: str, q_low: str, yes: bool) -> str:
     return ""
 
 
+_NEGATOR = re.compile(r"\b(not|no|never)\b|n't\b")
+
+
+def _says_and_unsays(low: str) -> str:
+    """Why a sentence states something and, in another clause, its plain negation ("" if not).
+
+    The small planner wrote "No, pleural plaques are not just pleural surfaces, but pleural
+    plaques are just pleural surfaces." to a question its evidence answered "no": two clauses
+    with the same words, one negated. Only exact restatements count (at least two words
+    besides the negation), so "a mass, not a cyst" or "the left is normal, the right is not"
+    are left alone.
+    """
+    body = re.sub(r"^\s*(yes|yeah|correct|true|no|none|false)\b[\s,.;:!-]*", "", low)
+    seen: dict[tuple[str, ...], tuple[bool, str]] = {}
+    for clause in _CLAUSE_END.split(body):
+        words = tuple(re.findall(r"[a-z]+", _NEGATOR.sub(" ", clause)))
+        if len(words) < 2:
+            continue
+        negated = _NEGATOR.search(clause) is not None
+        if words in seen and seen[words][0] != negated:
+            first = seen[words][1]
+            return f"it says {first.strip()!r} and {clause.strip()!r}"
+        seen.setdefault(words, (negated, clause))
+    return ""
+
+
 def stance_of(text: str, question: str = "", *, as_answer: bool = True) -> Stance:
     """Read ``text`` (answering ``question``, when given) into a ``Stance``.
 
@@ -226,6 +252,8 @@ def stance_of(text: str, question: str = "", *, as_answer: bool = True) -> Stanc
             polarity = "present" if yes else "absent"
         if not conflict and form.yes_no:
             conflict = _restates_against(low, q, yes)
+    if not conflict and as_answer:
+        conflict = _says_and_unsays(low)
     return Stance(frozenset(findings), polarity, normal,
                   frozenset(_sides_of(low, form.image_frame)), _count_of(low, findings), conflict)
 

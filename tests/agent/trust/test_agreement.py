@@ -230,6 +230,17 @@ def test_copying_the_detector_on_a_phantom_is_no_conflict():
     ("No, the mass is in the right lung.", "Is the mass in the left lung?", ""),
     ("Yes, there is no fracture.", "Is there no fracture?", ""),
     ("No, the lesion is on the left.", "Is the lesion on the right or left?", ""),  # either-or
+    # a clause and, in the same sentence, its plain negation (SmolLM2 on a real item)
+    ("No, pleural plaques are not just pleural surfaces, but pleural plaques are just pleural "
+     "surfaces. They are just pleural plaques.",
+     "Would you expect pleural plaques on other pleural surfaces vs just the hemithoraces?",
+     "it says 'pleural plaques are not just pleural surfaces' and"),
+    ("Yes, the liver isn't enlarged; the liver is enlarged.", "Is the liver enlarged?",
+     "it says"),
+    # the same words about other things, or a negation of one word only, are no contradiction
+    ("Yes, there is a mass, not a cyst.", "Is there a mass?", ""),
+    ("Yes, there is a mass in the left lung, there is no mass in the right lung.",
+     "Is there a lung mass?", ""),
 ])
 def test_a_yes_no_then_the_question_restated_the_other_way_contradicts_itself(
         answer, question, why):

@@ -281,6 +281,12 @@ def test_a_bound_yes_no_whose_sentence_says_the_opposite_is_given_alone():
     looped = said.model_copy(update={"answer": "No, no, no, no, no, no, no, no, no."})
     result = review(looped, [expert], q, "clinical")
     assert result.ok and result.answer == "No."
+    # so is one whose sentence says a thing and its negation (SmolLM2 on a real item)
+    babble = said.model_copy(update={"answer": (
+        "No, a skull fracture is not just a fracture, but a skull fracture is just a "
+        "fracture. It is just a")})
+    result = review(babble, [expert], q, "clinical")
+    assert result.ok and result.answer == "No." and "it says" in result.mended[0]
     # without evidence for that yes/no, the contradiction stands and is sent back
     other = ev(1, "Answer: no", tool="case_answer", data={"yes_no": "no", "question": "Other?"})
     result = review(said, [other], q, "clinical")
