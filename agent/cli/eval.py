@@ -211,8 +211,9 @@ def run_context(args: argparse.Namespace) -> AgentContext:
     return context(given, checkpoint="memory")
 
 
-def _checked(args: argparse.Namespace) -> tuple[list[EvalItem], list[str]]:
-    """The suite's items and the baselines, or ``BadInput`` naming what is wrong."""
+def _checked(args: argparse.Namespace
+             ) -> tuple[list[EvalItem], list[str], list[EvalItem]]:
+    """The items to run, the baselines and the whole suite (``BadInput`` names a problem)."""
     if args.repeats < 1 or (args.limit is not None and args.limit < 1):
         raise BadInput("--repeats and --limit must be at least 1")
     if args.skip < 0:
@@ -228,6 +229,7 @@ def _checked(args: argparse.Namespace) -> tuple[list[EvalItem], list[str]]:
         items = load_suite(args.suite)
     except SuiteError as exc:
         raise BadInput(str(exc)) from exc
+    every = items
     if args.skip >= len(items):
         raise BadInput(f"--skip {args.skip} leaves none of the suite's {len(items)} items")
     if args.shuffle:
@@ -241,7 +243,7 @@ def _checked(args: argparse.Namespace) -> tuple[list[EvalItem], list[str]]:
             raise BadInput(f"--ids: {', '.join(missing[:5])} not among the suite's items "
                            f"(after --skip/--limit)")
         items = [it for it in items if it.id in set(wanted)]
-    return items, baselines
+    return items, baselines, every
 
 
 def _graph_factory(ctx: AgentContext, tools: str | None) -> Callable[[], tuple[Any, Any]]:
@@ -312,7 +314,7 @@ def _calibration_target(
 
 
 def _cross_fitted(args: argparse.Namespace, ctx: AgentContext, items: list[EvalItem],
-                  baselines: list[str]) -> list[Record]:
+                  baselines: list[str], every: list[EvalItem]) -> list[Record]:
     """Records of ``items``, each answered with the library of the other folds' images."""
     if args.records:
         raise BadInput("--library-folds runs the agent; it cannot be given --records")
@@ -320,7 +322,6 @@ def _cross_fitted(args: argparse.Namespace, ctx: AgentContext, items: list[EvalI
     if items_file is None:
         raise BadInput(f"--library-folds needs a labelled JSON-lines suite (the VQA-RAD dev "
                        f"set's format), not {args.suite!r}")
-    every = load_suite(args.suite)
 
     def say(msg: str) -> None:
         if not args.quiet:
@@ -368,11 +369,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Run a suite through the agent and print (and optionally save) the report."""
     ctx = run_context(args)
     spec = checked_llm(ctx)
-    items, baselines = _checked(args)
+    items, baselines, every = _checked(args)
     if not (args.records or args.library_folds):  # fold libraries hold no scored image
         ctx = _unlearnt(ctx, items, args.quiet)
     save = _calibration_target(args.save_calibration, ctx, spec)
-    records = (_cross_fitted(args, ctx, items, baselines) if args.library_folds
+    records = (_cross_fitted(args, ctx, items, baselines, every) if args.library_folds
                else read_records(args.records) if args.records else None)
     result = evaluate(
         items, make_graph=_graph_factory(ctx, args.tools), suite=args.suite, llm=spec,
@@ -381,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         target_accuracy=args.target_accuracy, out_dir=args.out, save_calibration_to=save,
         progress=_progress(args) if records is None else None,
         records=records,
-        elicit=_elicitor(ctx, spec) if args.elicit else None,
+        elicit=_elicitor(ctx, spec) if args.elicit else None, suite_items=every,
     )
     if args.json:
         emit_json(result.report)

@@ -39,11 +39,18 @@ class EvalResult:
     calibrations: dict[str, Calibration] = field(default_factory=dict)
 
 
-def _majority(items: Sequence[EvalItem], records: Sequence[Record], folds: int,
+def _majority(suite: Sequence[EvalItem], records: Sequence[Record], folds: int,
               seed: int) -> list[Record]:
-    """The majority baseline on the items the agent answered (all of them in a full run)."""
+    """The majority baseline on the items the agent answered, fitted on ``suite``'s folds.
+
+    ``suite`` is the whole suite when a run is cut (``--skip``/``--limit``): each item is then
+    answered by the majority of the whole suite's other folds by image, the folds
+    ``--library-folds`` builds its libraries from, not of the few other items that ran (a
+    100-item run fitted it on 80 items, beside libraries of some 790).
+    """
     done = {r.item_id for r in records if r.variant == "full"}
-    return majority_records([it for it in items if it.id in done], folds, seed)
+    fitted = majority_records(suite, folds, seed)
+    return [r for r in fitted if r.item_id in done]
 
 
 def _save_path(target: str | Path | Callable[[str], Path], domain: str, main: bool) -> Path:
@@ -75,6 +82,7 @@ def evaluate(
     progress: Callable[[Record, int, int], None] | None = None,
     records: list[Record] | None = None,
     elicit: Callable[[str, str, list[str]], float | None] | None = None,
+    suite_items: Sequence[EvalItem] | None = None,
 ) -> EvalResult:
     """Run ``items`` (and the baselines) and build the report.
 
@@ -84,7 +92,9 @@ def evaluate(
     majority baseline is cross-validated over the same number of folds by image. The map
     refitted on every item of a domain is saved to ``save_calibration_to`` when given (a path,
     or a function of the domain giving one). ``records`` from an earlier run
-    (``records.jsonl``) are reported again instead of running anything.
+    (``records.jsonl``) are reported again instead of running anything. ``suite_items`` is
+    the whole suite ``items`` were cut from (default: ``items``): the majority baseline is
+    fitted on its folds.
     """
     t0 = time.perf_counter()
     variants: list[Variant] = [b for b in baselines if b != MAJORITY]  # type: ignore[misc]
@@ -92,7 +102,8 @@ def evaluate(
         records = run_suite(make_graph, items, variants=("full", *variants), repeats=repeats,
                             seed=seed, baseline_limit=baseline_limit, progress=progress,
                             elicit=elicit)
-    extra = _majority(items, records, folds, seed) if MAJORITY in baselines else []
+    extra = (_majority(items if suite_items is None else suite_items, records, folds, seed)
+             if MAJORITY in baselines else [])
     summary = summarise([*records, *extra])
     fitted = calibrate_by_domain(records, fit_fraction=fit_fraction, seed=seed,
                                  target_accuracy=target_accuracy, folds=folds)

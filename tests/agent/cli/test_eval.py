@@ -13,6 +13,7 @@ import pytest
 
 from agent.cli.main import main
 from agent.context import AgentContext
+from agent.evaluation import load_suite, majority_records
 from tests.fakes import ScriptedChatModel, ai, call, final
 
 
@@ -245,6 +246,14 @@ def test_medloop_eval_on_real_vqa_rad_items_reports_splits_baselines_and_domain(
     assert m["open_exact_match"] is not None and m["open_token_recall"] is not None
     assert m["answers_contradicting_evidence"] <= m["answers_contradicting_evidence_all"]
     assert rep["baselines"]["majority"]["n_items"] == 24  # on every item, from other folds
+    # fitted on the whole suite's folds by image (those --library-folds builds libraries
+    # from), not on the other folds of the 24 items that ran
+    whole = load_suite(str(mini))
+    ran = {it.id for it in whole[:24]}
+    right = sum(r.correct for r in majority_records(whole, 3, 0) if r.item_id in ran)
+    cut = sum(r.correct for r in majority_records(whole[:24], 3, 0))
+    assert right != cut  # the fixture tells the two apart
+    assert rep["baselines"]["majority"]["accuracy"] == pytest.approx(right / 24, abs=1e-4)
     assert set(rep["by_split"]["organ"]) == {"HEAD", "CHEST", "ABD"}
     assert rep["by_split"]["category"]["PRES"]["majority"]["n"] > 0
     assert rep["calibration"]["domain"] == "clinical"
