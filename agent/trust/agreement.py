@@ -156,6 +156,7 @@ _FILLER = frozenset((
     "see", "visible", "present", "shown", "show", "shows"))
 """Words that carry no content of a question (auxiliaries, articles, "seen")."""
 _CLAUSE_END = re.compile(r"[,;.!?]|\bbut\b")
+_LEAD_YES_NO = re.compile(r"^\s*(yes|yeah|correct|true|no|none|false)\b[\s,.;:!-]*")
 
 
 def _content_words(low: str) -> set[str]:
@@ -172,7 +173,7 @@ def _restates_against(low: str, q_low: str, yes: bool) -> str:
     """
     if _NEGATION.search(q_low):
         return ""
-    body = re.sub(r"^\s*(yes|yeah|correct|true|no|none|false)\b[\s,.;:!-]*", "", low)
+    body = _LEAD_YES_NO.sub("", low)
     clause = _CLAUSE_END.split(body, maxsplit=1)[0]
     wanted = _content_words(q_low)
     if not wanted or not wanted <= _content_words(clause):
@@ -197,7 +198,7 @@ def _says_and_unsays(low: str) -> str:
     besides the negation), so "a mass, not a cyst" or "the left is normal, the right is not"
     are left alone.
     """
-    body = re.sub(r"^\s*(yes|yeah|correct|true|no|none|false)\b[\s,.;:!-]*", "", low)
+    body = _LEAD_YES_NO.sub("", low)
     seen: dict[tuple[str, ...], tuple[bool, str]] = {}
     for clause in _CLAUSE_END.split(body):
         words = tuple(re.findall(r"[a-z]+", _NEGATOR.sub(" ", clause)))
