@@ -112,7 +112,8 @@ def run(items_file: Path, folds: int, seed: int,
             for variant, vec in (("full", vectors[own]), ("blank", mean),
                                  ("shuffled", vectors[other])):
                 answer, score = expert_answer(bank, heads, model, emb, it.prompt, qvecs[i], vec)
-                if answer and unreliable_kind(rel, bank, qvecs[i], is_yesno_question(it.prompt)):
+                if answer and unreliable_kind(rel, bank, qvecs[i], is_yesno_question(it.prompt),
+                                              it.prompt):
                     answer, score = "", 0.0
                 records.append(_record(it, variant, answer, score))
     return items, records

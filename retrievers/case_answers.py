@@ -17,6 +17,11 @@ weight, times ``n / (n + 1)`` for ``n`` voting neighbours, so that one neighbour
 itself is not full agreement. No vote: no answer (the tool says the library has no similar
 question, rather than guessing).
 
+An open question about what the whole image is ("What plane is this image in?") is answered
+by the library's trained heads instead, in the words its clinicians used for that class
+(``retrievers.label_answers``); a yes/no question by its heads or its answer model
+(``yesno_from_library``).
+
 ``CaseBank`` is the pure, array-only form (what ``bench/case_library.py`` cross-validates);
 ``CaseBank.from_library`` reads it from a library built by ``retrievers.vqa_library``.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +43,23 @@ from pydantic import Field
 from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.heads import Head, load_heads, predict_heads
-from retrievers.question_kinds import KindScore, Reliability, load_reliability, predict_kind
+from retrievers.label_answers import label_answer, label_phrasings
+from retrievers.question_kinds import (
+    KindScore,
+    Reliability,
+    kind_key,
+    load_reliability,
+    predict_kind,
+)
 from retrievers.similar import LIBRARY_DOMAIN
-from retrievers.vqa_library import QA_FILE, QAItem, label_question, load_qa, normalise_answer
+from retrievers.vqa_library import (
+    QA_FILE,
+    QAItem,
+    label_question,
+    load_qa,
+    normalise_answer,
+    open_label_question,
+)
 from tools.base import ImageArgs
 from tools.domain import Domain
 from tools.errors import ToolFailure, ToolInputError
@@ -127,6 +147,17 @@ class CaseBank:
     case_of_item: np.ndarray
     mean: np.ndarray | None = None
     items_of_case: list[list[int]] = field(default_factory=list)
+    _phrasings: dict[tuple[str, str], Counter[str]] | None = field(default=None, repr=False,
+                                                                   compare=False)
+
+    def phrasings(self) -> dict[tuple[str, str], Counter[str]]:
+        """How the bank's pairs answer open label questions, per task and class.
+
+        ``retrievers.label_answers.label_phrasings``, computed once per bank.
+        """
+        if self._phrasings is None:
+            self._phrasings = label_phrasings(self.items)
+        return self._phrasings
 
     @classmethod
     def from_arrays(cls, case_ids: Sequence[str], image_vectors: np.ndarray,
@@ -301,9 +332,12 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         vec = lib.image_embedder.embed_images([img.display])[0]
         qvec = text_embedder().embed_texts([question])[0]
         res = answer_from_cases(bank, vec, qvec, question, k_images=args.k)
-        yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name,
-                                 load_heads(lib.root), load_answer_model(lib.root))
-              if is_yesno_question(question) else None)
+        closed = is_yesno_question(question)
+        heads = load_heads(lib.root)
+        yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name, heads,
+                                 load_answer_model(lib.root)) if closed else None)
+        named = (None if closed else
+                 label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings()))
         data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None}
         if res is not None:
             data |= {"answer": res.answer, "agreement": round(res.agreement, 4),
@@ -318,12 +352,19 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                      "yes_no": yn.answer, "question": question}
             summary = yn.summary
             score = max(yn.p_yes, 1.0 - yn.p_yes)
-        weak = unreliable_kind(load_reliability(lib.root), bank, qvec,
-                               is_yesno_question(question))
+        if named is not None:  # the head's class in the library's words; the vote stays too
+            data |= {"answer": named.answer, "label_answer": named.answer,
+                     "method": f"head:{named.task}", "label": named.label,
+                     "p_label": round(named.p_label, 4), "said": [named.said, named.of],
+                     "question": question}
+            summary = named.summary
+            score = named.score
+        weak = unreliable_kind(load_reliability(lib.root), bank, qvec, closed, question)
         if weak is not None and data.get("answer"):
             # Kept for the record, not stated: a planner copies what it reads.
             said = data["answer"]
-            data = {k: v for k, v in data.items() if k not in ("yes_no", "answer")}
+            data = {k: v for k, v in data.items()
+                    if k not in ("yes_no", "answer", "label_answer")}
             data |= {"answer": None, "withheld": said, "question": question,
                      "kind": weak.kind, "kind_score": {
                          "answered": weak.answered, "right": weak.expert,
@@ -338,17 +379,21 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
 
 
 def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,
-                    closed: bool) -> KindScore | None:
+                    closed: bool, question: str = "") -> KindScore | None:
     """The library's score for this question's kind, when it is one the cases cannot answer.
 
     That is, when they did no better there than the commonest answer
     (``retrievers.question_kinds``, the library's ``rel``); None otherwise, or without a table.
+    The kind is read off the nearest library questions, except for an open ``question``
+    about the image's modality, organ or plane (``open_label_question``), whose kind is that:
+    "What plane of section is the brain taken in?" sat among brain questions of other kinds.
     """
     if rel is None:
         return None
-    kind = predict_kind([it.category for it in bank.items],
-                        [it.answer_type == "yesno" for it in bank.items],
-                        bank.question_vectors, qvec, closed)
+    task = None if closed else open_label_question(question)
+    kind = kind_key(task.upper(), False) if task else predict_kind(
+        [it.category for it in bank.items], [it.answer_type == "yesno" for it in bank.items],
+        bank.question_vectors, qvec, closed)
     score = rel.kinds.get(kind) if kind is not None else None
     return score if score is not None and not score.reliable else None
 

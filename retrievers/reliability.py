@@ -27,6 +27,7 @@ from retrievers.case_answers import (
     yesno_from_library,
 )
 from retrievers.heads import Head, fit_head, library_labels
+from retrievers.label_answers import label_answer
 from retrievers.question_kinds import KindScore, Reliability, kind_key, save_reliability
 from retrievers.vqa_library import (
     QAItem,
@@ -50,6 +51,10 @@ def expert_answer(bank: CaseBank, heads: dict[str, Head], model: Any, embedder: 
         yn = yesno_from_library(question, qvec, vec, embedder, heads, model)
         if yn is not None:
             return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes)
+    else:
+        named = label_answer(question, vec, heads, embedder, bank.phrasings())
+        if named is not None:
+            return named.answer, named.score
     res = answer_from_cases(bank, vec, qvec, question)
     return (res.answer, res.score) if res is not None else ("", 0.0)
 

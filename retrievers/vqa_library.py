@@ -51,6 +51,7 @@ __all__ = [
     "load_qa",
     "normalise_answer",
     "open_case_library",
+    "open_label_question",
     "read_items",
     "save_qa",
     "vqa_items_file",
@@ -211,6 +212,44 @@ def label_question(question: str) -> tuple[str, str] | None:
     if len(modalities) + len(planes) != 1:
         return None
     return ("modality", modalities.pop()) if modalities else ("plane", planes.pop())
+
+
+_OPEN_LABEL = {
+    "plane": re.compile(r"\b(what|which)\b[^?]*\b(plane|section|cut)\b|"
+                        r"^\s*how is (the|this) (image|film|scan|picture) oriented\b"),
+    "modality": re.compile(r"\b(what|which)\b[^?]*\b(modality|kind of (image|imaging|scan)|"
+                           r"type of (image|imaging|scan))\b|^\s*(the )?imaging modality\b"),
+    "organ": re.compile(r"\b(what|which|name)\b[^?]*\b(organ|organ system|part of the body|"
+                        r"body part|region of the body|area of the body)\b"),
+}
+# asks about a finding, a sub-kind (a sequence, a contrast) or what is NOT shown, not the image
+_NOT_OPEN_LABEL = re.compile(
+    r"\bnot\b|contrast|enhanc|sequence|weight|\bt[12]\b|flair|\bdwi\b|diffusion|phase|window|"
+    r"ventricle|lobe|abnormal|lesion|mass|tumou?r|fracture|patholog|affect|injur|diseas|where|"
+    r"located|bottom|top of|involv|superior|inferior|\bnear\b|adjacent|next to|visuali|"
+    r"(in|on) this (plane|section)|\bor\b")
+_MODALITY_NAMED = re.compile(r"\b(mri?|ct|x-? ?ray|radiograph|film|ultrasound)\b")
+
+
+def open_label_question(question: str) -> str | None:
+    """The label task an open question asks of the whole image, or None.
+
+    "In what plane is this image?" -> ``"plane"``; "What imaging modality was used?" ->
+    ``"modality"``; "What organ system is shown?" -> ``"organ"``: questions the trained heads
+    answer (0.92-1.00 right on the images carrying those labels, ``bench/case_library.md``).
+    Not a question that names the modality while asking its kind ("What type of MRI is
+    this?" asks the sequence), one about a finding ("Which organ is affected?"), about what
+    is not shown, or one offering alternatives (a head cannot tell AP from PA).
+    """
+    q = " ".join(question.lower().split())
+    if _NOT_OPEN_LABEL.search(q):
+        return None
+    for task, pattern in _OPEN_LABEL.items():
+        if pattern.search(q):
+            if task == "modality" and _MODALITY_NAMED.search(q):
+                return None
+            return task
+    return None
 
 
 def image_labels(items: Iterable[QAItem]) -> dict[str, dict[str, str]]:

@@ -88,8 +88,8 @@ ANSWER_TAIL = r"( [A-Za-z0-9 ,.;:()%'/-]{1,150})?$"
 quotes or backslashes, so the JSON string cannot break)."""
 
 
-_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .]{0,40}")
-"""A lead the pattern can hold: words and numbers ("Yes", "2", "Right", "13.5 mm")."""
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ./-]{0,40}")
+"""A lead the pattern can hold: words and numbers ("Yes", "2", "Right", "13.5 mm", "X-ray")."""
 
 
 def bind_answer(offer: list[dict[str, Any]], lead: str | None) -> list[dict[str, Any]]:
@@ -110,8 +110,9 @@ def bind_answer(offer: list[dict[str, Any]], lead: str | None) -> list[dict[str,
         return offer
     yes_no = lead.lower() in ("yes", "no")
     # llama.cpp's schema converter copies a backslash escape into the grammar literally: a
-    # dot goes in a class of its own, and nothing else but letters, digits and spaces is bound
-    head = (lead.capitalize() if yes_no else lead).replace(".", "[.]")
+    # dot, hyphen or slash goes in a class of its own; nothing else but letters, digits and
+    # spaces is bound
+    head = re.sub(r"([./-])", r"[\1]", lead.capitalize() if yes_no else lead)
     pattern = f"^{head}[.,]{ANSWER_TAIL}" if yes_no else f"^{head}[.,]?{ANSWER_TAIL}"
     out = []
     for spec in offer:

@@ -365,7 +365,10 @@ def _names(finding: str, question: str) -> bool:
 def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     """The words this question's answer must open with, when in-domain evidence gave them.
 
-    ``Yes`` / ``No`` as ``evidence_yes_no`` gives them, or for a bare presence question ("Is
+    ``Yes`` / ``No`` as ``evidence_yes_no`` gives them; for an open question about the
+    image's modality, organ or plane, the words a trained head's class is said in
+    (``data["label_answer"]``, ``retrievers.label_answers``) by evidence that answered this
+    very question; or for a bare presence question ("Is
     there a <finding> in this image?", with no side, place, number or size to it) as the
     evidence's assertions about that finding unanimously say; for "How many <finding>...?" the count
     that good, in-domain evidence asserts for that finding; for "... the patient's left or
@@ -384,6 +387,12 @@ def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     said = evidence_yes_no(question, evidence)
     if said is not None:
         return said.capitalize()
+    named = {str(ev.data["label_answer"]) for ev in evidence
+             if ev.status == "ok" and not ev.data.get("out_of_domain")
+             and ev.data.get("label_answer")
+             and _same_question(str(ev.data.get("question", "")), question)}
+    if named:
+        return named.pop() if len(named) == 1 else None
     asserted = [a for ev in evidence if ev.status == "ok" and not ev.data.get("out_of_domain")
                 for a in ev.assertions if _names(a.finding, question)]
     if not asserted:

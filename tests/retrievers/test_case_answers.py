@@ -208,6 +208,11 @@ def test_the_tool_answers_yes_no_from_the_trained_library(tmp_path: Path, store,
         assert ev.data["method"] == "answer-model" and ev.data["answer"] in ("yes", "no")
         assert ev.score == pytest.approx(max(ev.data["p_yes"], 1 - ev.data["p_yes"]), abs=1e-4)
         assert "cannot see a finding" in ev.summary
+        # an open question about what the image is: the head's class, in the library's words
+        ev = tool.invoke({"image_id": refs[0].id, "question": "What plane is this image in?"})
+        assert ev.data["method"] == "head:plane" and ev.data["label"] in ("axial", "frontal")
+        assert ev.data["answer"] == ev.data["label_answer"] and ev.data["question"]
+        assert "plane classifier" in ev.summary and 0.0 < ev.score <= ev.data["p_label"]
     finally:
         lib.close()
 

@@ -211,6 +211,11 @@ def test_final_answer_is_bound_to_the_yes_no_the_evidence_gave_this_question():
     assert "\\" not in size  # no escapes: llama.cpp's converter would keep the backslash
     assert re.match(size, "13.5 mm.") and not re.match(size, "1305 mm.")
     assert bind_answer(offer, 'a "quoted" lead') == offer  # not a plain lead: left unbound
+    film = _props(bind_answer(offer, "Chest x-ray"), "final_answer")["answer"]["pattern"]
+    assert "\\" not in film and re.match(film, "Chest x-ray, a frontal film.")
+    assert not re.match(film, "Chest xray.") and not re.match(film, "CT.")
+    seq = _props(bind_answer(offer, "MRI/FLAIR"), "final_answer")["answer"]["pattern"]
+    assert re.match(seq, "MRI/FLAIR") and not re.match(seq, "MRI FLAIR")
 
 
 def test_a_constrained_planner_cannot_answer_against_the_evidence(store, medloop_home):

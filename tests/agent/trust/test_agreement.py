@@ -278,3 +278,22 @@ def test_a_reading_of_the_pixels_bears_only_on_questions_about_the_picture():
     finding = ev(3, Assertion(finding="mass", present=True))
     assert bears_on(finding, q) and pixels_only(q, [jpeg, finding]) == ""
     assert pixels_only("", [jpeg]) == "" and pixels_only(q, []) == ""
+
+
+def test_an_open_label_question_opens_with_the_words_the_heads_answer_gave() -> None:
+    from agent.trust.agreement import evidence_lead
+
+    q = "In what plane is this image oriented?"
+
+    def plane(words: str, question: str = q, **data) -> Evidence:
+        return Evidence(id="E1", tool="case_answer", summary=f"Answer: {words}.", score=0.8,
+                        data={"answer": words, "label_answer": words, "question": question,
+                              **data})
+
+    assert evidence_lead(q, [plane("Axial")]) == "Axial"
+    assert evidence_lead(q, [plane("Axial"), plane("PA")]) is None  # split
+    assert evidence_lead(q, [plane("Axial", question="What plane is the image in?")]) is None
+    assert evidence_lead(q, [plane("Axial", out_of_domain=True)]) is None
+    voted = Evidence(id="E2", tool="case_answer", summary="Similar cases answer 'Axial'",
+                     score=0.5, data={"answer": "Axial", "question": q})
+    assert evidence_lead(q, [voted]) is None  # the neighbours' vote binds nothing
