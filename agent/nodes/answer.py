@@ -161,7 +161,10 @@ def compose_answer(
         notes.extend(f"mended: {m}" for m in result.mended)
         text = result.answer.strip() or "; ".join(c.statement for c in result.supported)
         if abstained:
-            text = f"Uncertain (confidence {conf:.2f}): {text} This needs review by a radiologist."
+            # a bare bound answer ("CT") ends its sentence before the note
+            end = "" if text.endswith((".", "!", "?")) else "."
+            text = (f"Uncertain (confidence {conf:.2f}): {text}{end} This needs review by a "
+                    "radiologist.")
         return Answer(
             text=text,
             findings=result.supported,

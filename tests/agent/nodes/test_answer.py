@@ -55,8 +55,8 @@ def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home,
         "closed": Calibration("platt", {"a": 0.0, "b": -2.0}),
         "open": Calibration("platt", {"a": 0.0, "b": 2.0})})
     path = save_calibration(cal, tmp_path / "forms.json")
-    got = {}
-    for q, said in (("Is there a lesion?", "Yes, one lesion."),
+    got, text = {}, {}
+    for q, said in (("Is there a lesion?", "Yes, one lesion"),
                     ("Where is the lesion?", "In the upper left.")):
         model = ScriptedChatModel.of([ai(call("finder", image_id=img)),
                                       final(said, [(said, ["E1"])], 0.9)])
@@ -64,8 +64,11 @@ def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home,
                            calibration=str(path))
         out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
                                                    context=ctx)
-        got[q] = out["answer"].confidence
+        got[q], text[q] = out["answer"].confidence, out["answer"].text
     assert got["Is there a lesion?"] == pytest.approx(0.1192, abs=1e-3)  # sigmoid(-2)
+    # below the threshold: said as uncertain, the bare answer's sentence ended before the note
+    assert text["Is there a lesion?"] == ("Uncertain (confidence 0.12): Yes, one lesion. This "
+                                          "needs review by a radiologist.")
     assert got["Where is the lesion?"] == pytest.approx(0.8808, abs=1e-3)  # sigmoid(2)
 
 
