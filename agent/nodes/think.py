@@ -31,6 +31,7 @@ from agent.planner.route import shared_router
 from agent.state import AgentState
 from agent.trace import ThinkStep
 from agent.trust.agreement import evidence_lead
+from agent.trust.checks import DEFECT_ADVICE
 
 __all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "make_think", "resolve_llm", "round_offer",
            "route_top_k"]
@@ -71,6 +72,9 @@ def round_offer(
     _, question = split_turns(messages)
     offer = bind_answer(offered_tools(tools, state.get("image_refs") or [], evidence),
                         evidence_lead(question, evidence))
+    experts = unasked_experts(tools, state, offer, question)
+    if experts:
+        return experts, None, ""
     top_k = route_top_k(ctx, llm)
     if not top_k:
         return offer, None, ""
@@ -79,10 +83,38 @@ def round_offer(
             offer, question, earlier_question(messages))
     except Exception as exc:  # routing is an aid: without it every tool is offered
         return offer, {}, f"tool routing failed, every tool offered: {exc}"
-    always = {t.name for t in tools if (getattr(t, "metadata", None) or {}).get("always_offered")}
     kept = {s["function"]["name"] for s in routed_offer}
-    routed_offer = [s for s in offer if s["function"]["name"] in kept | always]
+    routed_offer = [s for s in offer if s["function"]["name"] in kept | _always(tools)]
     return routed_offer, scores, ""
+
+
+def _always(tools: list[Any]) -> set[str]:
+    """The tools offered beside whatever the router picks (the expert on real questions)."""
+    return {t.name for t in tools if (getattr(t, "metadata", None) or {}).get("always_offered")}
+
+
+def unasked_experts(tools: list[Any], state: AgentState, offer: list[dict[str, Any]],
+                    question: str) -> list[dict[str, Any]]:
+    """The offer cut to the always-offered tools not yet asked, after a baseless answer.
+
+    When rethink last sent the answer back because it stood on nothing that bears on the
+    question (``DEFECT_ADVICE``: readings of a JPEG's pixels, evidence outside its tools'
+    domains), and an always-offered tool (``case_answer``) in the offer has not been asked
+    this question, only those tools are offered: on 320 real items the small planner, told
+    so, proposed the same answer again from ``describe_image`` or ``read_text`` 35 times,
+    never calling the expert, and the agent abstained. Otherwise ``[]``.
+    """
+    trace = state.get("trace") or []
+    last = trace[-1] if trace else None
+    if (last is None or last.get("step") != "rethink" or last.get("decision") != "think"
+            or last.get("turn") != int(state.get("turn") or 0)
+            or not any(DEFECT_ADVICE in p for p in last.get("problems") or [])):
+        return []
+    asked = " ".join(question.lower().split())
+    done = {e.tool for e in state.get("evidence") or []
+            if " ".join(str(e.args.get("question", question)).lower().split()) == asked}
+    left = _always(tools) - done
+    return [s for s in offer if s["function"]["name"] in left]
 
 
 def _reply(llm: BaseChatModel, offer: list[dict[str, Any]], prompt: list[Any],

@@ -275,6 +275,11 @@ def find_contradictions(evidence: Sequence[Evidence]) -> list[str]:
     return out
 
 
+DEFECT_ADVICE = "call a tool that can answer it"
+"""What rethink tells the planner after an answer that stands on nothing bearing on the question
+(``ReviewResult.defects``); *think* reads it to offer the experts not yet asked."""
+
+
 def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: str = "",
            domain: str | None = None) -> ReviewResult:
     """Check every claim of ``proposal`` and look for contradictions among the evidence.
@@ -321,6 +326,6 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
     outside = outside_only(question, cited_evidence, domain == CLINICAL)
     unrelated = "" if bare or outside else unrelated_only(question, cited_evidence)
     result.defects = [d for d in (bare, outside, unrelated) if d]
-    result.problems.extend(f"{d}; call a tool that can answer it, or answer that it cannot be "
-                           "answered from these tools" for d in result.defects)
+    result.problems.extend(f"{d}; {DEFECT_ADVICE}, or answer that it cannot be answered from "
+                           "these tools" for d in result.defects)
     return result

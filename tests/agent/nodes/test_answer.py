@@ -103,3 +103,55 @@ def test_an_answer_on_the_pixels_alone_goes_back_then_is_not_given(store, medloo
         {"messages": [("user", "What is the image width in pixels?")], "images": [img]},
         context=ctx)
     assert not out["answer"].abstained, out["answer"].text
+
+
+class _QArgs(BaseModel):
+    image_id: str
+    question: str
+
+
+def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store, medloop_home):
+    """SmolLM2 re-proposed answers from ``describe_image`` 35 times in 320 real items."""
+    from pathlib import Path
+
+    from tools.ingest.loader import load_image
+    from tools.vision.basic import basic_tools
+
+    q = "Is there a rib fracture?"
+    jpeg = Path(__file__).parents[2] / "fixtures" / "vqa_rad_mini" / "images" / "synpic17145.jpg"
+    img = store.put(load_image(jpeg)).id
+
+    def case(a: _QArgs) -> Evidence:
+        return Evidence(tool="case", image_id=a.image_id, score=0.7, summary="Answer: no.",
+                        data={"answer": "no", "yes_no": "no", "question": a.question})
+
+    expert = make_tool(case, name="case", description="Answers from cases.", args_schema=_QArgs)
+    expert.metadata = {"always_offered": True}
+    tools = [*(t for t in basic_tools(store) if t.name == "describe_image"), expert]
+    model = ScriptedChatModel.of([
+        ai(call("describe_image", image_id=img)),
+        final("No fracture.", [("no fracture", ["E1"])], 0.9),
+        ai(call("case", image_id=img, question=q)),
+        final("No.", [("no fracture", ["E2"])], 0.8)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       route_tools=0)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                               context=ctx)
+    names = [[s["function"]["name"] for s in offer] for offer in model.offered]
+    assert "final_answer" in names[1] and names[2] == ["case"]  # the expert, and nothing else
+    assert "final_answer" in names[3]
+    answer = out["answer"]
+    assert not answer.abstained and answer.text.startswith("No"), answer.text
+    # the expert asked already: the second baseless answer is not given, nothing is forced
+    model = ScriptedChatModel.of([
+        ai(call("case", image_id=img, question=q)),
+        ai(call("describe_image", image_id=img)),
+        final("No fracture.", [("no fracture", ["E2"])], 0.9),
+        final("No fracture.", [("no fracture", ["E2"])], 0.9)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       route_tools=0)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                               context=ctx)
+    names = [[s["function"]["name"] for s in offer] for offer in model.offered]
+    assert all("final_answer" in n for n in names[2:]), names
+    assert out["answer"].abstained
