@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
@@ -108,7 +108,8 @@ def unasked_experts(tools: list[Any], state: AgentState, offer: list[dict[str, A
     last = trace[-1] if trace else None
     if (last is None or last.get("step") != "rethink" or last.get("decision") != "think"
             or last.get("turn") != int(state.get("turn") or 0)
-            or not any(DEFECT_ADVICE in p for p in last.get("problems") or [])):
+            or not any(DEFECT_ADVICE in str(p) for p in cast("list[str]",
+                                                             last.get("problems") or []))):
         return []
     asked = " ".join(question.lower().split())
     done = {e.tool for e in state.get("evidence") or []
