@@ -30,7 +30,8 @@ from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
 from agent.trace import ThinkStep
-from agent.trust.agreement import evidence_lead
+from agent.trust.agreement import bears_on, evidence_lead
+from agent.trust.calibration import CLINICAL, domain_of
 from agent.trust.checks import DEFECT_ADVICE
 
 __all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "make_think", "resolve_llm", "round_offer",
@@ -70,7 +71,10 @@ def round_offer(
     evidence = state.get("evidence") or []
     messages = list(state.get("messages") or [])
     _, question = split_turns(messages)
-    offer = bind_answer(offered_tools(tools, state.get("image_refs") or [], evidence),
+    images = state.get("image_refs") or []
+    clinical = domain_of(images) == CLINICAL
+    offer = bind_answer(offered_tools(tools, images, evidence,
+                                      (lambda ev: bears_on(ev, question)) if clinical else None),
                         evidence_lead(question, evidence))
     experts = unasked_experts(tools, state, offer, question)
     if experts:

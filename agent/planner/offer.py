@@ -36,7 +36,7 @@ beside the expert's answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.tools import BaseTool
@@ -226,7 +226,8 @@ def tool_catalogue(tools: Sequence[BaseTool]) -> list[dict[str, Any]]:
 
 
 def offered_tools(
-    tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence]
+    tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence],
+    bearing: Callable[[Evidence], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """OpenAI-format tool dicts for this round, ids constrained to what exists.
 
@@ -234,7 +235,10 @@ def offered_tools(
     cannot invent one; a tool that needs a mask is withheld until some tool has made one, and
     one that needs an image while none it accepts is attached is withheld. Domains, tools
     that already answered, and when ``final_answer`` waits or cites only some results: see
-    the module docstring.
+    the module docstring. ``bearing`` (when given) says which results can bear on the
+    question; the others are citable only when none can (on real images the small planner,
+    with ``case_answer``'s answer in hand, cited ``describe_image``'s reading of the pixels,
+    and the answer could not be given).
     """
     # a flagged tool's masks are not offered: what is measured on them is flagged too
     # (``agent.nodes.act.inherit_flags``), and the Qwen planners, with final_answer waiting,
@@ -266,6 +270,8 @@ def offered_tools(
         out.append(spec)
     ok_ids = [e.id for e in evidence if e.status == "ok"]
     inside = [e.id for e in evidence if e.status == "ok" and not e.data.get("out_of_domain")]
+    if bearing is not None:
+        inside = [e.id for e in evidence if e.id in inside and bearing(e)] or inside
     if (ok_ids or not images) and (inside or not ok_ids or not out):
         # flagged results are citable only when nothing else is: the 1.5B, with case_answer's
         # yes/no beside measure_lungs' flagged lung areas, cited the lung areas

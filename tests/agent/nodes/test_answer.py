@@ -139,7 +139,9 @@ def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store,
                                                context=ctx)
     names = [[s["function"]["name"] for s in offer] for offer in model.offered]
     assert "final_answer" in names[1] and names[2] == ["case"]  # the expert, and nothing else
-    assert "final_answer" in names[3]
+    spec = next(o for o in model.offered[3] if o["function"]["name"] == "final_answer")
+    cite = spec["function"]["parameters"]["properties"]["claims"]["items"]["properties"]
+    assert cite["evidence_ids"]["items"]["enum"] == ["E2"]  # the pixels' reading: not citable
     answer = out["answer"]
     assert not answer.abstained and answer.text.startswith("No"), answer.text
     # the expert asked already: the second baseless answer is not given, nothing is forced

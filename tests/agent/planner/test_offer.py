@@ -322,3 +322,21 @@ def test_final_answer_waits_while_every_result_is_outside_its_tools_domain():
     alone = offered_tools(_tools()[:1], images, [flagged, looked])
     cite = _props(alone, "final_answer")["claims"]["items"]["properties"]["evidence_ids"]
     assert cite["items"]["enum"] == ["E1", "E2"]
+
+
+def test_results_that_cannot_bear_on_the_question_are_citable_only_alone():
+    images = [ImageRef(id="img-000000000001", summary="a")]
+    pixels = Evidence(id="E1", tool="look", summary="256 x 256 px", data={"observes": "pixels"})
+    answer = Evidence(id="E2", tool="case", summary="Answer: no.")
+
+    def cite(evidence):
+        offer = offered_tools(_tools(), images, evidence,
+                              lambda ev: ev.data.get("observes") != "pixels")
+        props = _props(offer, "final_answer")["claims"]["items"]["properties"]
+        return props["evidence_ids"]["items"]["enum"]
+
+    assert cite([pixels, answer]) == ["E2"]
+    assert cite([pixels]) == ["E1"]  # nothing else: the check then names it
+    plain = offered_tools(_tools(), images, [pixels, answer])  # no question given: all citable
+    props = _props(plain, "final_answer")["claims"]["items"]["properties"]
+    assert props["evidence_ids"]["items"]["enum"] == ["E1", "E2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,6 @@ def test_the_default_planner_ships_a_clinical_map_per_question_form(tmp_path, mo
     assert cal.for_form("open")(0.3) < 0.1 < cal.for_form("closed")(0.3)
     for form in ("open", "closed"):  # both maps keep the order of the raw scores
         mapped = [cal.for_form(form)(v) for v in np.linspace(0.05, 0.95, 19)]
-        assert all(a <= b for a, b in zip(mapped, mapped[1:], strict=False)), form
+        assert all(a <= b for a, b in pairwise(mapped)), form
     other = AgentContext(llm="embedded:qwen2.5-1.5b", home=tmp_path)
     assert calibration_for(other, "clinical") is None  # fitted for one planner only
