@@ -30,7 +30,7 @@ from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
 from agent.trace import ThinkStep
-from agent.trust.agreement import bears_on, evidence_lead
+from agent.trust.agreement import bears_on, evidence_lead, speaks_to
 from agent.trust.calibration import CLINICAL, domain_of
 from agent.trust.checks import DEFECT_ADVICE
 
@@ -73,8 +73,8 @@ def round_offer(
     _, question = split_turns(messages)
     images = state.get("image_refs") or []
     clinical = domain_of(images) == CLINICAL
-    offer = bind_answer(offered_tools(tools, images, evidence,
-                                      (lambda ev: bears_on(ev, question)) if clinical else None),
+    offer = bind_answer(offered_tools(tools, images, evidence, lambda ev: speaks_to(
+                            ev, question) and (not clinical or bears_on(ev, question))),
                         evidence_lead(question, evidence))
     experts = unasked_experts(tools, state, offer, question)
     if experts:

@@ -238,7 +238,8 @@ def offered_tools(
     the module docstring. ``bearing`` (when given) says which results can bear on the
     question; the others are citable only when none can (on real images the small planner,
     with ``case_answer``'s answer in hand, cited ``describe_image``'s reading of the pixels,
-    and the answer could not be given).
+    or the trained heads' modality for a question about a finding, and the answer could not
+    be given).
     """
     # a flagged tool's masks are not offered: what is measured on them is flagged too
     # (``agent.nodes.act.inherit_flags``), and the Qwen planners, with final_answer waiting,

@@ -157,3 +157,37 @@ def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store,
     names = [[s["function"]["name"] for s in offer] for offer in model.offered]
     assert all("final_answer" in n for n in names[2:]), names
     assert out["answer"].abstained
+
+
+def test_a_result_about_other_topics_is_not_citable_beside_one_that_answers(store,
+                                                                            medloop_home):
+    """The heads' modality cited for a question about a finding (9 of 35 real items)."""
+    from pathlib import Path
+
+    from tools.ingest.loader import load_image
+
+    q = "Is there a rib fracture?"
+    jpeg = Path(__file__).parents[2] / "fixtures" / "vqa_rad_mini" / "images" / "synpic17145.jpg"
+    img = store.put(load_image(jpeg)).id
+
+    def heads(a: _Args) -> Evidence:
+        return Evidence(tool="heads", image_id=a.image_id, score=0.9, summary="modality: xray",
+                        data={"about": ["modality", "xray", "ct"]})
+
+    def case(a: _QArgs) -> Evidence:
+        return Evidence(tool="case", image_id=a.image_id, score=0.7, summary="Answer: no.",
+                        data={"answer": "no", "yes_no": "no", "question": a.question})
+
+    tools = [make_tool(heads, name="heads", description="Labels.", args_schema=_Args),
+             make_tool(case, name="case", description="Cases.", args_schema=_QArgs)]
+    model = ScriptedChatModel.of([ai(call("heads", image_id=img)),
+                                  ai(call("case", image_id=img, question=q)),
+                                  final("No.", [("no fracture", ["E2"])], 0.8)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       route_tools=0)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                               context=ctx)
+    spec = next(o for o in model.offered[2] if o["function"]["name"] == "final_answer")
+    cite = spec["function"]["parameters"]["properties"]["claims"]["items"]["properties"]
+    assert cite["evidence_ids"]["items"]["enum"] == ["E2"]
+    assert not out["answer"].abstained
