@@ -110,22 +110,47 @@ class _QArgs(BaseModel):
     question: str
 
 
-def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store, medloop_home):
-    """SmolLM2 re-proposed answers from ``describe_image`` 35 times in 320 real items."""
+_FRACTURE = "Is there a rib fracture?"
+
+
+def _real_image(store) -> str:
+    """A VQA-RAD chest film (a clinical JPEG) in the store."""
     from pathlib import Path
 
     from tools.ingest.loader import load_image
+
+    jpeg = Path(__file__).parents[2] / "fixtures" / "vqa_rad_mini" / "images" / "synpic17145.jpg"
+    return store.put(load_image(jpeg)).id
+
+
+def _case(a: _QArgs) -> Evidence:
+    """An expert that answers this very question no."""
+    return Evidence(tool="case", image_id=a.image_id, score=0.7, summary="Answer: no.",
+                    data={"answer": "no", "yes_no": "no", "question": a.question})
+
+
+def _ask(model, tools, img, store, medloop_home):
+    """Ask ``_FRACTURE`` about ``img`` with every tool offered (no routing)."""
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       route_tools=0)
+    return build_graph(ctx, store=store).invoke(
+        {"messages": [("user", _FRACTURE)], "images": [img]}, context=ctx)
+
+
+def _citable(offer) -> list[str]:
+    """The evidence ids ``final_answer`` may cite in this offer."""
+    spec = next(o for o in offer if o["function"]["name"] == "final_answer")
+    claim = spec["function"]["parameters"]["properties"]["claims"]["items"]["properties"]
+    return claim["evidence_ids"]["items"]["enum"]
+
+
+def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store, medloop_home):
+    """SmolLM2 re-proposed answers from ``describe_image`` 35 times in 320 real items."""
     from tools.vision.basic import basic_tools
 
-    q = "Is there a rib fracture?"
-    jpeg = Path(__file__).parents[2] / "fixtures" / "vqa_rad_mini" / "images" / "synpic17145.jpg"
-    img = store.put(load_image(jpeg)).id
-
-    def case(a: _QArgs) -> Evidence:
-        return Evidence(tool="case", image_id=a.image_id, score=0.7, summary="Answer: no.",
-                        data={"answer": "no", "yes_no": "no", "question": a.question})
-
-    expert = make_tool(case, name="case", description="Answers from cases.", args_schema=_QArgs)
+    q, img = _FRACTURE, _real_image(store)
+    expert = make_tool(_case, name="case", description="Answers from cases.",
+                       args_schema=_QArgs)
     expert.metadata = {"always_offered": True}
     tools = [*(t for t in basic_tools(store) if t.name == "describe_image"), expert]
     model = ScriptedChatModel.of([
@@ -133,15 +158,10 @@ def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store,
         final("No fracture.", [("no fracture", ["E1"])], 0.9),
         ai(call("case", image_id=img, question=q)),
         final("No.", [("no fracture", ["E2"])], 0.8)])
-    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
-                       route_tools=0)
-    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
-                                               context=ctx)
+    out = _ask(model, tools, img, store, medloop_home)
     names = [[s["function"]["name"] for s in offer] for offer in model.offered]
     assert "final_answer" in names[1] and names[2] == ["case"]  # the expert, and nothing else
-    spec = next(o for o in model.offered[3] if o["function"]["name"] == "final_answer")
-    cite = spec["function"]["parameters"]["properties"]["claims"]["items"]["properties"]
-    assert cite["evidence_ids"]["items"]["enum"] == ["E2"]  # the pixels' reading: not citable
+    assert _citable(model.offered[3]) == ["E2"]  # the pixels' reading: not citable
     answer = out["answer"]
     assert not answer.abstained and answer.text.startswith("No"), answer.text
     # the expert asked already: the second baseless answer is not given, nothing is forced
@@ -150,10 +170,7 @@ def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store,
         ai(call("describe_image", image_id=img)),
         final("No fracture.", [("no fracture", ["E2"])], 0.9),
         final("No fracture.", [("no fracture", ["E2"])], 0.9)])
-    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
-                       route_tools=0)
-    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
-                                               context=ctx)
+    out = _ask(model, tools, img, store, medloop_home)
     names = [[s["function"]["name"] for s in offer] for offer in model.offered]
     assert all("final_answer" in n for n in names[2:]), names
     assert out["answer"].abstained
@@ -162,32 +179,17 @@ def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store,
 def test_a_result_about_other_topics_is_not_citable_beside_one_that_answers(store,
                                                                             medloop_home):
     """The heads' modality cited for a question about a finding (9 of 35 real items)."""
-    from pathlib import Path
-
-    from tools.ingest.loader import load_image
-
-    q = "Is there a rib fracture?"
-    jpeg = Path(__file__).parents[2] / "fixtures" / "vqa_rad_mini" / "images" / "synpic17145.jpg"
-    img = store.put(load_image(jpeg)).id
+    q, img = _FRACTURE, _real_image(store)
 
     def heads(a: _Args) -> Evidence:
         return Evidence(tool="heads", image_id=a.image_id, score=0.9, summary="modality: xray",
                         data={"about": ["modality", "xray", "ct"]})
 
-    def case(a: _QArgs) -> Evidence:
-        return Evidence(tool="case", image_id=a.image_id, score=0.7, summary="Answer: no.",
-                        data={"answer": "no", "yes_no": "no", "question": a.question})
-
     tools = [make_tool(heads, name="heads", description="Labels.", args_schema=_Args),
-             make_tool(case, name="case", description="Cases.", args_schema=_QArgs)]
+             make_tool(_case, name="case", description="Cases.", args_schema=_QArgs)]
     model = ScriptedChatModel.of([ai(call("heads", image_id=img)),
                                   ai(call("case", image_id=img, question=q)),
                                   final("No.", [("no fracture", ["E2"])], 0.8)])
-    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
-                       route_tools=0)
-    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
-                                               context=ctx)
-    spec = next(o for o in model.offered[2] if o["function"]["name"] == "final_answer")
-    cite = spec["function"]["parameters"]["properties"]["claims"]["items"]["properties"]
-    assert cite["evidence_ids"]["items"]["enum"] == ["E2"]
+    out = _ask(model, tools, img, store, medloop_home)
+    assert _citable(model.offered[2]) == ["E2"]
     assert not out["answer"].abstained
