@@ -30,7 +30,7 @@ from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState
 from agent.trace import ThinkStep
-from agent.trust.agreement import bears_on, evidence_lead, speaks_to
+from agent.trust.agreement import bears_on, evidence_lead, same_question, speaks_to
 from agent.trust.calibration import CLINICAL, domain_of
 from agent.trust.checks import DEFECT_ADVICE
 
@@ -115,9 +115,8 @@ def unasked_experts(tools: list[Any], state: AgentState, offer: list[dict[str, A
             or not any(DEFECT_ADVICE in str(p) for p in cast("list[str]",
                                                              last.get("problems") or []))):
         return []
-    asked = " ".join(question.lower().split())
     done = {e.tool for e in state.get("evidence") or []
-            if " ".join(str(e.args.get("question", question)).lower().split()) == asked}
+            if same_question(str(e.args.get("question", question)), question)}
     left = _always(tools) - done
     return [s for s in offer if s["function"]["name"] in left]
 

@@ -23,7 +23,7 @@ from tools.question_form import QuestionForm, opens_with_auxiliary
 
 __all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "evidence_lead",
            "evidence_yes_no", "finding_family", "leading_yes_no", "outside_only", "pixels_only",
-           "speaks_to", "stance_of", "unanswerable", "unrelated_only"]
+           "same_question", "speaks_to", "stance_of", "unanswerable", "unrelated_only"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -315,7 +315,8 @@ def _finding_conflicts(st: Stance, ev: Evidence, a: Assertion, who: str) -> list
     return out
 
 
-def _same_question(a: str, b: str) -> bool:
+def same_question(a: str, b: str) -> bool:
+    """Whether two questions are the same words (case and spacing aside)."""
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
@@ -323,7 +324,7 @@ def _answers_yes_no(ev: Evidence, question: str) -> str | None:
     """``"yes"``/``"no"`` when ``ev`` is good, in-domain evidence that answered ``question``."""
     answered = ev.data.get("yes_no")
     if (ev.status == "ok" and not ev.data.get("out_of_domain") and answered in ("yes", "no")
-            and _same_question(str(ev.data.get("question", "")), question)):
+            and same_question(str(ev.data.get("question", "")), question)):
         return str(answered)
     return None
 
@@ -390,7 +391,7 @@ def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     named = {str(ev.data["label_answer"]) for ev in evidence
              if ev.status == "ok" and not ev.data.get("out_of_domain")
              and ev.data.get("label_answer")
-             and _same_question(str(ev.data.get("question", "")), question)}
+             and same_question(str(ev.data.get("question", "")), question)}
     if named:
         return named.pop() if len(named) == 1 else None
     asserted = [a for ev in evidence if ev.status == "ok" and not ev.data.get("out_of_domain")
@@ -444,7 +445,7 @@ def unanswerable(question: str, evidence: Sequence[Evidence],
     if not question.strip():
         return None
     declined = [ev for ev in evidence if ev.status == "ok" and ev.data.get("withheld")
-                and _same_question(str(ev.data.get("question", "")), question)]
+                and same_question(str(ev.data.get("question", "")), question)]
     if not declined:
         return None
     if any(ev.assertions or ev.measurements or _answers_yes_no(ev, question)
