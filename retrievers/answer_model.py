@@ -9,12 +9,13 @@ vector (the library's text embedder) joined to the image's centred unit vector (
 embedder), with a temperature fitted on out-of-fold predictions, so that its probability is
 a calibrated "yes" on the kind of images and questions it was fitted on.
 
-Measured cross-validated by image on the VQA-RAD dev set (562 yes/no pairs, 5 folds,
-``bench/case_library.md``): question only 60.7 %, image only 56.8 %, both 61.7 %, against
-54.1 % for the majority answer of the question's category in the fitting folds. That is the
-whole of what it knows: question priors and a coarse view of the image; it cannot see a
-finding. The strength ``C`` was chosen among 0.3 / 1 / 3 / 10 on those folds (the only
-setting tuned).
+Measured cross-validated by image on the VQA-RAD dev set (562 yes/no pairs, 5 folds by image,
+``bench/answer_model.py``, table in ``bench/case_library.md`` section 4): question and image
+59.8 %, image only 59.1 %, question only 55.2 %, against 53.2 % for the majority answer of the
+question's category in the fitting folds; adding the question's words (TF-IDF) or question x
+image interactions does not beat it. That is the whole of what it knows: question priors and
+a coarse view of the image; it cannot see a finding. The strength ``C`` was chosen among
+0.3 / 1 / 3 / 10 on those folds (the only setting tuned; 0.1, tried since, is level).
 
 Saved as ``ROOT/answer_model.json`` (plain numbers) by ``medloop library train``.
 """
