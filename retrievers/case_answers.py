@@ -301,7 +301,7 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
     asked = label_question(question)
     if asked is not None and asked[0] in heads and asked[1] in heads[asked[0]].classes:
         task, value = asked
-        probs = dict(predict_heads({task: heads[task]}, vec, embedder)[task])
+        probs = dict(predict_heads(heads, vec, embedder, [task])[task])
         p = probs[value]
         return YesNo("yes" if p >= 0.5 else "no", p, f"head:{task}",
                      f"Answer: {'yes' if p >= 0.5 else 'no'}. The library's {task} classifier "

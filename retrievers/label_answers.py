@@ -69,34 +69,10 @@ def label_phrasings(items: list[QAItem]) -> dict[tuple[str, str], Counter[str]]:
     return out
 
 
-_PROJECTION = {"xray": ("frontal", "lateral"), "ct": ("axial", "coronal", "sagittal"),
-               "mr": ("axial", "coronal", "sagittal")}
-"""The planes each modality has: a radiograph is a projection, CT and MR are sections."""
-
-
 def _predict(task: str, vector: np.ndarray, heads: dict[str, Head],
              embedder: str) -> tuple[str, float]:
-    """The most probable class of ``task``, and its probability.
-
-    A plane is read jointly with the modality where there is a modality head: ``P(plane) =
-    sum over modalities of P(modality) x P(plane | planes that modality has)``. The plane head
-    is fitted on the few images whose plane was asked (21 of the dev set's 111) and once
-    called a chest film axial; the modality head sees more images and knows films from
-    sections.
-    """
-    probs = dict(predict_heads({task: heads[task]}, vector, embedder)[task])
-    if task == "plane" and "modality" in heads:
-        joint = dict.fromkeys(probs, 0.0)
-        for modality, pm in predict_heads({"modality": heads["modality"]}, vector,
-                                          embedder)["modality"]:
-            allowed = [c for c in probs if c in _PROJECTION.get(modality, tuple(probs))]
-            mass = sum(probs[c] for c in allowed)
-            for c in allowed if mass > 0 else ():
-                joint[c] += pm * probs[c] / mass
-        if sum(joint.values()) > 0:
-            probs = joint
-    label = max(probs, key=lambda c: probs[c])
-    return label, probs[label]
+    """The most probable class of ``task`` and its probability (a plane read jointly)."""
+    return predict_heads(heads, vector, embedder, [task])[task][0]
 
 
 def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embedder: str,

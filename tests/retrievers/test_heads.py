@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrievers.case_answers import yesno_from_library
 from retrievers.heads import (
     fit_head,
     head_classify_tools,
+    joint_plane,
     load_heads,
     predict_heads,
     save_heads,
@@ -109,6 +111,46 @@ def test_heads_beat_the_majority_on_held_out_images(mini_embedder) -> None:
     assert right / n >= 0.7
 
 
+def _film_and_section_heads() -> tuple[dict, np.ndarray, np.ndarray]:
+    """Heads whose plane head leans "axial" on a film: as fitted on the dev set's 21 planes.
+
+    The modality head tells the film (first axis) from the CT (second axis); the plane head
+    saw mostly sections and leans axial on both.
+    """
+    x = np.array([[2.0, 0.0], [2.2, 0.1], [1.8, -0.1], [0.0, 2.0], [0.1, 2.2], [-0.1, 1.8]])
+    modality = fit_head(x, ["xray"] * 3 + ["ct"] * 3, "modality", "e")
+    px = np.array([[0.0, 2.0], [0.1, 2.2], [-0.1, 1.8], [0.0, -2.0], [2.0, 1.0], [-2.0, 1.0]])
+    plane = fit_head(px, ["axial"] * 3 + ["frontal", "axial", "axial"], "plane", "e")
+    film, section = np.array([2.0, 0.3]), np.array([0.0, 2.0])
+    return {"modality": modality, "plane": plane}, film, section
+
+
+def test_a_plane_is_read_with_the_modality() -> None:
+    heads, film, section = _film_and_section_heads()
+    alone = predict_heads({"plane": heads["plane"]}, film, "e")["plane"]
+    assert alone[0][0] == "axial"  # the plane head alone calls the film a section
+    assert predict_heads({"modality": heads["modality"]}, film, "e")["modality"][0][0] == "xray"
+    joint = predict_heads(heads, film, "e", ["plane"])
+    assert list(joint) == ["plane"]  # only the task asked, still read with the modality
+    assert joint["plane"][0][0] == "frontal"
+    assert predict_heads(heads, section, "e")["plane"][0][0] == "axial"
+    # a film asked "is this axial?" is answered from the joint reading, not the plane head's
+    got = yesno_from_library("Is this an axial image?", np.zeros(3), film, "e", heads, None)
+    assert got is not None and got.answer == "no" and got.method == "head:plane"
+
+
+def test_joint_plane_arithmetic() -> None:
+    plane = [("axial", 0.6), ("frontal", 0.3), ("lateral", 0.1)]
+    got = dict(joint_plane(plane, [("xray", 0.8), ("ct", 0.2)]))
+    # films: frontal 0.3 / 0.4 and lateral 0.1 / 0.4 of 0.8; sections: all axial's 0.2
+    assert got == pytest.approx({"frontal": 0.6, "lateral": 0.2, "axial": 0.2})
+    # a modality whose planes the head has none of adds nothing: its share stays unnamed
+    got = dict(joint_plane([("axial", 0.7), ("coronal", 0.3)], [("xray", 0.9), ("mr", 0.1)]))
+    assert got == pytest.approx({"axial": 0.07, "coronal": 0.03})
+    # a modality the table does not know allows every plane
+    assert dict(joint_plane(plane, [("us", 1.0)])) == pytest.approx(dict(plane))
+
+
 @pytest.mark.slow
 def test_train_heads_on_a_library_and_classify(tmp_path: Path, store, mini_embedder) -> None:
 
@@ -128,6 +170,7 @@ def test_train_heads_on_a_library_and_classify(tmp_path: Path, store, mini_embed
         # what it speaks to: the task, its words and its classes (not modality: not asked)
         assert {"organ", "head", "abd", "chest", "brain"} <= set(ev.data["about"])
         assert "axial" not in ev.data["about"]
+        assert list(ev.data["fitted_on"]) == ["organ"]  # every head read, the asked one told
         with pytest.raises(ToolInputError, match="no head for task"):
             tool.invoke({"image_id": refs[0].id, "task": "finding"})
     finally:
