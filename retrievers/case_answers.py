@@ -338,7 +338,9 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                                  load_answer_model(lib.root)) if closed else None)
         named = (None if closed else
                  label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings()))
-        data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None}
+        # the question asked, beside the answer (None: the cases have none for it)
+        data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None,
+                                   "question": question}
         if res is not None:
             data |= {"answer": res.answer, "agreement": round(res.agreement, 4),
                      "shares": [[a, round(s, 4)] for a, s in res.shares],

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.trust.agreement import declines
 from retrievers import answer_model
 from retrievers.answer_model import fit_answer_model
 from retrievers.case_answers import (
@@ -152,6 +153,8 @@ def test_the_tool_answers_from_a_built_library(tmp_path: Path, store, mini_embed
         assert 0.0 < ev.score <= 1.0 and "agreement" in ev.summary
         none = tool.invoke({"image_id": refs[0].id, "question": "zebra quantum teapot?"})
         assert none.data["answer"] is None and none.score == 0.0
+        # it says which question it had no answer to: the answer node's decline
+        assert none.data["question"] == "zebra quantum teapot?" and declines(none)
         with pytest.raises(ToolInputError, match="empty"):
             tool.invoke({"image_id": refs[0].id, "question": "  "})
     finally:

@@ -206,6 +206,28 @@ def test_a_declined_question_is_unanswerable_unless_cited_evidence_bears_on_it()
     assert unanswerable(q, [look], [look]) is None  # nothing declined: the usual checks
 
 
+def test_no_answer_from_the_cases_is_a_decline_too():
+    """``case_answer`` with no similar question asked: as the 320 real items showed it."""
+    from agent.trust.agreement import declines, unanswerable
+
+    q = "What is going on with this patient?"
+    none = Evidence(id="E1", tool="case_answer", score=0.0,
+                    summary="None of the 10 most similar library images was asked a similar "
+                            "question; the case library cannot answer this.",
+                    data={"answer": None, "question": q, "k": 10})
+    failed = Evidence(id="E2", tool="find", status="error", summary="bad arguments for find")
+    assert declines(none)
+    assert unanswerable(q, [none, failed], [none]) is none  # "The patient has a lung."
+    assert unanswerable(q, [none, failed], []) is none  # cites nothing at all
+    heads = Evidence(id="E3", tool="classify", summary="organ: chest 1.00", assertions=[
+        Assertion(finding="organ chest", present=True, probability=1.0)])
+    assert unanswerable(q, [none, heads], [heads]) is None  # bears; other checks judge it
+    voted = none.model_copy(update={"data": {"answer": "sinusitis", "question": q}})
+    assert not declines(voted) and unanswerable(q, [voted], [voted]) is None
+    # an answer of None with no question asked is not a decline of this one
+    assert not declines(none.model_copy(update={"data": {"answer": None}}))
+
+
 def test_copying_the_detector_on_a_phantom_is_no_conflict():
     """The phantom suite's laterality and location answers, as the small planner wrote them."""
     lesion = ev(1, Assertion(finding="focal lesion", present=True, count=1, side="left"))
