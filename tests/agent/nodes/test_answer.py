@@ -15,51 +15,45 @@ class _Args(BaseModel):
     image_id: str
 
 
-def test_an_answer_to_a_declined_question_is_not_given(store, medloop_home):
-    q = "Is this image abnormal?"
+def _over_a_declining_tool(store, home, q: str, summary: str, data: dict, said: str,
+                           claim: str):
+    """The answer when a tool asked ``q`` declined it and the planner answered anyway."""
     img = store.put(phantom()).id
 
     def case(a: _Args) -> Evidence:
-        return Evidence(tool="case", image_id=a.image_id, score=0.0,
-                        summary="No answer: similar cases cannot answer this kind of question "
-                                "reliably; no offline tool checked it.",
-                        data={"answer": None, "withheld": "no", "question": q})
+        return Evidence(tool="case", image_id=a.image_id, score=0.0, summary=summary,
+                        data={**data, "question": q})
 
     tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
     model = ScriptedChatModel.of([ai(call("case", image_id=img)),
-                                  final("No.", [("not abnormal", ["E1"])], 0.9)])
-    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+                                  final(said, [(claim, ["E1"])], 0.9)])
+    ctx = AgentContext(llm=model, tools=tools, home=home, checkpoint=None)
     out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
                                                context=ctx)
-    answer = out["answer"]
+    return out["answer"]
+
+
+def test_an_answer_to_a_declined_question_is_not_given(store, medloop_home):
+    answer = _over_a_declining_tool(
+        store, medloop_home, "Is this image abnormal?",
+        "No answer: similar cases cannot answer this kind of question reliably; no offline "
+        "tool checked it.", {"answer": None, "withheld": "no"}, "No.", "not abnormal")
     assert answer.abstained and "No offline tool can answer this question" in answer.text
     assert "E1 (case)" in answer.text and not answer.text.startswith("No.")
     assert any("declined this question" in n for n in answer.notes)
 
 
-
 def test_an_answer_under_a_tool_that_had_none_is_not_given(store, medloop_home):
     """The cases were asked and had no answer: the planner's sentence stands on nothing."""
-    q = "What is going on with this patient?"
-    img = store.put(phantom()).id
-
-    def case(a: _Args) -> Evidence:
-        return Evidence(tool="case", image_id=a.image_id, score=0.0,
-                        summary="None of the 10 most similar library images was asked a "
-                                "similar question; the case library cannot answer this.",
-                        data={"answer": None, "question": q})
-
-    tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
-    model = ScriptedChatModel.of([ai(call("case", image_id=img)),
-                                  final("The patient has a lung.",
-                                        [("the patient has a lung", ["E1"])], 0.9)])
-    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
-    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
-                                               context=ctx)
-    answer = out["answer"]
+    answer = _over_a_declining_tool(
+        store, medloop_home, "What is going on with this patient?",
+        "None of the 10 most similar library images was asked a similar question; the case "
+        "library cannot answer this.", {"answer": None}, "The patient has a lung.",
+        "the patient has a lung")
     assert answer.abstained and "No offline tool can answer this question" in answer.text
     assert "the case library cannot answer this" in answer.text
     assert "has a lung" not in answer.text
+
 
 def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home, tmp_path):
     """A closed question is calibrated by the closed map, an open one by the open map."""
