@@ -33,14 +33,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.context import AgentContext
-from agent.evaluation.libraries import fold_libraries
+from agent.evaluation.libraries import every_image_vectors, fold_libraries
 from agent.evaluation.metrics import wilson_ci
 from agent.evaluation.readers import load_suite
 from retrievers.answer_model import C as SHIPPED_C
 from retrievers.answer_model import fit_answer_model
 from retrievers.embedders import l2_normalise, shared_minilm
 from retrievers.heads import fit_head
-from retrievers.vqa_library import library_image_vectors, normalise_answer, open_case_library
+from retrievers.vqa_library import normalise_answer
 
 DEFAULT_ITEMS = Path(__file__).resolve().parents[2] / "shared/data/vqa_rad_dev/items.jsonl"
 COVERAGES = (0.1, 0.2, 0.3)
@@ -55,11 +55,7 @@ def load(items_file: Path) -> dict[str, np.ndarray]:
     home = AgentContext.from_env().home_dir / "eval-libraries"
     library_of = fold_libraries(items_file, items, 5, 0, home,
                                 progress=lambda m: print(f"# {m}", file=sys.stderr))
-    every = open_case_library(next(iter(library_of.values())).parent / "all")
-    try:
-        vectors = library_image_vectors(every)
-    finally:
-        every.close()
+    vectors = every_image_vectors(library_of)
     fold_names = sorted(set(library_of.values()))
     keep = [it for it in items
             if it.answer_type == "yesno" and normalise_answer(it.answer) in ("yes", "no")]

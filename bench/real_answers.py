@@ -38,7 +38,7 @@ from agent.context import AgentContext
 from agent.evaluation.folds import image_keys
 from agent.evaluation.harness import evaluate
 from agent.evaluation.items import EvalItem
-from agent.evaluation.libraries import fold_libraries
+from agent.evaluation.libraries import every_image_vectors, fold_libraries
 from agent.evaluation.readers import load_suite
 from agent.evaluation.runner import Record
 from agent.evaluation.scoring import grade, open_scores
@@ -49,7 +49,7 @@ from retrievers.embedders import shared_minilm
 from retrievers.heads import load_heads
 from retrievers.question_kinds import load_reliability
 from retrievers.reliability import expert_answer
-from retrievers.vqa_library import library_image_vectors, open_case_library
+from retrievers.vqa_library import open_case_library
 
 DEFAULT_ITEMS = Path(__file__).resolve().parents[2] / "shared/data/vqa_rad_dev/items.jsonl"
 
@@ -83,11 +83,7 @@ def run(items_file: Path, folds: int, seed: int,
     home = AgentContext.from_env().home_dir / "eval-libraries"
     library_of = fold_libraries(items_file, items, folds, seed, home,
                                 progress=lambda m: print(f"# {m}", file=sys.stderr))
-    every = open_case_library(next(iter(library_of.values())).parent / "all")
-    try:
-        vectors = library_image_vectors(every)
-    finally:
-        every.close()
+    vectors = every_image_vectors(library_of)
     base = items_file.parent
     qvecs = shared_minilm().embed_texts([it.prompt for it in items])
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,11 @@ from retrievers.vqa_library import (
     open_case_library,
 )
 
-__all__ = ["fold_libraries"]
+__all__ = ["every_image_vectors", "fold_libraries"]
 
 _DONE = "fold.done"
+_ALL = "all"
+"""The library of every image, beside the fold libraries; their image vectors come from it."""
 
 
 def _relative(image: str, base: Path) -> str:
@@ -82,13 +84,9 @@ def fold_libraries(items_file: str | Path, items: Sequence[EvalItem], folds: int
     digest = hashlib.sha256(items_file.read_bytes() + key).hexdigest()
     home = Path(root) / f"{items_file.parent.name}-{digest[:12]}"
     say = progress or (lambda _msg: None)
-    say(f"library of every image in {home / 'all'}")
-    _build(items_file, home / "all", None, None, image_embedder)
-    every = open_case_library(home / "all")
-    try:
-        vectors = library_image_vectors(every)
-    finally:
-        every.close()
+    say(f"library of every image in {home / _ALL}")
+    _build(items_file, home / _ALL, None, None, image_embedder)
+    vectors = _image_vectors(home / _ALL)
     out: dict[str, Path] = {}
     for fold in folds_by_image(items, folds, seed):
         fit_images = sorted({_relative(im, items_file.parent)
@@ -99,3 +97,20 @@ def fold_libraries(items_file: str | Path, items: Sequence[EvalItem], folds: int
         _build(items_file, path, fit_images, vectors, image_embedder)
         out.update({items[i].id: path for i in fold.scored})
     return out
+
+
+def every_image_vectors(library_of: Mapping[str, Path]) -> dict[str, np.ndarray]:
+    """Image -> vector of every image of the suite ``fold_libraries`` returned ``library_of`` for.
+
+    Read from the library of every image that sits beside the fold libraries (what the
+    folds were built from), so nothing is embedded again.
+    """
+    return _image_vectors(next(iter(library_of.values())).parent / _ALL)
+
+
+def _image_vectors(root: Path) -> dict[str, np.ndarray]:
+    every = open_case_library(root)
+    try:
+        return library_image_vectors(every)
+    finally:
+        every.close()
