@@ -69,12 +69,6 @@ def label_phrasings(items: list[QAItem]) -> dict[tuple[str, str], Counter[str]]:
     return out
 
 
-def _predict(task: str, vector: np.ndarray, heads: dict[str, Head],
-             embedder: str) -> tuple[str, float]:
-    """The most probable class of ``task`` and its probability (a plane read jointly)."""
-    return predict_heads(heads, vector, embedder, [task])[task][0]
-
-
 def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embedder: str,
                  phrasings: dict[tuple[str, str], Counter[str]]) -> LabelAnswer | None:
     """The answer to an open question about the image's modality, organ or plane, or None.
@@ -86,7 +80,7 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
     task = open_label_question(question)
     if task is None or task not in heads:
         return None
-    label, p = _predict(task, vector, heads, embedder)
+    label, p = predict_heads(heads, vector, embedder, [task])[task][0]  # plane read jointly
     said = phrasings.get((task, label), Counter())
     if said:
         words, n = said.most_common(1)[0]
