@@ -107,9 +107,10 @@ def run(items_file: Path, folds: int, seed: int,
                 other = names[int(rng.integers(len(names)))]
             for variant, vec in (("full", vectors[own]), ("blank", mean),
                                  ("shuffled", vectors[other])):
-                answer, score = expert_answer(bank, heads, model, emb, it.prompt, qvecs[i], vec)
+                answer, score, method = expert_answer(bank, heads, model, emb, it.prompt,
+                                                      qvecs[i], vec)
                 if answer and unreliable_kind(rel, bank, qvecs[i], is_yesno_question(it.prompt),
-                                              it.prompt):
+                                              it.prompt, method):
                     answer, score = "", 0.0
                 records.append(_record(it, variant, answer, score))
     return items, records

@@ -82,6 +82,7 @@ __all__ = [
     "bank_for",
     "case_answer_tools",
     "is_yesno_question",
+    "never_withheld",
     "token_recall",
     "unreliable_kind",
     "yesno_from_library",
@@ -361,7 +362,8 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                      "question": question}
             summary = named.summary
             score = named.score
-        weak = unreliable_kind(load_reliability(lib.root), bank, qvec, closed, question)
+        weak = unreliable_kind(load_reliability(lib.root), bank, qvec, closed, question,
+                               str(data.get("method") or ""))
         if weak is not None and data.get("answer"):
             # Kept for the record, not stated: a planner copies what it reads.
             said = data["answer"]
@@ -380,17 +382,32 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
     return case_answer
 
 
+def never_withheld(closed: bool, method: str) -> bool:
+    """Whether an answer by ``method`` stands whatever its kind's verdict in the table.
+
+    A yes/no question about what the whole image is ("Is this a CT image?",
+    ``label_question``) that a trained head answered: the head is measured on its own task
+    (9 of 9 such dev questions right, cross-validated by image, against 4-7 for the commonest
+    answer), while the question's kind is read off neighbouring questions ("Is this a CT
+    image?" read as an abnormality question) or mixes in questions the head does not answer
+    (MODALITY/closed holds the contrast questions too). An open one stays subject to the
+    table: there the clinicians' words decide, not the class (``retrievers.label_answers``).
+    """
+    return closed and method.startswith("head:")
+
+
 def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,
-                    closed: bool, question: str = "") -> KindScore | None:
+                    closed: bool, question: str = "", method: str = "") -> KindScore | None:
     """The library's score for this question's kind, when it is one the cases cannot answer.
 
     That is, when they did no better there than the commonest answer
-    (``retrievers.question_kinds``, the library's ``rel``); None otherwise, or without a table.
+    (``retrievers.question_kinds``, the library's ``rel``); None otherwise, without a table,
+    or for an answer by a ``method`` that is ``never_withheld``.
     The kind is read off the nearest library questions, except for an open ``question``
     about the image's modality, organ or plane (``open_label_question``), whose kind is that:
     "What plane of section is the brain taken in?" sat among brain questions of other kinds.
     """
-    if rel is None:
+    if rel is None or never_withheld(closed, method):
         return None
     task = None if closed else open_label_question(question)
     kind = kind_key(task.upper(), False) if task else predict_kind(

@@ -32,12 +32,13 @@ __all__ = ["K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "TABLE_VERSION", "KindS
            "table_is_current"]
 
 RELIABILITY_FILE = "reliability.json"
-TABLE_VERSION = 4
+TABLE_VERSION = 5
 """Bumped when the kinds or the answers they score change meaning (2: multi-category labels
 count as their first category, ATRIB as ATTRIB; 3: open questions about the image's modality,
 organ or plane are answered by the heads, ``retrievers.label_answers``; 4: yes/no plane
-questions read the plane jointly with the modality, ``retrievers.heads.joint_plane``), so a
-stale table is measured again (``table_is_current``)."""
+questions read the plane jointly with the modality, ``retrievers.heads.joint_plane``; 5:
+yes/no questions a head answers are left out of their kind, ``case_answers.never_withheld``),
+so a stale table is measured again (``table_is_current``)."""
 K_KIND = 7
 """Library questions that vote on a new question's kind (MiniLM cosine, same closed/open)."""
 MIN_ANSWERED = 5

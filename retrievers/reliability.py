@@ -24,6 +24,7 @@ from retrievers.case_answers import (
     CaseBank,
     answer_from_cases,
     is_yesno_question,
+    never_withheld,
     yesno_from_library,
 )
 from retrievers.heads import Head, fit_head, library_labels
@@ -42,21 +43,22 @@ __all__ = ["expert_answer", "measure_reliability", "train_and_save"]
 
 
 def expert_answer(bank: CaseBank, heads: dict[str, Head], model: Any, embedder: str,
-                  question: str, qvec: np.ndarray, vec: np.ndarray) -> tuple[str, float]:
-    """``case_answer``'s answer and score for one question, before any withholding.
+                  question: str, qvec: np.ndarray, vec: np.ndarray) -> tuple[str, float, str]:
+    """``case_answer``'s answer, score and method for one question, before any withholding.
 
-    ``("", 0.0)`` when it has none.
+    The method is ``head:<task>``, ``answer-model`` or ``cases`` (the neighbours' vote);
+    ``("", 0.0, "")`` when it has none.
     """
     if is_yesno_question(question):
         yn = yesno_from_library(question, qvec, vec, embedder, heads, model)
         if yn is not None:
-            return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes)
+            return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes), yn.method
     else:
         named = label_answer(question, vec, heads, embedder, bank.phrasings())
         if named is not None:
-            return named.answer, named.score
+            return named.answer, named.score, f"head:{named.task}"
     res = answer_from_cases(bank, vec, qvec, question)
-    return (res.answer, res.score) if res is not None else ("", 0.0)
+    return (res.answer, res.score, "cases") if res is not None else ("", 0.0, "")
 
 
 def _heads(labels: dict[str, dict[str, str]], vectors: dict[str, np.ndarray],
@@ -118,10 +120,12 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
             key = kind_key(it.category, it.answer_type == "yesno")
             if key is None:
                 continue
+            answer, _, method = expert_answer(bank, heads, model, image_embedder, it.question,
+                                              qv[i], vectors[it.image])
+            if never_withheld(it.answer_type == "yesno", method):
+                continue  # answered by a head whatever its kind's verdict: not part of it
             c = counts[key]
             c[0] += 1
-            answer, _ = expert_answer(bank, heads, model, image_embedder, it.question, qv[i],
-                                      vectors[it.image])
             if not answer:
                 continue
             truth = normalise_answer(it.answer)

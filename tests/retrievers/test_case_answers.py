@@ -256,6 +256,10 @@ def test_the_tool_withholds_an_answer_of_a_kind_the_cases_cannot_answer(tmp_path
         assert ev.data["withheld"] in ("yes", "no") and ev.data["kind"] in kinds
         assert ev.summary.startswith("No answer") and "30%" in ev.summary
         assert "Answer: yes" not in ev.summary and "Answer: no" not in ev.summary
+        # a yes/no question about what the image is: the head answers, whatever the table
+        ev = tool.invoke(ask | {"question": "Is the image in the axial plane?"})
+        assert ev.data["method"] == "head:plane" and ev.data["yes_no"] in ("yes", "no")
+        assert "withheld" not in ev.data and ev.score >= 0.5
         table(reliable=True)
         ev = tool.invoke(ask)
         assert ev.data["yes_no"] in ("yes", "no") and "withheld" not in ev.data

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from retrievers.case_answers import CaseBank, never_withheld, unreliable_kind
 from retrievers.question_kinds import (
     MIN_ANSWERED,
     KindScore,
@@ -99,3 +100,38 @@ def test_the_cases_answer_what_the_image_shows_and_not_what_it_does_not():
     assert modality.majority < modality.answered  # 'CT' alone misses the MR images
     assert not mass.reliable and mass.expert <= mass.majority  # nothing beats the prior
     assert modality.n == mass.n == 40  # every pair scored once, by a model that never saw it
+
+
+def _with_label_questions():
+    """``_suite`` plus "Is this an MRI?" on every case, and each case's modality label."""
+    items, _, vectors = _suite()
+    labels = {f"case{c}": {"modality": "mr" if c % 3 == 0 else "ct"} for c in range(40)}
+    items += [QAItem(f"l{c}", f"case{c}", "Is this an MRI?",
+                     "yes" if c % 3 == 0 else "no", "yesno", category="MODALITY")
+              for c in range(40)]
+    return items, HashText().embed_texts([it.question for it in items]), vectors, labels
+
+
+def test_yes_no_questions_a_head_answers_are_not_part_of_their_kind():
+    """The head answers "Is this an MRI?" on its own measure: the table leaves it out, so it
+    neither props up nor drags down the verdict on the kind's other questions."""
+    items, qv, vectors, labels = _with_label_questions()
+    rel = measure_reliability(items, qv, vectors, labels, "toy", "hash-words", folds=5, seed=0)
+    assert "MODALITY/closed" not in rel.kinds  # every one was answered by the modality head
+    assert rel.kinds["PRES/closed"].n == 40 and rel.kinds["MODALITY/open"].n == 40
+
+
+def test_an_answer_by_a_head_to_a_yes_no_question_is_never_withheld():
+    items, qv, vectors, _ = _with_label_questions()
+    cases = sorted(vectors)
+    bank = CaseBank.from_arrays(cases, np.stack([vectors[c] for c in cases]), items, qv)
+    kinds = {k: KindScore(k, 40, 40, 10, 30, "no")  # every kind below the commonest answer
+             for k in ("MODALITY/closed", "MODALITY/open", "PRES/closed")}
+    rel = Reliability(kinds, 5, 0)
+    mri, what = qv[80], qv[0]  # "Is this an MRI?", "What modality is this?"
+    assert never_withheld(True, "head:modality") and not never_withheld(False, "head:plane")
+    assert unreliable_kind(rel, bank, mri, True, "Is this an MRI?", "head:modality") is None
+    assert unreliable_kind(rel, bank, mri, True, "Is this an MRI?", "answer-model") is not None
+    # an open one stays subject to the table: the clinicians' words decide there
+    assert unreliable_kind(rel, bank, what, False, "What modality is this?",
+                           "head:modality") is not None
