@@ -300,17 +300,19 @@ def _calibration_target(
     """Where fitted maps are saved: a path, or under ``$MEDLOOP_HOME`` one file per domain.
 
     ``home`` names each map as the answer node looks it up (``calibration_name(spec, samples,
-    domain)``), so the next run on the same configuration uses it for that domain only.
+    domain)``), so the next run on the same configuration uses it for that domain only; an
+    existing folder gets the maps under those names too (a folder is not a file to write).
     """
     if not given:
         return None
-    if given != "home":
-        return Path(given)
+    folder = ctx.home_dir / "calibration" if given == "home" else Path(given)
+    if given != "home" and not folder.is_dir():
+        return folder
 
-    def home(domain: str) -> Path:
-        return ctx.home_dir / "calibration" / calibration_name(spec, ctx.answer_samples, domain)
+    def named(domain: str) -> Path:
+        return folder / calibration_name(spec, ctx.answer_samples, domain)
 
-    return home
+    return named
 
 
 def _cross_fitted(args: argparse.Namespace, ctx: AgentContext, items: list[EvalItem],

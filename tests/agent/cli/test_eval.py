@@ -336,3 +336,15 @@ def test_the_shipped_library_is_left_out_of_a_run_on_images_it_learnt(monkeypatc
                  "none"]) == 2
     err = capsys.readouterr().err
     assert "left out of this run" in err and "unknown tool 'case_answer'" in err
+
+
+def test_save_calibration_into_a_folder_names_each_map(tmp_path):
+    """A folder given to --save-calibration gets each domain's map under the name the answer
+    node looks up (before, writing the map onto the folder was an internal error)."""
+    from agent.cli.eval import _calibration_target
+
+    target = _calibration_target(str(tmp_path), AgentContext.from_env(), "embedded")
+    assert callable(target)
+    assert target("clinical") == tmp_path / "embedded-smollm2-135m.clinical.json"
+    assert _calibration_target(str(tmp_path / "cal.json"), AgentContext.from_env(),
+                               "embedded") == tmp_path / "cal.json"
