@@ -21,7 +21,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,8 @@ class BuildReport:
     skipped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     embed_s: float = 0.0
+    stopped: bool = False
+    """Asked to stop (``build_from_rows``' ``stop``) before every row was added: not complete."""
 
 
 def _labels(value: Any) -> tuple[str, ...]:
@@ -128,8 +130,13 @@ def _batches(rows: Sequence[CaseRow], size: int) -> Iterator[Sequence[CaseRow]]:
 
 
 def build_from_rows(lib: CaseLibrary, rows: Sequence[CaseRow], batch_size: int = 16,
-                    checkpoint_s: float = 30.0, progress: bool = True) -> BuildReport:
-    """Add the rows not yet in ``lib``; a tqdm bar on stderr shows progress."""
+                    checkpoint_s: float = 30.0, progress: bool = True,
+                    stop: Callable[[], bool] | None = None) -> BuildReport:
+    """Add the rows not yet in ``lib``; a tqdm bar on stderr shows progress.
+
+    ``stop()`` is asked before each batch: when true, what was added is saved and the build
+    returns with ``stopped`` set (the next build adds the rest).
+    """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -146,6 +153,10 @@ def build_from_rows(lib: CaseLibrary, rows: Sequence[CaseRow], batch_size: int =
             pool.submit(lambda b: [_load(r) for r in b], batches[0]) if batches else None)
         for i in range(len(batches)):
             assert pending is not None
+            if stop is not None and stop():
+                rep.stopped = True
+                pending.cancel()
+                break
             loaded = pending.result()
             # Decode the next batch while this one is embedded.
             pending = (pool.submit(lambda b: [_load(r) for r in b], batches[i + 1])

@@ -20,6 +20,7 @@ guarded by a file lock, so two processes do not build it at once. Later opens ta
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import importlib.util
 import re
@@ -33,7 +34,8 @@ from retrievers.embedders import MedSamImageEmbedder, MiniLMTextEmbedder, shared
 from retrievers.library import CaseLibrary
 from tools.errors import ToolFailure
 
-__all__ = ["DEMO_IMAGES", "demo_image_rows", "demo_library", "demo_path", "nlmcxr_reports"]
+__all__ = ["DEMO_IMAGES", "BuildStopped", "demo_image_rows", "demo_library", "demo_path",
+           "nlmcxr_reports", "stop_builds"]
 
 DEMO_VERSION = "demo-v1"
 
@@ -138,8 +140,10 @@ def demo_library(home: str | Path | None = None, max_reports: int | None = None,
             if not _complete(root):
                 writer = CaseLibrary.open_or_create(root, MedSamImageEmbedder(), _minilm(),
                                                     kind="flat")
-                build_demo(writer, max_reports, progress)
-                writer.close()
+                try:
+                    build_demo(writer, max_reports, progress)
+                finally:
+                    writer.close()
         # Reopened read-only, with the same embedders (their weights stay loaded).
         lib = CaseLibrary.open(root, MedSamImageEmbedder(), _minilm())
         _OPEN[root] = lib
@@ -180,9 +184,36 @@ def start_demo_build(home: str | Path | None = None) -> str | None:
     return None
 
 
+class BuildStopped(RuntimeError):
+    """The demo build was asked to stop (the process is ending); it resumes next time."""
+
+
+_STOP = threading.Event()
+
+
+@atexit.register
+def stop_builds(wait_s: float = 60.0) -> None:
+    """Ask background builds to stop after their current batch, and wait for them.
+
+    Why: the build thread is a daemon, and one still inside torch when the interpreter
+    finalises aborts the whole process ("terminate called without an active exception",
+    exit 134): ``medloop ask --json``, whose question had started the build, printed its
+    answer and then a crash dump after it. Registered with ``atexit``, so it runs while the
+    interpreter still works; a batch takes a second or two.
+    """
+    _STOP.set()
+    with _BUILD_LOCK:
+        threads = list(_BUILDS.values())
+    for thread in threads:
+        thread.join(timeout=wait_s)
+    _STOP.clear()  # a build asked for later starts afresh
+
+
 def _build_in_background(home: str | Path | None) -> None:
     try:
         demo_library(home)
+    except BuildStopped:
+        return
     except Exception as exc:  # kept and reported by the next tool call that needs it
         with _BUILD_LOCK:
             _BUILD_ERRORS[demo_path(home)] = f"{type(exc).__name__}: {exc}"
@@ -202,9 +233,16 @@ def _minilm() -> MiniLMTextEmbedder:
 
 def build_demo(lib: CaseLibrary, max_reports: int | None = None,
                progress: bool = False) -> BuildReport:
-    """Fill ``lib`` with the demo images and reports; marks the manifest complete."""
+    """Fill ``lib`` with the demo images and reports; marks the manifest complete.
+
+    Raises ``BuildStopped`` when the process asked the build to stop (``stop_builds``):
+    what was added is saved, and the next build resumes from there.
+    """
     rows = demo_image_rows() + list(nlmcxr_reports(max_reports))
-    report = build_from_rows(lib, rows, batch_size=64, progress=progress)
+    report = build_from_rows(lib, rows, batch_size=64, progress=progress, stop=_STOP.is_set)
+    if report.stopped:
+        raise BuildStopped(f"stopped after {report.added + report.already_present} of "
+                           f"{len(rows)} cases; the next build resumes")
     lib.manifest["complete"] = True
     lib.save()
     return report

@@ -56,3 +56,26 @@ def test_layouts_and_a_resumed_build(tmp_path):
     assert len(resumed) == 12 and len(resumed.image_index) == 12
     assert resumed.search_image(_image(9, 40), k=1)[0].case_id == "im9.png"
     resumed.close()
+
+
+def test_a_build_asked_to_stop_saves_what_it_added_and_resumes(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(12):
+        _write_png(data / f"im{i}.png", _image(i, 40))
+    rows = read_layout(data)
+    lib = CaseLibrary.create(tmp_path / "idx", PixelEmbedder(), WordsEmbedder())
+    asked = []
+
+    def stop() -> bool:  # asked before each batch: stop before the third
+        asked.append(1)
+        return len(asked) > 2
+
+    rep = build_from_rows(lib, rows, batch_size=4, progress=False, stop=stop)
+    assert rep.stopped and rep.added == 8
+    lib.close()
+    resumed = CaseLibrary.open(tmp_path / "idx", PixelEmbedder(), WordsEmbedder(), writable=True)
+    assert len(resumed) == 8  # saved on the way out
+    rep = build_from_rows(resumed, rows, batch_size=4, progress=False)
+    assert not rep.stopped and rep.already_present == 8 and rep.added == 4
+    resumed.close()
