@@ -51,7 +51,7 @@ from retrievers.question_kinds import (
     load_reliability,
     predict_kind,
 )
-from retrievers.similar import LIBRARY_DOMAIN
+from retrievers.similar import LIBRARY_DOMAIN, SHIPPED_DOMAIN
 from retrievers.vqa_library import (
     QA_FILE,
     QAItem,
@@ -61,7 +61,6 @@ from retrievers.vqa_library import (
     open_label_question,
 )
 from tools.base import ImageArgs
-from tools.domain import Domain
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
@@ -449,13 +448,6 @@ _EXAMPLES = ("What imaging modality was used?",
              "Is there a mass in the brain?",
              "Is the lesion larger than 5 cm?")
 
-SHIPPED_DOMAIN = Domain(
-    validated_on="clinical radiology images (the shipped library: 111 VQA-RAD CT, MR and X-ray "
-                 "images of head, chest and abdomen)",
-    clinical_only=True, outside="refuse",
-    why="its cases are real images with clinicians' questions; a synthetic phantom's answers "
-        "are in its pixels, and real cases' answers to a reworded question would be noise")
-"""``case_answer`` over the shipped library: clinical images only, its neighbours' score."""
 
 TOOLS = (
     ToolSpec(

@@ -27,7 +27,7 @@ import numpy as np
 from langchain_core.tools import BaseTool
 from pydantic import Field
 
-from retrievers.similar import LIBRARY_DOMAIN
+from retrievers.similar import LIBRARY_DOMAIN, SHIPPED_DOMAIN
 from tools.base import ImageArgs
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Assertion, Evidence
@@ -362,6 +362,27 @@ def _has_heads(deps: ToolDeps) -> bool:
     return deps.library_has(HEADS_FILE)
 
 
+def _falls_back(deps: ToolDeps) -> bool:
+    """Offered over ``case_answer``'s fallback library (the shipped one) when the run's has none.
+
+    These are the heads ``case_answer`` reads.
+
+    Before, with no library configured, ``classify`` was the kNN over the demo library (eight
+    DICOM images labelled with body regions), and its first call started that library's
+    minutes-long build in the background; ``medloop eval --library-folds``, whose fold
+    libraries carry heads, measured the trained heads instead.
+    """
+    return (not deps.library_has(HEADS_FILE) and deps.answers is not None
+            and deps.answers_path is not None and (deps.answers_path / HEADS_FILE).exists())
+
+
+def _answers(deps: ToolDeps) -> Callable[[], Any]:
+    """The fallback labelled library's getter; the variant is only enabled when there is one."""
+    if deps.answers is None:
+        raise ToolFailure("this tool needs a library of labelled cases (MEDLOOP_ANSWERS_LIBRARY)")
+    return deps.answers
+
+
 TOOLS = (
     ToolSpec(
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="trained-heads",
@@ -369,9 +390,15 @@ TOOLS = (
         models=(LITE_MEDSAM,), enabled=_has_heads, precedence=5, examples=CLASSIFY_EXAMPLES,
         domain=LIBRARY_DOMAIN,
     ),
+    ToolSpec(
+        name="classify", description=_DESCRIPTION, args=HeadArgs, variant="shipped-heads",
+        build=lambda deps: _head_classify(deps.store, _answers(deps)),
+        models=(LITE_MEDSAM,), enabled=_falls_back, precedence=4, examples=CLASSIFY_EXAMPLES,
+        domain=SHIPPED_DOMAIN,
+    ),
 )
-"""``classify`` by the library's trained heads: outranks the kNN one (0), not a configured
-model (10)."""
+"""``classify`` by trained heads: the run's library's, else the shipped library's; both outrank
+the kNN one (0), not a configured model (10)."""
 
 
 def _library(deps: ToolDeps) -> Callable[[], Any]:

@@ -33,7 +33,9 @@ from tools.spec import ToolDeps, ToolSpec
 from tools.store import ImageStore
 
 __all__ = [
+    "LIBRARY_DOMAIN",
     "REPORT_LOOKUP",
+    "SHIPPED_DOMAIN",
     "SIMILAR_CASES",
     "TOOLS",
     "best_sentence",
@@ -193,6 +195,15 @@ LIBRARY_DOMAIN = Domain(
     why="a retrieval answers from the library's cases; an image unlike them gets distant "
         "neighbours and a low score, which says so better than a fixed list of modalities")
 """The domain of every tool that answers from the case library's neighbours."""
+
+SHIPPED_DOMAIN = Domain(
+    validated_on="clinical radiology images (the shipped library: 111 VQA-RAD CT, MR and X-ray "
+                 "images of head, chest and abdomen)",
+    clinical_only=True, outside="refuse",
+    why="its cases are real images with clinicians' questions; a synthetic phantom's answers "
+        "are in its pixels, and real cases' answers to a reworded question would be noise")
+"""The tools over the shipped library (``case_answer``, the trained-heads ``classify``):
+clinical images only."""
 
 SIMILAR_CASES = ToolSpec(
     name="similar_cases", description=_SIMILAR, args=SimilarArgs,

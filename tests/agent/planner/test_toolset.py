@@ -212,3 +212,37 @@ def test_a_library_of_labelled_cases_adds_case_answer_and_its_trained_heads(medl
     offered = {e.variant for e in tool_catalog(ctx) if e.name == "classify" and e.offered}
     assert offered == {"trained-heads"}
     assert [t.name for t in default_tools(ctx, store)].count("classify") == 1
+
+
+def test_without_a_library_of_its_own_classify_is_the_shipped_librarys_trained_heads(
+        medloop_home, store):
+    """The heads ``case_answer`` reads (what ``medloop eval --library-folds`` measures), not
+    the kNN over the demo library, whose first call started a minutes-long build."""
+    def classify(ctx: AgentContext) -> set[str]:
+        return {e.variant for e in tool_catalog(ctx) if e.name == "classify" and e.offered}
+
+    shipped = AgentContext(home=medloop_home, checkpoint=None, device="cpu")
+    assert shipped.answers_library_path is not None
+    assert classify(shipped) == {"shipped-heads"}
+    tool = {t.name: t for t in default_tools(shipped, store)}["classify"]
+    assert "trained on the case library's labelled images" in tool.description
+    none = AgentContext(home=medloop_home, checkpoint=None, device="cpu", answers_library="none")
+    assert classify(none) == {"knn"}
+
+
+@pytest.mark.slow
+def test_the_shipped_heads_classify_a_real_image(medloop_home, store):
+    from pathlib import Path
+
+    from tools.ingest import ingest_path
+
+    image = Path(__file__).resolve().parents[2] / "fixtures" / "vqa_rad_mini" / "images" / \
+        "synpic17145.jpg"
+    _, refs = ingest_path(store, image)
+    ctx = AgentContext(home=medloop_home, checkpoint=None, device="cpu")
+    classify = {t.name: t for t in default_tools(ctx, store)}["classify"]
+    ev = classify.invoke({"image_id": refs[0].id})
+    assert ev.status == "ok" and ev.data["method"] == "trained-heads"
+    assert set(ev.data["probabilities"]) == {"modality", "organ", "plane"}
+    organ = dict(ev.data["probabilities"]["organ"])
+    assert max(organ, key=organ.get) == "chest"  # its items are labelled CHEST
