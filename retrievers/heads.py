@@ -376,6 +376,17 @@ def _falls_back(deps: ToolDeps) -> bool:
             and deps.answers_path is not None and (deps.answers_path / HEADS_FILE).exists())
 
 
+def _tasks_in(folder: Path | None) -> dict[str, tuple[str, ...]]:
+    """``{"task": (its trained tasks...)}`` from the heads file in ``folder`` (weights unread)."""
+    path = None if folder is None else folder / HEADS_FILE
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {"task": tuple(sorted(json.loads(path.read_text())))}
+    except (OSError, ValueError, AttributeError):
+        return {}  # the tool says what is wrong with the file when it is called
+
+
 def _answers(deps: ToolDeps) -> Callable[[], Any]:
     """The fallback labelled library's getter; the variant is only enabled when there is one."""
     if deps.answers is None:
@@ -388,13 +399,13 @@ TOOLS = (
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="trained-heads",
         build=lambda deps: _head_classify(deps.store, _library(deps)),
         models=(LITE_MEDSAM,), enabled=_has_heads, precedence=5, examples=CLASSIFY_EXAMPLES,
-        domain=LIBRARY_DOMAIN,
+        domain=LIBRARY_DOMAIN, choices=lambda deps: _tasks_in(deps.library_path),
     ),
     ToolSpec(
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="shipped-heads",
         build=lambda deps: _head_classify(deps.store, _answers(deps)),
         models=(LITE_MEDSAM,), enabled=_falls_back, precedence=4, examples=CLASSIFY_EXAMPLES,
-        domain=SHIPPED_DOMAIN,
+        domain=SHIPPED_DOMAIN, choices=lambda deps: _tasks_in(deps.answers_path),
     ),
 )
 """``classify`` by trained heads: the run's library's, else the shipped library's; both outrank

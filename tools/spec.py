@@ -207,6 +207,14 @@ class ToolSpec:
             before the tool runs, and the planner's offer and router read it too.
         always_offered: the tool router never leaves it out (for an expert the site chose to
             consult on every question, such as answers from its own labelled cases).
+        targets: a closed vocabulary of what it can be asked about (the packaged finder
+            grounds the lungs and burned-in text, nothing else); the tool router does not
+            route it a question that names none of these. Empty: any question.
+        choices: ``choices(deps)`` gives the values some string arguments may take under
+            these dependencies (the trained tasks of a library's heads); the offer writes
+            them into the schema as an enum, so a constrained planner cannot name another
+            (the small planner filled ``task`` with "find multiple infarcts"). The tool still
+            checks what it is given.
     """
 
     name: str
@@ -220,6 +228,8 @@ class ToolSpec:
     examples: tuple[str, ...] = field(default=())
     domain: Domain = ANY_IMAGE
     always_offered: bool = False
+    targets: tuple[str, ...] = field(default=())
+    choices: Callable[[ToolDeps], dict[str, tuple[str, ...]]] | None = None
 
     def needs(self, config: VisionConfig) -> tuple[ModelNeed, ...]:
         """The models this tool runs under ``config`` (nothing is loaded)."""
@@ -261,5 +271,12 @@ class ToolSpec:
         return checked
 
     def tool(self, deps: ToolDeps) -> BaseTool:
-        """The tool built over ``deps``, its domain checked on ``deps.store``'s images."""
-        return self.bind(self.build(deps), deps.store)
+        """The tool built over ``deps``, its domain checked on ``deps.store``'s images.
+
+        Its ``metadata["choices"]`` are this spec's ``choices`` under ``deps``, for the offer.
+        """
+        tool = self.bind(self.build(deps), deps.store)
+        if self.choices is not None:
+            tool.metadata = {**(tool.metadata or {}), "choices": {
+                k: list(v) for k, v in self.choices(deps).items() if v}}
+        return tool

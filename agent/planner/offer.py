@@ -21,6 +21,10 @@ again and again until the round budget ran out (issue 15). Tools that take a pla
 target (a box, points, a preset) stay on offer: another box is another question; *act* turns
 an identical call into "already done: see E1".
 
+A string argument with a closed set of values under the run's libraries (``ToolSpec.choices``,
+on the tool as ``metadata["choices"]``: the trained tasks of the heads ``classify`` reads, the
+targets the packaged finder grounds) becomes an enum of them too.
+
 A tool that failed twice running on an image (``FAILURES_BEFORE_WITHHELD``) is no longer
 offered that image either: its failures stay in the evidence for the planner to read.
 
@@ -267,6 +271,11 @@ def offered_tools(
             spec["function"]["description"] = f"{spec['function'].get('description', '')} {note}"
         _set_enum(params, "image_id", image_ids, array=False)
         _set_enum(params, "mask_key", mask_keys, array=False)
+        for key, values in ((tool.metadata or {}).get("choices") or {}).items():
+            said = params.get("properties", {}).get(key, {}).get("description")
+            _set_enum(params, key, list(values), array=False)
+            if said and values:
+                params["properties"][key]["description"] = said
         spec["function"]["parameters"] = params
         out.append(spec)
     ok_ids = [e.id for e in evidence if e.status == "ok"]

@@ -340,3 +340,32 @@ def test_results_that_cannot_bear_on_the_question_are_citable_only_alone():
     plain = offered_tools(_tools(), images, [pixels, answer])  # no question given: all citable
     props = _props(plain, "final_answer")["claims"]["items"]["properties"]
     assert props["evidence_ids"]["items"]["enum"] == ["E1", "E2"]
+
+
+def test_a_closed_set_of_argument_values_becomes_an_enum(medloop_home, store):
+    """``ToolSpec.choices``: the small planner had filled classify's task with "find multiple
+    infarcts" and find's target with "image_id: text, target=..."; offered, only the trained
+    tasks and the groundable targets can be named (an optional argument stays optional)."""
+    from pydantic import Field
+
+    from agent import AgentContext
+    from agent.planner.toolset import default_tools
+
+    class TaskArgs(BaseModel):
+        image_id: str
+        task: str | None = Field(default=None, description="one task")
+
+    tool = make_tool(lambda a: Evidence(tool="heads", summary="x"), name="heads",
+                     description="Heads.", args_schema=TaskArgs)
+    tool.metadata = {"choices": {"task": ["modality", "organ"]}}
+    images = [ImageRef(id="img-000000000001", summary="a")]
+    params = offered_tools([tool], images, [])[0]["function"]["parameters"]
+    assert params["properties"]["task"] == {"type": "string", "enum": ["modality", "organ"],
+                                            "description": "one task"}
+    assert params["required"] == ["image_id"]
+
+    tools = {t.name: t for t in default_tools(AgentContext(home=medloop_home, checkpoint=None),
+                                              store)}
+    assert tools["classify"].metadata["choices"] == {"task": ["modality", "organ", "plane"]}
+    assert tools["find"].metadata["choices"] == {
+        "target": ["lungs", "right lung", "left lung", "text"]}

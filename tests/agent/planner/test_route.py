@@ -267,3 +267,22 @@ def test_a_backend_is_matched_with_its_own_example_questions(monkeypatch):
     # a description declared nowhere (a plugin's) falls back to the pooled questions
     plugin = ToolRouter(embedder=emb).scores([_spec("classify", "new", "image_id")], "q")
     assert plugin["classify"] > 0.9
+
+
+def test_a_closed_vocabulary_tool_is_routed_only_questions_that_name_it(default_specs, router):
+    """The packaged finder grounds the lungs and text: on 640 real items it had been routed
+    "Where is the hemorrhage located?" on its example "Where are the lungs?", and all 192
+    calls failed."""
+    from agent.planner.route import names_a_target
+
+    (find,) = [s for s in default_specs if s["function"]["name"] == "find"]
+    for q in ("Where is the hemorrhage located?", "Is there tracheal deviation?",
+              "Where is/are the multiple infarcts located?"):
+        offer, scores = router.route(default_specs, q)
+        assert "find" not in scores and "find" not in _names(offer), (q, scores)
+    assert names_a_target(find, "Is the left lung collapsed?")
+    assert names_a_target(find, "What does the burned-in text say?")
+    assert not names_a_target(find, "Is there a lunge?")  # whole words only
+    assert names_a_target(find, "And the other one?", "Where is the right lung?")  # follow-up
+    # a tool without a closed vocabulary takes any question
+    assert names_a_target(_spec("look", "Look.", "image_id"), "anything")
