@@ -22,8 +22,8 @@ target (a box, points, a preset) stay on offer: another box is another question;
 an identical call into "already done: see E1".
 
 A string argument with a closed set of values under the run's libraries (``ToolSpec.choices``,
-on the tool as ``metadata["choices"]``: the trained tasks of the heads ``classify`` reads, the
-targets the packaged finder grounds) becomes an enum of them too.
+on the tool as ``metadata["choices"]``: the trained tasks of the heads ``classify`` reads)
+becomes an enum of them too.
 
 A tool that failed twice running on an image (``FAILURES_BEFORE_WITHHELD``) is no longer
 offered that image either: its failures stay in the evidence for the planner to read.

@@ -447,7 +447,9 @@ TOOLS = (
         name="find", description=_find_description(False), args=FindArgs, variant="lungs",
         build=lambda deps: _finder(deps.store, segmenter_for(deps.vision), None),
         models=_lungs_models, examples=_FIND_EXAMPLES, domain=FRONTAL_CHEST_RADIOGRAPH,
-        targets=tuple(_SYNONYMS), choices=lambda _deps: {"target": GROUNDABLE},
+        # No enum of targets: offered "lungs", the small planner called find again with each
+        # target in turn until the round budget ran out ("Is there fluid in the lungs?").
+        targets=tuple(_SYNONYMS),
     ),
     # A configured open-vocabulary detector (MEDLOOP_DETECTOR=hf:...) grounds any phrase, so
     # it outranks the packaged lungs-only finder.

@@ -344,8 +344,8 @@ def test_results_that_cannot_bear_on_the_question_are_citable_only_alone():
 
 def test_a_closed_set_of_argument_values_becomes_an_enum(medloop_home, store):
     """``ToolSpec.choices``: the small planner had filled classify's task with "find multiple
-    infarcts" and find's target with "image_id: text, target=..."; offered, only the trained
-    tasks and the groundable targets can be named (an optional argument stays optional)."""
+    infarcts"; offered, only the trained tasks can be named (an optional argument stays
+    optional)."""
     from pydantic import Field
 
     from agent import AgentContext
@@ -367,5 +367,3 @@ def test_a_closed_set_of_argument_values_becomes_an_enum(medloop_home, store):
     tools = {t.name: t for t in default_tools(AgentContext(home=medloop_home, checkpoint=None),
                                               store)}
     assert tools["classify"].metadata["choices"] == {"task": ["modality", "organ", "plane"]}
-    assert tools["find"].metadata["choices"] == {
-        "target": ["lungs", "right lung", "left lung", "text"]}
