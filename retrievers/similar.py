@@ -35,6 +35,7 @@ from tools.store import ImageStore
 __all__ = [
     "LIBRARY_DOMAIN",
     "REPORT_LOOKUP",
+    "REPORT_WORDS",
     "SHIPPED_DOMAIN",
     "SIMILAR_CASES",
     "TOOLS",
@@ -44,6 +45,16 @@ __all__ = [
 ]
 
 _REPORT_CHARS = 400
+
+REPORT_WORDS = ("report", "reports", "reported", "reporting", "described", "wording",
+                "terminology", "term", "terms", "phrase", "phrased", "sentence", "sentences",
+                "usually", "typically", "typical")
+"""What a question about how reports speak of a finding names. ``report_lookup`` is routed only
+such questions (``ToolSpec.targets``), and its evidence speaks only to them (``data["about"]``,
+``agent.trust.agreement.speaks_to``): other patients' report sentences are not evidence about
+this image. Routed "Is the corpus callosum involved?", the small planner answered it from
+report sentences alone (on 17 real items of the default configuration it was routed 11 % of
+the questions, and gave answers from it alone on 8)."""
 
 
 def default_library(home: str | Path | None = None,
@@ -182,7 +193,9 @@ def _lookup(get_lib: Callable[[], CaseLibrary]) -> Callable[[LookupArgs], Eviden
         return Evidence(tool="report_lookup", summary=summary,
                         score=max(0.0, min(1.0, hits[0].score)) if hits else 0.0,
                         data={"query": query, "mentions": mention,
-                              "reports": [_hit_dict(h, None) for h in hits]},
+                              "reports": [_hit_dict(h, None) for h in hits],
+                              "about": list(REPORT_WORDS),
+                              "topic": "how other patients' reports word a finding"},
                         elapsed_s=time.perf_counter() - t0)
 
     return lookup
@@ -230,7 +243,7 @@ REPORT_LOOKUP = ToolSpec(
     examples=("What do radiology reports say about pleural effusion?",
               "How is a pneumothorax usually described in a report?",
               "Find report sentences that mention atelectasis."),
-    domain=LIBRARY_DOMAIN,
+    domain=LIBRARY_DOMAIN, targets=REPORT_WORDS,
 )
 TOOLS = (SIMILAR_CASES, REPORT_LOOKUP)
 """``similar_cases`` (image embeddings) and ``report_lookup`` (report sentences)."""

@@ -495,8 +495,9 @@ def speaks_to(ev: Evidence, question: str) -> bool:
     """Whether ``question`` is about something ``ev`` speaks to.
 
     Evidence that answers only some topics lists their words in ``data["about"]`` (trained
-    heads: modality, organ, plane and their classes, ``retrievers.heads.about_words``); it
-    speaks to a question that names one of them. Other evidence speaks to any question.
+    heads: modality, organ, plane and their classes, ``retrievers.heads.about_words``; report
+    sentences: how reports word a finding, ``retrievers.similar.REPORT_WORDS``); it speaks to
+    a question that names one of them. Other evidence speaks to any question.
     """
     about = ev.data.get("about")
     if not isinstance(about, list) or not about:
@@ -514,7 +515,8 @@ def unrelated_only(question: str, cited: Sequence[Evidence]) -> str:
     if not question.strip() or not cited or any(speaks_to(ev, question) for ev in cited):
         return ""
     ids = ", ".join(f"{ev.id} ({ev.tool})" for ev in cited)
-    topics = sorted({t for ev in cited for t in ev.data.get("probabilities", {})}) or ["others"]
+    topics = sorted({t for ev in cited for t in ev.data.get("probabilities", {})}
+                    | {str(ev.data["topic"]) for ev in cited if ev.data.get("topic")}) or ["others"]
     return (f"the answer stands only on {ids}, which speaks to {', '.join(topics)}, not to "
             "what this question asks")
 

@@ -286,3 +286,10 @@ def test_a_closed_vocabulary_tool_is_routed_only_questions_that_name_it(default_
     assert names_a_target(find, "And the other one?", "Where is the right lung?")  # follow-up
     # a tool without a closed vocabulary takes any question
     assert names_a_target(_spec("look", "Look.", "image_id"), "anything")
+    # report_lookup: only questions about how reports word a finding (it had been routed
+    # "Is the corpus callosum involved?" and answered it from other patients' reports)
+    for q in ("Is the corpus callosum involved?", "Is there a pneumothorax?"):
+        _, scores = router.route(default_specs, q)
+        assert "report_lookup" not in scores, (q, scores)
+    _, scores = router.route(default_specs, "How is a pleural effusion usually reported?")
+    assert list(scores) == ["report_lookup"]

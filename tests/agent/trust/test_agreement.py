@@ -319,3 +319,17 @@ def test_an_open_label_question_opens_with_the_words_the_heads_answer_gave() -> 
     voted = Evidence(id="E2", tool="case_answer", summary="Similar cases answer 'Axial'",
                      score=0.5, data={"answer": "Axial", "question": q})
     assert evidence_lead(q, [voted]) is None  # the neighbours' vote binds nothing
+
+
+def test_report_sentences_speak_only_to_questions_about_reports():
+    """Other patients' report sentences are not evidence about this image."""
+    from agent.trust.agreement import speaks_to, unrelated_only
+    from retrievers.similar import REPORT_WORDS
+
+    ev = Evidence(id="E1", tool="report_lookup", summary="5 reports closest to 'effusion'",
+                  data={"about": list(REPORT_WORDS), "topic": "how reports word a finding"})
+    assert speaks_to(ev, "How is a pleural effusion usually described in reports?")
+    assert not speaks_to(ev, "Is the corpus callosum involved?")
+    why = unrelated_only("Is the corpus callosum involved?", [ev])
+    assert "E1 (report_lookup)" in why and "how reports word a finding" in why
+    assert unrelated_only("What do reports say about effusions?", [ev]) == ""
