@@ -19,7 +19,9 @@ and burned-in text only) is not routed a question that names none of it. Matched
 example "Where are the lungs?", it had been offered first for "Where is the hemorrhage
 located?" and "Is there tracheal deviation?": on 640 real items the small planner called it
 on 96 (15 %), all 192 calls failed (no such target, or garbled arguments), and those items
-took a median 27 s against 14 s.
+took a median 27 s against 14 s. ``report_lookup`` declares the words of a question about how
+reports word a finding (``retrievers.similar.REPORT_WORDS``): it had been offered "Is there a
+pneumothorax?".
 
 Larger planners choose for themselves: routing is on by default only for chat models that
 declare ``prefers_tool_routing`` (the embedded one), and ``AgentContext.route_tools`` turns it
