@@ -421,19 +421,6 @@ def _has_pairs(deps: ToolDeps) -> bool:
     return deps.library_has(QA_FILE)
 
 
-def _falls_back(deps: ToolDeps) -> bool:
-    """Offered over the fallback labelled library (the shipped one) when the run's has none."""
-    return (not deps.library_has(QA_FILE) and deps.answers is not None
-            and deps.answers_path is not None and (deps.answers_path / QA_FILE).exists())
-
-
-def _answers(deps: ToolDeps) -> Callable[[], Any]:
-    """The fallback library's getter; the variant is only enabled when there is one."""
-    if deps.answers is None:
-        raise ToolFailure("this tool needs a library of labelled cases (MEDLOOP_ANSWERS_LIBRARY)")
-    return deps.answers
-
-
 _EXAMPLES = ("What imaging modality was used?",
              "Is this an MRI or a CT?",
              "In which plane is this image taken?",
@@ -458,8 +445,9 @@ TOOLS = (
     ),
     ToolSpec(
         name="case_answer", description=_DESCRIPTION, args=CaseAnswerArgs,
-        build=lambda deps: _case_answer(deps.store, _answers(deps), shared_minilm),
-        models=(LITE_MEDSAM, MINILM), enabled=_falls_back, variant="shipped-library",
+        build=lambda deps: _case_answer(deps.store, deps.answers_library(), shared_minilm),
+        models=(LITE_MEDSAM, MINILM), enabled=lambda deps: deps.falls_back_on(QA_FILE),
+        variant="shipped-library",
         examples=_EXAMPLES, domain=SHIPPED_DOMAIN, always_offered=True,
     ),
 )

@@ -365,15 +365,13 @@ def _has_heads(deps: ToolDeps) -> bool:
 def _falls_back(deps: ToolDeps) -> bool:
     """Offered over ``case_answer``'s fallback library (the shipped one) when the run's has none.
 
-    These are the heads ``case_answer`` reads.
-
-    Before, with no library configured, ``classify`` was the kNN over the demo library (eight
-    DICOM images labelled with body regions), and its first call started that library's
-    minutes-long build in the background; ``medloop eval --library-folds``, whose fold
-    libraries carry heads, measured the trained heads instead.
+    These are the heads ``case_answer`` reads. Before, with no library configured,
+    ``classify`` was the kNN over the demo library (eight DICOM images labelled with body
+    regions), and its first call started that library's minutes-long build in the
+    background; ``medloop eval --library-folds``, whose fold libraries carry heads, measured
+    the trained heads instead.
     """
-    return (not deps.library_has(HEADS_FILE) and deps.answers is not None
-            and deps.answers_path is not None and (deps.answers_path / HEADS_FILE).exists())
+    return deps.falls_back_on(HEADS_FILE)
 
 
 def _tasks_in(folder: Path | None) -> dict[str, tuple[str, ...]]:
@@ -387,13 +385,6 @@ def _tasks_in(folder: Path | None) -> dict[str, tuple[str, ...]]:
         return {}  # the tool says what is wrong with the file when it is called
 
 
-def _answers(deps: ToolDeps) -> Callable[[], Any]:
-    """The fallback labelled library's getter; the variant is only enabled when there is one."""
-    if deps.answers is None:
-        raise ToolFailure("this tool needs a library of labelled cases (MEDLOOP_ANSWERS_LIBRARY)")
-    return deps.answers
-
-
 TOOLS = (
     ToolSpec(
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="trained-heads",
@@ -403,7 +394,7 @@ TOOLS = (
     ),
     ToolSpec(
         name="classify", description=_DESCRIPTION, args=HeadArgs, variant="shipped-heads",
-        build=lambda deps: _head_classify(deps.store, _answers(deps)),
+        build=lambda deps: _head_classify(deps.store, deps.answers_library()),
         models=(LITE_MEDSAM,), enabled=_falls_back, precedence=4, examples=CLASSIFY_EXAMPLES,
         domain=SHIPPED_DOMAIN, choices=lambda deps: _tasks_in(deps.answers_path),
     ),

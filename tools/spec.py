@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from tools.base import make_tool
 from tools.domain import ANY_IMAGE, Domain, ImageFacts, flag_evidence
+from tools.errors import ToolFailure
 from tools.evidence import Evidence
 from tools.store import ImageStore
 
@@ -171,6 +172,21 @@ class ToolDeps:
         """Whether the run's own case library holds ``filename`` (looked for, not opened)."""
         return (self.library is not None and self.library_path is not None
                 and (self.library_path / filename).exists())
+
+    def falls_back_on(self, filename: str) -> bool:
+        """Whether the run's library lacks ``filename`` and the fallback labelled one has it.
+
+        The fallback is ``answers`` (the shipped library); a tool then serves from it instead.
+        """
+        return (not self.library_has(filename) and self.answers is not None
+                and self.answers_path is not None and (self.answers_path / filename).exists())
+
+    def answers_library(self) -> Callable[[], Any]:
+        """The labelled library's getter (for a variant only enabled when ``falls_back_on``)."""
+        if self.answers is None:
+            raise ToolFailure("this tool needs a library of labelled cases "
+                              "(MEDLOOP_ANSWERS_LIBRARY)")
+        return self.answers
 
     @property
     def device(self) -> str:
