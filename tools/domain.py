@@ -10,10 +10,14 @@ it *before* the tool runs:
 * **inside** — the tool runs as usual;
 * **outside** (the metadata says so: a CT for a chest-radiograph tool, any clinical image for a
   phantom-validated detector, a phantom for a library of real cases) — per the declaration,
-  the call is refused with a ``ToolInputError`` naming why (the planner picks another tool), or
-  the tool runs and its evidence is *flagged*;
+  the call is refused with an ``OutsideDomain`` error naming why (the planner picks another
+  tool), or the tool runs and its evidence is *flagged*;
 * **unknown** (a JPEG without DICOM metadata: modality, body part or view missing) — the
   declaration says explicitly whether the tool runs, runs flagged, or is refused.
+
+A declaration can also say its images are grey-scale (``grey_only``: CT, MR and radiographs
+are): the pixels then settle what a JPEG's missing metadata cannot, and a colour photograph or
+a stained slide is outside (``colour_share``).
 
 Flagged evidence carries ``data["out_of_domain"] = True`` and ``data["domain_note"]`` (one line:
 why), its ``score`` drops to at most ``FLAGGED_SCORE_FACTOR`` of what it was, its summary starts
@@ -26,22 +30,26 @@ evidence with ``flag_evidence``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from tools.errors import ToolInputError
+import numpy as np
+
+from tools.errors import OutsideDomain
 from tools.evidence import Evidence
 from tools.image import ImageRef, LoadedImage
 
 __all__ = [
     "ANY_IMAGE",
     "CHEST_PARTS",
+    "COLOUR_SHARE",
     "FLAGGED_SCORE_FACTOR",
     "RADIOGRAPH_MODALITIES",
     "SYNTHETIC_FORMATS",
     "Domain",
     "ImageFacts",
     "Verdict",
+    "colour_share",
     "flag_evidence",
 ]
 
@@ -59,6 +67,28 @@ FLAGGED_SCORE_FACTOR = 0.25
 """A flagged evidence item's score is at most this share of the tool's own (and this when the
 tool gave none): outside its validated domain, a tool's self-assessment is not evidence of its
 accuracy."""
+
+COLOURED_CHROMA = 40
+"""A pixel is coloured when its channels differ by more than this (of 255): JPEG noise on a
+grey image stays well below it."""
+
+COLOUR_SHARE = 0.02
+"""An image with more than this share of coloured pixels is a colour image. The 111 VQA-RAD
+dev images (CT, MR, X-ray saved as RGB JPEGs) have at most 0.5 % (their coloured arrows); the
+colour pictures scikit-image ships have 3-86 % (``bench/library_domain.py``)."""
+
+
+def colour_share(display: Any) -> float:
+    """The share of a display's pixels whose channels differ by more than ``COLOURED_CHROMA``.
+
+    0.0 for a grey ``(H, W)`` display.
+    """
+    a = np.asarray(display)
+    if a.ndim != 3 or a.shape[-1] < 3:
+        return 0.0
+    rgb = a[..., :3].astype(np.int16)
+    return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOURED_CHROMA).mean())
+
 
 _UNKNOWN = frozenset({"", "UNKNOWN", "NONE", "OT"})  # OT: DICOM's "other"
 
@@ -79,7 +109,8 @@ class ImageFacts:
     ``modality`` is a DICOM code (``CT``, ``MR``, ``DX``...), ``body_part`` a
     ``BodyPartExamined`` value and ``view`` a ``ViewPosition`` (``PA``, ``AP``, ``LL``...), all
     upper case. ``synthetic`` is true for images medloop made (phantoms, test images), whose
-    metadata describes what they imitate.
+    metadata describes what they imitate. ``colour`` is the share of coloured pixels
+    (``colour_share``), None when the pixels were not seen (a state reference).
     """
 
     modality: str | None = None
@@ -87,6 +118,7 @@ class ImageFacts:
     view: str | None = None
     synthetic: bool = False
     source_format: str = "unknown"
+    colour: float | None = None
 
     @classmethod
     def of_meta(cls, meta: dict[str, Any], source_format: str) -> ImageFacts:
@@ -98,8 +130,9 @@ class ImageFacts:
 
     @classmethod
     def of_image(cls, img: LoadedImage) -> ImageFacts:
-        """Facts from a loaded image."""
-        return cls.of_meta(img.meta, img.source_format)
+        """Facts from a loaded image: its metadata, and whether its pixels are in colour."""
+        facts = cls.of_meta(img.meta, img.source_format)
+        return replace(facts, colour=colour_share(img.display))
 
     @classmethod
     def of_ref(cls, ref: ImageRef) -> ImageFacts:
@@ -144,7 +177,9 @@ class Domain:
             every clinical image is outside, whatever its metadata.
         clinical_only: only clinical images are inside; medloop's synthetic images are outside
             (an expert fitted on real cases has nothing to say about a phantom).
-        outside: ``"refuse"`` (``ToolInputError``: the planner picks another tool) or
+        grey_only: only grey-scale images are inside; a colour image (``COLOUR_SHARE``) is
+            outside, whatever its metadata says.
+        outside: ``"refuse"`` (``OutsideDomain``: the planner picks another tool) or
             ``"flag"`` (run, and mark the evidence) for an image clearly outside.
         unknown: what happens when the metadata cannot establish the domain (a JPEG without
             DICOM tags): ``"run"`` as inside, ``"flag"`` or ``"refuse"``.
@@ -159,6 +194,7 @@ class Domain:
     projections: frozenset[str] = frozenset()
     synthetic_only: bool = False
     clinical_only: bool = False
+    grey_only: bool = False
     outside: Policy = "flag"
     unknown: UnknownPolicy = "run"
     why: str = ""
@@ -168,7 +204,7 @@ class Domain:
     def is_any(self) -> bool:
         """True when every image is inside: no check is needed."""
         return not (self.modalities or self.body_parts or self.projections
-                    or self.synthetic_only or self.clinical_only)
+                    or self.synthetic_only or self.clinical_only or self.grey_only)
 
     def judge(self, facts: ImageFacts) -> Verdict:
         """Whether ``facts`` are inside this domain; the reason names the first mismatch."""
@@ -181,6 +217,9 @@ class Domain:
                                       "images")
         if self.clinical_only and facts.synthetic:
             return Verdict("outside", f"{facts.describe()}, not a clinical image")
+        if self.grey_only and facts.colour is not None and facts.colour > COLOUR_SHARE:
+            return Verdict("outside", f"a colour image ({facts.colour:.0%} of its pixels "
+                                      "coloured), not a grey-scale CT, MR or radiograph")
         missing: list[str] = []
         for name, allowed, value in (("modality", self.modalities, facts.modality),
                                      ("body part", self.body_parts, facts.body_part),
@@ -208,7 +247,7 @@ class Domain:
         Returns None to run as usual, or the note to flag the evidence with.
 
         Raises:
-            ToolInputError: the declaration refuses this image (outside, or unknown).
+            OutsideDomain: the declaration refuses this image (outside, or unknown).
         """
         verdict = self.judge(facts)
         if verdict.status == "inside":
@@ -217,8 +256,9 @@ class Domain:
         if policy == "run":
             return None
         if policy == "refuse":
-            raise ToolInputError(f"{tool} is validated on {self.validated_on} only; this image "
-                                 f"is outside that ({verdict.reason}): use another tool")
+            raise OutsideDomain(f"{tool} is validated on {self.validated_on} only; this image "
+                                f"is outside that ({verdict.reason}): use another tool",
+                                verdict.reason)
         return verdict.reason
 
 

@@ -3,6 +3,10 @@
 ``ToolInputError`` is *retryable*: the model passed something wrong (an unknown image id, a box
 outside the image). The agent hands its message back to the model so it can try again.
 
+``OutsideDomain`` is a ``ToolInputError`` that no other arguments mend: the image is outside
+what the tool was validated on (``tools.domain``). The model is told to use another tool, not to
+fix its arguments.
+
 ``ResourceNotReady`` is *retryable later*: what the tool needs exists but is not ready yet (the
 case library still being built in the background). The model is told to use other tools now,
 not that its arguments were wrong.
@@ -21,6 +25,17 @@ class MedloopError(Exception):
 
 class ToolInputError(MedloopError, ValueError):
     """The caller (usually the LLM) gave arguments the tool cannot use; it may retry."""
+
+
+class OutsideDomain(ToolInputError):
+    """The image is outside the kinds of image the tool was validated on; ``reason`` says how.
+
+    Another call of the same tool on the same image will be refused again.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ResourceNotReady(MedloopError, RuntimeError):

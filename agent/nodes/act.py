@@ -6,7 +6,8 @@ the transcript stays valid for any chat API) and one ``Evidence`` item, numbered
 order. Failures are recorded with ``status="error"`` and told to the model in words it can act
 on — bad arguments (retry), unknown tool (here are the names), time-out, tool failure — and
 never dressed up as results. A call identical to one that already succeeded this conversation
-is not run again; the model is pointed at the earlier evidence instead. A tool that takes the
+is not run again; the model is pointed at the earlier evidence instead, and neither is a tool on an
+image its domain refused (``OutsideDomain``). A tool that takes the
 user's question (``question``, e.g. ``case_answer``) is given it as asked (``as_asked``).
 """
 
@@ -31,7 +32,13 @@ from agent.context import AgentContext
 from agent.state import AgentState, current_question
 from agent.trace import ActStep
 from tools.domain import flag_evidence
-from tools.errors import MedloopError, ResourceNotReady, ToolFailure, ToolInputError
+from tools.errors import (
+    MedloopError,
+    OutsideDomain,
+    ResourceNotReady,
+    ToolFailure,
+    ToolInputError,
+)
 from tools.evidence import Evidence
 from tools.store import ImageStore
 
@@ -73,6 +80,8 @@ def describe_error(exc: BaseException, tool: str) -> str:
             f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
         )
         return f"bad arguments for {tool}: {fields}. Fix them and call again."
+    if isinstance(exc, OutsideDomain):  # no other arguments mend the image
+        return f"{tool} cannot take this image: {exc}."
     if isinstance(exc, ToolInputError):
         return f"bad arguments for {tool}: {exc}. Fix them and call again."
     if isinstance(exc, ResourceNotReady):
@@ -91,14 +100,25 @@ def _key(call: ToolCall | dict[str, Any]) -> str:
     return call["name"] + json.dumps(call.get("args") or {}, sort_keys=True, default=str)
 
 
-def _failed(call: ToolCall, summary: str, elapsed: float = 0.0) -> Evidence:
+def _failed(call: ToolCall, summary: str, elapsed: float = 0.0,
+            data: dict[str, Any] | None = None) -> Evidence:
     return Evidence(
         tool=call["name"],
         status="error",
         args=call.get("args") or {},
         summary=summary,
+        data=data or {},
         elapsed_s=round(elapsed, 4),
     )
+
+
+def refused_for_domain(ev: Evidence) -> str:
+    """Why a failed call's tool refused its image as outside its domain; empty otherwise."""
+    return str(ev.data.get("refused") or "") if ev.status == "error" else ""
+
+
+def _refusal_key(tool: str, args: dict[str, Any] | None) -> str:
+    return f"{tool}:{(args or {}).get('image_id', '')}"
 
 
 def _takes_question(tool: BaseTool) -> bool:
@@ -131,12 +151,18 @@ def plan_jobs(
 ) -> list[_Job | Evidence]:
     """A job per call to run, or the error evidence for a call that must not run."""
     done_before = {_key({"name": e.tool, "args": e.args}): e for e in evidence if e.status == "ok"}
+    refused = {_refusal_key(e.tool, e.args): e for e in evidence if refused_for_domain(e)}
     jobs: list[_Job | Evidence] = []
     for call in calls:
         tool = by_name.get(call["name"])
         if tool is None:
             names = ", ".join(sorted(by_name)) or "(none)"
             jobs.append(_failed(call, f"unknown tool {call['name']!r}; available: {names}"))
+        elif _refusal_key(call["name"], call.get("args")) in refused:
+            first = refused[_refusal_key(call["name"], call.get("args"))]
+            jobs.append(_failed(call, f"already refused: see {first.id}; {call['name']} cannot "
+                                      "take this image. Call a different tool or answer.",
+                                data={"refused": refused_for_domain(first)}))
         elif _key(call) in done_before:
             prev = done_before[_key(call)].id
             jobs.append(
@@ -169,7 +195,9 @@ def job_evidence(job: _Job, timeout_s: float) -> Evidence:
     if job.error is not None:
         if is_unexpected(job.error):  # a bug: its traceback goes to the log, not to the model
             log.error("tool %s crashed on %s", name, job.call.get("args"), exc_info=job.error)
-        return _failed(job.call, describe_error(job.error, name), job.elapsed)
+        return _failed(job.call, describe_error(job.error, name), job.elapsed,
+                       {"refused": job.error.reason} if isinstance(job.error, OutsideDomain)
+                       else None)
     if not isinstance(job.value, Evidence):
         return _failed(job.call, f"{name} returned no evidence (internal error)", job.elapsed)
     return job.value.model_copy(

@@ -33,6 +33,7 @@ from langgraph.runtime import Runtime
 from agent.answer import Answer, Claim, FinalAnswerArgs
 from agent.context import AgentContext
 from agent.llm import canonical_spec
+from agent.nodes.act import refused_for_domain
 from agent.nodes.think import resolve_llm, round_offer
 from agent.planner.prompt import build_prompt
 from agent.state import AgentState, current_question
@@ -177,7 +178,9 @@ def compose_answer(
         ), raw
 
     # An answer that still says the opposite of its evidence is not given at all: the user
-    # sees what was observed and what did not agree.
+    # sees what was observed and what did not agree. Without a usable answer, a tool that
+    # declined this very question says best why (the planner may never have proposed one).
+    declined = declined or unanswerable(question, ok, [])
     reason = (
         "The proposed answer contradicted its own evidence: " + "; ".join(conflicts) + "."
         if conflicts
@@ -190,6 +193,10 @@ def compose_answer(
         if exhausted
         else "The evidence does not support an answer."
     )
+    refusals = {e.tool: refused_for_domain(e) for e in evidence if refused_for_domain(e)}
+    if refusals:  # what could not be checked at all, and why
+        reason += " Outside what these tools were built for: " + "; ".join(
+            f"{tool} ({why})" for tool, why in refusals.items()) + "."
     text = (
         load_prompt("abstain")
         .render(reason=reason, evidence="\n".join(f"- {e.for_prompt()}" for e in ok) or "- nothing")

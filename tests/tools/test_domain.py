@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.domain import ANY_IMAGE, FLAGGED_SCORE_FACTOR, Domain, ImageFacts, flag_evidence
-from tools.errors import ToolInputError
+from tools.domain import (
+    ANY_IMAGE,
+    COLOUR_SHARE,
+    FLAGGED_SCORE_FACTOR,
+    Domain,
+    ImageFacts,
+    colour_share,
+    flag_evidence,
+)
+from tools.errors import OutsideDomain, ToolInputError
 from tools.evidence import Evidence
 from tools.image import ImageRef, LoadedImage
 
@@ -64,6 +72,43 @@ def test_screen_refuses_flags_or_runs_per_the_declaration():
     assert runs.screen(ImageFacts(source_format="jpeg"), "window") is None
     assert ANY_IMAGE.is_any and ANY_IMAGE.admits(ImageFacts(modality="MR"))
     assert not CHEST.admits(ImageFacts(modality="MR")) and CHEST.admits(ImageFacts())
+
+
+def _rgb(grey: np.ndarray, red_share: float) -> np.ndarray:
+    """A grey picture saved as RGB, with the first ``red_share`` of its rows painted red."""
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[: round(red_share * grey.shape[0])] = (200, 30, 30)
+    return rgb
+
+
+def test_colour_share_counts_coloured_pixels_not_jpeg_noise_on_grey():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (100, 100)).astype(np.uint8)
+    assert colour_share(grey) == 0.0
+    noisy = np.clip(np.repeat(grey[..., None], 3, -1).astype(int)
+                    + rng.integers(-12, 13, (100, 100, 3)), 0, 255).astype(np.uint8)
+    assert colour_share(noisy) == 0.0  # a grey JPEG's channels differ by a few levels
+    assert colour_share(_rgb(grey, 0.01)) == pytest.approx(0.01)  # an arrow drawn in red
+    assert colour_share(_rgb(grey, 0.30)) == pytest.approx(0.30)
+
+
+def test_grey_only_domains_refuse_a_colour_picture_whatever_its_metadata():
+    grey_only = Domain(validated_on="grey-scale radiology", clinical_only=True, grey_only=True,
+                       outside="refuse")
+    grey = np.full((50, 50), 90, np.uint8)
+    arrows = LoadedImage(pixels=grey, display=_rgb(grey, 0.01), source_format="jpeg")
+    photo = LoadedImage(pixels=grey, display=_rgb(grey, 0.4), meta={"modality": "CT"},
+                        source_format="dicom")
+    assert 0.01 < COLOUR_SHARE < 0.4
+    assert grey_only.judge(ImageFacts.of_image(arrows)).status == "inside"
+    verdict = grey_only.judge(ImageFacts.of_image(photo))
+    assert verdict.status == "outside" and "a colour image (40% of its pixels" in verdict.reason
+    with pytest.raises(OutsideDomain, match="validated on grey-scale radiology only") as err:
+        grey_only.screen(ImageFacts.of_image(photo), "case_answer")
+    assert err.value.reason == verdict.reason and isinstance(err.value, ToolInputError)
+    # a state reference carries no pixels: the colour is unknown there, not grey
+    assert ImageFacts.of_ref(ImageRef(id="img-000000000002", source_format="jpeg")).colour \
+        is None
 
 
 def test_a_ref_knows_modality_and_format_only():

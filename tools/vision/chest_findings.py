@@ -47,7 +47,7 @@ FRONTAL_CHEST = Domain(
     modalities=RADIOGRAPH_MODALITIES,
     body_parts=CHEST_PARTS,
     projections=frozenset({"PA", "AP"}),
-    outside="refuse", unknown="flag",
+    grey_only=True, outside="refuse", unknown="flag",
     why="its 18 labels are chest findings learnt from frontal films: on a CT, an MR, another "
         "body part or a lateral view the scores are noise that reads like findings, so it is "
         "refused with the reason; a picture without DICOM tags runs flagged")

@@ -84,7 +84,7 @@ FRONTAL_CHEST_RADIOGRAPH = Domain(
     modalities=RADIOGRAPH_MODALITIES,
     body_parts=frozenset(_CHEST_PARTS - {"CHEST_LAT"}),
     projections=frozenset({"PA", "AP"}),
-    outside="refuse", unknown="flag",
+    grey_only=True, outside="refuse", unknown="flag",
     why="on a CT, an MR or a film of another part the detectors still box two 'lungs', which "
         "would be measured as such: refused, so the planner picks another tool. Without DICOM "
         "tags (a JPEG) they box two 'lungs' on head and abdominal images too (66 of the 77 "

@@ -74,3 +74,35 @@ def test_a_measurement_of_a_flagged_tools_mask_is_flagged_too():
     assert inherit_flags(listed, [lungs, clean]).data["out_of_domain"]
     failed = area.model_copy(update={"status": "error"})
     assert inherit_flags(failed, [lungs]) == failed
+
+
+def test_a_tool_refusing_the_image_is_not_run_on_it_again_and_the_answer_says_why(
+        store, medloop_home):
+    from tools.errors import OutsideDomain
+
+    img = store.put(phantom()).id
+    runs: list[str] = []
+
+    def expert(a: _Args) -> Evidence:
+        runs.append(a.question)
+        raise OutsideDomain("expert is validated on grey-scale radiology only; this image is "
+                            "outside that (a colour image): use another tool", "a colour image")
+
+    tools = [make_tool(expert, name="expert", description="Answers.", args_schema=_Args)]
+    model = ScriptedChatModel.of([
+        ai(call("expert", image_id=img, question="Is there a mass?")),
+        ai(call("expert", image_id=img, question="Is there a mass?")),
+        final("No.", [("there is no mass", ["E1"])], 0.9),
+    ])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       max_rounds=3)
+    out = build_graph(ctx, store=store).invoke(
+        {"messages": [("user", "Is there a mass?")], "images": [img]}, context=ctx)
+    first, again = out["evidence"]
+    assert len(runs) == 1  # the second call never reached the tool
+    assert first.summary.startswith("expert cannot take this image:")
+    assert "Fix them" not in first.summary and first.data["refused"] == "a colour image"
+    assert again.summary.startswith("already refused: see E1")
+    answer = out["answer"]
+    assert answer.abstained
+    assert "Outside what these tools were built for: expert (a colour image)" in answer.text

@@ -55,6 +55,29 @@ def test_an_answer_under_a_tool_that_had_none_is_not_given(store, medloop_home):
     assert "has a lung" not in answer.text
 
 
+def test_a_declined_question_is_named_when_the_rounds_run_out_without_an_answer(
+        store, medloop_home):
+    """The planner never proposed: the reason is the tool that declined, not the budget."""
+    img = store.put(phantom()).id
+    q = "Is there a pneumothorax?"
+
+    def case(a: _Args) -> Evidence:
+        return Evidence(tool="case", image_id=a.image_id, score=0.0,
+                        summary="No answer: the image is unlike every image of the library.",
+                        data={"answer": None, "withheld": "no", "question": q})
+
+    tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
+    model = ScriptedChatModel.of([ai(call("case", image_id=img))] * 3)
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       max_rounds=3)
+    answer = build_graph(ctx, store=store).invoke(
+        {"messages": [("user", q)], "images": [img]}, context=ctx)["answer"]
+    assert answer.abstained and answer.budget_exhausted
+    assert answer.text.startswith("No offline tool can answer this question: E1 (case) No "
+                                  "answer: the image is unlike every image of the library.")
+    assert "round budget ran out" not in answer.text
+
+
 def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home, tmp_path):
     """A closed question is calibrated by the closed map, an open one by the open map."""
     import pytest
