@@ -52,6 +52,7 @@ from retrievers.question_kinds import (
     predict_kind,
 )
 from retrievers.similar import LIBRARY_DOMAIN, SHIPPED_DOMAIN
+from retrievers.typicality import LIBRARY_IMAGES, flag_if_unlike, library_typicality
 from retrievers.vqa_library import (
     QA_FILE,
     QAItem,
@@ -361,9 +362,19 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                      "question": question}
             summary = named.summary
             score = named.score
+        typ = library_typicality(lib, vec)
         weak = unreliable_kind(load_reliability(lib.root), bank, qvec, closed, question,
                                str(data.get("method") or ""))
-        if weak is not None and data.get("answer"):
+        if typ is not None and not typ.inside and data.get("answer"):
+            # its cases and models extrapolate here: nothing they say is stated
+            said = data["answer"]
+            data = {k: v for k, v in data.items()
+                    if k not in ("yes_no", "answer", "label_answer")}
+            data |= {"answer": None, "withheld": said, "question": question}
+            summary = ("No answer: the case library's cases and models say nothing about an "
+                       "image unlike all of theirs; no offline tool checked it.")
+            score = 0.0
+        elif weak is not None and data.get("answer"):
             # Kept for the record, not stated: a planner copies what it reads.
             said = data["answer"]
             data = {k: v for k, v in data.items()
@@ -375,8 +386,9 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
             summary = (f"No answer: similar cases cannot answer this kind of question "
                        f"reliably ({weak.describe()}); no offline tool checked it.")
             score = 0.0
-        return Evidence(tool="case_answer", image_id=args.image_id, summary=summary,
-                        score=score, data=data, elapsed_s=time.perf_counter() - t0)
+        ev = Evidence(tool="case_answer", image_id=args.image_id, summary=summary,
+                      score=score, data=data, elapsed_s=time.perf_counter() - t0)
+        return flag_if_unlike(ev, typ, LIBRARY_IMAGES)
 
     return case_answer
 

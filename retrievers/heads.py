@@ -28,6 +28,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from retrievers.similar import LIBRARY_DOMAIN, SHIPPED_DOMAIN
+from retrievers.typicality import LIBRARY_IMAGES, flag_if_unlike, library_typicality
 from tools.base import ImageArgs
 from tools.errors import ToolFailure, ToolInputError
 from tools.evidence import Assertion, Evidence
@@ -339,7 +340,7 @@ def _head_classify(store: ImageStore, get_lib: Callable[[], Any]
         parts = [f"{task}: {ranked[0][0]} {ranked[0][1]:.2f}"
                  + (f" (then {ranked[1][0]} {ranked[1][1]:.2f})" if len(ranked) > 1 else "")
                  for task, ranked in probs.items()]
-        return Evidence(
+        ev = Evidence(
             tool="classify", image_id=args.image_id,
             summary=("Trained heads on the library's labelled images (calibrated "
                      f"probabilities): {'; '.join(parts)}."),
@@ -353,6 +354,7 @@ def _head_classify(store: ImageStore, get_lib: Callable[[], Any]
                   "fitted_on": {t: heads[t].fitted_on for t in tasks}},
             elapsed_s=time.perf_counter() - t0,
         )
+        return flag_if_unlike(ev, library_typicality(lib, vec), LIBRARY_IMAGES)
 
     return classify
 

@@ -212,9 +212,12 @@ LIBRARY_DOMAIN = Domain(
 SHIPPED_DOMAIN = Domain(
     validated_on="clinical radiology images (the shipped library: 111 VQA-RAD CT, MR and X-ray "
                  "images of head, chest and abdomen)",
-    clinical_only=True, outside="refuse",
+    clinical_only=True, grey_only=True, outside="refuse",
     why="its cases are real images with clinicians' questions; a synthetic phantom's answers "
-        "are in its pixels, and real cases' answers to a reworded question would be noise")
+        "are in its pixels, and real cases' answers to a reworded question would be noise. "
+        "Its images are all grey-scale, so a colour picture (a photograph, a stained slide) "
+        "is refused too; a grey picture unlike them is flagged by the tool itself "
+        "(``retrievers.typicality``)")
 """The tools over the shipped library (``case_answer``, the trained-heads ``classify``):
 clinical images only."""
 
