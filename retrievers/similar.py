@@ -206,7 +206,9 @@ LIBRARY_DOMAIN = Domain(
     validated_on="the kinds of image the case library holds (its neighbours' similarity and "
                  "agreement are the score)",
     why="a retrieval answers from the library's cases; an image unlike them gets distant "
-        "neighbours and a low score, which says so better than a fixed list of modalities")
+        "neighbours and a low score, which says so better than a fixed list of modalities, "
+        "and the experts that answer from it flag an image unlike all of its images "
+        "(``retrievers.typicality``)")
 """The domain of every tool that answers from the case library's neighbours."""
 
 SHIPPED_DOMAIN = Domain(
