@@ -73,8 +73,10 @@ def round_offer(
     _, question = split_turns(messages)
     images = state.get("image_refs") or []
     clinical = domain_of(images) == CLINICAL
+    asked = [e for e in evidence if e.status == "ok" and "question" in e.args
+             and same_question(str(e.args["question"]), question)]
     offer = bind_answer(offered_tools(tools, images, evidence, lambda ev: speaks_to(
-                            ev, question) and (not clinical or bears_on(ev, question))),
+                            ev, question) and (not clinical or bears_on(ev, question)), asked),
                         evidence_lead(question, evidence))
     experts = unasked_experts(tools, state, offer, question)
     if experts:

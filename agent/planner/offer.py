@@ -173,13 +173,17 @@ def failing_images(evidence: Sequence[Evidence]) -> dict[str, list[str]]:
     """Per tool, the images its last ``FAILURES_BEFORE_WITHHELD`` calls or more failed on.
 
     A tool that takes no image (a text search) is keyed by ``""``: failing twice running, it
-    is withheld altogether.
+    is withheld altogether. A tool that refused an image as outside its domain
+    (``OutsideDomain``, ``data["refused"]``) is withheld for it at once: no other arguments
+    mend the image (a colour photograph), and offered again, the small planner called
+    ``case_answer`` on it once more and the refusal cost a round.
     """
     streak: dict[tuple[str, str], int] = {}
     for e in evidence:
         image = e.image_id or e.args.get("image_id")
         key = (e.tool, image if isinstance(image, str) else "")
-        streak[key] = 0 if e.status == "ok" else streak.get(key, 0) + 1
+        streak[key] = (0 if e.status == "ok" else FAILURES_BEFORE_WITHHELD
+                       if e.data.get("refused") else streak.get(key, 0) + 1)
     out: dict[str, list[str]] = {}
     for (tool, image), n in streak.items():
         if n >= FAILURES_BEFORE_WITHHELD:
@@ -231,7 +235,7 @@ def tool_catalogue(tools: Sequence[BaseTool]) -> list[dict[str, Any]]:
 
 def offered_tools(
     tools: Sequence[BaseTool], images: Sequence[ImageRef], evidence: Sequence[Evidence],
-    bearing: Callable[[Evidence], bool] | None = None,
+    bearing: Callable[[Evidence], bool] | None = None, asked: Sequence[Evidence] = (),
 ) -> list[dict[str, Any]]:
     """OpenAI-format tool dicts for this round, ids constrained to what exists.
 
@@ -243,7 +247,10 @@ def offered_tools(
     question; the others are citable only when none can (on real images the small planner,
     with ``case_answer``'s answer in hand, cited ``describe_image``'s reading of the pixels,
     or the trained heads' modality for a question about a finding, and the answer could not
-    be given).
+    be given). ``asked`` are results of tools that take the user's question, on this very
+    question: such a tool is not offered again on that image (*act* gives it the question as
+    asked, so another call repeats the first; on a page of text the small planner called
+    ``case_answer`` three times, two of them refused as already done).
     """
     # a flagged tool's masks are not offered: what is measured on them is flagged too
     # (``agent.nodes.act.inherit_flags``), and the Qwen planners, with final_answer waiting,
@@ -261,6 +268,8 @@ def offered_tools(
         image_ids, note = _domain_fit(tool, images)
         if tool.name in answered and repeats_nothing(params):
             image_ids = [i for i in image_ids if i not in answered[tool.name]]
+        done = answered_images(asked).get(tool.name, [])
+        image_ids = [i for i in image_ids if i not in done]
         if tool.name in failing:
             if "" in failing[tool.name] and "image_id" not in params.get("properties", {}):
                 continue  # a tool without an image failed twice running: it is not offered

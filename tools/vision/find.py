@@ -36,7 +36,7 @@ from pydantic import Field
 
 from tools.base import ImageArgs
 from tools.domain import RADIOGRAPH_MODALITIES, Domain
-from tools.errors import ToolInputError
+from tools.errors import OutsideDomain, ToolInputError
 from tools.evidence import Box, Evidence
 from tools.models.medsam import Segmenter, get_predictor
 from tools.models.registry import configured_detector, segmenter_need
@@ -196,26 +196,30 @@ def find_lungs(
 
     ``display`` is uint8 ``(H, W)`` or ``(H, W, 3)`` (turned grey). ``meta`` is the image's
     de-identified metadata: a non-radiograph modality, or a detector that finds fewer than two
-    lungs, raises ``ToolInputError`` (the planner should not ask for lungs there).
+    lungs, raises ``OutsideDomain`` (the planner should not ask for lungs there; no other
+    arguments mend the image).
     """
     meta = meta or {}
     modality = str(meta.get("modality") or "").upper()
     if modality in _NOT_RADIOGRAPH:
-        raise ToolInputError(
-            f"lungs can only be found on a frontal chest radiograph; this image is {modality}"
+        raise OutsideDomain(
+            f"lungs can only be found on a frontal chest radiograph; this image is {modality}",
+            f"modality {modality}",
         )
     part = str(meta.get("body_part") or "").upper().replace(" ", "_")
     if part and part not in _CHEST_PARTS:
-        raise ToolInputError(
-            f"lungs can only be found on a frontal chest radiograph; this image is of the {part}"
+        raise OutsideDomain(
+            f"lungs can only be found on a frontal chest radiograph; this image is of the {part}",
+            f"body part {part}",
         )
     grey = _grey(display)
     h, w = grey.shape
     boxes, counts = detect_lung_boxes(grey)
     if len(boxes) < 2:
-        raise ToolInputError(
+        raise OutsideDomain(
             f"the lung detectors found {len(boxes)} of 2 lungs; is this a frontal chest "
-            "radiograph?"
+            "radiograph?",
+            f"the lung detectors found {len(boxes)} of 2 lungs",
         )
     # LiteMedSAM separates the lung from the chest wall and hila better on a locally
     # contrast-equalised film (CLAHE, the usual chest X-ray enhancement): on RG1_UNCI its

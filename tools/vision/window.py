@@ -24,7 +24,7 @@ from pydantic import Field
 
 from tools.base import ImageArgs
 from tools.domain import Domain
-from tools.errors import ToolInputError
+from tools.errors import OutsideDomain, ToolInputError
 from tools.evidence import PIXELS, Evidence, Measurement
 from tools.image import LoadedImage
 from tools.ingest.windowing import WINDOW_PRESETS, window
@@ -80,12 +80,13 @@ def rewindow(img: LoadedImage, preset: str) -> Windowed:
         preset: a name from ``WINDOW_PRESETS`` (case and spaces ignored).
 
     Raises:
-        ToolInputError: the pixels are not HU, or the preset is unknown.
+        OutsideDomain: the pixels are not HU (no other arguments mend that).
+        ToolInputError: the preset is unknown.
     """
     if img.meta.get("units") != "HU":
         modality = img.meta.get("modality") or "unknown modality"
-        raise ToolInputError(f"this image ({modality}) is not in Hounsfield units: a CT window "
-                             "applies only to CT images")
+        raise OutsideDomain(f"this image ({modality}) is not in Hounsfield units: a CT window "
+                            "applies only to CT images", "its pixels are not in Hounsfield units")
     key = preset.strip().lower()
     if key not in WINDOW_PRESETS:
         raise ToolInputError(f"unknown window preset {preset!r}; use one of "

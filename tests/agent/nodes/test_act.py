@@ -78,6 +78,7 @@ def test_a_measurement_of_a_flagged_tools_mask_is_flagged_too():
 
 def test_a_tool_refusing_the_image_is_not_run_on_it_again_and_the_answer_says_why(
         store, medloop_home):
+    from agent.nodes.act import plan_jobs
     from tools.errors import OutsideDomain
 
     img = store.put(phantom()).id
@@ -98,11 +99,16 @@ def test_a_tool_refusing_the_image_is_not_run_on_it_again_and_the_answer_says_wh
                        max_rounds=3)
     out = build_graph(ctx, store=store).invoke(
         {"messages": [("user", "Is there a mass?")], "images": [img]}, context=ctx)
-    first, again = out["evidence"]
-    assert len(runs) == 1  # the second call never reached the tool
+    # the refused tool left the offer, nothing else was left: the planner was not asked again
+    (first,) = out["evidence"]
+    assert len(runs) == 1 and len(model.offered) == 1
     assert first.summary.startswith("expert cannot take this image:")
     assert "Fix them" not in first.summary and first.data["refused"] == "a colour image"
-    assert again.summary.startswith("already refused: see E1")
     answer = out["answer"]
     assert answer.abstained
     assert "Outside what these tools were built for: expert (a colour image)" in answer.text
+    # a planner that calls it anyway (any backend that ignores the offer) is not run again
+    (again,) = plan_jobs([call("expert", image_id=img, question="Is it a mass?")],
+                         {"expert": tools[0]}, [first])
+    assert isinstance(again, Evidence) and again.summary.startswith("already refused: see E1")
+    assert len(runs) == 1

@@ -258,6 +258,10 @@ def test_a_tool_that_failed_twice_running_on_an_image_is_withheld_for_it():
     assert "look" not in _names(offered_tools(_tools(), images, [fail(1), fail(2)]))
     ok = Evidence(id="E3", tool="look", summary="fine", args={"image_id": img}, image_id=img)
     assert failing_images([fail(1), fail(2), ok]) == {}  # a success since resets the streak
+    # refused as outside its domain: no other arguments mend the image, withheld at once
+    refused = fail(4).model_copy(update={"data": {"refused": "a colour image"}})
+    assert failing_images([ok, refused]) == {"look": [img]}
+    assert "look" not in _names(offered_tools(_tools(), images, [refused]))
 
 
 class QueryArgs(BaseModel):
@@ -367,3 +371,28 @@ def test_a_closed_set_of_argument_values_becomes_an_enum(medloop_home, store):
     tools = {t.name: t for t in default_tools(AgentContext(home=medloop_home, checkpoint=None),
                                               store)}
     assert tools["classify"].metadata["choices"] == {"task": ["modality", "organ", "plane"]}
+
+
+class AskArgs(BaseModel):
+    image_id: str
+    question: str
+
+
+def test_a_tool_that_took_this_very_question_is_not_offered_again_on_that_image():
+    def ask(a: AskArgs) -> Evidence:
+        return Evidence(tool="ask", summary="x")
+
+    tools = [*_tools(), make_tool(ask, name="ask", description="Answer from cases.",
+                                  args_schema=AskArgs)]
+    one, two = "img-000000000001", "img-000000000002"
+    images = [ImageRef(id=one, summary="a"), ImageRef(id=two, summary="b")]
+    answered = Evidence(id="E1", tool="ask", summary="No answer.", image_id=one,
+                        args={"image_id": one, "question": "Is there a mass?"})
+    # answered, it stays offered (question-taking tools ask something new each time) ...
+    assert _props(offered_tools(tools, images, [answered]), "ask")["image_id"]["enum"] == [
+        one, two]
+    # ... unless it took the question being answered: then only the other image is left
+    again = offered_tools(tools, images, [answered], asked=[answered])
+    assert _props(again, "ask")["image_id"]["enum"] == [two]
+    assert "ask" not in _names(offered_tools(tools, images[:1], [answered], asked=[answered]))
+    assert "look" in _names(again)
