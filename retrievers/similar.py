@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from retrievers.library import CaseHit, CaseLibrary
 from retrievers.metadata import decode_thumbnail
+from retrievers.typicality import LIBRARY_IMAGES, flag_if_unlike, library_typicality
 from tools.base import ImageArgs
 from tools.domain import Domain
 from tools.errors import ResourceNotReady, ToolFailure, ToolInputError
@@ -154,7 +155,10 @@ def _similar(store: ImageStore, get_lib: Callable[[], CaseLibrary]
         img = store.get(args.image_id)
         t0 = time.perf_counter()
         lib = get_lib()
-        hits = lib.search_image(img.display, args.k, modality=args.modality,
+        if lib.image_embedder is None:
+            raise ToolInputError("this library has no image index; use another tool")
+        vector = lib.image_embedder.embed_images([img.display])
+        hits = lib.search_image(vector=vector, k=args.k, modality=args.modality,
                                 labels=[args.label] if args.label else None)
         cases = []
         for h in hits:
@@ -168,10 +172,12 @@ def _similar(store: ImageStore, get_lib: Callable[[], CaseLibrary]
             summary = f"{len(hits)} most similar library cases: {listed}."
         else:
             summary = "no library case matches the filters."
-        return Evidence(tool="similar_cases", image_id=args.image_id, summary=summary,
-                        score=max(0.0, min(1.0, hits[0].score)) if hits else 0.0,
-                        data={"library": str(lib.root), "cases": cases},
-                        elapsed_s=time.perf_counter() - t0)
+        ev = Evidence(tool="similar_cases", image_id=args.image_id, summary=summary,
+                      score=max(0.0, min(1.0, hits[0].score)) if hits else 0.0,
+                      data={"library": str(lib.root), "cases": cases},
+                      elapsed_s=time.perf_counter() - t0)
+        # the nearest cases of an image unlike them all are merely the least unlike
+        return flag_if_unlike(ev, library_typicality(lib, vector[0]), LIBRARY_IMAGES)
 
     return similar
 
@@ -207,7 +213,7 @@ LIBRARY_DOMAIN = Domain(
                  "agreement are the score)",
     why="a retrieval answers from the library's cases; an image unlike them gets distant "
         "neighbours and a low score, which says so better than a fixed list of modalities, "
-        "and the experts that answer from it flag an image unlike all of its images "
+        "and every tool over it flags an image unlike all of its images "
         "(``retrievers.typicality``)")
 """The domain of every tool that answers from the case library's neighbours."""
 

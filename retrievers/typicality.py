@@ -12,8 +12,9 @@ scored as close as real held-out images do. The library sets its own floor from 
 each one's cosine to its nearest *other* image (leave one out). An image below the lowest of
 those, by more than ``MARGIN`` of the spread between that lowest and the median, is less like
 the library than its most isolated member is, and the tool flags its evidence
-(``tools.domain.flag_evidence``; ``case_answer`` also withholds its answer): the score drops,
-and the agent does not answer from it.
+(``tools.domain.flag_evidence``; ``case_answer``, the trained-heads ``classify`` and
+``similar_cases``; ``case_answer`` also withholds its answer): the score drops, and the agent
+does not answer from it.
 
 Measured (``bench/library_domain.py``): none of the 111 VQA-RAD dev images is flagged by the
 fold library that never saw it (the closest call 0.9794 against a floor of 0.9792; at a margin

@@ -35,6 +35,40 @@ def test_the_floor_is_the_librarys_most_isolated_image_less_a_share_of_the_sprea
     assert floor_of(library[: MIN_IMAGES - 1]) is None  # too few images to say
 
 
+def test_similar_cases_flags_an_image_unlike_every_case_of_its_library(tmp_path, store):
+    """Through the real tool and library, on pixel embeddings (fast)."""
+    import cv2
+
+    from retrievers.library import CaseLibrary, NewCase
+    from retrievers.similar import retrieval_tools
+    from tests.retrievers.helpers import PixelEmbedder, WordsEmbedder
+    from tools.image import LoadedImage
+
+    base = np.zeros((48, 48), np.uint8)
+    cv2.circle(base, (24, 24), 14, 200, -1)  # every case: a bright disc, in its own noise
+    def disc(seed: int) -> np.ndarray:
+        noise = np.random.default_rng(seed).integers(0, 40, (48, 48))
+        return np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8)
+
+    lib = CaseLibrary.create(tmp_path / "discs", PixelEmbedder(), WordsEmbedder())
+    lib.add([NewCase(case_id=f"d{i}", display=disc(i), image=f"d{i}.png", modality="CT")
+             for i in range(30)])
+    similar = next(t for t in retrieval_tools(store, lib) if t.name == "similar_cases")
+
+    def ask(display: np.ndarray):
+        ref = store.put(LoadedImage(pixels=display, display=display, source_format="png"))
+        return similar.invoke({"image_id": ref.id, "k": 3})
+
+    like = ask(disc(99))
+    assert like.data["typicality"]["inside"] and not like.data.get("out_of_domain")
+    stripes = np.tile((np.arange(48) % 8 < 4).astype(np.uint8) * 255, (48, 1))
+    unlike = ask(stripes)
+    assert unlike.data["out_of_domain"] and not unlike.data["typicality"]["inside"]
+    assert unlike.data["cases"] and unlike.score <= 0.25  # listed, but flagged
+    assert "unlike every image of the case library" in unlike.summary
+    lib.close()
+
+
 @pytest.mark.slow
 def test_the_shipped_librarys_experts_keep_off_pictures_unlike_its_images(medloop_home):
     """The real code path: LiteMedSAM over the installed shipped library, through the tools."""
