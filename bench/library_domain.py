@@ -3,7 +3,8 @@
 ``case_answer`` and the trained-heads ``classify`` answer from a case library. Two checks keep
 them off images the library says nothing about (``tools.domain`` and ``retrievers.typicality``):
 
-* the shipped library's domain is grey-scale (``grey_only``): a colour picture is refused;
+* the shipped library's domain is grey-scale CT, MR and radiographs (``grey_only``,
+  ``modalities``): a colour picture, or a DICOM of another modality, is refused;
 * a grey image whose embedding is further from every library image than the library's own most
   isolated image is, by a margin (the library's floor), is flagged and its answer withheld.
 
@@ -13,8 +14,10 @@ This script measures both where it matters:
    fold library that never saw it (``medloop eval --library-folds``' 5 folds by image, the
    libraries under ``$MEDLOOP_HOME/eval-libraries/``), with that library's own floor.
 2. **Pictures they must not answer about**: every picture scikit-image ships without a download
-   (photographs, text, microscopy, a retina, textures, a phantom) and pydicom's small test
-   CT / MR / RT dose, through medloop's own ingest, against the shipped library.
+   (photographs, text, microscopy, a retina, textures, a phantom), and pydicom's test files
+   (real CT, MR and a chest radiograph, which they should take; nuclear medicine, ultrasound,
+   an RT dose grid, which they should not), through medloop's own ingest, against the
+   shipped library.
 
 Run: ``nice .venv/bin/python bench/library_domain.py [--items PATH] [--json]``.
 """
@@ -51,7 +54,11 @@ SKIMAGE_PICTURES = ("astronaut", "binary_blobs", "brick", "camera", "cat", "chec
                     "shepp_logan_phantom", "text")
 """scikit-image's pictures that need no download (the rest need ``pooch`` and the network)."""
 
-PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm")
+PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "MR2_UNCR.dcm",
+                 "MR-SIEMENS-DICOM-WithOverlays.dcm", "RG1_UNCI.dcm", "JPGExtended.dcm",
+                 "US1_UNCR.dcm", "rtdose.dcm")
+"""pydicom's test files: real CT, MR and a chest radiograph (which the library should take),
+a nuclear-medicine image, an ultrasound and an RT dose grid (which it should not)."""
 
 
 def _as_png(name: str, folder: Path) -> Path:
@@ -116,15 +123,18 @@ def packaged_pictures() -> list[dict[str, Any]]:
                 verdict = SHIPPED_DOMAIN.judge(ImageFacts.of_image(img))
                 typ = typicality(floor, lib.image_embedder.embed_images([img.display])[0])
                 rows.append({"image": path.name, "from": origin, "colour": colour_share(img.display),
-                             "refused": verdict.status == "outside", "nearest": typ.nearest,
-                             "floor": floor.cosine, "unlike": not typ.inside})
+                             "refused": verdict.reason if verdict.status == "outside" else "",
+                             "nearest": typ.nearest, "floor": floor.cosine,
+                             "unlike": not typ.inside})
     finally:
         lib.close()
     return rows
 
 
 def _verdict(row: dict[str, Any]) -> str:
-    return ("refused (colour)" if row.get("refused") else
+    refused = str(row.get("refused") or "")
+    why = "colour" if refused.startswith("a colour image") else refused
+    return (f"refused ({why})" if refused else
             "flagged (unlike the library)" if row["unlike"] else "answered")
 
 

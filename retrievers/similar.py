@@ -26,7 +26,7 @@ from retrievers.library import CaseHit, CaseLibrary
 from retrievers.metadata import decode_thumbnail
 from retrievers.typicality import LIBRARY_IMAGES, flag_if_unlike, library_typicality
 from tools.base import ImageArgs
-from tools.domain import Domain
+from tools.domain import RADIOGRAPH_MODALITIES, Domain
 from tools.errors import ResourceNotReady, ToolFailure, ToolInputError
 from tools.evidence import Evidence
 from tools.packaged import LITE_MEDSAM, MINILM
@@ -220,12 +220,15 @@ LIBRARY_DOMAIN = Domain(
 SHIPPED_DOMAIN = Domain(
     validated_on="clinical radiology images (the shipped library: 111 VQA-RAD CT, MR and X-ray "
                  "images of head, chest and abdomen)",
-    clinical_only=True, grey_only=True, outside="refuse",
+    modalities=frozenset({"CT", "MR"}) | RADIOGRAPH_MODALITIES,
+    clinical_only=True, grey_only=True, outside="refuse", unknown="run",
     why="its cases are real images with clinicians' questions; a synthetic phantom's answers "
         "are in its pixels, and real cases' answers to a reworded question would be noise. "
-        "Its images are all grey-scale, so a colour picture (a photograph, a stained slide) "
-        "is refused too; a grey picture unlike them is flagged by the tool itself "
-        "(``retrievers.typicality``)")
+        "It holds CT, MR and radiographs only, so a DICOM of another modality (ultrasound, "
+        "mammography, nuclear medicine, an RT dose grid) is refused; a JPEG, whose modality "
+        "nothing records, runs. Its images are all grey-scale, so a colour picture (a "
+        "photograph, a stained slide) is refused too; a grey picture unlike them is flagged "
+        "by the tool itself (``retrievers.typicality``)")
 """The tools over the shipped library (``case_answer``, the trained-heads ``classify``):
 clinical images only."""
 

@@ -132,3 +132,23 @@ def test_case_answer_over_the_shipped_library_answers_real_images_and_refuses_ph
     synthetic = store.put(phantom())
     with pytest.raises(ToolInputError, match="not a clinical image"):
         tool.invoke({"image_id": synthetic.id, "question": "Is there a lesion?"})
+
+
+def test_its_tools_take_grey_ct_mr_and_radiographs_and_refuse_other_modalities_and_colour():
+    from retrievers.similar import SHIPPED_DOMAIN
+    from tools.domain import ImageFacts
+    from tools.errors import OutsideDomain
+
+    for modality in ("CT", "MR", "CR", "DX"):
+        assert SHIPPED_DOMAIN.screen(ImageFacts(modality=modality, source_format="dicom",
+                                                colour=0.0), "case_answer") is None
+    # a JPEG records no modality: its pixels and the library's floor decide
+    assert SHIPPED_DOMAIN.screen(ImageFacts(source_format="jpeg", colour=0.004),
+                                 "case_answer") is None
+    for modality in ("US", "MG", "NM", "RTDOSE"):
+        with pytest.raises(OutsideDomain, match=f"modality is {modality}"):
+            SHIPPED_DOMAIN.screen(ImageFacts(modality=modality, source_format="dicom"),
+                                  "case_answer")
+    with pytest.raises(OutsideDomain, match="a colour image"):
+        SHIPPED_DOMAIN.screen(ImageFacts(modality="CT", source_format="dicom", colour=0.3),
+                              "case_answer")
