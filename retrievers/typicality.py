@@ -20,9 +20,9 @@ Measured (``bench/library_domain.py``): none of the 111 VQA-RAD dev images is fl
 fold library that never saw it (the closest call 0.9794 against a floor of 0.9792; at a margin
 of 0.1 that image was flagged), pydicom's real MR and chest radiograph are inside (0.987-0.989),
 and 8 of the 19 grey pictures that scikit-image and pydicom ship are flagged (text, textures,
-a clock, a grey retinal image, pydicom's 64-pixel MR; colour pictures and DICOMs of other modalities are refused
-before this, by the shipped domain). The moon, "camera", "coins",
-a horse silhouette, binary blobs, a checkerboard and the Shepp-Logan phantom embed as close
+a clock, a grey retinal image, pydicom's 64-pixel MR; colour pictures and DICOMs of other
+modalities are refused before this, by the shipped domain). The moon, "camera", "coins", a
+horse silhouette, binary blobs, a checkerboard and the Shepp-Logan phantom embed as close
 as real images do and are not caught: the encoder (LiteMedSAM, pooled) was not trained to
 tell them apart, and a wider net would flag real images.
 
