@@ -33,11 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import numpy as np
-
 from tools.errors import OutsideDomain
 from tools.evidence import Evidence
-from tools.image import ImageRef, LoadedImage
+from tools.image import ImageRef, LoadedImage, colour_share
 
 __all__ = [
     "ANY_IMAGE",
@@ -68,26 +66,10 @@ FLAGGED_SCORE_FACTOR = 0.25
 tool gave none): outside its validated domain, a tool's self-assessment is not evidence of its
 accuracy."""
 
-COLOURED_CHROMA = 40
-"""A pixel is coloured when its channels differ by more than this (of 255): JPEG noise on a
-grey image stays well below it."""
-
 COLOUR_SHARE = 0.02
 """An image with more than this share of coloured pixels is a colour image. The 111 VQA-RAD
 dev images (CT, MR, X-ray saved as RGB JPEGs) have at most 0.5 % (their coloured arrows); the
 colour pictures scikit-image ships have 3-86 % (``bench/library_domain.py``)."""
-
-
-def colour_share(display: Any) -> float:
-    """The share of a display's pixels whose channels differ by more than ``COLOURED_CHROMA``.
-
-    0.0 for a grey ``(H, W)`` display.
-    """
-    a = np.asarray(display)
-    if a.ndim != 3 or a.shape[-1] < 3:
-        return 0.0
-    rgb = a[..., :3].astype(np.int16)
-    return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOURED_CHROMA).mean())
 
 
 _UNKNOWN = frozenset({"", "UNKNOWN", "NONE", "OT"})  # OT: DICOM's "other"
@@ -136,12 +118,12 @@ class ImageFacts:
 
     @classmethod
     def of_ref(cls, ref: ImageRef) -> ImageFacts:
-        """Facts from the state's image reference: modality and format only.
+        """Facts from the state's image reference: modality, format and colour only.
 
         A ref carries no body part or view, so those are unknown here; the wrapper sees them.
         """
         return cls(modality=_code(ref.modality), synthetic=ref.source_format in SYNTHETIC_FORMATS,
-                   source_format=ref.source_format)
+                   source_format=ref.source_format, colour=ref.colour)
 
     def describe(self) -> str:
         """A few words for a note: ``"a clinical jpeg image, modality unknown"``."""

@@ -73,10 +73,29 @@ class ImageRef(BaseModel):
     # For a plane cut from a volume: the volume's id and the plane (axial, coronal, ...).
     volume_id: str | None = None
     plane: str | None = None
+    # The share of coloured pixels (``colour_share``): a tool whose domain is grey-scale is
+    # not offered a colour picture. None: not measured (a ref saved before it was).
+    colour: float | None = None
 
     def for_prompt(self) -> str:
         """One line describing the image to the planner."""
         return f"{self.id}: {self.summary}"
+
+
+COLOURED_CHROMA = 40
+"""A pixel is coloured when its channels differ by more than this (of 255): JPEG noise on a
+grey image stays well below it."""
+
+def colour_share(display: Any) -> float:
+    """The share of a display's pixels whose channels differ by more than ``COLOURED_CHROMA``.
+
+    0.0 for a grey ``(H, W)`` display.
+    """
+    a = np.asarray(display)
+    if a.ndim != 3 or a.shape[-1] < 3:
+        return 0.0
+    rgb = a[..., :3].astype(np.int16)
+    return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOURED_CHROMA).mean())
 
 
 def to_rgb(display: np.ndarray) -> np.ndarray:

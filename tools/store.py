@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.errors import ToolInputError
-from tools.image import ImageRef, LoadedImage
+from tools.image import ImageRef, LoadedImage, colour_share
 from tools.planes import is_volume, view_planes, volume_plane
 
 _ID = re.compile(r"^img-[0-9a-f]{12}$")
@@ -200,4 +200,5 @@ def make_ref(image_id: str, img: LoadedImage) -> ImageRef:
         summary=", ".join(parts),
         volume_id=str(volume_id) if volume_id else None,
         plane=str(plane) if plane else None,
+        colour=round(colour_share(img.display), 4),
     )

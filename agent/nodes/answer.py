@@ -35,11 +35,18 @@ from agent.context import AgentContext
 from agent.llm import canonical_spec
 from agent.nodes.act import refused_for_domain
 from agent.nodes.think import resolve_llm, round_offer
+from agent.planner.offer import unfit_tools
 from agent.planner.prompt import build_prompt
 from agent.state import AgentState, current_question
 from agent.trace import AnswerStep
 from agent.trust.agreement import unanswerable
-from agent.trust.calibration import Calibration, domain_of, load_calibration, question_form
+from agent.trust.calibration import (
+    CLINICAL,
+    Calibration,
+    domain_of,
+    load_calibration,
+    question_form,
+)
 from agent.trust.checks import review
 from agent.trust.confidence import answer_form_score, combine_confidence, evidence_consistency
 from agent.trust.consistency import Samples, sample_answers
@@ -107,13 +114,16 @@ def calibration_name(llm: str, answer_samples: int = 0, domain: str | None = Non
 def compose_answer(
     state: AgentState, ctx: AgentContext, calibration: Calibration | None = None,
     agreement: float | None = None, domain: str | None = None,
+    unfit: dict[str, str] | None = None,
 ) -> tuple[Answer, float]:
     """Build the final ``Answer`` from the state's proposal and evidence.
 
     ``agreement`` is the self-consistency of the proposal (``agent.trust.consistency``), pooled into
     the confidence when given. ``domain`` is the images' (``domain_of``; None reads it off the
-    state): an answer with a defect on it (``ReviewResult.defects``) is not given. Returns the
-    answer and its raw (uncalibrated) confidence.
+    state): an answer with a defect on it (``ReviewResult.defects``) is not given. ``unfit``
+    names the tools whose domains refuse the images (``unfit_tools``): an abstention names them
+    beside the tools that refused when called. Returns the answer and its raw (uncalibrated)
+    confidence.
     """
     domain = domain if domain is not None else domain_of(state.get("image_refs") or [])
     threshold = (calibration.abstain_below
@@ -194,6 +204,7 @@ def compose_answer(
         else "The evidence does not support an answer."
     )
     refusals = {e.tool: refused_for_domain(e) for e in evidence if refused_for_domain(e)}
+    refusals |= {t: why for t, why in (unfit or {}).items() if t not in refusals}
     if refusals:  # what could not be checked at all, and why
         reason += " Outside what these tools were built for: " + "; ".join(
             f"{tool} ({why})" for tool, why in refusals.items()) + "."
@@ -243,9 +254,12 @@ def make_answer(default: AgentContext, tools: list[Any] | None = None) -> Callab
         domain = domain_of(state.get("image_refs") or [])
         cal = calibration_for(ctx, domain)
         samples = _samples(state, ctx, tools or []) if ctx.answer_samples else None
+        # on a phantom every expert fitted on real cases is outside by design: not news
         ans, raw = compose_answer(state, ctx, cal,
                                   agreement=samples.agreement if samples else None,
-                                  domain=domain)
+                                  domain=domain,
+                                  unfit=unfit_tools(tools or [], state.get("image_refs") or [])
+                                  if domain == CLINICAL else None)
         step = AnswerStep(turn=int(state.get("turn") or 0), round=int(state.get("round") or 0),
                           step="answer", confidence=ans.confidence, raw_confidence=raw,
                           calibration=cal.method if cal is not None else None,

@@ -217,6 +217,25 @@ def _domain_fit(tool: BaseTool, images: Sequence[ImageRef]) -> tuple[list[str], 
                   f"this is {reasons}): its results there are not findings.")
 
 
+def unfit_tools(tools: Sequence[BaseTool], images: Sequence[ImageRef]) -> dict[str, str]:
+    """Tool name -> why, for each tool whose domain refuses every image (so it is not offered).
+
+    What the refs say decides (``_domain_fit``): a colour picture for a grey-scale domain, a
+    modality outside a declared list. The answer names them, so an abstention says what could
+    not look at the image as well as what did and found nothing.
+    """
+    out: dict[str, str] = {}
+    for tool in tools:
+        domain = (tool.metadata or {}).get("domain")
+        if (not images or not isinstance(domain, Domain) or domain.is_any
+                or domain.outside != "refuse" or domain.applies is not None):
+            continue
+        verdicts = [domain.judge(ImageFacts.of_ref(r)) for r in images]
+        if all(v.status == "outside" for v in verdicts):
+            out[tool.name] = "; ".join(dict.fromkeys(v.reason for v in verdicts))
+    return out
+
+
 def tool_catalogue(tools: Sequence[BaseTool]) -> list[dict[str, Any]]:
     """Every tool (and ``final_answer``) as OpenAI-format dicts, the same whatever the round.
 

@@ -106,9 +106,22 @@ def test_grey_only_domains_refuse_a_colour_picture_whatever_its_metadata():
     with pytest.raises(OutsideDomain, match="validated on grey-scale radiology only") as err:
         grey_only.screen(ImageFacts.of_image(photo), "case_answer")
     assert err.value.reason == verdict.reason and isinstance(err.value, ToolInputError)
-    # a state reference carries no pixels: the colour is unknown there, not grey
+    # a state reference carries the share measured when the image was stored
     assert ImageFacts.of_ref(ImageRef(id="img-000000000002", source_format="jpeg")).colour \
         is None
+    assert ImageFacts.of_ref(ImageRef(id="img-000000000003", colour=0.4)).colour == 0.4
+
+
+def test_the_store_measures_a_pictures_colour_once_for_its_reference(tmp_path):
+    from tools.store import ImageStore
+
+    grey = np.full((40, 40), 90, np.uint8)
+    store = ImageStore(tmp_path / "store")
+    shown = _rgb(grey, 0.25)
+    photo = store.put(LoadedImage(pixels=shown, display=shown, source_format="png"))
+    film = store.put(LoadedImage(pixels=grey, display=grey, source_format="png"))
+    assert photo.colour == pytest.approx(0.25) and film.colour == 0.0
+    assert store.ref(photo.id).colour == photo.colour
 
 
 def test_a_ref_knows_modality_and_format_only():

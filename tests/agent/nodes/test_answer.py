@@ -234,3 +234,37 @@ def test_a_result_about_other_topics_is_not_citable_beside_one_that_answers(stor
     out = _ask(model, tools, img, store, medloop_home)
     assert _citable(model.offered[2]) == ["E2"]
     assert not out["answer"].abstained
+
+
+def test_an_abstention_names_the_tools_whose_domain_refuses_the_picture(store, medloop_home):
+    """A colour picture: the grey-scale expert is never offered, and the answer says so."""
+    import numpy as np
+
+    from tools.domain import Domain
+    from tools.image import LoadedImage
+
+    q = "Is there a mass?"
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[..., 0] = 200  # red all over
+    img = store.put(LoadedImage(pixels=rgb, display=rgb, source_format="png")).id
+
+    def cases(a: _Args) -> Evidence:
+        raise AssertionError("a grey-scale expert must not be offered a colour picture")
+
+    def look(a: _Args) -> Evidence:
+        return Evidence(tool="look", image_id=a.image_id, score=0.0, summary="No answer.",
+                        data={"answer": None, "question": q})
+
+    grey = make_tool(cases, name="cases", description="Cases.", args_schema=_Args)
+    grey.metadata = {"domain": Domain(validated_on="grey-scale radiology", grey_only=True,
+                                      outside="refuse")}
+    tools = [grey, make_tool(look, name="look", description="Looks.", args_schema=_Args)]
+    model = ScriptedChatModel.of([ai(call("look", image_id=img)),
+                                  final("No.", [("there is no mass", ["E1"])], 0.9)])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    answer = build_graph(ctx, store=store).invoke(
+        {"messages": [("user", q)], "images": [img]}, context=ctx)["answer"]
+    assert all("cases" not in str(offer) for offer in model.offered)
+    assert answer.abstained and "No offline tool can answer this question: E1 (look)" in answer.text
+    assert ("Outside what these tools were built for: cases (a colour image (100% of its "
+            "pixels coloured)") in answer.text

@@ -89,6 +89,30 @@ def test_a_tool_is_offered_only_the_images_its_domain_admits():
         offered_tools(_domain_tools(), [ct], []))
 
 
+def test_a_grey_scale_tool_is_not_offered_a_colour_picture_and_the_answer_can_name_it():
+    from agent.planner.offer import unfit_tools
+    from tools.domain import Domain
+
+    def run(a: ImgArgs) -> Evidence:
+        return Evidence(tool="t", summary="x")
+
+    grey = make_tool(run, name="cases", description="Answer from cases.", args_schema=ImgArgs)
+    grey.metadata = {"domain": Domain(validated_on="grey-scale radiology", grey_only=True,
+                                      outside="refuse")}
+    tools = [grey, *_domain_tools()]
+    photo = ImageRef(id="img-p", source_format="png", colour=0.38)
+    film = ImageRef(id="img-f", source_format="jpeg", colour=0.004)
+    assert "cases" not in _names(offered_tools(tools, [photo], []))
+    assert _props(offered_tools(tools, [photo, film], []), "cases")["image_id"]["enum"] == [
+        "img-f"]
+    assert unfit_tools(tools, [photo]) == {
+        "cases": "a colour image (38% of its pixels coloured), not a grey-scale CT, MR or "
+                 "radiograph"}
+    assert unfit_tools(tools, [photo, film]) == {}  # it can still look at the film
+    # a ref saved before colours were measured is not held against the tool
+    assert "cases" in _names(offered_tools(tools, [ImageRef(id="img-o")], []))
+
+
 def test_a_tool_outside_its_domain_for_every_image_says_so_in_its_description():
     from agent.planner.offer import OUTSIDE_NOTE
 
