@@ -367,22 +367,14 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                                str(data.get("method") or ""))
         if typ is not None and not typ.inside and data.get("answer"):
             # its cases and models extrapolate here: nothing they say is stated
-            said = data["answer"]
-            data = {k: v for k, v in data.items()
-                    if k not in ("yes_no", "answer", "label_answer")}
-            data |= {"answer": None, "withheld": said, "question": question}
+            data = _withheld(data, question)
             summary = ("No answer: the case library's cases and models say nothing about an "
                        "image unlike all of theirs; no offline tool checked it.")
             score = 0.0
         elif weak is not None and data.get("answer"):
-            # Kept for the record, not stated: a planner copies what it reads.
-            said = data["answer"]
-            data = {k: v for k, v in data.items()
-                    if k not in ("yes_no", "answer", "label_answer")}
-            data |= {"answer": None, "withheld": said, "question": question,
-                     "kind": weak.kind, "kind_score": {
-                         "answered": weak.answered, "right": weak.expert,
-                         "majority": weak.majority, "majority_answer": weak.majority_answer}}
+            data = _withheld(data, question) | {"kind": weak.kind, "kind_score": {
+                "answered": weak.answered, "right": weak.expert, "majority": weak.majority,
+                "majority_answer": weak.majority_answer}}
             summary = (f"No answer: similar cases cannot answer this kind of question "
                        f"reliably ({weak.describe()}); no offline tool checked it.")
             score = 0.0
@@ -391,6 +383,16 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         return flag_if_unlike(ev, typ, LIBRARY_IMAGES)
 
     return case_answer
+
+
+def _withheld(data: dict[str, object], question: str) -> dict[str, object]:
+    """``case_answer``'s data with its answer kept for the record (``withheld``), not stated.
+
+    A planner copies any answer it reads, so ``answer`` becomes None (a "no answer" to
+    ``question``, ``agent.trust.agreement.declines``) and the yes/no and label go.
+    """
+    kept = {k: v for k, v in data.items() if k not in ("yes_no", "answer", "label_answer")}
+    return kept | {"answer": None, "withheld": data["answer"], "question": question}
 
 
 def never_withheld(closed: bool, method: str) -> bool:

@@ -226,13 +226,11 @@ def unfit_tools(tools: Sequence[BaseTool], images: Sequence[ImageRef]) -> dict[s
     """
     out: dict[str, str] = {}
     for tool in tools:
-        domain = (tool.metadata or {}).get("domain")
-        if (not images or not isinstance(domain, Domain) or domain.is_any
-                or domain.outside != "refuse" or domain.applies is not None):
-            continue
-        verdicts = [domain.judge(ImageFacts.of_ref(r)) for r in images]
-        if all(v.status == "outside" for v in verdicts):
-            out[tool.name] = "; ".join(dict.fromkeys(v.reason for v in verdicts))
+        if images and not _domain_fit(tool, images)[0]:
+            # only a declared domain drops every id
+            domain: Domain = (tool.metadata or {})["domain"]
+            out[tool.name] = "; ".join(dict.fromkeys(
+                domain.judge(ImageFacts.of_ref(r)).reason for r in images))
     return out
 
 
