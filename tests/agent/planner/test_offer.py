@@ -34,6 +34,14 @@ def _names(specs):
     return [s["function"]["name"] for s in specs]
 
 
+def _tool(name: str, description: str, args_schema: type[BaseModel]):
+    """A tool whose result does not matter here: only how it is offered."""
+    def run(a: BaseModel) -> Evidence:
+        return Evidence(tool=name, summary="x")
+
+    return make_tool(run, name=name, description=description, args_schema=args_schema)
+
+
 def _props(specs, name):
     (spec,) = [s for s in specs if s["function"]["name"] == name]
     return spec["function"]["parameters"]["properties"]
@@ -68,13 +76,10 @@ def test_image_tools_are_withheld_when_no_image_is_attached():
 def _domain_tools():
     from tools.domain import Domain
 
-    def run(a: ImgArgs) -> Evidence:
-        return Evidence(tool="t", summary="x")
-
-    chest = make_tool(run, name="lungs", description="Find lungs.", args_schema=ImgArgs)
+    chest = _tool("lungs", "Find lungs.", ImgArgs)
     chest.metadata = {"domain": Domain(validated_on="chest films", modalities=frozenset({"DX"}),
                                        outside="refuse", unknown="flag")}
-    blobs = make_tool(run, name="blobs", description="Find blobs.", args_schema=ImgArgs)
+    blobs = _tool("blobs", "Find blobs.", ImgArgs)
     blobs.metadata = {"domain": Domain(validated_on="phantoms", synthetic_only=True)}
     return [chest, blobs]
 
@@ -93,10 +98,7 @@ def test_a_grey_scale_tool_is_not_offered_a_colour_picture_and_the_answer_can_na
     from agent.planner.offer import unfit_tools
     from tools.domain import Domain
 
-    def run(a: ImgArgs) -> Evidence:
-        return Evidence(tool="t", summary="x")
-
-    grey = make_tool(run, name="cases", description="Answer from cases.", args_schema=ImgArgs)
+    grey = _tool("cases", "Answer from cases.", ImgArgs)
     grey.metadata = {"domain": Domain(validated_on="grey-scale radiology", grey_only=True,
                                       outside="refuse")}
     tools = [grey, *_domain_tools()]
@@ -295,11 +297,7 @@ class QueryArgs(BaseModel):
 def test_a_tool_without_an_image_that_failed_twice_running_is_withheld():
     from agent.planner.offer import failing_images
 
-    def search(a: QueryArgs) -> Evidence:
-        return Evidence(tool="search", summary="x")
-
-    tools = [*_tools(), make_tool(search, name="search", description="Search reports.",
-                                  args_schema=QueryArgs)]
+    tools = [*_tools(), _tool("search", "Search reports.", QueryArgs)]
     images = [ImageRef(id="img-000000000001", summary="a")]
     fails = [Evidence(id=f"E{n}", tool="search", status="error", summary="no report index",
                       args={"query": f"effusion {n}"}) for n in (1, 2)]
@@ -403,11 +401,7 @@ class AskArgs(BaseModel):
 
 
 def test_a_tool_that_took_this_very_question_is_not_offered_again_on_that_image():
-    def ask(a: AskArgs) -> Evidence:
-        return Evidence(tool="ask", summary="x")
-
-    tools = [*_tools(), make_tool(ask, name="ask", description="Answer from cases.",
-                                  args_schema=AskArgs)]
+    tools = [*_tools(), _tool("ask", "Answer from cases.", AskArgs)]
     one, two = "img-000000000001", "img-000000000002"
     images = [ImageRef(id=one, summary="a"), ImageRef(id=two, summary="b")]
     answered = Evidence(id="E1", tool="ask", summary="No answer.", image_id=one,
