@@ -82,6 +82,10 @@ class AgentContext:
             medloop's named errors) out of the graph instead of reporting "crashed" to the
             planner; tests turn it on, as LangGraph's ``ToolNode(handle_tool_errors=False)``.
             Either way the traceback is logged (logger ``medloop.tools``).
+        consult_experts: before the planner's first call of a turn, ask the always-offered
+            experts that take the user's question (``case_answer``) on the turn's images,
+            without a planner call (``agent.nodes.think.consult_calls``), so the planner starts
+            from what they said. False leaves the first call to the planner.
         route_tools: offer the planner at most this many tools each round, the ones whose
             descriptions best match the question (``agent.planner.route``; a runner-up only when it
             scores close to the best); 0 offers every tool. None (the default) routes to 2 for
@@ -113,6 +117,7 @@ class AgentContext:
     checkpoint: str | None = "sqlite"
     device: str = "auto"
     route_tools: int | None = None
+    consult_experts: bool = True
     answer_samples: int = 0
     sample_temperature: float = 0.7
     segmenter: str = "lite-medsam"
@@ -273,11 +278,12 @@ class AgentContext:
 
     @property
     def recursion_limit(self) -> int:
-        """LangGraph steps allowed per turn: ingest, up to three nodes a round, answer, slack.
+        """LangGraph steps allowed per turn: ingest, the experts asked first, the rounds, answer.
 
-        The round budget ends the loop first; this limit is the backstop that guarantees it.
+        Up to three nodes a round; asking the experts first takes a think and an act. The round
+        budget ends the loop first; this limit is the backstop that guarantees it.
         """
-        return 3 * self.max_rounds + 8
+        return 3 * self.max_rounds + 10
 
 
 # MEDLOOP_* variable -> AgentContext field, read only by ``AgentContext.from_env``.

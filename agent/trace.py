@@ -31,7 +31,11 @@ class IngestStep(TypedDict):
 
 
 class ThinkStep(TypedDict):
-    """One planner call: the tools it called (``final_answer`` included) and how long it took."""
+    """One planner call: the tools it called (``final_answer`` included) and how long it took.
+
+    A step with ``consulted`` made no planner call: it is the experts asked before the first
+    one (``agent.nodes.think.consult_calls``).
+    """
 
     turn: int
     round: int
@@ -41,6 +45,7 @@ class ThinkStep(TypedDict):
     routed: NotRequired[dict[str, float]]  # tools the router offered -> MiniLM similarity
     route_error: NotRequired[str]  # why every tool was offered instead
     error: NotRequired[str]  # a malformed call or invalid final answer, told to the planner
+    consulted: NotRequired[bool]  # the experts asked before the planner: no planner call
 
 
 class ActStep(TypedDict):

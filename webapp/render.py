@@ -209,6 +209,8 @@ def _ingest_line(t: IngestStep) -> list[str]:
 
 
 def _think_line(t: ThinkStep) -> list[str]:
+    if t.get("consulted"):
+        return [f"- 🩺 **consult** {', '.join(t['calls'])}: asked first, no planner call"]
     calls = ", ".join(t["calls"]) or "reply"
     routed = t.get("routed") or {}
     offered = (f" (offered {', '.join(f'{k} {v:.2f}' for k, v in routed.items())})"

@@ -63,6 +63,9 @@ def add_planner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--route-tools", type=int, metavar="K",
                    help="offer the planner only the K tools that best match the question "
                         "(0: every tool; default: 2 for the embedded planner, all for others)")
+    p.add_argument("--no-consult", dest="consult_experts", action="store_false", default=None,
+                   help="leave the first call of each question to the planner instead of "
+                        "asking the always-offered experts (case_answer) first")
     p.add_argument("--samples", type=int, metavar="N",
                    help="sample N more answers and pool their agreement into the confidence "
                         "(self-consistency at answer time; N more planner calls; default 0)")
@@ -73,6 +76,7 @@ def add_planner_options(p: argparse.ArgumentParser) -> None:
 def planner_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``AgentContext`` field -> value for the planner options of ``add_planner_options``."""
     return {"max_rounds": args.max_rounds, "route_tools": args.route_tools,
+            "consult_experts": args.consult_experts,
             "answer_samples": args.samples, "sample_temperature": args.sample_temperature}
 
 

@@ -9,11 +9,13 @@ evidence already gathered (then calling the same tool again is the mistake: stop
 
 The planner's FIRST think step is run exactly as the graph runs it (``agent.nodes.think``:
 the round's offer, the router for planners that want it, the prompt, one backend call); no
-tool runs. A step is right when every tool it called is in one acceptable set and none is
-forbidden. A set whose tools the loop does not offer this round (``agent.planner.offer``:
-a tool refused by its domain, ``case_answer`` without a question library, ``final_answer``
-before evidence when images are attached) cannot be chosen, so it is not held against the
-planner; an item with no such set left is reported as skipped, not wrong. What the router
+tool runs. The graph asks ``case_answer`` before the planner's first call
+(``AgentContext.consult_experts``); here it does not, so the step scored is the planner's.
+A step is right when every tool it called is in one acceptable set and none is forbidden.
+A set whose tools the loop does not offer this round (``agent.planner.offer``: a tool refused
+by its domain, ``case_answer`` without a question library, ``final_answer`` before evidence
+when images are attached) cannot be chosen, so it is not held against the planner; an item
+with no such set left is reported as skipped, not wrong. What the router
 leaves out does count: routing is part of the choice.
 
 Suite format (JSON lines; ``tests/fixtures/tool_choice/suite.jsonl`` is the checked-in one)::
@@ -35,7 +37,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -308,6 +310,7 @@ def first_step(item: ToolChoiceItem, tools: list[BaseTool], ctx: AgentContext,
     state = item_state(item, images)
     offered = [s["function"]["name"] for s in
                offered_tools(tools, state["image_refs"], state["evidence"])]
+    ctx = replace(ctx, consult_experts=False)  # the planner's own choice is scored
     think = make_think(ctx, tools)
     t0 = time.perf_counter()
     command = think(state, _Runtime(ctx))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Literal, cast
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, ToolCall
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
@@ -28,14 +28,14 @@ from agent.llm.text_protocol import reply_with_tool_calls
 from agent.planner.offer import bind_answer, offered_tools, tool_catalogue
 from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
-from agent.state import AgentState
-from agent.trace import ThinkStep
+from agent.state import AgentState, current_question
+from agent.trace import ThinkStep, steps_of
 from agent.trust.agreement import bears_on, evidence_lead, same_question, speaks_to
 from agent.trust.calibration import CLINICAL, domain_of
 from agent.trust.checks import DEFECT_ADVICE
 
-__all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "make_think", "resolve_llm", "round_offer",
-           "route_top_k"]
+__all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "consult_calls", "make_think", "resolve_llm",
+           "round_offer", "route_top_k"]
 
 
 def resolve_llm(ctx: AgentContext) -> BaseChatModel:
@@ -123,6 +123,46 @@ def unasked_experts(tools: list[Any], state: AgentState, offer: list[dict[str, A
     return [s for s in offer if s["function"]["name"] in left]
 
 
+def consult_calls(tools: list[Any], offer: list[dict[str, Any]], state: AgentState,
+                  limit: int) -> list[ToolCall]:
+    """The calls that ask the always-offered experts the question, before the planner's first.
+
+    One call per image the turn brought (the conversation's latest images when it brought
+    none) that the offer lets the expert take, at most ``limit``; ``[]`` once this turn has
+    consulted, when there is no question, or for a tool that needs more than an image and the
+    question. On 640 real items the small planner's first call was ``case_answer`` on 522, and
+    112 of the other 118 called it after another tool (``describe_image``, ``classify``,
+    ``find``): asked first, the planner starts from the expert's answer and the call it would
+    have spent choosing it is saved.
+    """
+    question = current_question(state)
+    turn = int(state.get("turn") or 0)
+    trace = state.get("trace") or []
+    if not question.strip() or any(s.get("consulted") for s in steps_of(trace, "think", turn)):
+        return []
+    brought = [s["images"] for s in steps_of(trace, "ingest") if s["images"]]
+    latest = brought[-1] if brought else [r.id for r in state.get("image_refs") or []]
+    calls: list[ToolCall] = []
+    for spec in offer:
+        fn = spec["function"]
+        params = fn.get("parameters") or {}
+        props = params.get("properties") or {}
+        if (fn["name"] not in _always(tools) or "question" not in props
+                or set(params.get("required") or []) - {"image_id", "question"}):
+            continue
+        if "image_id" not in props:
+            calls.append(_call(fn["name"], {"question": question}))
+            continue
+        allowed = props["image_id"].get("enum") or []
+        calls += [_call(fn["name"], {"image_id": i, "question": question})
+                  for i in latest if i in allowed]
+    return calls[:limit]
+
+
+def _call(name: str, args: dict[str, Any]) -> ToolCall:
+    return ToolCall(name=name, args=args, id=f"call_{uuid.uuid4().hex[:12]}", type="tool_call")
+
+
 def _reply(llm: BaseChatModel, offer: list[dict[str, Any]], prompt: list[Any],
            catalogue: list[dict[str, Any]] | None = None) -> AIMessage:
     """The planner's reply with its calls: as the backend parsed them, or read from its text.
@@ -163,6 +203,14 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
             return Command(goto="answer", update={"trace": [ThinkStep(
                 turn=int(state.get("turn") or 0), round=rnd + 1, step="think", elapsed_s=0.0,
                 calls=[], error="no tool left to call and no evidence to cite")]})
+        consult = consult_calls(tools, offer, state, ctx.max_parallel_tools) if (
+            ctx.consult_experts and rnd == 0) else []
+        if consult:  # no planner call: the round budget is the planner's
+            return Command(goto="act", update={
+                "messages": [AIMessage(content="", tool_calls=consult)],
+                "trace": [ThinkStep(turn=int(state.get("turn") or 0), round=rnd, step="think",
+                                    elapsed_s=0.0, calls=[c["name"] for c in consult],
+                                    consulted=True)]})
         t0 = time.perf_counter()
         ai = _reply(llm, offer, build_prompt(state, ctx), catalogue)
         step = ThinkStep(turn=int(state.get("turn") or 0), round=rnd + 1, step="think",

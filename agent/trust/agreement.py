@@ -22,8 +22,9 @@ from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, opens_with_auxiliary
 
 __all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "declines", "evidence_lead",
-           "evidence_yes_no", "finding_family", "leading_yes_no", "outside_only", "pixels_only",
-           "same_question", "speaks_to", "stance_of", "unanswerable", "unrelated_only"]
+           "evidence_yes_no", "finding_family", "holds_a_result", "leading_yes_no", "outside_only",
+           "pixels_only", "same_question", "speaks_to", "stance_of", "unanswerable",
+           "unrelated_only"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -452,10 +453,27 @@ def unanswerable(question: str, evidence: Sequence[Evidence],
                 and same_question(str(ev.data.get("question", "")), question)]
     if not declined:
         return None
-    if any(ev.assertions or ev.measurements or _answers_yes_no(ev, question)
-           for ev in cited if not declines(ev)):
+    if any(holds_a_result(ev, question) for ev in cited if not declines(ev)):
         return None
     return declined[0]
+
+
+def holds_a_result(ev: Evidence, question: str) -> bool:
+    """Whether ``ev`` holds something a tool found that can stand beside a declined question.
+
+    A yes/no for the question, an assertion about a finding, a measurement, a located box, a
+    mask or a derived image, a list of similar cases; a reading of the picture itself
+    (``data["observes"] == PIXELS``: intensities, burned-in text and its boxes) only where it
+    ``bears_on`` the question: a question about the picture ("Describe this image", "What
+    does the text say?"), or a DICOM's reading that states its recorded modality, body part or
+    view ("What is this?" on a CT). Since the graph asks ``case_answer`` first on every
+    clinical image, its "no answer" stands beside what the planner went on to gather for
+    questions no case answers.
+    """
+    if ev.data.get("observes") == PIXELS:
+        return bears_on(ev, question)
+    return bool(ev.assertions or ev.measurements or ev.boxes or ev.mask_keys
+                or ev.new_image_ids or ev.data.get("cases") or _answers_yes_no(ev, question))
 
 
 def declines(ev: Evidence) -> bool:

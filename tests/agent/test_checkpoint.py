@@ -136,7 +136,7 @@ def test_default_graph_and_recursion_limit(tmp_path):
     assert g is agent.graph  # built once
     assert g.checkpointer is None
     ctx = AgentContext(max_rounds=4, tools=[], home=tmp_path, checkpoint=None)
-    assert build_graph(ctx).config["recursion_limit"] == ctx.recursion_limit == 20
+    assert build_graph(ctx).config["recursion_limit"] == ctx.recursion_limit == 22
 
 
 def test_bad_checkpoint_spec(tmp_path):

@@ -38,10 +38,11 @@ pytestmark = pytest.mark.skipif(_cannot_start() is not None, reason=str(_cannot_
 
 
 def script(server, answer: str) -> None:
+    """Describe, then answer from the description (E2: case_answer's, asked first, is E1)."""
     server.reply_calls(("describe_image", {"image_id": load_image(CT).content_id()}))
     server.reply_calls(("final_answer", {
         "answer": answer, "confidence": 0.8,
-        "claims": [{"statement": "a CT slice", "evidence_ids": ["E1"]}]}))
+        "claims": [{"statement": "a CT slice", "evidence_ids": ["E2"]}]}))
 
 
 def test_langgraph_dev_serves_the_graph_to_the_sdk_client(server, tmp_path):
@@ -75,10 +76,11 @@ def test_langgraph_dev_serves_the_graph_to_the_sdk_client(server, tmp_path):
             assert part.event != "error", part.data
             if part.event == "updates":
                 nodes += list(part.data)
-        assert nodes == ["ingest", "think", "act", "think", "rethink", "answer"]
+        # case_answer asked first (think, act), then the planner's two calls
+        assert nodes == ["ingest", "think", "act", "think", "act", "think", "rethink", "answer"]
         values = client.threads.get_state(thread)["values"]
         assert values["answer"]["text"] == "A small CT slice."
-        assert values["evidence"][0]["tool"] == "describe_image"
+        assert [e["tool"] for e in values["evidence"]] == ["case_answer", "describe_image"]
         assert values["image_refs"][0]["id"] == load_image(CT).content_id()
         # the planner was the one MEDLOOP_LLM names (the server's environment), not a default
         assert len(server.requests) == 2
@@ -94,7 +96,7 @@ def test_langgraph_dev_serves_the_graph_to_the_sdk_client(server, tmp_path):
         assert [e["node"] for e in events if e["type"] == "step"][:3] == ["ingest", "think",
                                                                            "act"]
         assert events[-1]["type"] == "answer" and events[-1]["text"] == "Still a small CT slice."
-        assert events[-1]["evidence"][0]["tool"] == "describe_image" and events[-1]["thread"]
+        assert events[-1]["evidence"][1]["tool"] == "describe_image" and events[-1]["thread"]
     finally:
         stop(proc, 30)
     assert proc.returncode is not None and (work / ".langgraph_api").is_dir()

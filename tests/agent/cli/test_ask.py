@@ -37,21 +37,26 @@ def test_ask_end_to_end_with_an_openai_compatible_server(capsys, server):
     server.reply_calls(("describe_image", {"image_id": image_id}))
     server.reply_calls(("final_answer", {
         "answer": "A chest radiograph (CR).",
-        "claims": [{"statement": "the image is a CR radiograph", "evidence_ids": ["E1"]}],
+        "claims": [{"statement": "the image is a CR radiograph", "evidence_ids": ["E2"]}],
         "confidence": 0.8}))
-    server.reply_text("Still a CR radiograph.")  # the follow-up turn answers in text
+    server.reply_text("1841 x 1955 pixels.")  # the follow-up turn answers in text
     server.reply_calls(("final_answer", {
-        "answer": "Still a CR radiograph.",
-        "claims": [{"statement": "CR radiograph", "evidence_ids": ["E1"]}], "confidence": 0.7}))
+        "answer": "1841 x 1955 pixels.",
+        "claims": [{"statement": "1841 x 1955 px", "evidence_ids": ["E2"]}], "confidence": 0.7}))
     code, out, err = run_cli(capsys, "ask", RG1, "Describe this image", "--json",
                              "--llm", f"openai:test@{server.url}", "--thread", "cli-1")
     assert code == 0, err
     data = json.loads(out)
     assert set(data) >= {"answer", "confidence", "abstained", "findings", "evidence", "trace"}
     assert data["answer"] == "A chest radiograph (CR)." and not data["abstained"]
-    assert data["findings"] == [{"statement": "the image is a CR radiograph", "evidence_ids": ["E1"]}]
-    assert data["evidence"][0]["id"] == "E1" and data["evidence"][0]["tool"] == "describe_image"
-    assert [t["step"] for t in data["trace"]] == ["ingest", "think", "act", "think", "rethink", "answer"]
+    assert data["findings"] == [{"statement": "the image is a CR radiograph", "evidence_ids": ["E2"]}]
+    # case_answer was asked first, without a planner call; its "no answer" stands beside the
+    # description the question asked for
+    assert [e["tool"] for e in data["evidence"]] == ["case_answer", "describe_image"]
+    assert [t["step"] for t in data["trace"]] == [
+        "ingest", "think", "act", "think", "act", "think", "rethink", "answer"]
+    assert data["trace"][1]["consulted"] and data["trace"][1]["calls"] == ["case_answer"]
+    assert "[medloop] consult case_answer (asked first, no planner call)" in err
     assert "[medloop] act    describe_image → ok" in err  # progress on stderr
     # The request carried the tools, with the image id as the only allowed value.
     tools = {t["function"]["name"]: t for t in server.requests[0]["body"]["tools"]}
@@ -60,11 +65,11 @@ def test_ask_end_to_end_with_an_openai_compatible_server(capsys, server):
     sent = json.dumps(server.requests)
     assert "RG1_UNCI" not in sent and "data_store" not in sent
 
-    code, out, err = run_cli(capsys, "ask", RG1, "Is it still the same image?", "--json",
+    code, out, err = run_cli(capsys, "ask", RG1, "What is the size of this image?", "--json",
                              "--llm", f"openai:test@{server.url}", "--thread", "cli-1")
     assert code == 0, err
     second = json.loads(out)
-    assert second["answer"] == "Still a CR radiograph." and second["thread"] == "cli-1"
+    assert second["answer"] == "1841 x 1955 pixels." and second["thread"] == "cli-1"
     assert all(t["turn"] == 2 for t in second["trace"])
     # the follow-up prompt held the first turn's question and answer
     history = json.dumps(server.requests[2]["body"]["messages"])
@@ -124,11 +129,13 @@ def test_ask_sr_writes_a_structured_report_on_keyed_pseudonyms(capsys, server, t
 
     ct = get_testdata_file("CT_small.dcm")
     image_id = load_image(ct).content_id()
-    for _ in range(2):  # two runs, two processes' worth of state: one pseudonymous study
+    # two runs, two processes' worth of state: one pseudonymous study; E1 is case_answer's,
+    # asked first
+    for _ in range(2):
         server.reply_calls(("describe_image", {"image_id": image_id}))
         server.reply_calls(("final_answer", {
             "answer": "A CT image.",
-            "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E1"]}],
+            "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E2"]}],
             "confidence": 0.8}))
     outs = []
     for run in ("one", "two"):

@@ -52,7 +52,10 @@ def pacs_env(orthanc, monkeypatch):  # noqa: F811
 
 
 def script_measurement(server, medloop_home):
-    """A mask on the CT in the store, and the planner's calls: describe, measure, answer."""
+    """A mask on the CT in the store, and the planner's calls: describe, measure, answer.
+
+    E1 is ``case_answer``'s, asked before the planner's first call.
+    """
     image_id = load_image(CT).content_id()
     mask = np.zeros((128, 128), np.uint8)
     mask[40:60, 50:80] = 1  # 600 px
@@ -61,8 +64,8 @@ def script_measurement(server, medloop_home):
     server.reply_calls(("measure", {"image_id": image_id, "mask_key": MASK_KEY}))
     server.reply_calls(("final_answer", {
         "answer": "A CT slice; the outlined region measures about 263 mm2.",
-        "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E1"]},
-                   {"statement": "the region is about 263 mm2", "evidence_ids": ["E2"]}],
+        "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E2"]},
+                   {"statement": "the region is about 263 mm2", "evidence_ids": ["E3"]}],
         "confidence": 0.8}))
     return mask
 
@@ -113,16 +116,16 @@ def check_report(path, key, original, mask):
     sr = hd.sr.srread(path)
     groups = sr.content.get_image_measurement_groups()
     assert groups[0].tracking_identifier.startswith("Answer: A CT slice")
-    # E2 drew on a mask, so its group is a planar ROI group pointing at the SEG's segment
+    # E3 drew on a mask, so its group is a planar ROI group pointing at the SEG's segment
     planar = sr.content.get_planar_roi_measurement_groups()
     assert len(planar) == 1 and planar[0].referenced_segmentation_frame is not None
     by_finding = {g.tracking_identifier.split(" (")[1].split(")")[0]: g
                   for g in [*groups[1:], *planar]}
     spacing = {m.name.meaning: (m.value, m.unit.value)
-               for m in by_finding["E1"].get_measurements()}
+               for m in by_finding["E2"].get_measurements()}
     assert spacing["row_spacing"] == (pytest.approx(SPACING), "mm")
     measured = {m.name.meaning: (m.value, m.unit.value)
-                for m in by_finding["E2"].get_measurements()}
+                for m in by_finding["E3"].get_measurements()}
     area, unit = measured["Area"]
     assert unit == "mm2" and area == pytest.approx(mask.sum() * SPACING ** 2, rel=1e-4)
     assert measured["long_axis"][1] == "mm"
@@ -213,7 +216,7 @@ def test_the_study_uid_names_the_right_study(pacs_env):
 def test_a_failed_store_keeps_the_answer_and_the_files(capsys, server, tmp_path):
     server.reply_calls(("describe_image", {"image_id": load_image(CT).content_id()}))
     server.reply_calls(("final_answer", {"answer": "A CT image.", "claims": [
-        {"statement": "a CT slice", "evidence_ids": ["E1"]}], "confidence": 0.8}))
+        {"statement": "a CT slice", "evidence_ids": ["E2"]}], "confidence": 0.8}))
     port = free_port()
     out = tmp_path / "answer.dcm"
     code, stdout, err = run_cli(capsys, "ask", CT, "What is this?", "--json", "--sr", str(out),

@@ -39,15 +39,18 @@ MEDLOOP_MCP = [sys.executable, "-m", "agent.cli", "mcp", "--tool-timeout", "300"
 
 
 def script_ask(server, image_path: str) -> None:
-    """The planner's replies for one ask (describe, answer) and a follow-up (answer)."""
+    """The planner's replies for one ask (describe, answer) and a follow-up (answer).
+
+    E1 is ``case_answer``'s, asked before the planner's first call; the description is E2.
+    """
     image_id = load_image(image_path).content_id()
     server.reply_calls(("describe_image", {"image_id": image_id}))
     server.reply_calls(("final_answer", {
         "answer": "A CT slice.", "confidence": 0.8,
-        "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E1"]}]}))
+        "claims": [{"statement": "the image is a CT slice", "evidence_ids": ["E2"]}]}))
     server.reply_calls(("final_answer", {
         "answer": "Still the same CT slice.", "confidence": 0.7,
-        "claims": [{"statement": "CT", "evidence_ids": ["E1"]}]}))
+        "claims": [{"statement": "CT", "evidence_ids": ["E2"]}]}))
 
 
 def b64(path: str) -> str:
@@ -86,14 +89,15 @@ async def exercise(session: ClientSession, image: dict, server) -> None:
     assert not res.isError, res.content[0].text
     answer = res.structuredContent
     assert answer["answer"] == "A CT slice." and not answer["abstained"]
-    assert answer["findings"] == [{"statement": "the image is a CT slice", "evidence_ids": ["E1"]}]
-    assert answer["evidence"][0]["tool"] == "describe_image"
+    assert answer["findings"] == [{"statement": "the image is a CT slice", "evidence_ids": ["E2"]}]
+    assert [e["tool"] for e in answer["evidence"]] == ["case_answer", "describe_image"]
     assert "research software, not a medical device" in res.content[0].text
     thread = answer["thread"]
     res = await session.call_tool("ask", {"question": "And now?", "thread": thread})
     assert res.structuredContent["answer"] == "Still the same CT slice."
     assert res.structuredContent["thread"] == thread
-    assert [e["id"] for e in res.structuredContent["evidence"]] == ["E1"]  # the thread's
+    # the thread's, and case_answer asked the new question
+    assert [e["id"] for e in res.structuredContent["evidence"]] == ["E1", "E2", "E3"]
 
     bad = [
         ("segment", {"image": image}, "bad arguments for segment: arguments: Value error, "

@@ -170,10 +170,14 @@ def _case(a: _QArgs) -> Evidence:
                     data={"answer": "no", "yes_no": "no", "question": a.question})
 
 
-def _ask(model, tools, img, store, medloop_home):
-    """Ask ``_FRACTURE`` about ``img`` with every tool offered (no routing)."""
+def _ask(model, tools, img, store, medloop_home, **settings):
+    """Ask ``_FRACTURE`` about ``img`` with every tool offered (no routing).
+
+    The always-offered experts are not asked before the planner unless ``settings`` say so
+    (``consult_experts=True``): these scripts pin what the planner is offered from round one.
+    """
     ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
-                       route_tools=0)
+                       route_tools=0, **{"consult_experts": False, **settings})
     return build_graph(ctx, store=store).invoke(
         {"messages": [("user", _FRACTURE)], "images": [img]}, context=ctx)
 
@@ -214,6 +218,49 @@ def test_after_a_baseless_answer_only_the_expert_not_yet_asked_is_offered(store,
     out = _ask(model, tools, img, store, medloop_home)
     names = [[s["function"]["name"] for s in offer] for offer in model.offered]
     assert all("final_answer" in n for n in names[2:]), names
+    assert out["answer"].abstained
+
+
+def test_the_expert_is_asked_the_question_before_the_planners_first_call(store, medloop_home):
+    """On 640 real items the small planner's first call was case_answer on 522 of them."""
+    from tools.vision.basic import basic_tools
+
+    img = _real_image(store)
+    expert = make_tool(_case, name="case", description="Answers from cases.",
+                       args_schema=_QArgs)
+    expert.metadata = {"always_offered": True}
+    tools = [*(t for t in basic_tools(store) if t.name == "describe_image"), expert]
+    model = ScriptedChatModel.of([final("No.", [("no fracture", ["E1"])], 0.8)])
+    out = _ask(model, tools, img, store, medloop_home, consult_experts=True, max_rounds=1)
+    first = out["evidence"][0]
+    assert (first.tool, first.args) == ("case", {"image_id": img, "question": _FRACTURE})
+    # one planner call, which the round budget of 1 allows: it started from the expert's answer
+    assert len(model.offered) == 1 and not out.get("budget_exhausted")
+    assert [s["function"]["name"] for s in model.offered[0]] == ["describe_image",
+                                                                 "final_answer"]
+    thinks = [t for t in out["trace"] if t["step"] == "think"]
+    assert [(t.get("consulted", False), t["calls"]) for t in thinks] == [
+        (True, ["case"]), (False, ["final_answer"])]
+    assert not out["answer"].abstained and out["answer"].text.startswith("No")
+
+
+def test_the_expert_is_asked_first_once_a_turn_even_when_it_fails(store, medloop_home):
+    """A failed first ask is the planner's to take up: asking again would loop."""
+    from tools.errors import ToolFailure
+
+    def broken(a: _QArgs) -> Evidence:
+        raise ToolFailure("library unreadable")
+
+    img = _real_image(store)
+    expert = make_tool(broken, name="case", description="Answers from cases.",
+                       args_schema=_QArgs)
+    expert.metadata = {"always_offered": True}
+    model = ScriptedChatModel.of([ai(call("case", image_id=img, question=_FRACTURE)),
+                                  final("No.", [("no fracture", ["E2"])], 0.8)])
+    out = _ask(model, [expert], img, store, medloop_home, consult_experts=True)
+    assert [e.status for e in out["evidence"]] == ["error", "error"]
+    assert [t.get("consulted", False) for t in out["trace"] if t["step"] == "think"][:2] == [
+        True, False]
     assert out["answer"].abstained
 
 

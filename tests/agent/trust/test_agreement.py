@@ -206,6 +206,35 @@ def test_a_declined_question_is_unanswerable_unless_cited_evidence_bears_on_it()
     assert unanswerable(q, [look], [look]) is None  # nothing declined: the usual checks
 
 
+def test_beside_a_decline_a_reading_of_the_picture_answers_only_what_it_can_bear_on():
+    """case_answer is asked first on every clinical image, so it declines beside other tools."""
+    from agent.trust.agreement import unanswerable
+    from tools.evidence import PIXELS, Box
+
+    def declined(q: str) -> Evidence:
+        return Evidence(id="E1", tool="case_answer", summary="None ... asked a similar question",
+                        score=0.0, data={"answer": None, "question": q})
+
+    jpeg = Evidence(id="E2", tool="describe_image", summary="unknown, 500x677 px",
+                    data={"observes": PIXELS, "modality": "unknown"})
+    ct = jpeg.model_copy(update={"summary": "CT, 128x128 px",
+                                 "data": {"observes": PIXELS, "modality": "CT"}})
+    q = "Is there a rib fracture?"
+    assert unanswerable(q, [declined(q), jpeg], [jpeg]) is not None  # "The patient has a lung."
+    q = "Describe this image"
+    assert unanswerable(q, [declined(q), jpeg], [jpeg]) is None  # the picture was asked for
+    q = "What is this?"
+    assert unanswerable(q, [declined(q), ct], [ct]) is None  # its DICOM records a CT
+    text = jpeg.model_copy(update={"tool": "read_text", "boxes": [
+        Box(xyxy=(1, 1, 20, 9), label="R")]})
+    q = "Where is the lesion?"
+    assert unanswerable(q, [declined(q), text], [text]) is not None  # a text box is no lesion
+    lungs = Evidence(id="E3", tool="find", summary="left lung, right lung",
+                     boxes=[Box(xyxy=(10, 10, 60, 120), label="left lung")])
+    q = "Where are the lungs?"
+    assert unanswerable(q, [declined(q), lungs], [lungs]) is None
+
+
 def test_no_answer_from_the_cases_is_a_decline_too():
     """``case_answer`` with no similar question asked: as the 320 real items showed it."""
     from agent.trust.agreement import declines, unanswerable
