@@ -494,8 +494,16 @@ def _distance_evidence(d: Distance, img: LoadedImage, image_id: str) -> Evidence
     else:
         summary = f"distance {d.length_px:.1f} px {ends}; pixel spacing unknown, so no mm"
         m = Measurement(name="distance", value=_r(d.length_px), unit="px", line=d.points)
+    # The points are the caller's: the distance observes the picture's geometry, not a finding.
+    # On a blank picture the small planner measured (1, 2)-(3, 4) and answered where infarcts
+    # were from it; marked a reading of the picture, such an answer goes back (``pixels_only``).
+    # A DICOM's recorded modality, body part and view travel with it, as describe_image's do.
     return Evidence(tool="measure_distance", image_id=image_id, summary=summary + ".",
-                    score=1.0, measurements=[m])
+                    score=1.0, measurements=[m],
+                    data={"observes": PIXELS,
+                          "modality": str(img.meta.get("modality") or "unknown"),
+                          "body_part": _opt_str(img.meta.get("body_part")),
+                          "view_position": _opt_str(img.meta.get("view_position"))})
 
 
 # =============================================================================================

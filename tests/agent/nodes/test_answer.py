@@ -113,6 +113,27 @@ def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home,
     assert got["Where is the lesion?"] == pytest.approx(0.8808, abs=1e-3)  # sigmoid(2)
 
 
+def test_a_distance_between_the_planners_own_points_does_not_carry_a_finding(store,
+                                                                            medloop_home):
+    """Shown a blank picture, the small planner measured (1, 2)-(3, 4) and answered where the
+    infarcts were from it, at 0.94: the points are its own, so the distance observes no finding.
+    """
+    from tools.vision.basic import basic_tools
+
+    img = _real_image(store)
+    q = "Where are the multiple infarcts located?"
+    tools = [t for t in basic_tools(store) if t.name == "measure_distance"]
+    said = final("The multiple infarcts are located in the left half of the image.",
+                 [("infarcts in the left half", ["E1"])], 0.9)
+    model = ScriptedChatModel.of([ai(call("measure_distance", image_id=img, points=[1, 2, 3, 4])),
+                                  said, said])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None)
+    out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
+                                               context=ctx)
+    assert out["evidence"][0].status == "ok"
+    assert out["answer"].abstained and "left half" not in out["answer"].text
+
+
 def test_an_answer_on_the_pixels_alone_goes_back_then_is_not_given(store, medloop_home):
     """A clinical question answered from ``describe_image`` alone, twice, on a real image."""
     from pathlib import Path
