@@ -402,6 +402,22 @@ def test_a_conflict_repeated_after_it_was_named_abstains_without_spending_the_bu
     assert result["answer"].abstained and result["answer"].conflicts
 
 
+def test_an_unsupported_answer_proposed_again_unmended_stops_the_loop(setup):
+    """SmolLM2 proposed the same unsupported number five times, spending the whole budget."""
+    make, img, _ = setup
+    made_up = final("The mean is 999.", [("the mean is 999", ["E1"])], 0.9)
+    graph, model = make([ai(call("mean_intensity", image_id=img)), made_up, made_up, made_up,
+                         made_up], max_rounds=5)
+    result = run(graph, "What is the mean intensity?", [img])
+    thinks = [t for t in result["trace"] if t["step"] == "think"]
+    rethinks = [t for t in result["trace"] if t["step"] == "rethink"]
+    assert len(thinks) == 3 and [r["decision"] for r in rethinks] == ["think", "answer"]
+    assert rethinks[0]["problems"] == rethinks[1]["problems"]  # named once, not mended
+    answer = result["answer"]
+    assert answer.abstained and "999" not in answer.text
+    assert not answer.budget_exhausted and "budget" not in answer.text  # it was not spent
+
+
 def test_an_answer_that_agrees_is_accepted(setup):
     make, img, _ = setup
     graph, _ = make([ai(call("finding", image_id=img, present=True)),
