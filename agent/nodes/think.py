@@ -3,10 +3,12 @@
 The node orchestrates: the round's offer (``agent.planner.offer``, routed by
 ``agent.planner.route`` for planners that want it), the prompt (``agent.planner.prompt``), one
 call of the backend, and where the reply leads — *act* for tool calls, *rethink* for a proposed
-answer, back to *think* with feedback for a malformed call. The backends return replies whose
-calls are already parsed (``tool_calls`` / ``invalid_tool_calls``, ``agent.llm``); only a chat
-model from elsewhere (a test's scripted fake, a LangChain model passed in ``AgentContext.llm``)
-gets its text read for calls here, through the same text protocol.
+answer, back to *think* with feedback for a malformed call. Before the planner's first call of
+a turn it asks the always-offered experts the question itself, with no planner call
+(``consult_calls``). The backends return replies whose calls are already parsed
+(``tool_calls`` / ``invalid_tool_calls``, ``agent.llm``); only a chat model from elsewhere (a
+test's scripted fake, a LangChain model passed in ``AgentContext.llm``) gets its text read for
+calls here, through the same text protocol.
 """
 
 from __future__ import annotations
