@@ -24,7 +24,7 @@ def test_embedding_example_runs_and_streams_events(tmp_path, server):
     image_id = load_image(ct).content_id()
     server.reply_calls(("describe_image", {"image_id": image_id}))
     server.reply_calls(("final_answer", {"answer": "A small CT slice.", "confidence": 0.7,
-                                         "claims": [{"statement": "CT", "evidence_ids": ["E1"]}]}))
+                                         "claims": [{"statement": "CT", "evidence_ids": ["E2"]}]}))
     env = {**os.environ, "MEDLOOP_HOME": str(tmp_path), "NO_PROXY": "127.0.0.1"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "embed_graph.py"), ct, "What is this?",
@@ -34,10 +34,12 @@ def test_embedding_example_runs_and_streams_events(tmp_path, server):
     events = [json.loads(line) for line in out.stdout.splitlines()]
     steps = [e["step"] for e in events if e["type"] == "step"]
     assert steps[:3] == ["ingest", "think", "act"] and "rethink" in steps
-    act = next(e for e in events if e.get("step") == "act")
-    assert act["tool"] == "describe_image" and act["status"] == "ok"
+    # case_answer is asked first (E1), then the planner's describe_image (E2)
+    acts = [e for e in events if e.get("step") == "act"]
+    assert [(a["tool"], a["status"]) for a in acts] == [("case_answer", "ok"),
+                                                        ("describe_image", "ok")]
     assert events[-1]["type"] == "answer" and events[-1]["text"] == "A small CT slice."
-    assert events[-1]["evidence"][0]["id"] == "E1"
+    assert [e["id"] for e in events[-1]["evidence"]] == ["E1", "E2"]
 
 
 def test_embedding_example_async_stream(tmp_path, store):

@@ -482,6 +482,12 @@ def _region_evidence(r: RegionStats, img: LoadedImage, image_id: str) -> Evidenc
     )
 
 
+_DISTANCE_WORDS = ("distance", "length", "long", "far", "apart", "big", "large", "small", "wide",
+                   "width", "size", "measure", "measurement", "diameter", "across", "mm", "cm",
+                   "px", "pixels")
+"""What a distance between given points speaks to (``data["about"]``)."""
+
+
 def _distance_evidence(d: Distance, img: LoadedImage, image_id: str) -> Evidence:
     x0, y0, x1, y1 = d.points
     ends = f"from ({x0:g}, {y0:g}) to ({x1:g}, {y1:g})"
@@ -494,16 +500,13 @@ def _distance_evidence(d: Distance, img: LoadedImage, image_id: str) -> Evidence
     else:
         summary = f"distance {d.length_px:.1f} px {ends}; pixel spacing unknown, so no mm"
         m = Measurement(name="distance", value=_r(d.length_px), unit="px", line=d.points)
-    # The points are the caller's: the distance observes the picture's geometry, not a finding.
-    # On a blank picture the small planner measured (1, 2)-(3, 4) and answered where infarcts
-    # were from it; marked a reading of the picture, such an answer goes back (``pixels_only``).
-    # A DICOM's recorded modality, body part and view travel with it, as describe_image's do.
+    # The points are the caller's: the distance answers a question about a distance or a size,
+    # nothing else. On a blank picture the small planner measured (1, 2)-(3, 4) and answered
+    # where infarcts were from it, at 0.94; an answer citing only evidence about other topics
+    # goes back, then abstains (``agent.trust.agreement.speaks_to``).
     return Evidence(tool="measure_distance", image_id=image_id, summary=summary + ".",
-                    score=1.0, measurements=[m],
-                    data={"observes": PIXELS,
-                          "modality": str(img.meta.get("modality") or "unknown"),
-                          "body_part": _opt_str(img.meta.get("body_part")),
-                          "view_position": _opt_str(img.meta.get("view_position"))})
+                    score=1.0, measurements=[m], data={"about": list(_DISTANCE_WORDS)})
+
 
 
 # =============================================================================================

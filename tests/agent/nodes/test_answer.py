@@ -116,7 +116,7 @@ def test_the_map_of_the_question_form_calibrates_the_answer(store, medloop_home,
 def test_a_distance_between_the_planners_own_points_does_not_carry_a_finding(store,
                                                                             medloop_home):
     """Shown a blank picture, the small planner measured (1, 2)-(3, 4) and answered where the
-    infarcts were from it, at 0.94: the points are its own, so the distance observes no finding.
+    infarcts were from it, at 0.94: a distance between given points speaks to a distance only.
     """
     from tools.vision.basic import basic_tools
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
 from tools.errors import ToolInputError
-from tools.evidence import PIXELS, Evidence
+from tools.evidence import Evidence
 from tools.image import LoadedImage
 from tools.ingest.loader import load_image, percentile_window
 from tools.store import ImageStore
@@ -234,8 +234,8 @@ def test_distance_without_spacing_is_in_pixels(store: ImageStore, tools: dict) -
     (m,) = ev.measurements
     assert (m.value, m.unit, m.spacing_mm) == (50.0, "px", None)
     assert "spacing unknown" in ev.summary
-    # the caller's points: a reading of the picture, which carries no finding
-    assert ev.data["observes"] == PIXELS
+    # the caller's points: it speaks to a distance or a size, not to a finding
+    assert "distance" in ev.data["about"] and "where" not in ev.data["about"]
 
 
 def test_distance_point_outside_the_image() -> None:
