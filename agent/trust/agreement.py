@@ -439,13 +439,13 @@ def unanswerable(question: str, evidence: Sequence[Evidence],
     is None beside ``data["question"]`` (``case_answer`` when no similar image was asked a
     similar question, and when it withholds the cases' answer where they did no better than
     the commonest answer, ``data["withheld"]``). An answer is then only given if its cited
-    evidence holds something that bears on the question: a yes/no for it, an assertion about
-    a finding, a measurement. Otherwise the planner's sentence stands on nothing, and the
-    agent abstains and says what could not be checked. The small planner answered "No." to
-    "Is this image abnormal?" from a summary that declined it; on 640 real items it wrote 167
-    answers ("The patient has a lung.", "The lesion is in the lower left of the image.")
-    under a ``case_answer`` saying "the case library cannot answer this", 36 of them given
-    (at raw 0.42-0.65; 5 right by chance), the rest as "Uncertain".
+    evidence holds a result that can stand beside the decline (``holds_a_result``: a yes/no
+    for it, a finding, a measurement, ...). Otherwise the planner's sentence stands on
+    nothing, and the agent abstains and says what could not be checked. The small planner
+    answered "No." to "Is this image abnormal?" from a summary that declined it; on 640 real
+    items it wrote 167 answers ("The patient has a lung.", "The lesion is in the lower left of
+    the image.") under a ``case_answer`` saying "the case library cannot answer this", 36 of
+    them given (at raw 0.42-0.65; 5 right by chance), the rest as "Uncertain".
     """
     if not question.strip():
         return None
