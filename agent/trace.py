@@ -34,7 +34,8 @@ class ThinkStep(TypedDict):
     """One planner call: the tools it called (``final_answer`` included) and how long it took.
 
     A step with ``consulted`` made no planner call: it is the experts asked before the first
-    one (``agent.nodes.think.consult_calls``).
+    one (``agent.nodes.think.consult_calls``). Nor did a step with ``stopped``: *think* went on
+    to the answer without asking the planner, and says why.
     """
 
     turn: int
@@ -46,6 +47,7 @@ class ThinkStep(TypedDict):
     route_error: NotRequired[str]  # why every tool was offered instead
     error: NotRequired[str]  # a malformed call or invalid final answer, told to the planner
     consulted: NotRequired[bool]  # the experts asked before the planner: no planner call
+    stopped: NotRequired[str]  # why think went to the answer without a planner call
 
 
 class ActStep(TypedDict):

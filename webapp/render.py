@@ -211,6 +211,8 @@ def _ingest_line(t: IngestStep) -> list[str]:
 def _think_line(t: ThinkStep) -> list[str]:
     if t.get("consulted"):
         return [f"- 🩺 **consult** {', '.join(t['calls'])}: asked first, no planner call"]
+    if t.get("stopped"):
+        return [f"- ⏹ **stop**: {t['stopped']}"]
     calls = ", ".join(t["calls"]) or "reply"
     routed = t.get("routed") or {}
     offered = (f" (offered {', '.join(f'{k} {v:.2f}' for k, v in routed.items())})"

@@ -74,6 +74,8 @@ def progress_line(step: TraceStep) -> str:
     """One human line for a trace record (the ``[medloop]`` progress on stderr)."""
     if step["step"] == "think" and step.get("consulted"):
         return f"consult {', '.join(step['calls'])} (asked first, no planner call)"
+    if step["step"] == "think" and step.get("stopped"):
+        return f"stop   {step['stopped']}"
     if step["step"] == "think":
         calls = ", ".join(step["calls"]) or "a reply"
         return f"think  round {step['round']}: {calls} ({step['elapsed_s']:.1f} s)"

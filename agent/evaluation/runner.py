@@ -218,7 +218,7 @@ def run_item(
         conflicts=evidence_conflicts(state, item.prompt), item_images=keys, domain=domain,
         planner_s=round(sum(t["elapsed_s"] for t in thinks), 3),
         tools_s=round(sum(a["elapsed_s"] for a in acts), 3),
-        planner_calls=sum(1 for t in thinks if not t.get("consulted")),
+        planner_calls=sum(1 for t in thinks if not t.get("consulted") and not t.get("stopped")),
     )
 
 

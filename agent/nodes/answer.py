@@ -38,7 +38,7 @@ from agent.nodes.think import resolve_llm, round_offer
 from agent.planner.offer import unfit_tools
 from agent.planner.prompt import build_prompt
 from agent.state import AgentState, current_question
-from agent.trace import AnswerStep
+from agent.trace import AnswerStep, steps_of
 from agent.trust.agreement import unanswerable
 from agent.trust.calibration import (
     CLINICAL,
@@ -142,6 +142,9 @@ def compose_answer(
     notes = [f"dropped unsupported claim: {s}" for s in (result.dropped if result else [])]
     if exhausted:
         notes.append(f"the round budget ({ctx.max_rounds}) ran out")
+    stopped = [s["stopped"] for s in steps_of(state.get("trace") or [], "think",
+                                              int(state.get("turn") or 0)) if s.get("stopped")]
+    notes.extend(f"stopped before the round budget: {why}" for why in stopped[-1:])
 
     conflicts = result.conflicts if result else []
     declined = None

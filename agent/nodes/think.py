@@ -32,12 +32,19 @@ from agent.planner.prompt import build_prompt, earlier_question, split_turns
 from agent.planner.route import shared_router
 from agent.state import AgentState, current_question
 from agent.trace import ThinkStep, steps_of
-from agent.trust.agreement import bears_on, evidence_lead, same_question, speaks_to
+from agent.trust.agreement import (
+    bears_on,
+    could_carry,
+    evidence_lead,
+    same_question,
+    speaks_to,
+    unanswerable,
+)
 from agent.trust.calibration import CLINICAL, domain_of
 from agent.trust.checks import DEFECT_ADVICE
 
-__all__ = ["SMALL_PLANNER_ROUTE", "build_prompt", "consult_calls", "make_think", "resolve_llm",
-           "round_offer", "route_top_k"]
+__all__ = ["FRUITLESS_ROUNDS", "SMALL_PLANNER_ROUTE", "build_prompt", "consult_calls",
+           "fruitless_stop", "make_think", "resolve_llm", "round_offer", "route_top_k"]
 
 
 def resolve_llm(ctx: AgentContext) -> BaseChatModel:
@@ -161,6 +168,51 @@ def consult_calls(tools: list[Any], offer: list[dict[str, Any]], state: AgentSta
     return calls[:limit]
 
 
+FRUITLESS_ROUNDS = 2
+"""Planner rounds of tool calls that may bring nothing usable, after a tool declined the
+question, before *think* stops asking (``fruitless_stop``)."""
+
+
+def fruitless_stop(state: AgentState, rounds: int | None = None) -> str:
+    """Why to stop asking the planner: a decline stands and its last tool rounds found nothing.
+
+    A tool asked this very question declined it (``unanswerable``: ``case_answer`` withheld
+    its cases' answer, or the image is unlike every library image), and each of the planner's
+    last ``rounds`` calls this turn went to tools whose results could not carry an answer
+    beside that decline (``could_carry``: readings of a JPEG's pixels, evidence flagged
+    outside its tool's domain, trained heads' modality for a question about a finding,
+    errors). The answer can then only abstain, and every further round would end the same way
+    after another planner call: shown a uniform grey picture, the small planner called
+    ``classify``, ``measure_lungs``, ``window`` and ``describe_image`` in turn until its five
+    rounds were spent (72 items of the blank baseline: 4.8 planner calls and a median of
+    53 s each, to abstain on 70). ``""`` otherwise, and always while a round proposed an
+    answer instead (*rethink* judges those). ``rounds`` defaults to ``FRUITLESS_ROUNDS``.
+    """
+    rounds = FRUITLESS_ROUNDS if rounds is None else rounds
+    question = current_question(state)
+    turn = int(state.get("turn") or 0)
+    trace = state.get("trace") or []
+    asked = [s for s in steps_of(trace, "think", turn)
+             if not s.get("consulted") and not s.get("stopped")]
+    if rounds < 1 or len(asked) < rounds or not question.strip():
+        return ""
+    evidence = state.get("evidence") or []
+    ok = [e for e in evidence if e.status == "ok"]
+    declined = unanswerable(question, ok, [])
+    if declined is None:
+        return ""
+    by_id = {e.id: e for e in evidence}
+    clinical = domain_of(state.get("image_refs") or []) == CLINICAL
+    acts = steps_of(trace, "act", turn)
+    for step in asked[-rounds:]:
+        got = [by_id[a["evidence_id"]] for a in acts
+               if a["round"] == step["round"] and a["evidence_id"] in by_id]
+        if not got or any(could_carry(e, question, clinical) for e in got):
+            return ""
+    return (f"{declined.id} ({declined.tool}) declined this question, and the planner's last "
+            f"{rounds} rounds of tool calls found nothing that could answer it")
+
+
 def _call(name: str, args: dict[str, Any]) -> ToolCall:
     return ToolCall(name=name, args=args, id=f"call_{uuid.uuid4().hex[:12]}", type="tool_call")
 
@@ -201,10 +253,11 @@ def make_think(default: AgentContext, tools: list[Any]) -> Callable[..., Any]:
             return Command(goto="answer", update={"budget_exhausted": True})
         llm = resolve_llm(ctx)
         offer, routed, route_error = round_offer(tools, state, ctx, llm)
-        if not offer:  # every tool withheld and nothing to cite: asking the planner is moot
+        stop = fruitless_stop(state) if offer else "no tool left to call and no evidence to cite"
+        if stop:  # asking the planner again is moot: the answer abstains and says why
             return Command(goto="answer", update={"trace": [ThinkStep(
-                turn=int(state.get("turn") or 0), round=rnd + 1, step="think", elapsed_s=0.0,
-                calls=[], error="no tool left to call and no evidence to cite")]})
+                turn=int(state.get("turn") or 0), round=rnd, step="think", elapsed_s=0.0,
+                calls=[], stopped=stop)]})
         consult = consult_calls(tools, offer, state, ctx.max_parallel_tools) if (
             ctx.consult_experts and rnd == 0) else []
         if consult:  # no planner call: the round budget is the planner's

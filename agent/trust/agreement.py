@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, opens_with_auxiliary
 
-__all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "declines", "evidence_lead",
-           "evidence_yes_no", "finding_family", "holds_a_result", "leading_yes_no", "outside_only",
-           "pixels_only", "same_question", "speaks_to", "stance_of", "unanswerable",
-           "unrelated_only"]
+__all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "could_carry", "declines",
+           "evidence_lead", "evidence_yes_no", "finding_family", "holds_a_result",
+           "leading_yes_no", "outside_only", "pixels_only", "same_question", "speaks_to",
+           "stance_of", "unanswerable", "unrelated_only"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -474,6 +474,20 @@ def holds_a_result(ev: Evidence, question: str) -> bool:
         return bears_on(ev, question)
     return bool(ev.assertions or ev.measurements or ev.boxes or ev.mask_keys
                 or ev.new_image_ids or ev.data.get("cases") or _answers_yes_no(ev, question))
+
+
+def could_carry(ev: Evidence, question: str, clinical: bool = True) -> bool:
+    """Whether ``ev`` could carry an answer to ``question`` beside a tool that declined it.
+
+    It must have succeeded, not be a decline itself, be inside its tool's domain (flagged
+    evidence carries nothing, ``outside_only``), speak to the question (``speaks_to``), bear on
+    it on a clinical image (``bears_on``) and hold a result (``holds_a_result``). What fails
+    this is what an answer may not stand on, so a round of tool calls that brought only such
+    evidence brought nothing the answer can use.
+    """
+    return (ev.status == "ok" and not declines(ev) and not ev.data.get("out_of_domain")
+            and speaks_to(ev, question) and (not clinical or bears_on(ev, question))
+            and holds_a_result(ev, question))
 
 
 def declines(ev: Evidence) -> bool:

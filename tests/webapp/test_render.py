@@ -74,6 +74,8 @@ def test_renderers():
          "error": "final_answer: confidence must be a number"},
         {"turn": 1, "round": 2, "step": "rethink", "decision": "think", "supported": 0,
          "problems": ["claim 'x' cites no evidence"], "contradictions": []},
+        {"turn": 1, "round": 2, "step": "think", "calls": [], "elapsed_s": 0.0,
+         "stopped": "E1 (case_answer) declined this question"},
         {"turn": 1, "round": 3, "step": "answer", "confidence": 0.2, "raw_confidence": 0.35,
          "calibration": "isotonic", "abstained": True, "budget_exhausted": False,
          "samples": ["a", "b"], "agreement": 1 / 3},
@@ -85,7 +87,8 @@ def test_renderers():
     assert "📥 **ingest** img-1" in trace and "⚠ router down" in trace
     assert "⚠ final_answer: confidence must be a number" in trace
     assert "confidence 0.20 (isotonic-calibrated from 0.35) (abstained)" in trace
-    assert len(trace.splitlines()) == 8  # the unknown kind is left out
+    assert "⏹ **stop**: E1 (case_answer) declined this question" in trace
+    assert len(trace.splitlines()) == 9  # the unknown kind is left out
     assert render.trace_markdown([]) == render.NO_STEPS
     ans = Answer(text="t", findings=[Claim(statement="s", evidence_ids=["E2"])], confidence=0.3,
                  abstained=True, contradictions=["E1 vs E2"])

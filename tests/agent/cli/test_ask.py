@@ -112,6 +112,9 @@ def test_progress_lines_read_the_typed_trace():
         "think  round 2: detect_lesions, measure (1.2 s)"
     assert progress_line({"turn": 1, "round": 1, "step": "think", "elapsed_s": 0.5,
                           "calls": []}).startswith("think  round 1: a reply")
+    assert progress_line({"turn": 1, "round": 2, "step": "think", "elapsed_s": 0.0,
+                          "calls": [], "stopped": "E1 (case_answer) declined this question"}) == \
+        "stop   E1 (case_answer) declined this question"
     assert progress_line({"turn": 1, "round": 1, "step": "act", "tool": "describe_image",
                           "args": {}, "status": "ok", "evidence_id": "E1", "elapsed_s": 0.031,
                           "summary": ""}) == "act    describe_image → ok (0.03 s)"

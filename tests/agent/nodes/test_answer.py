@@ -67,9 +67,9 @@ def test_a_declined_question_is_named_when_the_rounds_run_out_without_an_answer(
                         data={"answer": None, "withheld": "no", "question": q})
 
     tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
-    model = ScriptedChatModel.of([ai(call("case", image_id=img))] * 3)
+    model = ScriptedChatModel.of([ai(call("case", image_id=img))] * 2)
     ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
-                       max_rounds=3)
+                       max_rounds=2)
     answer = build_graph(ctx, store=store).invoke(
         {"messages": [("user", q)], "images": [img]}, context=ctx)["answer"]
     assert answer.abstained and answer.budget_exhausted
@@ -336,3 +336,83 @@ def test_an_abstention_names_the_tools_whose_domain_refuses_the_picture(store, m
     assert answer.abstained and "No offline tool can answer this question: E1 (look)" in answer.text
     assert ("Outside what these tools were built for: cases (a colour image (100% of its "
             "pixels coloured)") in answer.text
+
+
+def _declining(a: _QArgs) -> Evidence:
+    """An expert outside its library on this picture: it withholds its answer."""
+    return Evidence(tool="case", image_id=a.image_id, score=0.0,
+                    summary="No answer: the image is unlike every image of the case library.",
+                    data={"answer": None, "withheld": "unlike", "question": a.question,
+                          "out_of_domain": True})
+
+
+def _lungs(a: _Args) -> Evidence:
+    """A chest tool whose result is flagged outside its domain, as on a JPEG."""
+    return Evidence(tool="lungs", image_id=a.image_id, score=0.2,
+                    summary="Outside what lungs was validated for: lung areas 100 / 90 px.",
+                    data={"out_of_domain": True})
+
+
+def _sized(a: _Args) -> Evidence:
+    """A tool that measured something: a result that may stand beside a decline."""
+    from tools.evidence import Measurement
+
+    return Evidence(tool="sized", image_id=a.image_id, score=0.8,
+                    summary="A rib gap of 4.0 mm.",
+                    measurements=[Measurement(name="gap", value=4.0, unit="mm")])
+
+
+def _tools_after_a_decline(store, expert=_declining):
+    from tools.vision.basic import basic_tools
+
+    case = make_tool(expert, name="case", description="Answers from cases.", args_schema=_QArgs)
+    case.metadata = {"always_offered": True}
+    return [*(t for t in basic_tools(store) if t.name == "describe_image"), case,
+            make_tool(_lungs, name="lungs", description="Lung areas.", args_schema=_Args),
+            make_tool(_sized, name="sized", description="Gap sizes.", args_schema=_Args)]
+
+
+def test_after_a_decline_two_rounds_that_found_nothing_usable_stop_the_loop(store,
+                                                                          medloop_home):
+    """On the blank baseline the planner spent all five rounds on tools, to abstain (70/72)."""
+    img = _real_image(store)
+    model = ScriptedChatModel.of([ai(call("describe_image", image_id=img)),
+                                  ai(call("lungs", image_id=img))]
+                                 + [ai(call("sized", image_id=img))] * 3)
+    out = _ask(model, _tools_after_a_decline(store), img, store, medloop_home,
+               consult_experts=True)
+    assert len(model.offered) == 2  # the pixels' reading, then a flagged result: no third call
+    answer = out["answer"]
+    assert answer.abstained and not answer.budget_exhausted
+    assert answer.text.startswith("No offline tool can answer this question: E1 (case)")
+    assert "round budget ran out" not in answer.text
+    stop = [t for t in out["trace"] if t["step"] == "think"][-1]
+    assert stop["calls"] == [] and stop["stopped"].startswith("E1 (case) declined this question")
+    assert any(n.startswith("stopped before the round budget: E1 (case)") for n in answer.notes)
+
+
+def test_a_round_that_found_a_result_keeps_the_loop_going(store, medloop_home):
+    """A measurement may stand beside the decline: the planner gets to answer from it."""
+    img = _real_image(store)
+    model = ScriptedChatModel.of([ai(call("describe_image", image_id=img)),
+                                  ai(call("sized", image_id=img)),
+                                  ai(call("lungs", image_id=img)),
+                                  final("A 4.0 mm gap.", [("a rib gap of 4.0 mm", ["E3"])], 0.9)])
+    out = _ask(model, _tools_after_a_decline(store), img, store, medloop_home,
+               consult_experts=True)
+    assert len(model.offered) == 4  # the second round found a result: no stop after the third
+    assert not any(t.get("stopped") for t in out["trace"] if t["step"] == "think")
+    assert "4.0 mm" in out["answer"].text
+
+
+def test_without_a_decline_rounds_that_found_nothing_do_not_stop_the_loop(store,
+                                                                        medloop_home):
+    """The expert answered: the planner may still carry its answer, after any detour."""
+    img = _real_image(store)
+    model = ScriptedChatModel.of([ai(call("describe_image", image_id=img)),
+                                  ai(call("lungs", image_id=img)),
+                                  final("No.", [("no fracture", ["E1"])], 0.8)])
+    out = _ask(model, _tools_after_a_decline(store, expert=_case), img, store, medloop_home,
+               consult_experts=True)
+    assert len(model.offered) == 3
+    assert not out["answer"].abstained and out["answer"].text.startswith("No")

@@ -326,7 +326,7 @@ def test_with_nothing_left_to_call_or_cite_the_agent_abstains_without_asking(sto
         {"messages": [("user", "What is it?")], "images": [img]}, context=ctx)
     assert [_names(o) for o in model.offered] == [["look"], ["look"]]  # no third call
     assert out["answer"].abstained and not out["answer"].budget_exhausted
-    assert [s.get("error") for s in out["trace"] if s["step"] == "think"][-1] == (
+    assert [s.get("stopped") for s in out["trace"] if s["step"] == "think"][-1] == (
         "no tool left to call and no evidence to cite")
 
 
