@@ -184,9 +184,11 @@ def fruitless_stop(state: AgentState, rounds: int | None = None) -> str:
     errors). The answer can then only abstain, and every further round would end the same way
     after another planner call: shown a uniform grey picture, the small planner called
     ``classify``, ``measure_lungs``, ``window`` and ``describe_image`` in turn until its five
-    rounds were spent (72 items of the blank baseline: 4.8 planner calls and a median of
-    53 s each, to abstain on 70). ``""`` otherwise, and always while a round proposed an
-    answer instead (*rethink* judges those). ``rounds`` defaults to ``FRUITLESS_ROUNDS``.
+    rounds were spent (72 items of the blank baseline: 4.8 planner calls each, to abstain on
+    70). With the stop, paired on 11 of them: 4.55 -> 2.18 planner calls, median 83 -> 37 s on
+    a loaded machine, all 11 abstaining either way. ``""`` otherwise, and always while a
+    round proposed an answer instead (*rethink* judges those). ``rounds`` defaults to
+    ``FRUITLESS_ROUNDS``.
     """
     rounds = FRUITLESS_ROUNDS if rounds is None else rounds
     question = current_question(state)
