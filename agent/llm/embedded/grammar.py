@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_grammar",
     "parse_tool_call",
+    "salvage_cut_call",
     "select_tools",
     "tool_call_grammar",
     "tool_call_schema",
@@ -212,8 +213,9 @@ def parse_tool_call(
 ) -> AIMessage:
     """The constrained reply as an ``AIMessage`` with one tool call, or an invalid tool call.
 
-    Never raises for model output: text that does not parse (cut at ``max_tokens``) or names no
-    offered tool becomes ``invalid_tool_calls``, which the graph hands back to the model.
+    Never raises for model output: text that does not parse or names no offered tool becomes
+    ``invalid_tool_calls``, which the graph hands back to the model. A reply cut at
+    ``max_tokens`` is first read for the whole call it began (``salvage_cut_call``).
     """
     by_name = {tool_name(t): t for t in tools}
     error: str
@@ -222,6 +224,9 @@ def parse_tool_call(
     except json.JSONDecodeError as exc:
         cut = " (cut at max_tokens)" if finish_reason == "length" else ""
         error = f"reply is not complete JSON{cut}: {exc.msg}"
+        salvaged = salvage_cut_call(raw, by_name) if cut else None
+        if salvaged is not None:
+            return salvaged
     else:
         name = obj.get("tool") if isinstance(obj, dict) else None
         args = obj.get("arguments") if isinstance(obj, dict) else None
@@ -236,6 +241,101 @@ def parse_tool_call(
         invalid_tool_calls=[{"name": None, "args": raw, "id": _new_call_id(), "error": error,
                              "type": "invalid_tool_call"}],
     )
+
+
+def _complete_prefix(raw: str) -> str | None:
+    """The longest start of ``raw`` made only of whole JSON values, closed into one document.
+
+    The cut points are after a complete value inside an object or array: before a comma, or
+    after a closing bracket. Whatever followed (a half-written string, a key without its
+    value) is left out, and the open brackets are closed. None when no such point exists.
+    """
+    stack: list[str] = []
+    best: tuple[int, str] | None = None
+    in_string = escaped = False
+    for i, ch in enumerate(raw):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]":
+            if not stack:
+                return None
+            stack.pop()
+            if stack:
+                best = (i + 1, "".join("}" if c == "{" else "]" for c in reversed(stack)))
+        elif ch == "," and stack:
+            best = (i, "".join("}" if c == "{" else "]" for c in reversed(stack)))
+    return None if best is None else raw[:best[0]] + best[1]
+
+
+def _whole(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` with the array items a cut left incomplete dropped; None if it is incomplete.
+
+    An object is incomplete without one of its ``required`` keys, an array with fewer items
+    than its ``minItems`` once its incomplete items are dropped.
+    """
+    if isinstance(value, dict) and isinstance(schema.get("properties"), dict):
+        if any(k not in value for k in schema.get("required") or []):
+            return None
+        props = schema["properties"]
+        out = {}
+        for k, v in value.items():
+            kept = _whole(v, props[k]) if k in props else v
+            if kept is None:
+                return None
+            out[k] = kept
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        kept_items = [w for w in (_whole(v, schema["items"]) for v in value) if w is not None]
+        return kept_items if len(kept_items) >= int(schema.get("minItems", 0)) else None
+    return value
+
+
+def salvage_cut_call(raw: str, by_name: dict[str, dict[str, Any]]) -> AIMessage | None:
+    """The call a reply cut at ``max_tokens`` began, from its whole part; None if it has none.
+
+    A small model can repeat itself inside a string until the token limit cuts the JSON,
+    though every string is capped: SmolLM2 wrote "No, no, no, ..." into ``final_answer``'s
+    answer and claims (4 x 160 characters, past 384 tokens) on a real item, four planner
+    calls in a row, each cut and sent back as malformed (40 s each), before a fifth fitted.
+    The answer and the claims completed before the cut say what it meant: the call is read
+    from them, leaving out the half-written claim and what followed, when the tool is named
+    and every required argument is whole or has a declared default. The checks downstream
+    (rethink) judge it as any other proposal.
+    """
+    prefix = _complete_prefix(raw)
+    if prefix is None:
+        return None
+    try:
+        obj = json.loads(prefix)
+    except json.JSONDecodeError:
+        return None
+    name = obj.get("tool") if isinstance(obj, dict) else None
+    args = obj.get("arguments") if isinstance(obj, dict) else None
+    if name not in by_name or not isinstance(args, dict):
+        return None
+    params = tool_call_schema([by_name[name]])["anyOf"][0]["properties"]["arguments"]
+    # a required argument the cut left unwritten takes its declared default (the confidence
+    # comes after the claims in final_answer)
+    declared = inline_refs(parameters_of(by_name[name])).get("properties") or {}
+    args = {**{k: p["default"] for k, p in declared.items()
+               if isinstance(p, dict) and "default" in p}, **args}
+    whole = _whole(args, params)
+    if whole is None:
+        return None
+    call = {"name": name, "args": _repair(whole, params), "id": _new_call_id(),
+            "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call],
+                     response_metadata={"salvaged": "cut at max_tokens; the whole part kept"})
 
 
 def _repair(value: Any, schema: dict[str, Any]) -> Any:

@@ -69,6 +69,29 @@ def test_bad_model_output_becomes_an_invalid_tool_call(raw, finish, error):
     assert bad["args"] == raw and error in bad["error"] and bad["id"].startswith("call_")
 
 
+def test_a_call_cut_at_max_tokens_is_read_from_its_whole_part():
+    """SmolLM2 looped "No, no, ..." through final_answer's claims on a real item, 4 calls."""
+    from agent.planner.offer import final_answer_schema
+
+    tool = final_answer_schema(["E1", "E2"])
+    loop = "No, " + "no, " * 39
+    raw = json.dumps({"tool": "final_answer", "arguments": {
+        "answer": loop[:160], "claims": [{"statement": "no injury", "evidence_ids": ["E1", "E2"]},
+                                         {"statement": loop, "evidence_ids": ["E1"]}],
+        "confidence": 0.7}})
+    cut = raw[:raw.index(loop, raw.index("no injury")) + 50]  # inside the second claim
+    ai = parse_tool_call(cut, [tool], "length")
+    (call,) = ai.tool_calls
+    assert call["args"] == {"answer": loop[:160], "confidence": 0.5,  # its declared default
+                            "claims": [{"statement": "no injury", "evidence_ids": ["E1", "E2"]}]}
+    assert ai.response_metadata["salvaged"] and not ai.invalid_tool_calls
+    # cut inside the first claim, or in its ids' list before one was written: nothing whole
+    for end in (raw.index("no injury") + 3, raw.index('["E1"') + 1):
+        assert not parse_tool_call(raw[:end], [tool], "length").tool_calls
+    # text that stopped unfinished was not cut: it is malformed, as before
+    assert not parse_tool_call(cut, [tool], "stop").tool_calls
+
+
 def test_parsed_call_is_clamped_and_deduplicated():
     raw = json.dumps({"tool": "final_answer", "arguments": {
         "answer": "ok", "confidence": 7, "claims": [{"statement": "s",
