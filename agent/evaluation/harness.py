@@ -13,6 +13,7 @@ from agent.evaluation.items import EvalItem
 from agent.evaluation.report import calibrate_by_domain, summarise, write_report
 from agent.evaluation.runner import Record, Variant, run_suite
 from agent.evaluation.splits import answered_table, split_table
+from agent.llm.spec import canonical_spec
 from agent.trust.calibration import Calibration, save_calibration
 
 __all__ = ["BASELINES", "EvalResult", "evaluate"]
@@ -107,8 +108,8 @@ def evaluate(
     summary = summarise([*records, *extra])
     fitted = calibrate_by_domain(records, fit_fraction=fit_fraction, seed=seed,
                                  target_accuracy=target_accuracy, folds=folds)
-    for fit_map, _ in fitted.values():
-        fit_map.fitted_for = llm
+    for fit_map, _ in fitted.values():  # keyed as the file is: embedded -> embedded:NAME
+        fit_map.fitted_for = _canonical(llm)
     main = next(iter(fitted), None)  # the domain with the most items
     cal = fitted[main][0] if main is not None else None
     held = fitted[main][1] if main is not None else None
@@ -140,3 +141,11 @@ def evaluate(
 def _public(held: dict[str, Any]) -> dict[str, Any]:
     """The held-out figures without the reliability bins (those go to the plot)."""
     return {k: v for k, v in held.items() if not k.startswith("reliability")}
+
+
+def _canonical(llm: str) -> str:
+    """``llm`` as a calibration is keyed (``canonical_spec``); as given when it does not parse."""
+    try:
+        return canonical_spec(llm)
+    except ValueError:
+        return llm
