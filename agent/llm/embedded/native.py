@@ -147,8 +147,10 @@ def call_grammar(schema: dict[str, Any], dialect: Dialect) -> str:
 def read_call(raw: str, dialect: Dialect) -> str:
     """The reply as medloop's ``{"tool": ..., "arguments": ...}`` JSON text.
 
-    Text that is not one complete call (cut at ``max_tokens``) is returned as it is, for
-    ``grammar.parse_tool_call`` to report.
+    A call cut at ``max_tokens`` after its name and the start of its arguments comes back in
+    medloop's keys as far as it goes, for ``grammar.parse_tool_call`` to read from its whole
+    part (``grammar.salvage_cut_call``); other text that is not one complete call is returned
+    as it is, for it to report.
     """
     text = raw.strip()
     if dialect.prefix.strip() and text.startswith(dialect.prefix.strip()):
@@ -158,7 +160,10 @@ def read_call(raw: str, dialect: Dialect) -> str:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
-        return raw
+        key = re.escape(dialect.args_key)
+        begun = re.match(rf'\s*\{{\s*"name"\s*:\s*("[^"\\]*")\s*,\s*"{key}"\s*:', text)
+        return (f'{{"tool": {begun.group(1)}, "arguments":{text[begun.end():]}' if begun
+                else raw)
     if not isinstance(obj, dict) or "name" not in obj:
         return raw
     return json.dumps({"tool": obj["name"], "arguments": obj.get(dialect.args_key)})

@@ -107,6 +107,23 @@ def test_calls_are_written_and_read_back_in_the_dialect():
                                 ).invalid_tool_calls[0]["error"]
 
 
+def test_a_native_call_cut_at_max_tokens_is_read_from_its_whole_part():
+    from agent.planner.offer import final_answer_schema
+
+    hermes = DIALECTS["hermes"]
+    tool = final_answer_schema(["E1"])
+    text = native.call_text("final_answer", {"answer": "No.", "claims": [
+        {"statement": "no injury", "evidence_ids": ["E1"]},
+        {"statement": "no, " * 30, "evidence_ids": ["E1"]}], "confidence": 0.7}, hermes)
+    cut = text[:text.index("no, no, ") + 20]
+    ai = grammar.parse_tool_call(native.read_call(cut, hermes), [tool], "length")
+    assert ai.tool_calls[0]["args"] == {"answer": "No.", "confidence": 0.5, "claims": [
+        {"statement": "no injury", "evidence_ids": ["E1"]}]}
+    # cut before its arguments began: nothing to read, reported as before
+    early = '<tool_call>\n{"name": "final_answer", "argu'
+    assert native.read_call(early, hermes) == early
+
+
 def test_the_grammar_wraps_one_call_in_the_markers():
     schema = grammar.tool_call_schema([DESCRIBE, MEASURE])
     gbnf = native.call_grammar(schema, DIALECTS["hermes"])
