@@ -508,7 +508,6 @@ def _distance_evidence(d: Distance, img: LoadedImage, image_id: str) -> Evidence
                     score=1.0, measurements=[m], data={"about": list(_DISTANCE_WORDS)})
 
 
-
 # =============================================================================================
 # Helpers
 # =============================================================================================

@@ -228,13 +228,9 @@ def parse_tool_call(
         if salvaged is not None:
             return salvaged
     else:
-        name = obj.get("tool") if isinstance(obj, dict) else None
-        args = obj.get("arguments") if isinstance(obj, dict) else None
-        if name in by_name and isinstance(args, dict):
-            params = tool_call_schema([by_name[name]])["anyOf"][0]["properties"]["arguments"]
-            call = {"name": name, "args": _repair(args, params), "id": _new_call_id(),
-                    "type": "tool_call"}
-            return AIMessage(content="", tool_calls=[call])
+        read = _call_of(obj, by_name)
+        if read is not None:
+            return read
         error = f"reply names no offered tool: expected one of {sorted(by_name)}"
     return AIMessage(
         content="",
@@ -316,26 +312,34 @@ def salvage_cut_call(raw: str, by_name: dict[str, dict[str, Any]]) -> AIMessage 
     if prefix is None:
         return None
     try:
-        obj = json.loads(prefix)
+        return _call_of(json.loads(prefix), by_name, cut=True)
     except json.JSONDecodeError:
         return None
+
+
+def _call_of(obj: Any, by_name: dict[str, dict[str, Any]], *, cut: bool = False
+             ) -> AIMessage | None:
+    """The ``AIMessage`` calling the offered tool ``obj`` names; None if it names none.
+
+    A ``cut`` call keeps only its whole part (``_whole``), a required argument the cut left
+    unwritten taking its declared default (the confidence comes after the claims in
+    ``final_answer``); None when something required is missing.
+    """
     name = obj.get("tool") if isinstance(obj, dict) else None
     args = obj.get("arguments") if isinstance(obj, dict) else None
     if name not in by_name or not isinstance(args, dict):
         return None
     params = tool_call_schema([by_name[name]])["anyOf"][0]["properties"]["arguments"]
-    # a required argument the cut left unwritten takes its declared default (the confidence
-    # comes after the claims in final_answer)
-    declared = inline_refs(parameters_of(by_name[name])).get("properties") or {}
-    args = {**{k: p["default"] for k, p in declared.items()
-               if isinstance(p, dict) and "default" in p}, **args}
-    whole = _whole(args, params)
-    if whole is None:
-        return None
-    call = {"name": name, "args": _repair(whole, params), "id": _new_call_id(),
+    if cut:
+        declared = inline_refs(parameters_of(by_name[name])).get("properties") or {}
+        args = _whole({**{k: p["default"] for k, p in declared.items()
+                          if isinstance(p, dict) and "default" in p}, **args}, params)
+        if args is None:
+            return None
+    call = {"name": name, "args": _repair(args, params), "id": _new_call_id(),
             "type": "tool_call"}
-    return AIMessage(content="", tool_calls=[call],
-                     response_metadata={"salvaged": "cut at max_tokens; the whole part kept"})
+    meta = {"salvaged": "cut at max_tokens; the whole part kept"} if cut else {}
+    return AIMessage(content="", tool_calls=[call], response_metadata=meta)
 
 
 def _repair(value: Any, schema: dict[str, Any]) -> Any:
