@@ -11,6 +11,13 @@ the question's kind is read off its nearest library questions (``predict_kind``)
 commonest answer: the agent then abstains and says what it could not check, instead of
 passing a coin toss on as an answer.
 
+The table counts the questions the cases and the commonest answer disagree on (``wins``,
+``losses``), so each verdict carries how often chance alone would give its lead
+(``sign_test``). The verdict itself stays "more right than the commonest answer" (``ALPHA``
+0.5): stricter levels, measured on the dev set, withheld answers as often right as those kept,
+and left the kinds that come out level with the majority (COLOR, ORGAN) as they were, for
+their questions are mostly read as other kinds (``bench/README.md``, "How sure the table is").
+
 A kind is the question's category (VQA-RAD's PRES, POS, ABN, MODALITY, ...; any label a site
 gives) and whether it is closed (yes/no) or open: ``ABN/closed``.
 """
@@ -18,8 +25,10 @@ gives) and whether it is closed (yes/no) or open: ``ABN/closed``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +36,43 @@ import numpy as np
 
 from retrievers.embedders import l2_normalise
 
-__all__ = ["K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "TABLE_VERSION", "KindScore",
+__all__ = ["ALPHA", "K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "TABLE_VERSION", "KindScore",
            "Reliability", "kind_key", "load_reliability", "predict_kind", "save_reliability",
-           "table_is_current"]
+           "sign_test", "table_is_current"]
 
 RELIABILITY_FILE = "reliability.json"
-TABLE_VERSION = 5
+TABLE_VERSION = 6
 """Bumped when the kinds or the answers they score change meaning (2: multi-category labels
 count as their first category, ATRIB as ATTRIB; 3: open questions about the image's modality,
 organ or plane are answered by the heads, ``retrievers.label_answers``; 4: yes/no plane
 questions read the plane jointly with the modality, ``retrievers.heads.joint_plane``; 5:
-yes/no questions a head answers are left out of their kind, ``case_answers.never_withheld``),
+yes/no questions a head answers are left out of their kind, ``case_answers.never_withheld``;
+6: the questions the cases and the commonest answer disagree on are counted, ``sign_test``),
 so a stale table is measured again (``table_is_current``)."""
 K_KIND = 7
 """Library questions that vote on a new question's kind (MiniLM cosine, same closed/open)."""
 MIN_ANSWERED = 5
 """Fewer cross-validated answers of a kind than this: too few to call it reliable."""
+ALPHA = 0.5
+"""A kind is reliable when its lead over the commonest answer would arise by chance at most
+this often (``sign_test``). 0.5 is exactly "more questions won than lost", the verdict the
+table has always given; 0.05, 0.1, 0.2 and 0.35 were measured on the dev set's fold libraries
+and each withheld more right answers without raising the accuracy of those kept
+(``bench/README.md``)."""
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test: P(at least ``wins`` of ``wins + losses`` coin flips).
+
+    ``wins`` are questions the cases got right and the commonest answer wrong, ``losses`` the
+    reverse; questions both got right or both wrong say nothing about which is better. 1.0
+    when they never disagree.
+    """
+    n = wins + losses
+    if wins <= 0:
+        return 1.0
+    # exact (a big library's thousands of disagreements overflow a float 2 ** n)
+    return float(Fraction(sum(math.comb(n, k) for k in range(wins, n + 1)), 2 ** n))
 
 
 _SPELLINGS = {"ATRIB": "ATTRIB"}
@@ -67,7 +97,8 @@ class KindScore:
 
     ``answered`` questions of ``n`` got an answer from the cases; of those, ``expert`` were
     right, and ``majority`` would have been right answering ``majority_answer`` (the commonest
-    answer of the kind in the fitting folds).
+    answer of the kind in the fitting folds). ``wins`` of them the cases got right and the
+    commonest answer wrong, ``losses`` the reverse (``expert - majority == wins - losses``).
     """
 
     kind: str
@@ -76,11 +107,21 @@ class KindScore:
     expert: int
     majority: int
     majority_answer: str
+    wins: int
+    losses: int
+
+    @property
+    def p_value(self) -> float:
+        """How often chance alone would give the cases this many wins (``sign_test``)."""
+        return sign_test(self.wins, self.losses)
 
     @property
     def reliable(self) -> bool:
-        """Enough answers, and more of them right than the commonest answer gets."""
-        return self.answered >= MIN_ANSWERED and self.expert > self.majority
+        """Enough answers, and a lead over the commonest answer that chance gives rarely enough.
+
+        That is at most ``ALPHA`` of the time; at 0.5, more of them right than wrong.
+        """
+        return self.answered >= MIN_ANSWERED and self.p_value <= ALPHA
 
     def describe(self) -> str:
         """The measurement in words, for the evidence the planner and the user read.
@@ -89,9 +130,13 @@ class KindScore:
         """
         if not self.answered:
             return f"no cross-validated answer of this kind ({self.kind})"
-        return (f"on {self.answered} questions of this kind ({self.kind}) in cross-validation, "
+        said = (f"on {self.answered} questions of this kind ({self.kind}) in cross-validation, "
                 f"the cases were right {self.expert / self.answered:.0%} of the time, and "
                 f"always giving the commonest answer {self.majority / self.answered:.0%}")
+        if self.expert > self.majority and not self.reliable:
+            said += (f", a difference chance alone gives {self.p_value:.0%} of the time "
+                     f"({self.wins} questions won, {self.losses} lost)")
+        return said
 
 
 @dataclass
@@ -104,8 +149,8 @@ class Reliability:
 
     def as_json(self) -> dict[str, Any]:
         """The ``reliability.json`` content (each kind with its verdict, for readers)."""
-        return {"version": TABLE_VERSION, "folds": self.folds, "seed": self.seed,
-                "kinds": {k: {**asdict(v), "reliable": v.reliable}
+        return {"version": TABLE_VERSION, "folds": self.folds, "seed": self.seed, "alpha": ALPHA,
+                "kinds": {k: {**asdict(v), "p_value": round(v.p_value, 4), "reliable": v.reliable}
                           for k, v in sorted(self.kinds.items())}}
 
 
@@ -119,13 +164,23 @@ def save_reliability(root: str | Path, rel: Reliability) -> Path:
 
 
 def load_reliability(root: str | Path) -> Reliability | None:
-    """The table saved in ``ROOT``, or None when the library has none (nothing is withheld)."""
+    """The table saved in ``ROOT``, or None when the library has none (nothing is withheld).
+
+    A table measured before the disagreements were counted (version < 6) is read with the
+    fewest disagreements its counts allow (``expert - majority`` wins, or as many losses): its
+    verdicts stay what they were, and a stricter ``ALPHA`` can only withhold more, until
+    ``medloop library train`` measures it again.
+    """
     path = Path(root) / RELIABILITY_FILE
     if not path.exists():
         return None
     d = json.loads(path.read_text())
-    fields = set(KindScore.__dataclass_fields__)
-    kinds = {k: KindScore(**{f: v[f] for f in fields}) for k, v in d["kinds"].items()}
+    fields = set(KindScore.__dataclass_fields__) - {"wins", "losses"}
+    kinds = {}
+    for k, v in d["kinds"].items():
+        lead = int(v["expert"]) - int(v["majority"])
+        kinds[k] = KindScore(**{f: v[f] for f in fields}, wins=int(v.get("wins", max(lead, 0))),
+                             losses=int(v.get("losses", max(-lead, 0))))
     return Reliability(kinds, int(d["folds"]), int(d["seed"]))
 
 

@@ -5,9 +5,10 @@ library's own pairs are split in ``folds`` by image; for each fold a bank, heads
 model are fitted on the other folds only (as ``case_answer`` would have them), every pair of
 the fold is answered the way ``case_answer`` answers it (``expert_answer``), and per kind
 (``retrievers.question_kinds``) the right answers are counted beside those of the commonest
-answer of that kind in the fitting folds. Only answered pairs are compared: the question the
-table answers at run time is "given that the cases have an answer, is it worth more than the
-prior?". Nothing is tuned on the pairs being scored.
+answer of that kind in the fitting folds, with the pairs only one of the two got right (the
+sign test's wins and losses). Only answered pairs are compared: the question the table answers
+at run time is "given that the cases have an answer, is it worth more than the prior?".
+Nothing is tuned on the pairs being scored.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
     keep = [i for i, it in enumerate(items)
             if it.image in vectors and kind_key(it.category, True) is not None]
     fold_of = folds_by_image([items[i].image for i in keep], folds, seed)
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # n, answered, ok, major
+    # n, answered, right, commonest right, won (only the cases right), lost (only the commonest)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
     majority_shown: dict[str, Counter[str]] = defaultdict(Counter)
     qv = np.asarray(question_vectors)
     for fold in range(folds):
@@ -131,12 +133,16 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
             truth = normalise_answer(it.answer)
             top = prior[key].most_common(1)[0][0] if prior[key] else ""
             majority_shown[key][top] += 1
+            right, prior_right = normalise_answer(answer) == truth, top == truth
             c[1] += 1
-            c[2] += normalise_answer(answer) == truth
-            c[3] += top == truth
+            c[2] += right
+            c[3] += prior_right
+            c[4] += right and not prior_right
+            c[5] += prior_right and not right
     kinds = {k: KindScore(k, n, answered, ok, major,
-                          majority_shown[k].most_common(1)[0][0] if majority_shown[k] else "")
-             for k, (n, answered, ok, major) in counts.items()}
+                          majority_shown[k].most_common(1)[0][0] if majority_shown[k] else "",
+                          won, lost)
+             for k, (n, answered, ok, major, won, lost) in counts.items()}
     return Reliability(kinds, folds, seed)
 
 

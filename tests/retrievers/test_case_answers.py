@@ -246,9 +246,10 @@ def test_the_tool_withholds_an_answer_of_a_kind_the_cases_cannot_answer(tmp_path
         ask = {"image_id": refs[0].id, "question": "Is there a fracture?"}
 
         def table(reliable: bool) -> None:
-            right = 8 if reliable else 3
+            right, major, won, lost = (10, 4, 6, 0) if reliable else (3, 6, 1, 4)
             save_reliability(lib.root, Reliability(
-                {k: KindScore(k, 12, 10, right, 6, "no") for k in kinds if k}, 5, 0))
+                {k: KindScore(k, 12, 10, right, major, "no", won, lost) for k in kinds if k},
+                5, 0))
 
         table(reliable=False)
         ev = tool.invoke(ask)

@@ -4,12 +4,14 @@ answer better than the commonest answer, measured inside the library and read ba
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from retrievers.case_answers import CaseBank, never_withheld, unreliable_kind
 from retrievers.question_kinds import (
+    ALPHA,
     MIN_ANSWERED,
     KindScore,
     Reliability,
@@ -17,6 +19,7 @@ from retrievers.question_kinds import (
     load_reliability,
     predict_kind,
     save_reliability,
+    sign_test,
     table_is_current,
 )
 from retrievers.reliability import measure_reliability
@@ -32,23 +35,67 @@ def test_a_kind_is_the_category_and_whether_the_question_is_closed():
     assert kind_key(None, True) is None and kind_key("", False) is None
 
 
-@pytest.mark.parametrize(("answered", "expert", "majority", "reliable"), [
-    (40, 30, 20, True),
-    (40, 20, 20, False),  # a tie is no better than the prior
-    (40, 15, 20, False),
-    (MIN_ANSWERED - 1, 4, 0, False),  # too few to tell
-    (MIN_ANSWERED, 4, 1, True),
+@pytest.mark.parametrize(("answered", "expert", "majority", "wins", "losses", "reliable"), [
+    (40, 30, 20, 12, 2, True),
+    (40, 20, 20, 5, 5, False),  # a tie is no better than the prior
+    (40, 15, 20, 3, 8, False),
+    (40, 18, 17, 2, 1, True),  # one question ahead (COLOR/closed in a dev fold): more won
+    (MIN_ANSWERED - 1, 4, 0, 4, 0, False),  # too few to tell
+    (MIN_ANSWERED, 4, 1, 3, 0, True),
 ])
 def test_reliable_means_enough_answers_and_more_right_than_the_commonest(
-        answered, expert, majority, reliable):
-    score = KindScore("ABN/closed", answered + 3, answered, expert, majority, "no")
+        answered, expert, majority, wins, losses, reliable):
+    score = KindScore("ABN/closed", answered + 3, answered, expert, majority, "no", wins, losses)
     assert score.reliable is reliable
     assert "ABN/closed" in score.describe()
     assert " no " not in f" {score.describe()} "  # never the answer a planner would copy
+    # a lead that is not enough says how often chance gives it, and what it rests on
+    assert ("chance" in score.describe()) is (expert > majority and not reliable)
+
+
+@pytest.mark.parametrize(("wins", "losses", "at_05", "at_020"), [
+    (12, 2, True, True),  # p = 0.006
+    (2, 1, True, False),  # p = 0.5: one question ahead
+    (8, 4, True, True),  # p = 0.19
+    (6, 4, True, False),  # p = 0.38
+    (5, 5, False, False),
+])
+def test_a_stricter_level_withholds_a_lead_chance_explains(monkeypatch, wins, losses, at_05,
+                                                           at_020):
+    score = KindScore("COLOR/closed", 40, 40, 20 + wins, 20 + losses, "yes", wins, losses)
+    assert ALPHA == 0.5 and score.reliable is at_05 is (wins > losses)
+    monkeypatch.setattr("retrievers.question_kinds.ALPHA", 0.2)
+    assert score.reliable is at_020
+    if wins > losses and not at_020:
+        assert f"({wins} questions won, {losses} lost)" in score.describe()
+
+
+def test_the_sign_test_counts_only_the_disagreements():
+    assert sign_test(0, 0) == 1.0 and sign_test(0, 7) == 1.0
+    assert sign_test(1, 0) == 0.5 and sign_test(5, 0) == 1 / 32
+    assert sign_test(8, 4) == pytest.approx(sum(math.comb(12, k) for k in range(8, 13)) / 4096)
+    # "more won than lost" is exactly p <= 0.5, however many disagreements
+    assert all((sign_test(w, n - w) <= 0.5) is (w > n - w) for n in (1, 2, 7, 40, 41)
+               for w in range(n + 1))
+    assert sign_test(1100, 1000) < 0.02  # a big library's count does not overflow
+
+
+def test_a_table_measured_before_the_disagreements_were_counted_keeps_its_verdicts(tmp_path):
+    """A version-5 table (no wins or losses) reads with the fewest disagreements it allows."""
+    old = {"version": 5, "folds": 5, "seed": 0, "kinds": {
+        "PRES/closed": {"kind": "PRES/closed", "n": 50, "answered": 50, "expert": 35,
+                        "majority": 25, "majority_answer": "no", "reliable": True},
+        "COLOR/closed": {"kind": "COLOR/closed", "n": 23, "answered": 23, "expert": 17,
+                         "majority": 17, "majority_answer": "yes", "reliable": False}}}
+    (tmp_path / "reliability.json").write_text(json.dumps(old))
+    rel = load_reliability(tmp_path)
+    assert rel is not None and not table_is_current(tmp_path)
+    assert (rel.kinds["PRES/closed"].wins, rel.kinds["PRES/closed"].losses) == (10, 0)
+    assert rel.kinds["PRES/closed"].reliable and not rel.kinds["COLOR/closed"].reliable
 
 
 def test_the_table_round_trips(tmp_path):
-    rel = Reliability({"PRES/closed": KindScore("PRES/closed", 10, 9, 7, 5, "yes")}, 5, 0)
+    rel = Reliability({"PRES/closed": KindScore("PRES/closed", 10, 9, 7, 5, "yes", 3, 1)}, 5, 0)
     save_reliability(tmp_path, rel)
     back = load_reliability(tmp_path)
     assert back is not None and back.kinds == rel.kinds and (back.folds, back.seed) == (5, 0)
@@ -98,6 +145,9 @@ def test_the_cases_answer_what_the_image_shows_and_not_what_it_does_not():
     modality, mass = rel.kinds["MODALITY/open"], rel.kinds["PRES/closed"]
     assert modality.reliable and modality.expert == modality.answered  # neighbours see it
     assert modality.majority < modality.answered  # 'CT' alone misses the MR images
+    # the disagreements: every MR image the neighbours named and 'CT' alone missed
+    assert (modality.wins, modality.losses) == (modality.answered - modality.majority, 0)
+    assert mass.wins - mass.losses == mass.expert - mass.majority
     assert not mass.reliable and mass.expert <= mass.majority  # nothing beats the prior
     assert modality.n == mass.n == 40  # every pair scored once, by a model that never saw it
 
@@ -125,7 +175,7 @@ def test_an_answer_by_a_head_to_a_yes_no_question_is_never_withheld():
     items, qv, vectors, _ = _with_label_questions()
     cases = sorted(vectors)
     bank = CaseBank.from_arrays(cases, np.stack([vectors[c] for c in cases]), items, qv)
-    kinds = {k: KindScore(k, 40, 40, 10, 30, "no")  # every kind below the commonest answer
+    kinds = {k: KindScore(k, 40, 40, 10, 30, "no", 0, 20)  # every kind below the commonest answer
              for k in ("MODALITY/closed", "MODALITY/open", "PRES/closed")}
     rel = Reliability(kinds, 5, 0)
     mri, what = qv[80], qv[0]  # "Is this an MRI?", "What modality is this?"
