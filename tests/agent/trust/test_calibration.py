@@ -269,7 +269,7 @@ def test_auto_leaves_the_isotonic_map_to_large_fits():
 
 
 def test_the_default_planner_ships_a_clinical_map_per_question_form(tmp_path, monkeypatch):
-    """Fitted on 640 real VQA-RAD items answered by the default planner (bench/README.md)."""
+    """Fitted on all 988 real VQA-RAD items answered by the default planner (bench/README.md)."""
     from agent.context import AgentContext
     from agent.nodes.answer import calibration_for
 
@@ -279,9 +279,9 @@ def test_the_default_planner_ships_a_clinical_map_per_question_form(tmp_path, mo
     assert cal is not None and cal.domain == "clinical" and cal.n_fit >= 300
     assert set(cal.by_form) == {"closed", "open"}
     assert calibration_for(ctx, "phantom").domain == "phantom"  # phantoms have their own
-    # the abstentions all sit at 0.05 raw, none right (78 closed, 200 open items); closed
-    # answers at 0.83 raw and above were right 26 times of 28, those at 0.5-0.8 162 of 269:
-    # the first are let through, the others are "Uncertain"
+    # the abstentions all sit at 0.05 raw, none right (473 items); closed answers at 0.83 raw
+    # and above were right 36 times of 39, those at 0.5-0.8 222 of 377: the first are let
+    # through, the others are "Uncertain"
     assert max(cal.for_form("open")(0.05), cal.for_form("closed")(0.05)) < 0.01
     closed = cal.for_form("closed")
     assert closed(0.83) >= cal.abstain_below > closed(0.8) > closed(0.6)
