@@ -194,18 +194,22 @@ def compose_answer(
     # sees what was observed and what did not agree. Without a usable answer, a tool that
     # declined this very question says best why (the planner may never have proposed one).
     declined = declined or unanswerable(question, ok, [])
-    reason = (
-        "The proposed answer contradicted its own evidence: " + "; ".join(conflicts) + "."
-        if conflicts
-        else "The proposed answer could not be used: " + "; ".join(defects) + "."
-        if defects
-        else f"No offline tool can answer this question: {declined.id} ({declined.tool}) "
-             f"{declined.summary}"
-        if declined is not None
-        else "The round budget ran out before a supported answer."
-        if exhausted
-        else "The evidence does not support an answer."
-    )
+    # What the answer did wrong comes after the decline, when a tool declined the question:
+    # the planner's sentence ("No, both kidneys are visible.") was never the reason there is no
+    # answer; that no tool could give one was.
+    fault = ("contradicted its own evidence: " + "; ".join(conflicts) if conflicts
+             else "could not be used: " + "; ".join(defects) if defects else "")
+    if declined is not None:
+        reason = (f"No offline tool can answer this question: {declined.id} ({declined.tool}) "
+                  f"{declined.summary}")
+        if fault:
+            reason += f" The planner's own answer also {fault}."
+    elif fault:
+        reason = f"The proposed answer {fault}."
+    elif exhausted:
+        reason = "The round budget ran out before a supported answer."
+    else:
+        reason = "The evidence does not support an answer."
     refusals = {e.tool: refused_for_domain(e) for e in evidence if refused_for_domain(e)}
     refusals |= {t: why for t, why in (unfit or {}).items() if t not in refusals}
     if refusals:  # what could not be checked at all, and why

@@ -8,13 +8,15 @@ planner that invents "12 mm" is caught here, not by trusting it. The answer and 
 also mean what the cited evidence asserts (``agent.trust.agreement``: present/absent, normal,
 side, count); a conflict sends the planner back with the conflict named, and an answer that
 still conflicts when the budget is spent abstains. So does an answer no reader can use: on
-clinical images, one that rests only on readings of the pixels. Three faults of a small
+clinical images, one that rests only on readings of the pixels. Four faults of a small
 planner's sentences are mended rather than sent back, because what it says is still the
 evidence's: a loop ("No, no, no, ...") is given once; a sentence whose leading yes/no is the one
 the evidence gave but whose rest says the opposite ("No, this patient has a skull fracture.") is
 given as that yes/no alone; and under an answer that opens with what the evidence gives (its
 yes/no, count or side), a claim saying the opposite of its own evidence is restated in the
-evidence's words. Each mend is noted (``ReviewResult.mended``).
+evidence's words, and so is a claim whose only unsupported numbers are the yes/no question's
+own ("Yes, there are 5 lymph nodes." for "Are there >5 lymph nodes?"). Each mend is noted
+(``ReviewResult.mended``).
 """
 
 from __future__ import annotations
@@ -125,23 +127,54 @@ def check_claim(claim: ProposedClaim, evidence: dict[str, Evidence]) -> str | No
     failed = [i for i in claim.evidence_ids if evidence[i].status != "ok"]
     if failed:
         return f"{label} cites failed tool calls {', '.join(failed)}"
-    pool: list[float] = []
-    units: list[tuple[float, str]] = []
-    for i in claim.evidence_ids:
-        pool.extend(_evidence_numbers(evidence[i]))
-        units.extend(_evidence_units(evidence[i]))
-    # Evidence ids and image ids contain digits of their own; ignore those.
-    text = re.sub(r"\b(E\d+|img-[0-9a-f]+)\b", "", claim.statement)
-    unsupported = [x for x in numbers_in(_WITH_UNIT.sub(" ", text)) if not _matches(x, pool)]
-    for value, unit in numbers_with_units(text):
-        same = [v for v, u in units if u == unit]
-        if not _matches(value, same if same else pool):
-            unsupported.append(value)
+    unsupported = _unsupported_numbers(claim.statement,
+                                       [evidence[i] for i in claim.evidence_ids])
     if unsupported:
         nums = ", ".join(f"{x:g}" for x in unsupported)
         cited = ", ".join(claim.evidence_ids)
         return f"{label} states {nums}, which {cited} do not contain"
     return None
+
+
+def _unsupported_numbers(statement: str, cited: Sequence[Evidence]) -> list[float]:
+    """The numbers ``statement`` gives that the ``cited`` evidence does not contain."""
+    pool: list[float] = []
+    units: list[tuple[float, str]] = []
+    for ev in cited:
+        pool.extend(_evidence_numbers(ev))
+        units.extend(_evidence_units(ev))
+    # Evidence ids and image ids contain digits of their own; ignore those.
+    text = re.sub(r"\b(E\d+|img-[0-9a-f]+)\b", "", statement)
+    unsupported = [x for x in numbers_in(_WITH_UNIT.sub(" ", text)) if not _matches(x, pool)]
+    for value, unit in numbers_with_units(text):
+        same = [v for v, u in units if u == unit]
+        if not _matches(value, same if same else pool):
+            unsupported.append(value)
+    return unsupported
+
+
+def _question_numbers_as_fact(claim: ProposedClaim, by_id: dict[str, Evidence], question: str,
+                              answer: str) -> list[float]:
+    """The question's own numbers, when they are all that keeps ``claim`` from its evidence.
+
+    Only under an answer that opens with the yes/no its cited evidence gives this yes/no
+    question ("Are there >5 lymph nodes near the stomach?", an answer model's "yes"): the
+    small planner then restates the question as a fact, and garbles it ("Yes, there are 5
+    lymph nodes located near the stomach."). The number is the question's, not a reading,
+    so the claim cannot stand; but neither is it a reading that goes against the evidence,
+    so the evidence's own words stand in for it (``review``). Left alone, the dropped claim
+    made the agent abstain on an answer its evidence gives. Empty otherwise.
+    """
+    evs = [by_id.get(i) for i in claim.evidence_ids]
+    cited = [e for e in evs if e is not None and e.status == "ok"]
+    if not question.strip() or not cited or len(cited) != len(evs):
+        return []
+    bound = evidence_yes_no(question, cited)
+    if bound is None or leading_yes_no(answer) != bound:
+        return []
+    stray = _unsupported_numbers(claim.statement, cited)
+    asked = numbers_in(question)
+    return stray if stray and all(_matches(x, asked) for x in stray) else []
 
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -302,20 +335,33 @@ def review(proposal: FinalAnswerArgs, evidence: Sequence[Evidence], question: st
         else:
             result.problems.append("there is no evidence yet; call a tool to look at the image")
         return result
+    restated: list[str] = []
+    asked: list[float] = []
     for claim in proposal.claims:
         why = check_claim(claim, by_id)
+        ids = list(dict.fromkeys(claim.evidence_ids))
         if why is None:
-            result.supported.append(
-                Claim(
-                    statement=claim.statement, evidence_ids=list(dict.fromkeys(claim.evidence_ids))
-                )
-            )
+            result.supported.append(Claim(statement=claim.statement, evidence_ids=ids))
+        elif stray := _question_numbers_as_fact(claim, by_id, question, proposal.answer):
+            asked.extend(stray)
+            result.supported.append(Claim(statement=" ".join(by_id[i].summary for i in ids),
+                                          evidence_ids=ids))
+            restated.append(f"the claim {claim.statement!r} stated the question's own "
+                            f"{', '.join(f'{x:g}' for x in stray)} as a finding; the "
+                            "evidence's own words stand in for it")
         else:
             result.problems.append(why)
             result.dropped.append(claim.statement)
     cited = [(c.statement, [by_id[i] for i in c.evidence_ids]) for c in result.supported]
     cited_evidence = list({id(e): e for _, evs in cited for e in evs}.values())
     result.answer, result.mended = _mend(proposal.answer, question, cited_evidence)
+    lead = leading_yes_no(result.answer)
+    if asked and lead and any(_matches(x, asked) for x in numbers_in(result.answer)):
+        # the answer's sentence garbles the question the same way: its yes/no alone stands
+        restated.append(f"the answer {result.answer!r} stated the question's own numbers as "
+                        f"a finding; its {lead!r}, which the evidence gives, is kept alone")
+        result.answer = f"{lead.capitalize()}."
+    result.mended = restated + result.mended
     result.mended += _restate_claims(result, by_id, question, cited_evidence)
     cited = [(c.statement, [by_id[i] for i in c.evidence_ids]) for c in result.supported]
     result.conflicts = answer_conflicts(result.answer, cited, question) if cited else []

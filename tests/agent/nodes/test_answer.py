@@ -55,6 +55,33 @@ def test_an_answer_under_a_tool_that_had_none_is_not_given(store, medloop_home):
     assert "has a lung" not in answer.text
 
 
+def test_a_declined_question_leads_the_abstention_before_the_planner_s_own_fault(
+        store, medloop_home):
+    """"No, both kidneys are visible." under a withheld answer (3 dev items): the reason there
+    is no answer is the decline; the sentence's self-contradiction comes after it."""
+    img = store.put(phantom()).id
+    q = "Are both kidneys visible?"
+
+    def case(a: _Args) -> Evidence:
+        return Evidence(tool="case", image_id=a.image_id, score=0.0,
+                        summary="No answer: similar cases cannot answer this kind of question "
+                                "reliably; no offline tool checked it.",
+                        data={"answer": None, "withheld": "yes", "question": q})
+
+    tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
+    said = final("No, both kidneys are visible.", [("both kidneys are visible", ["E1"])], 0.8)
+    model = ScriptedChatModel.of([ai(call("case", image_id=img)), said, said])
+    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
+                       max_rounds=3)
+    answer = build_graph(ctx, store=store).invoke(
+        {"messages": [("user", q)], "images": [img]}, context=ctx)["answer"]
+    assert answer.abstained and answer.conflicts
+    assert answer.text.startswith("No offline tool can answer this question: E1 (case) No "
+                                  "answer: similar cases cannot answer")
+    assert "The planner's own answer also contradicted its own evidence" in answer.text
+    assert answer.text.index("No offline tool") < answer.text.index("contradicted")
+
+
 def test_a_declined_question_is_named_when_the_rounds_run_out_without_an_answer(
         store, medloop_home):
     """The planner never proposed: the reason is the tool that declined, not the budget."""

@@ -318,3 +318,35 @@ def test_a_claim_against_its_evidence_under_a_bound_answer_is_restated_in_its_wo
                   "How many lesions are there?", "phantom").ok
     assert not review(FinalAnswerArgs(answer="25 lesions.", claims=[said]), [many],
                       "How many lesions are there?", "phantom").ok
+
+
+def test_the_question_s_own_number_stated_as_a_finding_is_restated_in_the_evidence_s_words():
+    """"Yes, there are 5 lymph nodes ..." for "Are there >5 lymph nodes ...?" (a dev item)."""
+    q = "Are there >5 lymph nodes located near the stomach?"
+    expert = ev(1, "Answer: yes (P(yes) = 0.63, from a model fitted on 468 labelled yes/no "
+                "questions)", tool="case_answer", score=0.63, data={"yes_no": "yes",
+                                                                 "question": q})
+    garbled = "Yes, there are 5 lymph nodes located near the stomach."
+    said = FinalAnswerArgs(answer=garbled, claims=[
+        ProposedClaim(statement=garbled, evidence_ids=["E1"])], confidence=0.7)
+    result = review(said, [expert], q, "clinical")
+    assert result.ok and result.answer == "Yes." and not result.dropped
+    assert result.supported[0].statement == expert.summary
+    assert "question's own 5 as a finding" in result.mended[0]
+    assert "'Yes'" in result.mended[1] or "'yes'" in result.mended[1].lower()
+    # a right sentence keeps its words; only the claim is restated
+    result = review(said.model_copy(update={"answer": "Yes."}), [expert], q, "clinical")
+    assert result.ok and result.answer == "Yes." and len(result.mended) == 1
+    # a number the question does not state is still an invented finding: dropped
+    made_up = said.model_copy(update={"claims": [ProposedClaim(
+        statement="There are 7 lymph nodes near the stomach.", evidence_ids=["E1"])]})
+    result = review(made_up, [expert], q, "clinical")
+    assert not result.ok and result.dropped and not result.mended
+    # nor under an answer that does not open with the evidence's yes/no
+    result = review(said.model_copy(update={"answer": "No, there are 5 lymph nodes."}),
+                    [expert], q, "clinical")
+    assert result.dropped and not any("question's own" in m for m in result.mended)
+    # nor when the evidence gives no yes/no for this question
+    other = ev(1, "Answer: yes", tool="case_answer", data={"yes_no": "yes",
+                                                          "question": "Is the liver enlarged?"})
+    assert review(said, [other], q, "clinical").dropped
