@@ -8,6 +8,7 @@ the supported claims.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
@@ -62,6 +63,20 @@ def _told(state: AgentState, turn: int) -> set[str]:
     return told
 
 
+_STATED = re.compile(r" states [-+0-9.eE, ]+, which ")
+
+
+def _problem_key(problem: str) -> str:
+    """A problem without the numbers an unsupported claim stated (``checks.check_claim``).
+
+    The same claim sent back again for numbers no evidence holds is the same problem, however
+    many numbers it now states: the small planner copied the feedback into its next claim
+    ("... states 1, 1, 1, 1, which E1 do not contain"), each time with more of them, so no two
+    rounds' problems were equal and it spent all five calls (117 s on a dev item).
+    """
+    return _STATED.sub(" states (numbers), which ", problem)
+
+
 def _repeats_rejected(state: AgentState, turn: int, problems: list[str]) -> bool:
     """Whether every problem of this proposal was already named to this turn's planner.
 
@@ -69,9 +84,11 @@ def _repeats_rejected(state: AgentState, turn: int, problems: list[str]) -> bool
     again will not mend it: on real items the small planner proposed "The density of the wall
     of the aorta is 5.1 mm." five times over a ``case_answer`` that had no answer, each time
     sent back for a number no evidence holds, until the round budget was spent (9 of 155
-    items spent all five calls proposing, with no tool called: 32-117 s each).
+    items spent all five calls proposing, with no tool called: 32-117 s each). Problems are
+    compared without the numbers an unsupported claim stated (``_problem_key``).
     """
-    return bool(problems) and set(problems) <= _told(state, turn)
+    told = {_problem_key(p) for p in _told(state, turn)}
+    return bool(problems) and {_problem_key(p) for p in problems} <= told
 
 
 def make_rethink(default: AgentContext) -> Callable[..., Any]:

@@ -418,6 +418,29 @@ def test_an_unsupported_answer_proposed_again_unmended_stops_the_loop(setup):
     assert not answer.budget_exhausted and "budget" not in answer.text  # it was not spent
 
 
+def test_a_claim_sent_back_again_with_more_stray_numbers_is_a_repeat(setup):
+    """SmolLM2 copied the feedback ("... states 1, 1, 1, which E1 do not contain") into its
+    next claim, each round with more numbers, so no two rounds' problems were equal: five
+    calls on a dev item. The same claim rejected again for stray numbers stops the loop."""
+    make, img, _ = setup
+    lead = "The weighting is 1.0000000000000001, the weighting is 1.0000000000000001, the we"
+    growing = [final(f"{lead} states {', '.join(['1'] * n)}", [
+        (f"{lead} states {', '.join(['1'] * n)}", ["E1"])], 0.5) for n in (4, 8, 12, 16)]
+    graph, _ = make([ai(call("mean_intensity", image_id=img)), *growing], max_rounds=5)
+    result = run(graph, "What is the MR weighting in this image?", [img])
+    rethinks = [t for t in result["trace"] if t["step"] == "rethink"]
+    assert [r["decision"] for r in rethinks] == ["think", "answer"]
+    assert rethinks[0]["problems"] != rethinks[1]["problems"]  # the numbers differ
+    assert result["answer"].abstained and not result["answer"].budget_exhausted
+    # a different claim is a different problem: it is named, not taken for a repeat
+    other = final("The mean is 999.", [("the mean is 999", ["E1"])], 0.9)
+    graph, _ = make([ai(call("mean_intensity", image_id=img)), growing[0], other, other],
+                    max_rounds=5)
+    rethinks = [t for t in run(graph, "What is the mean intensity?", [img])["trace"]
+                if t["step"] == "rethink"]
+    assert [r["decision"] for r in rethinks] == ["think", "think", "answer"]
+
+
 def test_an_answer_that_agrees_is_accepted(setup):
     make, img, _ = setup
     graph, _ = make([ai(call("finding", image_id=img, present=True)),
