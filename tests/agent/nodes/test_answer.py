@@ -16,8 +16,9 @@ class _Args(BaseModel):
 
 
 def _over_a_declining_tool(store, home, q: str, summary: str, data: dict, said: str,
-                           claim: str):
-    """The answer when a tool asked ``q`` declined it and the planner answered anyway."""
+                           claim: str, proposals: int = 1):
+    """The answer when a tool asked ``q`` declined it and the planner answered anyway
+    (``proposals`` times, when rethink sends the answer back)."""
     img = store.put(phantom()).id
 
     def case(a: _Args) -> Evidence:
@@ -26,7 +27,7 @@ def _over_a_declining_tool(store, home, q: str, summary: str, data: dict, said: 
 
     tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
     model = ScriptedChatModel.of([ai(call("case", image_id=img)),
-                                  final(said, [(claim, ["E1"])], 0.9)])
+                                  *[final(said, [(claim, ["E1"])], 0.9)] * proposals])
     ctx = AgentContext(llm=model, tools=tools, home=home, checkpoint=None)
     out = build_graph(ctx, store=store).invoke({"messages": [("user", q)], "images": [img]},
                                                context=ctx)
@@ -59,22 +60,11 @@ def test_a_declined_question_leads_the_abstention_before_the_planner_s_own_fault
         store, medloop_home):
     """"No, both kidneys are visible." under a withheld answer (3 dev items): the reason there
     is no answer is the decline; the sentence's self-contradiction comes after it."""
-    img = store.put(phantom()).id
-    q = "Are both kidneys visible?"
-
-    def case(a: _Args) -> Evidence:
-        return Evidence(tool="case", image_id=a.image_id, score=0.0,
-                        summary="No answer: similar cases cannot answer this kind of question "
-                                "reliably; no offline tool checked it.",
-                        data={"answer": None, "withheld": "yes", "question": q})
-
-    tools = [make_tool(case, name="case", description="Cases.", args_schema=_Args)]
-    said = final("No, both kidneys are visible.", [("both kidneys are visible", ["E1"])], 0.8)
-    model = ScriptedChatModel.of([ai(call("case", image_id=img)), said, said])
-    ctx = AgentContext(llm=model, tools=tools, home=medloop_home, checkpoint=None,
-                       max_rounds=3)
-    answer = build_graph(ctx, store=store).invoke(
-        {"messages": [("user", q)], "images": [img]}, context=ctx)["answer"]
+    answer = _over_a_declining_tool(
+        store, medloop_home, "Are both kidneys visible?",
+        "No answer: similar cases cannot answer this kind of question reliably; no offline "
+        "tool checked it.", {"answer": None, "withheld": "yes"},
+        "No, both kidneys are visible.", "both kidneys are visible", proposals=2)
     assert answer.abstained and answer.conflicts
     assert answer.text.startswith("No offline tool can answer this question: E1 (case) No "
                                   "answer: similar cases cannot answer")
