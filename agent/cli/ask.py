@@ -45,7 +45,11 @@ __all__ = ["add_parser", "cmd_ask", "progress_line"]
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``ask`` to ``sub`` (an argparse subparsers object)."""
     ask = sub.add_parser("ask", help="answer a question about one or more images")
-    ask.add_argument("items", nargs="+", metavar="[IMAGE...] QUESTION")
+    # Two positionals, not one "+" list: argparse renders the latter as "[IMAGE...] QUESTION
+    # [[IMAGE...] QUESTION ...]", which reads as if several questions could follow.
+    ask.add_argument("images", nargs="*", metavar="IMAGE",
+                     help="image files (DICOM, PNG, JPEG, NIfTI) or stored image ids")
+    ask.add_argument("question", metavar="QUESTION", help="one question (--thread to go on)")
     ask.add_argument("--llm", help=LLM_HELP)
     ask.add_argument("--thread", help="continue this conversation thread")
     add_planner_options(ask)
@@ -117,11 +121,25 @@ def _human(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _reads_as_question(arg: str) -> bool:
+    """Whether an IMAGE argument is a second question rather than a file or a stored id.
+
+    Stored ids and file names hold no spaces and end in no "?"; an argument that does, and is
+    no file, was meant as a question (``ask IMG "Q1" IMG "Q2"``).
+    """
+    return (any(c.isspace() for c in arg) or arg.endswith("?")) and not Path(arg).exists()
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     """Run the agent once and print its answer."""
-    if len(args.items) < (1 if args.study else 2):
+    images, question = list(args.images), str(args.question)
+    if not images and not args.study:
         raise BadInput("ask needs at least one IMAGE (or --study UID) and a QUESTION")
-    *images, question = args.items
+    asked = [a for a in images if _reads_as_question(a)]
+    if asked:
+        raise BadInput(f"ask takes one QUESTION, the last argument; {asked[0]!r} is not an "
+                       "image file. Ask one question per call (--thread ID goes on in the "
+                       "same conversation)")
     if not question.strip():
         raise BadInput("the question is empty")
     if args.seg and not args.sr:

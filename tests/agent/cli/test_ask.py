@@ -24,6 +24,8 @@ def run_cli(capsys, *argv):
     (["ask", RG1, "q", "--llm", "gpt-4"], "bad --llm"),
     (["ask", RG1, "q", "--checkpoint", "redis://x"], "bad checkpoint"),
     (["ask", "q-only"], "at least one IMAGE"),
+    # a second question where an image should be: named, before any file is opened
+    (["ask", RG1, "Is this a CT?", RG1, "Is it normal?"], "'Is this a CT?' is not an image"),
     (["ask", "/nonexistent/chest.dcm", "q", "--llm", "openai:m@http://127.0.0.1:9/v1"], "chest.dcm"),
 ])
 def test_ask_bad_input_exits_2(capsys, argv, needle):
