@@ -18,9 +18,9 @@ itself is not full agreement. No vote: no answer (the tool says the library has 
 question, rather than guessing).
 
 An open question about what the whole image is ("What plane is this image in?") is answered
-by the library's trained heads instead, in the words its clinicians used for that class
-(``retrievers.label_answers``); a yes/no question by its heads or its answer model
-(``yesno_from_library``).
+by the library's trained heads instead, in the words its clinicians used for that class, and
+"Describe this image" by all of them together (``retrievers.label_answers``); a yes/no
+question by its heads or its answer model (``yesno_from_library``).
 
 ``CaseBank`` is the pure, array-only form (what ``bench/case_library.py`` cross-validates);
 ``CaseBank.from_library`` reads it from a library built by ``retrievers.vqa_library``.
@@ -43,7 +43,14 @@ from pydantic import Field
 from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.heads import Head, load_heads, predict_heads
-from retrievers.label_answers import label_answer, label_phrasings
+from retrievers.label_answers import (
+    DESCRIBE,
+    describe_answer,
+    header_labels,
+    label_answer,
+    label_phrasings,
+    unknown_to_heads,
+)
 from retrievers.question_kinds import (
     KindScore,
     Reliability,
@@ -56,6 +63,7 @@ from retrievers.typicality import LIBRARY_IMAGES, flag_if_unlike, library_typica
 from retrievers.vqa_library import (
     QA_FILE,
     QAItem,
+    describe_question,
     label_question,
     load_qa,
     normalise_answer,
@@ -337,8 +345,11 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         heads = load_heads(lib.root)
         yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name, heads,
                                  load_answer_model(lib.root)) if closed else None)
+        header = header_labels(img.meta)
         named = (None if closed else
-                 label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings()))
+                 label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings(),
+                              header)
+                 or describe_answer(question, vec, heads, lib.image_embedder.name, header))
         # the question asked, beside the answer (None: the cases have none for it)
         data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None,
                                    "question": question}
@@ -349,6 +360,11 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                                 "question": v.question, "question_sim": round(v.question_sim, 4),
                                 "answer": v.answer} for v in res.votes]}
         summary = _summary(res, args.k)
+        unknown = unknown_to_heads(heads, header)
+        if res is None and unknown and (describe_question(question)
+                                        or open_label_question(question)):
+            summary = (f"No answer: the image's DICOM header gives {unknown}; the library's "
+                       "classifiers know nothing of such an image.")
         score = res.score if res is not None else 0.0
         if yn is not None:  # the neighbours' vote stays in ``data``; one answer is stated
             data |= {"answer": yn.answer, "p_yes": round(yn.p_yes, 4), "method": yn.method,
@@ -404,9 +420,11 @@ def never_withheld(closed: bool, method: str) -> bool:
     answer), while the question's kind is read off neighbouring questions ("Is this a CT
     image?" read as an abnormality question) or mixes in questions the head does not answer
     (MODALITY/closed holds the contrast questions too). An open one stays subject to the
-    table: there the clinicians' words decide, not the class (``retrievers.label_answers``).
+    table: there the clinicians' words decide, not the class (``retrievers.label_answers``),
+    except a description of the whole image (``describe_answer``), which no pair of the
+    library asks, so no kind of the table measures it.
     """
-    return closed and method.startswith("head:")
+    return (closed and method.startswith("head:")) or method == f"head:{DESCRIBE}"
 
 
 def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,

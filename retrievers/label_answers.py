@@ -18,17 +18,28 @@ library the class name is said, at half the head's probability.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from retrievers.heads import Head, predict_heads
-from retrievers.vqa_library import QAItem, image_labels, normalise_answer, open_label_question
+from retrievers.heads import PROJECTIONS, Head, joint_plane, predict_heads
+from retrievers.vqa_library import (
+    QAItem,
+    describe_question,
+    image_labels,
+    normalise_answer,
+    open_label_question,
+)
 
-__all__ = ["LabelAnswer", "label_answer", "label_phrasings"]
+__all__ = ["DESCRIBE", "LabelAnswer", "describe_answer", "header_labels", "label_answer",
+           "label_phrasings", "read_labels", "unknown_to_heads"]
 
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
                 "frontal": "frontal (PA or AP)"}
+DESCRIBE = "describe"
+"""The task of ``describe_answer``'s answers: every whole-image head at once."""
+_DESCRIBED = ("modality", "organ", "plane")
 """How a class is said when the library has no answer in clinicians' words for it."""
 
 
@@ -70,17 +81,21 @@ def label_phrasings(items: list[QAItem]) -> dict[tuple[str, str], Counter[str]]:
 
 
 def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embedder: str,
-                 phrasings: dict[tuple[str, str], Counter[str]]) -> LabelAnswer | None:
+                 phrasings: dict[tuple[str, str], Counter[str]],
+                 header: Mapping[str, str] | None = None) -> LabelAnswer | None:
     """The answer to an open question about the image's modality, organ or plane, or None.
 
     None when the question asks something else, or the library has no head for that task.
     ``vector`` is the image's vector from ``embedder``; ``phrasings`` is ``label_phrasings``
-    of the library's pairs.
+    of the library's pairs; ``header`` as in ``read_labels``.
     """
     task = open_label_question(question)
     if task is None or task not in heads:
         return None
-    label, p = predict_heads(heads, vector, embedder, [task])[task][0]  # plane read jointly
+    ranked = read_labels(heads, vector, embedder, [task], header)
+    if ranked is None:
+        return None
+    label, p = ranked[task][0]
     said = phrasings.get((task, label), Counter())
     if said:
         words, n = said.most_common(1)[0]
@@ -91,6 +106,124 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
         words, n, total = _CLASS_WORDS.get(label, label), 0, 0
         how = f"the library holds no answer to this kind of question about a {label} image"
     score = p * (n + 1) / (total + 2)
+    source = ("The image's DICOM header gives" if task in (header or {}) else
+              f"The library's {task} classifier gives")
     return LabelAnswer(words, task, label, p, n, total, score,
-                       f"Answer: {words}. The library's {task} classifier gives {label} "
-                       f"{p:.2f}; {how}.")
+                       f"Answer: {words}. {source} {label} {p:.2f}; {how}.")
+
+
+_HEADER_MODALITY = {"CT": "ct", "MR": "mr", "CR": "xray", "DX": "xray", "RG": "xray",
+                    "PX": "xray", "MG": "mg", "US": "us", "NM": "nm", "PT": "pt", "XA": "xa",
+                    "OT": ""}
+"""A DICOM Modality code -> the modality head's class (others: a class no head here has;
+"OT", other, says nothing)."""
+_HEADER_ORGAN = {"chest": ("CHEST", "THORAX", "LUNG", "HEART", "RIB"),
+                 "head": ("HEAD", "BRAIN", "SKULL"),
+                 "abd": ("ABDOMEN", "ABD", "ABDOMENPELVIS", "LIVER", "KIDNEY", "PANCREAS")}
+
+
+def header_labels(meta: Mapping[str, object]) -> dict[str, str]:
+    """What an image's DICOM header says of its modality and organ, as the heads' classes.
+
+    From the ingested image's ``meta`` (``modality``, ``body_part``); a value none of the
+    heads' classes covers is kept as it is ("us", "knee"): the heads know nothing of such
+    images. Empty for an image without a header (a JPEG's modality is "unknown").
+    """
+    out: dict[str, str] = {}
+    code = str(meta.get("modality") or "").upper()
+    said = _HEADER_MODALITY.get(code, "" if code in ("", "UNKNOWN") else code.lower())
+    if said:
+        out["modality"] = said
+    part = str(meta.get("body_part") or "").upper().replace(" ", "")
+    if part:
+        out["organ"] = next((o for o, parts in _HEADER_ORGAN.items() if part in parts),
+                            part.lower())
+    return out
+
+
+def unknown_to_heads(heads: dict[str, Head], header: Mapping[str, str] | None) -> str:
+    """What the header says that no head has a class for ("modality us"), else "".
+
+    Named in ``case_answer``'s reply, so that "no answer" says why: an ultrasound is not an
+    image the library's classifiers were fitted on.
+    """
+    return "; ".join(f"{t} {v} (its classifier knows {', '.join(heads[t].classes)})"
+                     for t, v in (header or {}).items()
+                     if t in heads and v not in heads[t].classes)
+
+
+def read_labels(heads: dict[str, Head], vector: np.ndarray, embedder: str,
+                tasks: list[str], header: Mapping[str, str] | None = None,
+                ) -> dict[str, list[tuple[str, float]]] | None:
+    """``predict_heads`` for ``tasks``, with what the image's DICOM header says put first.
+
+    ``header`` (``header_labels``) replaces the head's reading of a task it names, at
+    probability one (held out on pydicom's test files, the modality head called a chest CT an
+    X-ray and an abdominal MR a CT), and the plane is read again given the header's modality.
+    None when the header names a class the task's head does not have (an ultrasound, a knee):
+    the heads know nothing of such an image.
+    """
+    if unknown_to_heads(heads, header):
+        return None
+    header = {t: v for t, v in (header or {}).items() if t in heads}
+    ranked = predict_heads(heads, vector, embedder, tasks)
+    ranked |= {t: [(header[t], 1.0)] for t in tasks if t in header}
+    if "modality" in header and "plane" in ranked:
+        own = predict_heads({"plane": heads["plane"]}, vector, embedder)["plane"]
+        ranked["plane"] = joint_plane(own, [(header["modality"], 1.0)])
+    return ranked
+
+
+def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
+                    embedder: str, header: Mapping[str, str] | None = None) -> LabelAnswer | None:
+    """What the image is, from every whole-image head, for "Describe this image", or None.
+
+    None when the question asks something else (``describe_question``) or the library has
+    none of the modality, organ and plane heads. The answer names each head's class ("Axial CT
+    of the head"); its score is the product of their probabilities (all of them
+    right), and the summary names the classes each head knows (a plane head of axial and
+    frontal calls a lateral film one of those) and that none of them reads a finding.
+
+    ``header`` is what the image's DICOM header says (``read_labels``).
+    """
+    if not describe_question(question):
+        return None
+    tasks = [t for t in _DESCRIBED if t in heads]
+    if not tasks:
+        return None
+    header = dict(header or {})
+    ranked = read_labels(heads, vector, embedder, tasks, header)
+    if ranked is None:
+        return None
+    top = {t: r[0] for t, r in ranked.items()}
+    if "modality" in top and "plane" in top:
+        # a plane the named modality has: the joint reading can still rank "axial" first
+        # over a film (the modality head unsure); held out, one abdomen was "Axial X-ray"
+        allowed = PROJECTIONS.get(top["modality"][0])
+        fits = [c for c in ranked["plane"] if allowed is None or c[0] in allowed]
+        if fits:
+            top["plane"] = fits[0]
+        else:
+            del top["plane"]
+    # plain words ("Axial CT of the head"), so that think can bind the planner's answer to open
+    # with them (``agent.planner.offer.bind_answer`` takes letters, digits and hyphens)
+    words = {t: label if t == "plane" else _CLASS_WORDS.get(label, label)
+             for t, (label, _) in top.items()}
+    said = " ".join(w for w in (words.get("plane", ""), words.get("modality", "image")) if w)
+    said = said[0].upper() + said[1:]
+    if "organ" in words:
+        said += f" of the {words['organ']}"
+    p = float(np.prod([q for _, q in top.values()]))
+    implied = ("plane" in top and "modality" in top and len(
+        [c for c in heads["plane"].classes if c in PROJECTIONS.get(top["modality"][0], ())]) == 1)
+    read = "; ".join(
+        f"plane {label} (its classifier knows {' and '.join(heads[t].classes)}; a "
+        f"{words['modality']} has only {label} of those)" if t == "plane" and implied else
+        f"{t} {label} {q:.2f} (of {', '.join(heads[t].classes)})"
+        for t, (label, q) in top.items() if t not in header)
+    given = ", ".join(f"{t} {label}" for t, (label, _) in top.items() if t in header)
+    why = (f"The DICOM header gives {given}. " if given else "") + (
+        f"The library's classifiers give {read}. " if read else "")
+    return LabelAnswer(said, DESCRIBE, "/".join(label for label, _ in top.values()), p, 0, 0, p,
+                       f"Answer: {said}. {why}These tell what the image is, not what it shows: "
+                       "no offline tool here reads a finding.")

@@ -29,7 +29,7 @@ from retrievers.case_answers import (
     yesno_from_library,
 )
 from retrievers.heads import Head, fit_head, library_labels
-from retrievers.label_answers import label_answer
+from retrievers.label_answers import describe_answer, label_answer
 from retrievers.question_kinds import KindScore, Reliability, kind_key, save_reliability
 from retrievers.vqa_library import (
     QAItem,
@@ -55,7 +55,8 @@ def expert_answer(bank: CaseBank, heads: dict[str, Head], model: Any, embedder: 
         if yn is not None:
             return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes), yn.method
     else:
-        named = label_answer(question, vec, heads, embedder, bank.phrasings())
+        named = (label_answer(question, vec, heads, embedder, bank.phrasings())
+                 or describe_answer(question, vec, heads, embedder))
         if named is not None:
             return named.answer, named.score, f"head:{named.task}"
     res = answer_from_cases(bank, vec, qvec, question)

@@ -42,6 +42,7 @@ __all__ = [
     "QABank",
     "QAItem",
     "build_vqa_library",
+    "describe_question",
     "folds_by_image",
     "image_labels",
     "is_vqa_items",
@@ -250,6 +251,28 @@ def open_label_question(question: str) -> str | None:
                 return None
             return task
     return None
+
+
+_DESCRIBE = re.compile(
+    r"^\s*(please\s+)?(describe|summari[sz]e|interpret|read|explain)\s+(this|the)\s+"
+    r"(image|scan|film|picture|study|radiograph|x-?ray|ct|mri?)\s*[.?!]?\s*$|"
+    r"\bwhat\s+(do|can)\s+you\s+see\b|"
+    r"^\s*what\s+(does|do)\s+(this|the)\s+(image|scan|film|picture|study)\s+show\s*[.?!]?\s*$|"
+    r"^\s*what\s+is\s+(shown|seen|visible|depicted)\s+(in|on)\s+(this|the)\s+"
+    r"(image|scan|film|picture)\s*[.?!]?\s*$|"
+    r"^\s*what\s+(is|'s)\s+this(\s+(image|scan|film|picture))?\s*[.?!]?\s*$",
+    re.IGNORECASE)
+
+
+def describe_question(question: str) -> bool:
+    """Whether a question asks for the image as a whole to be described.
+
+    "Describe this image", "What do you see?", "What does this scan show?": not one of the
+    library's pairs asks that (none of the 988 dev questions matches), so the neighbours have
+    no answer, while the trained heads can say what the image is. A question that names a
+    part ("Describe the appendix", "How would you describe the lesion?") asks a finding.
+    """
+    return bool(_DESCRIBE.search(" ".join(question.split())))
 
 
 def image_labels(items: Iterable[QAItem]) -> dict[str, dict[str, str]]:

@@ -261,6 +261,11 @@ def test_the_tool_withholds_an_answer_of_a_kind_the_cases_cannot_answer(tmp_path
         ev = tool.invoke(ask | {"question": "Is the image in the axial plane?"})
         assert ev.data["method"] == "head:plane" and ev.data["yes_no"] in ("yes", "no")
         assert "withheld" not in ev.data and ev.score >= 0.5
+        # "Describe this image": every head at once, a question no kind of the table measures
+        ev = tool.invoke(ask | {"question": "Describe this image"})
+        assert ev.data["method"] == "head:describe" and "withheld" not in ev.data
+        assert ev.data["answer"] == ev.data["label_answer"] and ev.score > 0.0
+        assert "not what it shows" in ev.summary
         table(reliable=True)
         ev = tool.invoke(ask)
         assert ev.data["yes_no"] in ("yes", "no") and "withheld" not in ev.data

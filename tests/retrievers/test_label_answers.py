@@ -9,10 +9,17 @@ import pytest
 
 from retrievers.case_answers import CaseBank, answer_from_cases
 from retrievers.embedders import shared_minilm
-from retrievers.heads import fit_head
-from retrievers.label_answers import label_answer, label_phrasings
+from retrievers.heads import fit_head, predict_heads
+from retrievers.label_answers import (
+    describe_answer,
+    header_labels,
+    label_answer,
+    label_phrasings,
+    unknown_to_heads,
+)
 from retrievers.vqa_library import (
     QAItem,
+    describe_question,
     folds_by_image,
     image_labels,
     load_display,
@@ -98,6 +105,109 @@ def test_other_questions_and_missing_heads_get_no_label_answer() -> None:
     said = label_phrasings(_items())
     assert label_answer("Where is the nodule?", axial, heads, "e", said) is None
     assert label_answer("What imaging modality was used?", axial, heads, "e", said) is None
+
+
+@pytest.mark.parametrize(("question", "asks"), [
+    ("Describe this image", True),
+    ("describe the scan.", True),
+    ("Please describe this CT", True),
+    ("What do you see?", True),
+    ("What does this image show?", True),
+    ("What is shown in the image?", True),
+    ("What is this?", True),
+    # a part or a finding described: the clinicians' pairs ask these, with answers of their own
+    ("Describe the appendix", False),
+    ("How would you describe the lesion?", False),
+    ("What is shown in the left lung?", False),
+    ("What are the findings?", False),
+    ("What plane is this image in?", False),
+])
+def test_which_questions_ask_for_the_whole_image_described(question, asks) -> None:
+    assert describe_question(question) is asks
+
+
+def _image_heads() -> dict:
+    """Modality, organ and plane heads on 2-D vectors: +x a head CT, -x a chest film."""
+    x = np.array([[1, 0.1], [1, -0.1], [0.9, 0], [-1, 0.1], [-1, -0.1], [-0.9, 0]])
+    planes = ["axial"] * 3 + ["frontal"] * 3
+    return {"modality": fit_head(x, ["ct"] * 3 + ["xray"] * 3, "modality", "e"),
+            "organ": fit_head(x, ["head"] * 3 + ["chest"] * 3, "organ", "e"),
+            "plane": fit_head(x, planes, "plane", "e")}
+
+
+def test_a_description_names_every_head_s_class_at_their_joint_probability() -> None:
+    heads = _image_heads()
+    got = describe_answer("Describe this image", np.array([1.0, 0.0]), heads, "e")
+    assert got is not None and got.answer == "Axial CT of the head" and got.task == "describe"
+    read = predict_heads(heads, np.array([1.0, 0.0]), "e")
+    assert got.score == pytest.approx(np.prod([r[0][1] for r in read.values()]))
+    assert 0.0 < got.score < 1.0 and got.score == got.p_label
+    assert got.label == "ct/head/axial"
+    # it names the classes each head knows and that none reads a finding
+    assert "(of ct, xray)" in got.summary and "not what it shows" in got.summary
+    # a plane the modality implies among the plane head's classes is said to be no more
+    assert "knows axial and frontal; a CT has only axial of those" in got.summary
+    got = describe_answer("What do you see?", np.array([-1.0, 0.0]), heads, "e")
+    assert got is not None and got.answer == "Frontal X-ray of the chest"
+    # only the heads there are
+    got = describe_answer("What do you see?", np.array([1.0, 0.0]),
+                          {"organ": heads["organ"]}, "e")
+    assert got is not None and got.answer == "Image of the head"
+
+
+def test_a_description_never_gives_a_modality_a_plane_it_has_not() -> None:
+    # three modalities around the circle; near the centre the modality head leans to "xray"
+    # below one half, so the joint plane reading (CT's and MR's "axial" summed) ranks axial first
+    angles = {"ct": 0.0, "mr": 2.1, "xray": 4.2}
+    x = np.array([[np.cos(a + d), np.sin(a + d)] for a in angles.values() for d in (-0.1, 0, 0.1)])
+    modalities = [m for m in angles for _ in range(3)]
+    heads = {"modality": fit_head(x, modalities, "modality", "e"),
+             "plane": fit_head(x, ["frontal" if m == "xray" else "axial" for m in modalities],
+                               "plane", "e")}
+    v = 0.01 * np.array([np.cos(3.403), np.sin(3.403)])
+    read = predict_heads(heads, v, "e")
+    assert read["modality"][0][0] == "xray" and read["plane"][0][0] == "axial"
+    got = describe_answer("Describe this image", v, heads, "e")
+    assert got is not None and got.answer == "Frontal X-ray"  # a film is a projection
+
+
+def test_what_the_dicom_header_says_goes_before_the_heads() -> None:
+    assert header_labels({"modality": "CT", "body_part": "CHEST"}) == {"modality": "ct",
+                                                                       "organ": "chest"}
+    assert header_labels({"modality": "DX", "body_part": "Abdomen"}) == {"modality": "xray",
+                                                                          "organ": "abd"}
+    assert header_labels({"modality": "US", "body_part": "KNEE"}) == {"modality": "us",
+                                                                       "organ": "knee"}
+    assert header_labels({"modality": "unknown"}) == {} == header_labels({"modality": "OT"})
+    heads = _image_heads()
+    film = np.array([-1.0, 0.0])  # the heads read a frontal chest film
+    got = describe_answer("Describe this image", film, heads, "e", {"modality": "ct"})
+    # the header's CT, at probability one; the plane read again for a CT: a section, axial
+    assert got is not None and got.answer == "Axial CT of the chest"
+    assert "The DICOM header gives modality ct." in got.summary
+    assert "organ chest" in got.summary and "modality ct 0." not in got.summary
+    named = label_answer("What imaging modality was used?", film, heads, "e", {},
+                         {"modality": "ct"})
+    assert named is not None and (named.label, named.p_label) == ("ct", 1.0)
+    assert "DICOM header gives ct" in named.summary
+    # these heads know CT and films only: an MR header leaves them nothing to say
+    assert label_answer("What imaging modality was used?", film, heads, "e", {},
+                        {"modality": "mr"}) is None
+    # a modality or organ no head has a class for: the heads know nothing of this image
+    assert describe_answer("Describe this image", film, heads, "e", {"modality": "us"}) is None
+    assert describe_answer("Describe this image", film, heads, "e", {"organ": "knee"}) is None
+    assert label_answer("What organ is shown?", film, heads, "e", {}, {"organ": "knee"}) is None
+    # and what the header says that no head knows is named, for the tool's "no answer"
+    assert unknown_to_heads(heads, {"modality": "us", "organ": "chest"}) == (
+        "modality us (its classifier knows ct, xray)")
+    assert unknown_to_heads(heads, {"modality": "ct"}) == "" == unknown_to_heads(heads, None)
+
+
+def test_other_questions_and_no_heads_get_no_description() -> None:
+    heads = _image_heads()
+    assert describe_answer("What plane is this image in?", np.array([1.0, 0.0]), heads,
+                           "e") is None
+    assert describe_answer("Describe this image", np.array([1.0, 0.0]), {}, "e") is None
 
 
 @pytest.mark.slow
