@@ -20,6 +20,12 @@ def test_medloop_ask_describe_chest_radiograph_with_embedded_model(capsys):
     # successful evidence (ask_about_the_radiograph); and it made at least one.
     data = ask_about_the_radiograph(capsys, "embedded")
     assert data["findings"]
+    # what the image is, from its DICOM header (CR, CHEST) and the shipped library's plane
+    # head, with the answer bound to open with it; and no claim to have read a finding
+    described = [e for e in data["evidence"] if e["tool"] == "case_answer"
+                 and e["data"].get("method") == "head:describe"]
+    assert described and described[0]["data"]["answer"] == "Frontal X-ray of the chest"
+    assert data["answer"].startswith("Frontal X-ray of the chest")
 
 
 def test_embedded_planner_is_routed_to_the_lesion_tool_and_samples_its_answer():
