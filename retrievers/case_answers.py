@@ -49,7 +49,6 @@ from retrievers.label_answers import (
     header_labels,
     label_answer,
     label_phrasings,
-    unknown_to_heads,
 )
 from retrievers.question_kinds import (
     KindScore,
@@ -63,7 +62,6 @@ from retrievers.typicality import LIBRARY_IMAGES, flag_if_unlike, library_typica
 from retrievers.vqa_library import (
     QA_FILE,
     QAItem,
-    describe_question,
     label_question,
     load_qa,
     normalise_answer,
@@ -299,15 +297,23 @@ class YesNo:
 
 
 def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedder: str,
-                       heads: dict[str, Head], model: AnswerModel | None) -> YesNo | None:
+                       heads: dict[str, Head], model: AnswerModel | None,
+                       header: dict[str, str] | None = None) -> YesNo | None:
     """Answer a yes/no question from the library's trained models, or None.
 
     A question about what the whole image is ("Is this an MRI?", ``label_question``) is read
-    off the trained head of that task when there is one (0.92-1.00 right on the dev set);
+    off the image's DICOM header when it names that task (``label_answers.header_labels``),
+    else off the trained head of that task when there is one (0.92-1.00 right on the dev set);
     any other yes/no question goes to the answer model (question wording + image, about 62 %
     right on the dev set: it knows priors, not findings), when the library has one.
     """
     asked = label_question(question)
+    if asked is not None and asked[0] in (header or {}):
+        task, value = asked
+        said = (header or {})[task]
+        yes = "yes" if said == value else "no"
+        return YesNo(yes, 1.0 if yes == "yes" else 0.0, f"head:{task}",
+                     f"Answer: {yes}. The image's DICOM header gives {task} {said}.")
     if asked is not None and asked[0] in heads and asked[1] in heads[asked[0]].classes:
         task, value = asked
         probs = dict(predict_heads(heads, vec, embedder, [task])[task])
@@ -343,9 +349,9 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         res = answer_from_cases(bank, vec, qvec, question, k_images=args.k)
         closed = is_yesno_question(question)
         heads = load_heads(lib.root)
-        yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name, heads,
-                                 load_answer_model(lib.root)) if closed else None)
         header = header_labels(img.meta)
+        yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name, heads,
+                                 load_answer_model(lib.root), header) if closed else None)
         named = (None if closed else
                  label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings(),
                               header)
@@ -360,11 +366,6 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                                 "question": v.question, "question_sim": round(v.question_sim, 4),
                                 "answer": v.answer} for v in res.votes]}
         summary = _summary(res, args.k)
-        unknown = unknown_to_heads(heads, header)
-        if res is None and unknown and (describe_question(question)
-                                        or open_label_question(question)):
-            summary = (f"No answer: the image's DICOM header gives {unknown}; the library's "
-                       "classifiers know nothing of such an image.")
         score = res.score if res is not None else 0.0
         if yn is not None:  # the neighbours' vote stays in ``data``; one answer is stated
             data |= {"answer": yn.answer, "p_yes": round(yn.p_yes, 4), "method": yn.method,

@@ -36,7 +36,8 @@ __all__ = ["DESCRIBE", "LabelAnswer", "describe_answer", "header_labels", "label
            "label_phrasings", "read_labels", "unknown_to_heads"]
 
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
-                "frontal": "frontal (PA or AP)"}
+                "frontal": "frontal (PA or AP)", "nm": "nuclear medicine", "pt": "PET",
+                "xa": "angiography", "mg": "mammography"}
 DESCRIBE = "describe"
 """The task of ``describe_answer``'s answers: every whole-image head at once."""
 _DESCRIBED = ("modality", "organ", "plane")
@@ -90,12 +91,12 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
     of the library's pairs; ``header`` as in ``read_labels``.
     """
     task = open_label_question(question)
-    if task is None or task not in heads:
+    if task is None or (task not in heads and task not in (header or {})):
         return None
-    ranked = read_labels(heads, vector, embedder, [task], header)
-    if ranked is None:
+    ranked = read_labels(heads, vector, embedder, [task], header).get(task)
+    if not ranked:  # the header names a class no head knows, and not this task's
         return None
-    label, p = ranked[task][0]
+    label, p = ranked[0]
     said = phrasings.get((task, label), Counter())
     if said:
         words, n = said.most_common(1)[0]
@@ -106,10 +107,10 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
         words, n, total = _CLASS_WORDS.get(label, label), 0, 0
         how = f"the library holds no answer to this kind of question about a {label} image"
     score = p * (n + 1) / (total + 2)
-    source = ("The image's DICOM header gives" if task in (header or {}) else
-              f"The library's {task} classifier gives")
+    source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
+              f"The library's {task} classifier gives {label} {p:.2f}")
     return LabelAnswer(words, task, label, p, n, total, score,
-                       f"Answer: {words}. {source} {label} {p:.2f}; {how}.")
+                       f"Answer: {words}. {source}; {how}.")
 
 
 _HEADER_MODALITY = {"CT": "ct", "MR": "mr", "CR": "xray", "DX": "xray", "RG": "xray",
@@ -144,7 +145,7 @@ def header_labels(meta: Mapping[str, object]) -> dict[str, str]:
 def unknown_to_heads(heads: dict[str, Head], header: Mapping[str, str] | None) -> str:
     """What the header says that no head has a class for ("modality us"), else "".
 
-    Named in ``case_answer``'s reply, so that "no answer" says why: an ultrasound is not an
+    Named in a description, so that what it leaves out says why: an ultrasound is not an
     image the library's classifiers were fitted on.
     """
     return "; ".join(f"{t} {v} (its classifier knows {', '.join(heads[t].classes)})"
@@ -154,21 +155,21 @@ def unknown_to_heads(heads: dict[str, Head], header: Mapping[str, str] | None) -
 
 def read_labels(heads: dict[str, Head], vector: np.ndarray, embedder: str,
                 tasks: list[str], header: Mapping[str, str] | None = None,
-                ) -> dict[str, list[tuple[str, float]]] | None:
+                ) -> dict[str, list[tuple[str, float]]]:
     """``predict_heads`` for ``tasks``, with what the image's DICOM header says put first.
 
     ``header`` (``header_labels``) replaces the head's reading of a task it names, at
     probability one (held out on pydicom's test files, the modality head called a chest CT an
     X-ray and an abdominal MR a CT), and the plane is read again given the header's modality.
-    None when the header names a class the task's head does not have (an ultrasound, a knee):
-    the heads know nothing of such an image.
+    When the header names a class that the task's head does not have (an ultrasound, a knee),
+    the heads know nothing of such an image: only what the header says is returned.
     """
-    if unknown_to_heads(heads, header):
-        return None
-    header = {t: v for t, v in (header or {}).items() if t in heads}
-    ranked = predict_heads(heads, vector, embedder, tasks)
-    ranked |= {t: [(header[t], 1.0)] for t in tasks if t in header}
-    if "modality" in header and "plane" in ranked:
+    if unknown_to_heads(heads, header):  # any task's: an ultrasound's organ is not read either
+        return {t: [(v, 1.0)] for t, v in (header or {}).items() if t in tasks}
+    header = {t: v for t, v in (header or {}).items() if t in tasks}
+    given = {t: [(v, 1.0)] for t, v in header.items()}
+    ranked = predict_heads(heads, vector, embedder, [t for t in tasks if t in heads]) | given
+    if "modality" in header and "plane" in ranked and "plane" in heads:
         own = predict_heads({"plane": heads["plane"]}, vector, embedder)["plane"]
         ranked["plane"] = joint_plane(own, [(header["modality"], 1.0)])
     return ranked
@@ -188,12 +189,10 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
     """
     if not describe_question(question):
         return None
-    tasks = [t for t in _DESCRIBED if t in heads]
-    if not tasks:
-        return None
     header = dict(header or {})
+    tasks = [t for t in _DESCRIBED if t in heads or t in header]
     ranked = read_labels(heads, vector, embedder, tasks, header)
-    if ranked is None:
+    if not ranked:
         return None
     top = {t: r[0] for t, r in ranked.items()}
     if "modality" in top and "plane" in top:
@@ -222,8 +221,10 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
         f"{t} {label} {q:.2f} (of {', '.join(heads[t].classes)})"
         for t, (label, q) in top.items() if t not in header)
     given = ", ".join(f"{t} {label}" for t, (label, _) in top.items() if t in header)
+    unknown = unknown_to_heads(heads, header)
     why = (f"The DICOM header gives {given}. " if given else "") + (
-        f"The library's classifiers give {read}. " if read else "")
+        f"The library's classifiers give {read}. " if read else "") + (
+        f"The library's classifiers know nothing of such an image: {unknown}. " if unknown else "")
     return LabelAnswer(said, DESCRIBE, "/".join(label for label, _ in top.values()), p, 0, 0, p,
                        f"Answer: {said}. {why}These tell what the image is, not what it shows: "
                        "no offline tool here reads a finding.")

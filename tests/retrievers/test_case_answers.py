@@ -187,6 +187,14 @@ def test_yes_no_from_the_heads_or_the_answer_model() -> None:
                             None)
     assert yn is not None and yn.answer == "no" and yn.method == "head:modality"
     assert yn.p_yes < 0.5 and "modality classifier" in yn.summary
+    # the image's DICOM header says CT: it goes before the head, which reads an MR
+    yn = yesno_from_library("Is this a CT scan?", qv, mr_image, "pixels", {"modality": head},
+                            None, {"modality": "ct"})
+    assert yn is not None and (yn.answer, yn.p_yes, yn.method) == ("yes", 1.0, "head:modality")
+    assert "DICOM header gives modality ct" in yn.summary
+    yn = yesno_from_library("Is this a CT scan?", qv, mr_image, "pixels", {"modality": head},
+                            None, {"modality": "us"})
+    assert yn is not None and (yn.answer, yn.p_yes) == ("no", 0.0)
     # not a label question and no answer model: nothing to say
     assert yesno_from_library("Is there a mass?", qv, mr_image, "pixels", {"modality": head},
                               None) is None
