@@ -13,6 +13,11 @@ Its score is the head's probability times the share of the library's answers in 
 smoothed towards one half (``(n + 1) / (N + 2)``): a head sure of "frontal" over a library that
 called its frontal films "PA" 5 times of 6 scores 0.97 x 0.75. Without such answers in the
 library the class name is said, at half the head's probability.
+
+Two additions: "Describe this image" gets every whole-image head at once
+(``describe_answer``), and where the image has a DICOM header, what it says of the modality
+and body part goes before the heads (``header_labels``, ``read_labels``): the heads were fitted
+on the library's JPEGs and read pydicom's test files wrongly more often than not.
 """
 
 from __future__ import annotations
@@ -86,7 +91,8 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
                  header: Mapping[str, str] | None = None) -> LabelAnswer | None:
     """The answer to an open question about the image's modality, organ or plane, or None.
 
-    None when the question asks something else, or the library has no head for that task.
+    None when the question asks something else, or neither the library's heads nor the
+    image's header speak to that task.
     ``vector`` is the image's vector from ``embedder``; ``phrasings`` is ``label_phrasings``
     of the library's pairs; ``header`` as in ``read_labels``.
     """
