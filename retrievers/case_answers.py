@@ -42,14 +42,9 @@ from pydantic import Field
 
 from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
+from retrievers.header_labels import header_labels
 from retrievers.heads import Head, load_heads, predict_heads
-from retrievers.label_answers import (
-    DESCRIBE,
-    describe_answer,
-    header_labels,
-    label_answer,
-    label_phrasings,
-)
+from retrievers.label_answers import DESCRIBE, describe_answer, label_answer, label_phrasings
 from retrievers.question_kinds import (
     KindScore,
     Reliability,
@@ -302,7 +297,7 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
     """Answer a yes/no question from the library's trained models, or None.
 
     A question about what the whole image is ("Is this an MRI?", ``label_question``) is read
-    off the image's DICOM header when it names that task (``label_answers.header_labels``),
+    off the image's DICOM header when it names that task (``retrievers.header_labels``),
     else off the trained head of that task when there is one (0.92-1.00 right on the dev set);
     any other yes/no question goes to the answer model (question wording + image, about 62 %
     right on the dev set: it knows priors, not findings), when the library has one.

@@ -16,8 +16,7 @@ library the class name is said, at half the head's probability.
 
 Two additions: "Describe this image" gets every whole-image head at once
 (``describe_answer``), and where the image has a DICOM header, what it says of the modality
-and body part goes before the heads (``header_labels``, ``read_labels``): the heads were fitted
-on the library's JPEGs and read pydicom's test files wrongly more often than not.
+and body part goes before the heads (``retrievers.header_labels``, ``heads.read_labels``).
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrievers.heads import PROJECTIONS, Head, joint_plane, predict_heads
+from retrievers.header_labels import unknown_to_heads
+from retrievers.heads import PROJECTIONS, Head, read_labels
 from retrievers.vqa_library import (
     QAItem,
     describe_question,
@@ -37,8 +37,7 @@ from retrievers.vqa_library import (
     open_label_question,
 )
 
-__all__ = ["DESCRIBE", "LabelAnswer", "describe_answer", "header_labels", "label_answer",
-           "label_phrasings", "read_labels", "unknown_to_heads"]
+__all__ = ["DESCRIBE", "LabelAnswer", "describe_answer", "label_answer", "label_phrasings"]
 
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
                 "frontal": "frontal (PA or AP)", "nm": "nuclear medicine", "pt": "PET",
@@ -117,68 +116,6 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
               f"The library's {task} classifier gives {label} {p:.2f}")
     return LabelAnswer(words, task, label, p, n, total, score,
                        f"Answer: {words}. {source}; {how}.")
-
-
-_HEADER_MODALITY = {"CT": "ct", "MR": "mr", "CR": "xray", "DX": "xray", "RG": "xray",
-                    "PX": "xray", "MG": "mg", "US": "us", "NM": "nm", "PT": "pt", "XA": "xa",
-                    "OT": ""}
-"""A DICOM Modality code -> the modality head's class (others: a class no head here has;
-"OT", other, says nothing)."""
-_HEADER_ORGAN = {"chest": ("CHEST", "THORAX", "LUNG", "HEART", "RIB"),
-                 "head": ("HEAD", "BRAIN", "SKULL"),
-                 "abd": ("ABDOMEN", "ABD", "ABDOMENPELVIS", "LIVER", "KIDNEY", "PANCREAS")}
-
-
-def header_labels(meta: Mapping[str, object]) -> dict[str, str]:
-    """What an image's DICOM header says of its modality and organ, as the heads' classes.
-
-    From the ingested image's ``meta`` (``modality``, ``body_part``); a value none of the
-    heads' classes covers is kept as it is ("us", "knee"): the heads know nothing of such
-    images. Empty for an image without a header (a JPEG's modality is "unknown").
-    """
-    out: dict[str, str] = {}
-    code = str(meta.get("modality") or "").upper()
-    said = _HEADER_MODALITY.get(code, "" if code in ("", "UNKNOWN") else code.lower())
-    if said:
-        out["modality"] = said
-    part = str(meta.get("body_part") or "").upper().replace(" ", "")
-    if part:
-        out["organ"] = next((o for o, parts in _HEADER_ORGAN.items() if part in parts),
-                            part.lower())
-    return out
-
-
-def unknown_to_heads(heads: dict[str, Head], header: Mapping[str, str] | None) -> str:
-    """What the header says that no head has a class for ("modality us"), else "".
-
-    Named in a description, so that what it leaves out says why: an ultrasound is not an
-    image the library's classifiers were fitted on.
-    """
-    return "; ".join(f"{t} {v} (its classifier knows {', '.join(heads[t].classes)})"
-                     for t, v in (header or {}).items()
-                     if t in heads and v not in heads[t].classes)
-
-
-def read_labels(heads: dict[str, Head], vector: np.ndarray, embedder: str,
-                tasks: list[str], header: Mapping[str, str] | None = None,
-                ) -> dict[str, list[tuple[str, float]]]:
-    """``predict_heads`` for ``tasks``, with what the image's DICOM header says put first.
-
-    ``header`` (``header_labels``) replaces the head's reading of a task it names, at
-    probability one (held out on pydicom's test files, the modality head called a chest CT an
-    X-ray and an abdominal MR a CT), and the plane is read again given the header's modality.
-    When the header names a class that the task's head does not have (an ultrasound, a knee),
-    the heads know nothing of such an image: only what the header says is returned.
-    """
-    if unknown_to_heads(heads, header):  # any task's: an ultrasound's organ is not read either
-        return {t: [(v, 1.0)] for t, v in (header or {}).items() if t in tasks}
-    header = {t: v for t, v in (header or {}).items() if t in tasks}
-    given = {t: [(v, 1.0)] for t, v in header.items()}
-    ranked = predict_heads(heads, vector, embedder, [t for t in tasks if t in heads]) | given
-    if "modality" in header and "plane" in ranked and "plane" in heads:
-        own = predict_heads({"plane": heads["plane"]}, vector, embedder)["plane"]
-        ranked["plane"] = joint_plane(own, [(header["modality"], 1.0)])
-    return ranked
 
 
 def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 from retrievers.case_answers import yesno_from_library
 from retrievers.heads import (
@@ -173,5 +174,16 @@ def test_train_heads_on_a_library_and_classify(tmp_path: Path, store, mini_embed
         assert list(ev.data["fitted_on"]) == ["organ"]  # every head read, the asked one told
         with pytest.raises(ToolInputError, match="no head for task"):
             tool.invoke({"image_id": refs[0].id, "task": "finding"})
+        # a DICOM image: what its header says goes before the heads' reading
+        _, ct = ingest_path(store, get_testdata_file("CT_small.dcm"))
+        assert "ct" in heads["modality"].classes
+        ev = tool.invoke({"image_id": ct[0].id, "task": "modality"})
+        assert ev.data["probabilities"]["modality"] == [["ct", 1.0]]
+        assert "modality: ct (DICOM header)" in ev.summary and ev.data["from_header"] == [
+            "modality"]
+        # an ultrasound: no head knows one, so none reads its organ
+        _, us = ingest_path(store, get_testdata_file("examples_palette.dcm"))
+        with pytest.raises(ToolInputError, match=r"modality us.*know nothing of such an image"):
+            tool.invoke({"image_id": us[0].id, "task": "organ"})
     finally:
         lib.close()

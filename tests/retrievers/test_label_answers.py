@@ -9,14 +9,9 @@ import pytest
 
 from retrievers.case_answers import CaseBank, answer_from_cases
 from retrievers.embedders import shared_minilm
+from retrievers.header_labels import header_labels, unknown_to_heads
 from retrievers.heads import fit_head, predict_heads
-from retrievers.label_answers import (
-    describe_answer,
-    header_labels,
-    label_answer,
-    label_phrasings,
-    unknown_to_heads,
-)
+from retrievers.label_answers import describe_answer, label_answer, label_phrasings
 from retrievers.vqa_library import (
     QAItem,
     describe_question,
