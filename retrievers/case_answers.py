@@ -43,7 +43,7 @@ from pydantic import Field
 from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.header_labels import header_labels
-from retrievers.heads import Head, load_heads, predict_heads
+from retrievers.heads import Head, load_heads, read_labels
 from retrievers.label_answers import DESCRIBE, describe_answer, label_answer, label_phrasings
 from retrievers.question_kinds import (
     KindScore,
@@ -303,19 +303,17 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
     right on the dev set: it knows priors, not findings), when the library has one.
     """
     asked = label_question(question)
-    if asked is not None and asked[0] in (header or {}):
+    header = header or {}
+    if asked is not None and (asked[0] in header
+                              or (asked[0] in heads and asked[1] in heads[asked[0]].classes)):
         task, value = asked
-        said = (header or {})[task]
-        yes = "yes" if said == value else "no"
-        return YesNo(yes, 1.0 if yes == "yes" else 0.0, f"head:{task}",
-                     f"Answer: {yes}. The image's DICOM header gives {task} {said}.")
-    if asked is not None and asked[0] in heads and asked[1] in heads[asked[0]].classes:
-        task, value = asked
-        probs = dict(predict_heads(heads, vec, embedder, [task])[task])
-        p = probs[value]
-        return YesNo("yes" if p >= 0.5 else "no", p, f"head:{task}",
-                     f"Answer: {'yes' if p >= 0.5 else 'no'}. The library's {task} classifier "
-                     f"gives {value} {p:.2f}.")
+        ranked = read_labels(heads, vec, embedder, [task], header).get(task)
+        if ranked:  # none: the header names an image no head knows, and not this task
+            p = dict(ranked).get(value, 0.0)
+            yes = "yes" if p >= 0.5 else "no"
+            source = (f"The image's DICOM header gives {task} {header[task]}" if task in header
+                      else f"The library's {task} classifier gives {value} {p:.2f}")
+            return YesNo(yes, p, f"head:{task}", f"Answer: {yes}. {source}.")
     if model is None:
         return None
     p = model.p_yes(qvec, vec)

@@ -42,10 +42,10 @@ __all__ = ["DESCRIBE", "LabelAnswer", "describe_answer", "label_answer", "label_
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
                 "frontal": "frontal (PA or AP)", "nm": "nuclear medicine", "pt": "PET",
                 "xa": "angiography", "mg": "mammography"}
+"""How a class is said when the library has no answer in clinicians' words for it."""
 DESCRIBE = "describe"
 """The task of ``describe_answer``'s answers: every whole-image head at once."""
 _DESCRIBED = ("modality", "organ", "plane")
-"""How a class is said when the library has no answer in clinicians' words for it."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,11 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
     if not ranked:
         return None
     top = {t: r[0] for t, r in ranked.items()}
-    if "modality" in top and "plane" in top:
+    allowed = PROJECTIONS.get(top["modality"][0]) if "modality" in top else None
+    if allowed is not None and "plane" in top:
         # a plane the named modality has: the joint reading can still rank "axial" first
         # over a film (the modality head unsure); held out, one abdomen was "Axial X-ray"
-        allowed = PROJECTIONS.get(top["modality"][0])
-        fits = [c for c in ranked["plane"] if allowed is None or c[0] in allowed]
+        fits = [c for c in ranked["plane"] if c[0] in allowed]
         if fits:
             top["plane"] = fits[0]
         else:
@@ -156,8 +156,8 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
     if "organ" in words:
         said += f" of the {words['organ']}"
     p = float(np.prod([q for _, q in top.values()]))
-    implied = ("plane" in top and "modality" in top and len(
-        [c for c in heads["plane"].classes if c in PROJECTIONS.get(top["modality"][0], ())]) == 1)
+    implied = ("plane" in top and allowed is not None
+               and len([c for c in heads["plane"].classes if c in allowed]) == 1)
     read = "; ".join(
         f"plane {label} (its classifier knows {' and '.join(heads[t].classes)}; a "
         f"{words['modality']} has only {label} of those)" if t == "plane" and implied else
