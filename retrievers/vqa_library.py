@@ -254,7 +254,8 @@ def open_label_question(question: str) -> str | None:
 
 
 _DESCRIBE = re.compile(
-    r"^\s*(please\s+)?(describe|summari[sz]e|interpret|read|explain)\s+(this|the)\s+"
+    r"^\s*((can|could|would|will)\s+you\s+)?(please\s+)?"
+    r"(describe|summari[sz]e|interpret|read|explain)\s+(this|the)\s+"
     r"(image|scan|film|picture|study|radiograph|x-?ray|ct|mri?)\s*[.?!]?\s*$|"
     r"\bwhat\s+(do|can)\s+you\s+see\b|"
     r"^\s*what\s+(does|do)\s+(this|the)\s+(image|scan|film|picture|study)\s+show\s*[.?!]?\s*$|"
@@ -267,7 +268,8 @@ _DESCRIBE = re.compile(
 def describe_question(question: str) -> bool:
     """Whether a question asks for the image as a whole to be described.
 
-    "Describe this image", "What do you see?", "What does this scan show?": not one of the
+    "Describe this image", "Can you describe this scan?", "What do you see?", "What does this
+    scan show?": not one of the
     library's pairs asks that (none of the 988 dev questions matches), so the neighbours have
     no answer, while the trained heads can say what the image is. A question that names a
     part ("Describe the appendix", "How would you describe the lesion?") asks a finding.

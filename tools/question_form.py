@@ -1,12 +1,14 @@
 """What a question's wording says about the answer it expects, read the same way everywhere.
 
 A question that opens with an auxiliary verb ("Is there...", "Does the...") is *closed*: it
-is answered yes or no, unless it offers alternatives ("... on the left or the right?"), when
-it is *either-or* and a leading yes/no answers nothing. A question about a place "in the
-image" ("which quadrant of the image") is in the image's frame: its left and right are places
-in the picture, not the patient's sides. The case library (which questions its yes/no model
-answers), calibration (which map applies) and the meaning check (how an answer is read) all
-ask these questions; they used to keep three regular expressions that had drifted apart.
+is answered yes or no, unless it is a polite request for an open answer ("Can you name the
+organ captured by this image?", answered "Brain", not "yes"), or unless it offers
+alternatives ("... on the left or the right?"), when it is *either-or* and a leading yes/no
+answers nothing. A question about a place "in the image" ("which quadrant of the image") is
+in the image's frame: its left and right are places in the picture, not the patient's sides.
+The case library (which questions its yes/no model answers), calibration (which map applies)
+and the meaning check (how an answer is read) all ask these questions; they used to keep
+three regular expressions that had drifted apart.
 """
 
 from __future__ import annotations
@@ -19,13 +21,27 @@ __all__ = ["QuestionForm", "is_either_or", "is_yesno_question", "opens_with_auxi
 _AUXILIARY_START = re.compile(
     r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
     r"might|must)\b", re.IGNORECASE)
+# "can you name / list / tell me / describe ...": the auxiliary asks for an answer, not a yes
+# ("Can you tell if...", "Can you see...", "Would you describe the mass as cystic?" stay closed)
+_OPEN_REQUEST = re.compile(
+    r"^\s*(can|could|would|will)\s+(you|u)\s+(please\s+)?("
+    r"name|list|specify|state|tell\s+(me|us)\b(?!\s+(if|whether)\b)|"
+    r"(identify|say|explain|show\s+(me|us)|point\s+(out|to))\s+(what|which|where|how|why|who)\b|"
+    r"(describe|explain|summari[sz]e)\b(?![^?]*\bas\b))", re.IGNORECASE)
 _EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
 _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
 
 
 def opens_with_auxiliary(question: str) -> bool:
-    """True when the question opens with an auxiliary verb: a closed question."""
-    return bool(_AUXILIARY_START.match(question or ""))
+    """True when the question opens with an auxiliary verb: a closed question.
+
+    Not a polite request for an open answer ("Can you name the organ?", "Could you tell me
+    where the mass is?", "Can you describe the lesion?"): the auxiliary there asks for the
+    answer itself. On the dev set, "Can you name the organ captured by this image?" (answer
+    "Brain") had been answered "no" by the yes/no model.
+    """
+    q = " ".join((question or "").split())
+    return bool(_AUXILIARY_START.match(q)) and not _OPEN_REQUEST.match(q)
 
 
 def is_either_or(question: str) -> bool:

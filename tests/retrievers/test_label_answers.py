@@ -106,6 +106,8 @@ def test_other_questions_and_missing_heads_get_no_label_answer() -> None:
     ("Describe this image", True),
     ("describe the scan.", True),
     ("Please describe this CT", True),
+    ("Can you describe this image?", True),
+    ("Could you please summarise the scan?", True),
     ("What do you see?", True),
     ("What does this image show?", True),
     ("What is shown in the image?", True),
@@ -113,6 +115,7 @@ def test_other_questions_and_missing_heads_get_no_label_answer() -> None:
     # a part or a finding described: the clinicians' pairs ask these, with answers of their own
     ("Describe the appendix", False),
     ("How would you describe the lesion?", False),
+    ("Can you describe the lesion?", False),
     ("What is shown in the left lung?", False),
     ("What are the findings?", False),
     ("What plane is this image in?", False),

@@ -18,6 +18,19 @@ from tools.question_form import QuestionForm, is_either_or, is_yesno_question, o
     ("Where is the mass in the image?", False, False, True),
     ("What is the organ?", False, False, False),
     ("Islands of what?", False, False, False),  # "Is" only as a whole word
+    # a polite request asks for the answer itself, not a yes (the dev set's "Can you name the
+    # organ captured by this image?" is answered "Brain")
+    ("Can you name the organ captured by this image?", False, False, False),
+    ("Could you please tell me where the mass is?", False, False, False),
+    ("Can you describe the lesion?", False, False, False),
+    ("Could you identify which lobe is affected?", False, False, False),
+    ("Can you list the findings?", False, False, False),
+    # ... while these still ask whether
+    ("Can you tell me if there is a fracture?", True, False, False),
+    ("Can you tell whether the heart is enlarged?", True, False, False),
+    ("Would you describe the mass as cystic?", True, False, False),
+    ("Can you see all of the ribs on the left side?", True, False, False),
+    ("Can you identify the appendix?", True, False, False),
     ("", False, False, False),
 ])
 def test_the_form_of_a_question(question, closed, either_or, frame):
