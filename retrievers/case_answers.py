@@ -373,8 +373,9 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
             summary = named.summary
             score = named.score
         typ = library_typicality(lib, vec)
-        weak = unreliable_kind(load_reliability(lib.root), bank, qvec, closed, question,
-                               str(data.get("method") or ""))
+        # a label the DICOM header gives is not the cases' answer: the table does not judge it
+        weak = None if named is not None and named.from_header else unreliable_kind(
+            load_reliability(lib.root), bank, qvec, closed, question, str(data.get("method") or ""))
         if typ is not None and not typ.inside and data.get("answer"):
             # its cases and models extrapolate here: nothing they say is stated
             data = _withheld(data, question)

@@ -271,7 +271,8 @@ def read_labels(heads: dict[str, Head], vector: np.ndarray, embedder: str,
 
     ``header`` (``header_labels``) replaces the head's reading of a task it names, at
     probability one (held out on pydicom's test files, the modality head called a chest CT an
-    X-ray and an abdominal MR a CT), and the plane is read again given the header's modality.
+    X-ray and an abdominal MR a CT), and a plane the header does not give is read again given
+    the header's modality.
     When the header names a class that the task's head does not have (an ultrasound, a knee),
     the heads know nothing of such an image: only what the header says is returned.
     """
@@ -280,7 +281,7 @@ def read_labels(heads: dict[str, Head], vector: np.ndarray, embedder: str,
     header = {t: v for t, v in (header or {}).items() if t in tasks}
     given = {t: [(v, 1.0)] for t, v in header.items()}
     ranked = predict_heads(heads, vector, embedder, [t for t in tasks if t in heads]) | given
-    if "modality" in header and "plane" in ranked and "plane" in heads:
+    if "modality" in header and "plane" not in header and "plane" in ranked and "plane" in heads:
         own = predict_heads({"plane": heads["plane"]}, vector, embedder)["plane"]
         ranked["plane"] = joint_plane(own, [(header["modality"], 1.0)])
     return ranked

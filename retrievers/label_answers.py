@@ -60,6 +60,9 @@ class LabelAnswer:
     of: int
     score: float
     summary: str
+    from_header: bool = False
+    """Every label in the answer is what the image's DICOM header says, none a head's reading:
+    the per-kind table, measured on the library's headerless JPEGs, does not judge it."""
 
 
 def label_phrasings(items: list[QAItem]) -> dict[tuple[str, str], Counter[str]]:
@@ -115,7 +118,7 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
     source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
               f"The library's {task} classifier gives {label} {p:.2f}")
     return LabelAnswer(words, task, label, p, n, total, score,
-                       f"Answer: {words}. {source}; {how}.")
+                       f"Answer: {words}. {source}; {how}.", task in (header or {}))
 
 
 def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
@@ -156,7 +159,7 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
     if "organ" in words:
         said += f" of the {words['organ']}"
     p = float(np.prod([q for _, q in top.values()]))
-    implied = ("plane" in top and allowed is not None
+    implied = ("plane" in top and "plane" not in header and allowed is not None
                and len([c for c in heads["plane"].classes if c in allowed]) == 1)
     read = "; ".join(
         f"plane {label} (its classifier knows {' and '.join(heads[t].classes)}; a "
@@ -170,4 +173,4 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
         f"The library's classifiers know nothing of such an image: {unknown}. " if unknown else "")
     return LabelAnswer(said, DESCRIBE, "/".join(label for label, _ in top.values()), p, 0, 0, p,
                        f"Answer: {said}. {why}These tell what the image is, not what it shows: "
-                       "no offline tool here reads a finding.")
+                       "no offline tool here reads a finding.", set(top) <= set(header))

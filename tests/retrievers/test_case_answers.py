@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from retrievers.vqa_library import (
 from tests.retrievers.test_vqa_library import MINI, HashText
 from tools.errors import ToolInputError
 from tools.ingest import ingest_path
+from tools.ingest.loader import load_image
+from tools.store import ImageStore
 
 
 def _bank(centred: bool = False) -> tuple[CaseBank, HashText]:
@@ -274,6 +277,19 @@ def test_the_tool_withholds_an_answer_of_a_kind_the_cases_cannot_answer(tmp_path
         assert ev.data["method"] == "head:describe" and "withheld" not in ev.data
         assert ev.data["answer"] == ev.data["label_answer"] and ev.score > 0.0
         assert "not what it shows" in ev.summary
+        # an open plane question: the head's reading is judged by the table and withheld...
+        ev = tool.invoke(ask | {"question": "In what plane is this image?"})
+        assert ev.data["answer"] is None and ev.data["withheld"]
+        # ... but a plane the image's DICOM header gives is not the cases' answer: it stands
+        img = load_image(MINI.parent / "images" / "synpic33892.jpg")
+        dicom = ImageStore(tmp_path / "dicom")
+        ref = dicom.put(replace(img, source_format="dicom", meta=img.meta | {
+            "modality": "CT", "orientation": [1, 0, 0, 0, 0, -1]}))
+        header_tool = case_answer_tools(dicom, lambda: lib, text_embedder=HashText)[0]
+        ev = header_tool.invoke({"image_id": ref.id, "question": "In what plane is this image?"})
+        assert ev.data["method"] == "head:plane" and ev.data["label"] == "coronal"
+        assert "withheld" not in ev.data and ev.data["answer"] and ev.score > 0.0
+        assert "DICOM header gives coronal" in ev.summary
         table(reliable=True)
         ev = tool.invoke(ask)
         assert ev.data["yes_no"] in ("yes", "no") and "withheld" not in ev.data

@@ -209,6 +209,57 @@ def test_what_the_dicom_header_says_goes_before_the_heads() -> None:
     assert unknown_to_heads(heads, {"modality": "ct"}) == "" == unknown_to_heads(heads, None)
 
 
+_AXIAL = [1, 0, 0, 0, 1, 0]
+_CORONAL = [1, 0, 0, 0, 0, -1]
+_SAGITTAL = [0, 1, 0, 0, 0, -1]
+
+
+def test_the_header_gives_a_section_s_plane_and_a_film_s_view() -> None:
+    # a head CT's gantry tilt of 22 degrees (pydicom's J2K sample) is still axial
+    assert header_labels({"modality": "CT", "orientation": [1, 0, 0, 0, 0.9272, -0.3746]})[
+        "plane"] == "axial"
+    t = np.radians(45)  # halfway between axial and coronal: not named
+    assert "plane" not in header_labels({"modality": "MR",
+                                          "orientation": [1, 0, 0, 0, np.cos(t), -np.sin(t)]})
+    # a plane cut from an axial volume keeps the volume's cosines: its own plane is said
+    cut = {"modality": "CT", "orientation": _AXIAL, "slice_orientation": "axial"}
+    assert header_labels(cut | {"plane": "coronal"})["plane"] == "coronal"
+    assert header_labels(cut | {"plane": "slice"})["plane"] == "axial"
+    assert header_labels({"modality": "MR", "slice_orientation": "sagittal"})["plane"] == (
+        "sagittal")
+    assert header_labels({"modality": "CT", "orientation": _CORONAL}) == {
+        "modality": "ct", "plane": "coronal"}
+    assert header_labels({"modality": "DX", "view_position": "LL"}) == {
+        "modality": "xray", "plane": "lateral"}
+    assert header_labels({"modality": "CR", "view_position": "PA"})["plane"] == "frontal"
+    # a film's cosines and a section's view say nothing; nor does a view without a modality
+    assert "plane" not in header_labels({"modality": "DX", "orientation": _AXIAL})
+    assert "plane" not in header_labels({"modality": "CT", "view_position": "AP"})
+    assert "plane" not in header_labels({"view_position": "PA", "orientation": _AXIAL})
+    heads = _image_heads()
+    head_ct = np.array([1.0, 0.0])  # the heads read an axial head CT
+    got = describe_answer("Describe this image", head_ct, heads, "e",
+                          header_labels({"modality": "CT", "orientation": _AXIAL}))
+    assert got is not None and got.answer == "Axial CT of the head"
+    assert "The DICOM header gives modality ct, plane axial." in got.summary
+    # a coronal section: the plane head (axial, frontal) knows nothing of it, so only the
+    # header speaks, and the description says why the organ is not read
+    got = describe_answer("Describe this image", head_ct, heads, "e",
+                          header_labels({"modality": "CT", "orientation": _CORONAL}))
+    assert got is not None and got.answer == "Coronal CT" and got.score == 1.0
+    assert "plane coronal (its classifier knows axial, frontal)" in got.summary
+    named = label_answer("In what plane is this image?", head_ct, heads, "e", {},
+                         header_labels({"modality": "MR", "orientation": _SAGITTAL}))
+    assert named is not None and (named.label, named.p_label) == ("sagittal", 1.0)
+    assert "DICOM header gives sagittal" in named.summary
+    # a lateral film the plane head would call frontal
+    film = np.array([-1.0, 0.0])
+    assert predict_heads(heads, film, "e")["plane"][0][0] == "frontal"
+    named = label_answer("What plane is this film?", film, heads, "e", {},
+                         header_labels({"modality": "DX", "view_position": "LATERAL"}))
+    assert named is not None and named.label == "lateral"
+
+
 def test_other_questions_and_no_heads_get_no_description() -> None:
     heads = _image_heads()
     assert describe_answer("What plane is this image in?", np.array([1.0, 0.0]), heads,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tools.ingest.values import (
     as_float,
     as_floats,
@@ -22,7 +24,7 @@ from tools.ingest.values import (
     raw_preview,
 )
 
-__all__ = ["MAGNIFICATION_NOTE", "dicom_meta", "dicom_spacing", "dicom_units"]
+__all__ = ["MAGNIFICATION_NOTE", "dicom_meta", "dicom_spacing", "dicom_units", "section_plane"]
 
 MAGNIFICATION_NOTE = (
     "spacing is ImagerPixelSpacing, measured at the detector: distances in the patient are "
@@ -55,6 +57,7 @@ _META_FLOAT = {  # DS, possibly multi-valued
     "WindowWidth": "window_width",
     "RescaleSlope": "rescale_slope",
     "RescaleIntercept": "rescale_intercept",
+    "ImageOrientationPatient": "orientation",  # six direction cosines: the section's plane
 }
 
 
@@ -93,6 +96,33 @@ def dicom_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None, list
     return None, None, notes
 
 
+_AXES = ("sagittal", "coronal", "axial")
+"""The plane whose normal runs along the patient's x (left), y (posterior), z (head)."""
+
+
+def section_plane(orientation: object, within_degrees: float) -> str | None:
+    """The plane ("axial", "coronal", "sagittal") of ImageOrientationPatient's cosines, or None.
+
+    The section's normal is the cross product of its row and column directions; it is named
+    for the patient axis it lies within ``within_degrees`` of. None when it is more oblique,
+    or the six values are not two directions at right angles.
+    """
+    try:
+        cosines = np.asarray(orientation, dtype=float).reshape(2, 3)
+    except (TypeError, ValueError):
+        return None
+    lengths = np.linalg.norm(cosines, axis=1, keepdims=True)
+    if not np.all(np.isfinite(cosines)) or np.any(lengths < 1e-6):
+        return None
+    row, col = cosines / lengths
+    normal = np.cross(row, col)
+    if np.linalg.norm(normal) < 0.9:  # rows and columns not near right angles
+        return None
+    along = np.abs(normal) / np.linalg.norm(normal)
+    axis = int(np.argmax(along))
+    return _AXES[axis] if along[axis] >= np.cos(np.radians(within_degrees)) else None
+
+
 def dicom_meta(ds: Any, tsuid: Any) -> dict[str, Any]:
     """The whitelisted technical attributes, as lower-case snake_case keys.
 
@@ -112,6 +142,12 @@ def dicom_meta(ds: Any, tsuid: Any) -> dict[str, Any]:
         numbers = as_floats(ds.get(keyword))
         if numbers:
             meta[key] = numbers[0] if len(numbers) == 1 else numbers
+    if "orientation" not in meta:  # an enhanced multi-frame object keeps it per frame group
+        shared = first_item(ds.get("SharedFunctionalGroupsSequence"))
+        plane = first_item(shared.get("PlaneOrientationSequence")) if shared is not None else None
+        cosines = as_floats(plane.get("ImageOrientationPatient")) if plane is not None else []
+        if len(cosines) == 6:
+            meta["orientation"] = cosines
     if tsuid.is_transfer_syntax and tsuid.name != str(tsuid):  # a registered, public name
         meta["transfer_syntax"] = tsuid.name
     return meta

@@ -32,7 +32,7 @@ from tools.ingest.dicom import (
     load_dicom,
     read_checked_dicom,
 )
-from tools.ingest.dicom_meta import dicom_meta, dicom_spacing, dicom_units
+from tools.ingest.dicom_meta import dicom_meta, dicom_spacing, dicom_units, section_plane
 from tools.ingest.guard import (
     DEFAULT_DECODE_TIMEOUT_S,
     ImageTooLargeError,
@@ -50,6 +50,8 @@ __all__ = ["MAX_SERIES_FILES", "load_series"]
 # keeps a wrong folder (a whole archive) from being read.
 MAX_SERIES_FILES = 4000
 
+# A stack is axial / coronal / sagittal (and may be reformatted) within this of an axis.
+_WITHIN_DEGREES = 10.0
 # Positions closer than this (mm) along the normal are the same slice location.
 _SAME_POSITION_MM = 1e-3
 # Relative tolerance for gaps between slices before the spacing is called irregular.
@@ -181,9 +183,7 @@ def _sort_slices(name: str, datasets: list[Any]
     if np.linalg.norm(normal) < 1e-6:
         raise InvalidDimensionsError(f"{name}: ImageOrientationPatient is degenerate")
     normal /= np.linalg.norm(normal)
-    axis = int(np.argmax(np.abs(normal)))
-    orientation = ("sagittal", "coronal", "axial")[axis] if abs(normal[axis]) > 0.985 else (
-        "oblique")
+    orientation = section_plane(o0, _WITHIN_DEGREES) or "oblique"
     if orientation == "axial" and normal[2] < 0:
         normal = -normal  # axial stacks always run feet -> head (+z is superior in DICOM)
     along = np.array([float(np.dot(p, normal)) for p in pos])  # mm along the normal

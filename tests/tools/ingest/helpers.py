@@ -23,7 +23,7 @@ ALLOWED_META = {
     "photometric", "rows", "columns", "frames", "samples_per_pixel", "bits_allocated",
     "bits_stored", "pixel_representation", "pixel_spacing", "imager_pixel_spacing",
     "slice_thickness", "window_center", "window_width", "rescale_slope", "rescale_intercept",
-    "transfer_syntax", "units", "slice_spacing_mm", "slice_orientation",
+    "transfer_syntax", "units", "slice_spacing_mm", "slice_orientation", "orientation",
     # planes cut from a volume (tools.planes.volume_plane, ImageStore.put_plane)
     "plane", "slice_index", "planes_total", "volume_id",
 }

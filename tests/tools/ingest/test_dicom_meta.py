@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 import pytest
 
 from tests.tools.ingest.helpers import ALLOWED_META, modified, sample
 from tools.image import LoadedImage
+from tools.ingest.dicom_meta import section_plane
 from tools.ingest.loader import load_image
 from tools.store import make_ref
 
@@ -81,3 +84,30 @@ def test_meta_holds_no_identifiers(tmp_path: Path) -> None:
     assert "body_part" not in img.meta
     assert set(img.meta) <= ALLOWED_META
     assert img.meta["modality"] == "CT"  # the technical fields are still there
+
+
+# ---------------------------------------------------------------------------------------------
+# The section's plane, from ImageOrientationPatient
+# ---------------------------------------------------------------------------------------------
+def test_section_plane_from_the_direction_cosines(tmp_path: Path) -> None:
+    assert section_plane([1, 0, 0, 0, 1, 0], 10) == "axial"
+    assert section_plane([1, 0, 0, 0, 0, -1], 10) == "coronal"
+    assert section_plane([0, 1, 0, 0, 0, -1], 10) == "sagittal"
+    assert section_plane([2, 0, 0, 0, 0, -3], 10) == "coronal"  # unnormalised directions
+    tilted = [1, 0, 0, 0, 0.9272, -0.3746]  # pydicom's J2K head CT: a 22-degree gantry tilt
+    assert section_plane(tilted, 30) == "axial" and section_plane(tilted, 10) is None
+    for bad in ([1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [1, 0, 0], "axial", None,
+                [1, 0, 0, 0, float("nan"), 0]):
+        assert section_plane(bad, 30) is None, bad
+    # the loader keeps the cosines, a technical field, for it
+    img = load_image(modified("CT_small.dcm", tmp_path, ImageOrientationPatient=[1, 0, 0, 0, 0, -1]))
+    assert img.meta["orientation"] == [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    assert section_plane(img.meta["orientation"], 10) == "coronal"
+    assert set(img.meta) <= ALLOWED_META
+    # an enhanced object keeps it in the shared functional groups
+    plane, shared = Dataset(), Dataset()
+    plane.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    shared.PlaneOrientationSequence = Sequence([plane])
+    img = load_image(modified("CT_small.dcm", tmp_path, ImageOrientationPatient=None,
+                              SharedFunctionalGroupsSequence=Sequence([shared])))
+    assert section_plane(img.meta["orientation"], 10) == "sagittal"
