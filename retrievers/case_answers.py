@@ -43,7 +43,7 @@ from pydantic import Field
 from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.header_labels import header_labels
-from retrievers.heads import Head, load_heads, read_labels
+from retrievers.heads import PROJECTIONS, Head, load_heads, read_labels
 from retrievers.label_answers import DESCRIBE, describe_answer, label_answer, label_phrasings
 from retrievers.question_kinds import (
     KindScore,
@@ -283,12 +283,45 @@ def _summary(res: CaseAnswer | None, k: int) -> str:
 
 @dataclass(frozen=True)
 class YesNo:
-    """A yes/no answer from a library model: which one, ``P(yes)``, and why in words."""
+    """A yes/no answer from a library model: which one, ``P(yes)``, and why in words.
+
+    ``answer`` is ``""`` when the model asked cannot tell (``summary`` says why).
+    """
 
     answer: str
     p_yes: float
     method: str
     summary: str
+
+
+def _unknown_plane(plane: str, vec: np.ndarray, embedder: str, heads: dict[str, Head],
+                   header: dict[str, str]) -> YesNo:
+    """"Is this a sagittal section?" when the plane head has no such class.
+
+    The modality can still rule it out: a lateral view is a film's, a coronal section a CT's
+    or MR's (``PROJECTIONS``), so "no" at the probability of the modalities without that
+    plane. Otherwise nothing here can tell: the head was never shown such an image, and reads
+    a sagittal MR as axial as surely as an axial one. That is said, with no answer (the answer
+    ``""``), instead of the answer model's guess from the wording: on the dev set it answered
+    both "Is the Saggital plane?" questions "yes", at 0.73 and 0.88, on axial images.
+    """
+    read = read_labels(heads, vec, embedder, ["modality"], header).get("modality", [])
+    ruled_out = [(m, p) for m, p in read if plane not in PROJECTIONS.get(m, (plane,))]
+    p_no = sum(p for _, p in ruled_out)
+    knows = " and ".join(heads["plane"].classes)
+    if p_no >= 0.5:
+        names = " or ".join(m for m, _ in ruled_out)
+        source = (f"The image's DICOM header gives modality {names}" if "modality" in header
+                  else f"The library's modality classifier gives {names} {p_no:.2f}")
+        planes = "; ".join(f"{m}: {', '.join(PROJECTIONS[m])}" for m, _ in ruled_out
+                           if m in PROJECTIONS)
+        return YesNo("no", 1.0 - p_no, "head:modality",
+                     f"Answer: no. {source}, and such an image has no {plane} plane "
+                     f"(its planes: {planes}).")
+    return YesNo("", 0.5, "head:plane",
+                 f"No answer: the library's plane classifier knows {knows} only and was never "
+                 f"shown a {plane} image, so it cannot tell one from the planes it knows; no "
+                 "offline tool checked the plane.")
 
 
 def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedder: str,
@@ -304,6 +337,9 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
     """
     asked = label_question(question)
     header = header or {}
+    if (asked is not None and asked[0] == "plane" and "plane" in heads and "plane" not in header
+            and asked[1] not in heads["plane"].classes):
+        return _unknown_plane(asked[1], vec, embedder, heads, header)
     if asked is not None and (asked[0] in header
                               or (asked[0] in heads and asked[1] in heads[asked[0]].classes)):
         task, value = asked
@@ -313,6 +349,9 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
             yes = "yes" if p >= 0.5 else "no"
             source = (f"The image's DICOM header gives {task} {header[task]}" if task in header
                       else f"The library's {task} classifier gives {value} {p:.2f}")
+            if task == "plane" and task not in header:  # what it would call an unknown plane
+                source += (f" (it knows {' and '.join(heads[task].classes)} only: a section or "
+                           "view of another plane would be read as one of those)")
             return YesNo(yes, p, f"head:{task}", f"Answer: {yes}. {source}.")
     if model is None:
         return None
@@ -360,7 +399,10 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                                 "answer": v.answer} for v in res.votes]}
         summary = _summary(res, args.k)
         score = res.score if res is not None else 0.0
-        if yn is not None:  # the neighbours' vote stays in ``data``; one answer is stated
+        if yn is not None and not yn.answer:  # the heads cannot tell: no answer, said why
+            data |= {"answer": None, "method": yn.method, "question": question}
+            summary, score = yn.summary, 0.0
+        elif yn is not None:  # the neighbours' vote stays in ``data``; one answer is stated
             data |= {"answer": yn.answer, "p_yes": round(yn.p_yes, 4), "method": yn.method,
                      "yes_no": yn.answer, "question": question}
             summary = yn.summary

@@ -52,8 +52,8 @@ def expert_answer(bank: CaseBank, heads: dict[str, Head], model: Any, embedder: 
     """
     if is_yesno_question(question):
         yn = yesno_from_library(question, qvec, vec, embedder, heads, model)
-        if yn is not None:
-            return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes), yn.method
+        if yn is not None:  # "": the heads cannot tell, and nothing else is asked
+            return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes) if yn.answer else 0.0, yn.method
     else:
         named = (label_answer(question, vec, heads, embedder, bank.phrasings())
                  or describe_answer(question, vec, heads, embedder))

@@ -83,7 +83,7 @@ _MODALITY_WORDS = {
 _PLANE_WORDS = {
     "axial": r"\baxial\b|transverse",
     "coronal": r"\bcoronal\b",
-    "sagittal": r"sagg?ittal",
+    "sagittal": r"sagg?itt?al",
     "frontal": r"\bpa\b|\bap\b|posteroanterior|anteroposterior|anterior posterior",
     "lateral": r"\blateral (film|view|radiograph|image)\b|\bis this a lateral\b",
 }
@@ -210,6 +210,8 @@ def label_question(question: str) -> tuple[str, str] | None:
         return None
     modalities = _mentions(question, _MODALITY_WORDS)
     planes = _mentions(question, _PLANE_WORDS) - {"frontal"}
+    if planes == {"lateral"} and modalities == {"xray"}:  # "a lateral film": the film's plane
+        modalities = set()
     if len(modalities) + len(planes) != 1:
         return None
     return ("modality", modalities.pop()) if modalities else ("plane", planes.pop())

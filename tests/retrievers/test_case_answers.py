@@ -174,7 +174,9 @@ def test_the_tool_answers_from_a_built_library(tmp_path: Path, store, mini_embed
     ("Is this a T2 weighted image?", None),  # a weighting, not the modality
     ("Is this an AP or PA film?", None),
     ("Is there a mass in the CT?", None),  # not about what the image is
-    ("Is this a lateral film?", None),  # names a plane and a modality
+    ("Is this a lateral film?", ("plane", "lateral")),  # a film's plane: the film is implied
+    ("Is this a lateral CT?", None),  # names a plane and a modality
+    ("Is this image of a saggital plane?", ("plane", "sagittal")),
 ])
 def test_which_yes_no_questions_a_label_answers(question, asked) -> None:
     assert label_question(question) == asked

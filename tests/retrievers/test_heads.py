@@ -138,6 +138,31 @@ def test_a_plane_is_read_with_the_modality() -> None:
     # a film asked "is this axial?" is answered from the joint reading, not the plane head's
     got = yesno_from_library("Is this an axial image?", np.zeros(3), film, "e", heads, None)
     assert got is not None and got.answer == "no" and got.method == "head:plane"
+    got = yesno_from_library("Is this an axial image?", np.zeros(3), section, "e", heads, None)
+    assert got is not None and got.answer == "yes" and "knows axial and frontal only" in (
+        got.summary)
+
+
+def test_a_plane_the_head_never_saw_is_ruled_out_by_the_modality_or_not_answered() -> None:
+    heads, film, section = _film_and_section_heads()
+    # a film has no sagittal plane, a CT no lateral one: "no", at the modality's probability
+    for image, question, modality in ((film, "Is this a sagittal section?", "xray"),
+                                      (section, "Is this a lateral film?", "ct")):
+        got = yesno_from_library(question, np.zeros(3), image, "e", heads, None)
+        p = dict(predict_heads(heads, image, "e")["modality"])[modality]
+        assert got is not None and (got.answer, got.method) == ("no", "head:modality")
+        assert got.p_yes == pytest.approx(1.0 - p) and f"gives {modality} " in got.summary
+    # a section asked whether it is sagittal: the plane head (axial, frontal) cannot tell, so
+    # no answer, said why; not the answer model's guess from the wording
+    model = object()  # never asked: it would fail if called
+    got = yesno_from_library("Is this a sagittal section?", np.zeros(3), section, "e", heads,
+                             model)  # type: ignore[arg-type]
+    assert got is not None and got.answer == "" and got.method == "head:plane"
+    assert "never shown a sagittal image" in got.summary
+    # the header's plane, when there is one, answers it
+    got = yesno_from_library("Is this a sagittal section?", np.zeros(3), section, "e", heads,
+                             None, {"modality": "mr", "plane": "sagittal"})
+    assert got is not None and got.answer == "yes" and "DICOM header" in got.summary
 
 
 def test_joint_plane_arithmetic() -> None:
