@@ -44,7 +44,13 @@ from retrievers.answer_model import AnswerModel, load_answer_model
 from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.header_labels import header_labels
 from retrievers.heads import PROJECTIONS, Head, load_heads, read_labels
-from retrievers.label_answers import DESCRIBE, describe_answer, label_answer, label_phrasings
+from retrievers.label_answers import (
+    DESCRIBE,
+    class_words,
+    describe_answer,
+    label_answer,
+    label_phrasings,
+)
 from retrievers.question_kinds import (
     KindScore,
     Reliability,
@@ -294,34 +300,36 @@ class YesNo:
     summary: str
 
 
-def _unknown_plane(plane: str, vec: np.ndarray, embedder: str, heads: dict[str, Head],
-                   header: dict[str, str]) -> YesNo:
-    """"Is this a sagittal section?" when the plane head has no such class.
+def _unknown_class(task: str, value: str, vec: np.ndarray, embedder: str,
+                   heads: dict[str, Head], header: dict[str, str]) -> YesNo:
+    """"Is this a sagittal section?" / "Is this an ultrasound?" when the head has no such class.
 
-    The modality can still rule it out: a lateral view is a film's, a coronal section a CT's
-    or MR's (``PROJECTIONS``), so "no" at the probability of the modalities without that
-    plane. Otherwise nothing here can tell: the head was never shown such an image, and reads
-    a sagittal MR as axial as surely as an axial one. That is said, with no answer (the answer
-    ``""``), instead of the answer model's guess from the wording: on the dev set it answered
-    both "Is the Saggital plane?" questions "yes", at 0.73 and 0.88, on axial images.
+    For a plane, the modality can still rule it out: a lateral view is a film's, a coronal
+    section a CT's or MR's (``PROJECTIONS``), so "no" at the probability of the modalities
+    without that plane. Otherwise nothing here can tell: the head was never shown such an
+    image, and reads a sagittal MR as axial as surely as an axial one (and pydicom's
+    ultrasound as an X-ray). That is said, with no answer (the answer ``""``), instead of the
+    answer model's guess from the wording: on the dev set it answered "Is this image of a
+    saggital plane?" "yes", at 0.88, on an axial image.
     """
-    read = read_labels(heads, vec, embedder, ["modality"], header).get("modality", [])
-    ruled_out = [(m, p) for m, p in read if plane not in PROJECTIONS.get(m, (plane,))]
-    p_no = sum(p for _, p in ruled_out)
-    knows = " and ".join(heads["plane"].classes)
-    if p_no >= 0.5:
-        names = " or ".join(m for m, _ in ruled_out)
-        source = (f"The image's DICOM header gives modality {names}" if "modality" in header
-                  else f"The library's modality classifier gives {names} {p_no:.2f}")
-        planes = "; ".join(f"{m}: {', '.join(PROJECTIONS[m])}" for m, _ in ruled_out
-                           if m in PROJECTIONS)
-        return YesNo("no", 1.0 - p_no, "head:modality",
-                     f"Answer: no. {source}, and such an image has no {plane} plane "
-                     f"(its planes: {planes}).")
-    return YesNo("", 0.5, "head:plane",
-                 f"No answer: the library's plane classifier knows {knows} only and was never "
-                 f"shown a {plane} image, so it cannot tell one from the planes it knows; no "
-                 "offline tool checked the plane.")
+    if task == "plane":
+        read = read_labels(heads, vec, embedder, ["modality"], header).get("modality", [])
+        ruled_out = [(m, p) for m, p in read if value not in PROJECTIONS.get(m, (value,))]
+        p_no = sum(p for _, p in ruled_out)
+        if p_no >= 0.5:
+            names = " or ".join(m for m, _ in ruled_out)
+            source = (f"The image's DICOM header gives modality {names}" if "modality" in header
+                      else f"The library's modality classifier gives {names} {p_no:.2f}")
+            planes = "; ".join(f"{m}: {', '.join(PROJECTIONS[m])}" for m, _ in ruled_out
+                               if m in PROJECTIONS)
+            return YesNo("no", 1.0 - p_no, "head:modality",
+                         f"Answer: no. {source}, and such an image has no {value} plane "
+                         f"(its planes: {planes}).")
+    knows = ", ".join(heads[task].classes)
+    return YesNo("", 0.5, f"head:{task}",
+                 f"No answer: the library's {task} classifier knows {knows} only and was never "
+                 f"shown {class_words(value)} images, so it cannot tell one from the classes it "
+                 f"knows; no offline tool checked the {task}.")
 
 
 def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedder: str,
@@ -337,9 +345,9 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
     """
     asked = label_question(question)
     header = header or {}
-    if (asked is not None and asked[0] == "plane" and "plane" in heads and "plane" not in header
-            and asked[1] not in heads["plane"].classes):
-        return _unknown_plane(asked[1], vec, embedder, heads, header)
+    if (asked is not None and asked[0] in heads and asked[0] not in header
+            and asked[1] not in heads[asked[0]].classes):
+        return _unknown_class(*asked, vec, embedder, heads, header)
     if asked is not None and (asked[0] in header
                               or (asked[0] in heads and asked[1] in heads[asked[0]].classes)):
         task, value = asked

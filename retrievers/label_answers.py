@@ -37,12 +37,20 @@ from retrievers.vqa_library import (
     open_label_question,
 )
 
-__all__ = ["DESCRIBE", "LabelAnswer", "describe_answer", "label_answer", "label_phrasings"]
+__all__ = ["DESCRIBE", "LabelAnswer", "class_words", "describe_answer", "label_answer",
+           "label_phrasings"]
 
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
                 "frontal": "frontal (PA or AP)", "nm": "nuclear medicine", "pt": "PET",
                 "xa": "angiography", "mg": "mammography"}
 """How a class is said when the library has no answer in clinicians' words for it."""
+
+
+def class_words(label: str) -> str:
+    """A head's class in plain words ("us" -> "ultrasound"; "axial" stays)."""
+    return _CLASS_WORDS.get(label, label)
+
+
 DESCRIBE = "describe"
 """The task of ``describe_answer``'s answers: every whole-image head at once."""
 _DESCRIBED = ("modality", "organ", "plane")
@@ -112,7 +120,7 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
         how = (f"the library's {label} images were answered '{words}' {n} of {total} times "
                "to this kind of question")
     else:
-        words, n, total = _CLASS_WORDS.get(label, label), 0, 0
+        words, n, total = class_words(label), 0, 0
         how = f"the library holds no answer to this kind of question about a {label} image"
     score = p * (n + 1) / (total + 2)
     source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
@@ -152,7 +160,7 @@ def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],
             del top["plane"]
     # plain words ("Axial CT of the head"), so that think can bind the planner's answer to open
     # with them (``agent.planner.offer.bind_answer`` takes letters, digits and hyphens)
-    words = {t: label if t == "plane" else _CLASS_WORDS.get(label, label)
+    words = {t: label if t == "plane" else class_words(label)
              for t, (label, _) in top.items()}
     said = " ".join(w for w in (words.get("plane", ""), words.get("modality", "image")) if w)
     said = said[0].upper() + said[1:]

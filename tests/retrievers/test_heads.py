@@ -143,7 +143,7 @@ def test_a_plane_is_read_with_the_modality() -> None:
         got.summary)
 
 
-def test_a_plane_the_head_never_saw_is_ruled_out_by_the_modality_or_not_answered() -> None:
+def test_a_class_the_head_never_saw_is_ruled_out_by_the_modality_or_not_answered() -> None:
     heads, film, section = _film_and_section_heads()
     # a film has no sagittal plane, a CT no lateral one: "no", at the modality's probability
     for image, question, modality in ((film, "Is this a sagittal section?", "xray"),
@@ -158,7 +158,11 @@ def test_a_plane_the_head_never_saw_is_ruled_out_by_the_modality_or_not_answered
     got = yesno_from_library("Is this a sagittal section?", np.zeros(3), section, "e", heads,
                              model)  # type: ignore[arg-type]
     assert got is not None and got.answer == "" and got.method == "head:plane"
-    assert "never shown a sagittal image" in got.summary
+    assert "never shown sagittal images" in got.summary
+    # the same for a modality the head never saw
+    got = yesno_from_library("Is this an ultrasound?", np.zeros(3), section, "e", heads, model)
+    assert got is not None and got.answer == "" and got.method == "head:modality"
+    assert "knows ct, xray only and was never shown ultrasound images" in got.summary
     # the header's plane, when there is one, answers it
     got = yesno_from_library("Is this a sagittal section?", np.zeros(3), section, "e", heads,
                              None, {"modality": "mr", "plane": "sagittal"})
