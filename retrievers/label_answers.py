@@ -125,6 +125,9 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
     score = p * (n + 1) / (total + 2)
     source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
               f"The library's {task} classifier gives {label} {p:.2f}")
+    if task == "plane" and task not in (header or {}):
+        source += (f" (it knows {' and '.join(heads[task].classes)} only: a section or view of "
+                   "another plane would be read as one of those)")
     return LabelAnswer(words, task, label, p, n, total, score,
                        f"Answer: {words}. {source}; {how}.", task in (header or {}))
 

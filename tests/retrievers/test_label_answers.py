@@ -86,6 +86,8 @@ def test_the_head_names_the_class_and_the_library_the_words() -> None:
     assert "frontal" in got.summary and "'PA' 2 of 3" in got.summary
     got = label_answer("What plane is the image in?", axial, heads, "e", said)
     assert got is not None and got.answer == "Axial"
+    # the head read what it knows: a plane it never saw would be called one of those
+    assert "knows axial and frontal only" in got.summary
 
 
 def test_without_the_library_s_words_the_class_is_said_at_half_the_probability() -> None:
