@@ -121,6 +121,27 @@ def linear(d: dict[str, np.ndarray], c: float, question: bool = True, image: boo
     return run
 
 
+def canonical(d: dict[str, np.ndarray], c: float) -> Variant:
+    """The shipped model, its target read in one polarity .
+
+    "Is the liver normal?" and "Is the liver abnormal?" ask one thing with opposite yeses;
+    MiniLM puts them side by side, so a model fitted on both learns a blur. Here a question
+    asking whether something is normal has its answer flipped before fitting and its
+    prediction flipped back: every such question is fitted as "is it abnormal?".
+    """
+    import re
+    normal = re.compile(r"\bnormal\b|unremarkable|unaltered|healthy", re.IGNORECASE)
+    flip = np.array([bool(normal.search(t)) for t in d["text"]])
+    print(f"# {flip.sum()} questions ask whether something is normal", file=sys.stderr)
+
+    def run(fit: np.ndarray, scored: np.ndarray) -> np.ndarray:
+        y = d["y"] ^ flip
+        m = fit_answer_model(d["q"][fit], d["img"][fit], ["yes" if v else "no" for v in y[fit]])
+        p = np.array([m.p_yes(d["q"][i], d["img"][i]) for i in np.where(scored)[0]])
+        return np.where(flip[scored], 1.0 - p, p)
+    return run
+
+
 def row(name: str, d: dict[str, np.ndarray], p: np.ndarray) -> str:
     """One table row: accuracy (CI), PRES, ABN and the surest 10 / 20 / 30 %."""
     right = (p > 0.5) == d["y"]
@@ -145,6 +166,7 @@ def main() -> int:
     rows: list[tuple[str, Variant]] = [
         ("majority of the category", majority(d)),
         (f"shipped: question + image, C={SHIPPED_C}", shipped(d)),
+        ("question + image, one polarity (normal questions flipped)", canonical(d, SHIPPED_C)),
         ("question only", linear(d, SHIPPED_C, image=False)),
         ("image only", linear(d, SHIPPED_C, question=False)),
         ("question + image + words (TF-IDF)", linear(d, SHIPPED_C, words=True)),
