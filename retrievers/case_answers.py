@@ -45,7 +45,9 @@ from retrievers.embedders import Embedder, l2_normalise, shared_minilm
 from retrievers.header_labels import header_labels
 from retrievers.heads import PROJECTIONS, Head, load_heads, read_labels
 from retrievers.label_answers import (
+    CHOICE,
     DESCRIBE,
+    choice_answer,
     class_words,
     describe_answer,
     label_answer,
@@ -395,7 +397,8 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         named = (None if closed else
                  label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings(),
                               header)
-                 or describe_answer(question, vec, heads, lib.image_embedder.name, header))
+                 or describe_answer(question, vec, heads, lib.image_embedder.name, header)
+                 or choice_answer(question, vec, heads, lib.image_embedder.name, header))
         # the question asked, beside the answer (None: the cases have none for it)
         data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None,
                                    "question": question}
@@ -467,9 +470,11 @@ def never_withheld(closed: bool, method: str) -> bool:
     (MODALITY/closed holds the contrast questions too). An open one stays subject to the
     table: there the clinicians' words decide, not the class (``retrievers.label_answers``),
     except a description of the whole image (``describe_answer``), which no pair of the
-    library asks, so no kind of the table measures it.
+    library asks, so no kind of the table measures it, and a choice among the head's own
+    classes ("Is this a CT or an MRI?", ``choice_answer``), answered in the offered words.
     """
-    return (closed and method.startswith("head:")) or method == f"head:{DESCRIBE}"
+    return (closed and method.startswith("head:")) or method in (f"head:{DESCRIBE}",
+                                                                 f"head:{CHOICE}")
 
 
 def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,

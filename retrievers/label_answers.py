@@ -31,14 +31,15 @@ from retrievers.header_labels import unknown_to_heads
 from retrievers.heads import PROJECTIONS, Head, read_labels
 from retrievers.vqa_library import (
     QAItem,
+    choice_question,
     describe_question,
     image_labels,
     normalise_answer,
     open_label_question,
 )
 
-__all__ = ["DESCRIBE", "LabelAnswer", "class_words", "describe_answer", "label_answer",
-           "label_phrasings"]
+__all__ = ["CHOICE", "DESCRIBE", "LabelAnswer", "choice_answer", "class_words",
+           "describe_answer", "label_answer", "label_phrasings"]
 
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
                 "frontal": "frontal (PA or AP)", "nm": "nuclear medicine", "pt": "PET",
@@ -53,6 +54,8 @@ def class_words(label: str) -> str:
 
 DESCRIBE = "describe"
 """The task of ``describe_answer``'s answers: every whole-image head at once."""
+CHOICE = "choice"
+"""The task of ``choice_answer``'s answers: one of the classes the question offers."""
 _DESCRIBED = ("modality", "organ", "plane")
 
 
@@ -125,11 +128,59 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
     score = p * (n + 1) / (total + 2)
     source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
               f"The library's {task} classifier gives {label} {p:.2f}")
-    if task == "plane" and task not in (header or {}):
-        source += (f" (it knows {' and '.join(heads[task].classes)} only: a section or view of "
-                   "another plane would be read as one of those)")
+    source += _knows_only(heads, task, dict(header or {}))
     return LabelAnswer(words, task, label, p, n, total, score,
                        f"Answer: {words}. {source}; {how}.", task in (header or {}))
+
+
+def _knows_only(heads: dict[str, Head], task: str, header: Mapping[str, str]) -> str:
+    """The caveat for a plane the head read: it calls a plane it never saw one it knows."""
+    if task != "plane" or task in header:
+        return ""
+    return (f" (it knows {' and '.join(heads[task].classes)} only: a section or view of "
+            "another plane would be read as one of those)")
+
+
+def choice_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embedder: str,
+                  header: Mapping[str, str] | None = None) -> LabelAnswer | None:
+    """"Is this a CT or an MRI?": the offered class the head (or header) reads likelier.
+
+    None when the question offers no such choice (``choice_question``), or offers a class
+    the task's head was never shown (a coronal section, an ultrasound) and the header does not
+    give the task: the head cannot weigh what it does not know. When the offered classes
+    together read below one half, the answer is the class read ("CT", neither of those
+    offered), at one minus their probability. The answer is in plain words ("MRI"), so that
+    *think* can bind the planner's answer to it.
+    """
+    asked = choice_question(question)
+    header = dict(header or {})
+    if asked is None:
+        return None
+    task, offered = asked
+    if task not in header and (task not in heads
+                               or any(c not in heads[task].classes for c in offered)):
+        return None
+    ranked = read_labels(heads, vector, embedder, [task], header).get(task)
+    if not ranked:
+        return None
+    probs = dict(ranked)
+    best = max(offered, key=lambda c: probs.get(c, 0.0))
+    p_offered = sum(probs.get(c, 0.0) for c in offered)
+    top = ranked[0][0]
+    source = (f"The image's DICOM header gives {task} {header[task]}" if task in header else
+              f"The library's {task} classifier gives "
+              + ", ".join(f"{c} {p:.2f}" for c, p in ranked) + _knows_only(heads, task, header))
+    def words(c: str) -> str:  # plain words, as in a description
+        return c if task == "plane" else class_words(c)
+
+    if p_offered < 0.5:  # the class read, not one offered
+        label, p = top, 1.0 - p_offered
+        neither = f" (neither of {' and '.join(words(c) for c in offered)})"
+    else:
+        label, p, neither = best, probs.get(best, 0.0), ""
+    said = words(label)[0].upper() + words(label)[1:]
+    return LabelAnswer(said, CHOICE, label, p, 0, 0, p,
+                       f"Answer: {said}{neither}. {source}.", task in header)
 
 
 def describe_answer(question: str, vector: np.ndarray, heads: dict[str, Head],

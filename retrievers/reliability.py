@@ -29,7 +29,7 @@ from retrievers.case_answers import (
     yesno_from_library,
 )
 from retrievers.heads import Head, fit_head, library_labels
-from retrievers.label_answers import describe_answer, label_answer
+from retrievers.label_answers import choice_answer, describe_answer, label_answer
 from retrievers.question_kinds import KindScore, Reliability, kind_key, save_reliability
 from retrievers.vqa_library import (
     QAItem,
@@ -56,7 +56,8 @@ def expert_answer(bank: CaseBank, heads: dict[str, Head], model: Any, embedder: 
             return yn.answer, max(yn.p_yes, 1.0 - yn.p_yes) if yn.answer else 0.0, yn.method
     else:
         named = (label_answer(question, vec, heads, embedder, bank.phrasings())
-                 or describe_answer(question, vec, heads, embedder))
+                 or describe_answer(question, vec, heads, embedder)
+                 or choice_answer(question, vec, heads, embedder))
         if named is not None:
             return named.answer, named.score, f"head:{named.task}"
     res = answer_from_cases(bank, vec, qvec, question)

@@ -42,6 +42,7 @@ __all__ = [
     "QABank",
     "QAItem",
     "build_vqa_library",
+    "choice_question",
     "describe_question",
     "folds_by_image",
     "image_labels",
@@ -215,6 +216,33 @@ def label_question(question: str) -> tuple[str, str] | None:
     if len(modalities) + len(planes) != 1:
         return None
     return ("modality", modalities.pop()) if modalities else ("plane", planes.pop())
+
+
+_NOT_A_CHOICE = re.compile(r"contrast|enhanc|weighted|\bt[12]\b|flair|artifact|expos|phase|"
+                           r"\bkub\b|\bap\b|\bpa\b|anterior|posterior|\bnot\b|\bnon\b|"
+                           r"\bboth\b|\bneither\b", re.IGNORECASE)
+
+
+def choice_question(question: str) -> tuple[str, list[str]] | None:
+    """The task and the alternatives of a question offering a choice of classes, or None.
+
+    "Is this a CT or an MRI?" -> ``("modality", ["ct", "mr"])``; "Is this an axial or a
+    coronal image?" -> ``("plane", ["axial", "coronal"])``. Only a question with "or" that
+    names two or more classes of one task and none of the other, and nothing that qualifies
+    them (contrast, weighting, AP/PA, "not"): "Was oral or IV contrast used?" asks contrast.
+    """
+    q = " ".join(question.split())
+    if not re.search(r"\bor\b", q, re.IGNORECASE) or _NOT_A_CHOICE.search(q):
+        return None
+    modalities = _mentions(q, _MODALITY_WORDS)
+    planes = _mentions(q, _PLANE_WORDS) - {"frontal"}  # AP and PA are not a choice here
+    if re.search(r"\bfrontal\b", q, re.IGNORECASE):
+        planes.add("frontal")
+    if len(modalities) >= 2 and not planes:
+        return "modality", sorted(modalities)
+    if len(planes) >= 2 and not modalities:
+        return "plane", sorted(planes)
+    return None
 
 
 _OPEN_LABEL = {

@@ -14,6 +14,8 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+from tools.question_form import is_yesno_question
+
 _EPS = 1e-4
 # No single signal may claim more than this before calibration: a deterministic tool's score
 # of 1.0 says its numbers are exact, not that the planner's reading of them is right.
@@ -34,7 +36,6 @@ def sigmoid(x: float) -> float:
 _ASKS_NUMBER = re.compile(
     r"^\s*(how (many|much|big|large|long|wide|thick)|what (is|was|are) the (size|diameter|"
     r"length|width|number|count|volume|area|density|mean)|what size)\b", re.I)
-_ASKS_YESNO = re.compile(r"^\s*(is|are|was|were|does|do|did|has|have|can|could)\b", re.I)
 _ASKS_SIDE = re.compile(r"\b(left or (the )?right|right or (the )?left|which side)\b", re.I)
 _ASKS_WHERE = re.compile(r"^\s*(where|in which (quadrant|part|region|lobe|segment))\b", re.I)
 _NUMBER_WORDS = r"\b(\d+(\.\d+)?|no|none|zero|one|two|three|four|five|six|seven|eight|nine|ten)\b"
@@ -63,7 +64,7 @@ def answer_form_score(question: str, answer: str) -> float | None:
     if _ASKS_WHERE.search(question):
         return _FITS if has(r"\b(upper|lower|left|right|anterior|posterior|central|apex|base)"
                             r"\b") else _MISFITS
-    if _ASKS_YESNO.search(question):
+    if is_yesno_question(question):  # not "Is this a CT or an MRI?": "CT" answers that
         return _FITS if has(_YESNO_WORDS) else _MISFITS
     return None
 
@@ -98,7 +99,7 @@ def answer_key(question: str, answer: str) -> str:
         places = re.findall(r"\b(upper|lower|left|right|anterior|posterior|central|apex|base)\b",
                             a)
         return "where:" + " ".join(sorted(set(places)))
-    if _ASKS_YESNO.search(question):
+    if is_yesno_question(question):
         return "yesno:no" if _NEGATIVE.search(a) else "yesno:yes"
     return "text:" + " ".join(sorted(set(_WORD.findall(a))))
 

@@ -279,6 +279,10 @@ def test_the_tool_withholds_an_answer_of_a_kind_the_cases_cannot_answer(tmp_path
         assert ev.data["method"] == "head:describe" and "withheld" not in ev.data
         assert ev.data["answer"] == ev.data["label_answer"] and ev.score > 0.0
         assert "not what it shows" in ev.summary
+        # a choice among the head's own classes, answered in the offered words
+        ev = tool.invoke(ask | {"question": "Is this a CT or an MRI?"})
+        assert ev.data["method"] == "head:choice" and "withheld" not in ev.data
+        assert ev.data["answer"] in ("CT", "MRI", "X-ray") and ev.score > 0.0
         # an open plane question: the head's reading is judged by the table and withheld...
         ev = tool.invoke(ask | {"question": "In what plane is this image?"})
         assert ev.data["answer"] is None and ev.data["withheld"]

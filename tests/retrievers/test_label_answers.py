@@ -11,9 +11,10 @@ from retrievers.case_answers import CaseBank, answer_from_cases
 from retrievers.embedders import shared_minilm
 from retrievers.header_labels import header_labels, unknown_to_heads
 from retrievers.heads import fit_head, predict_heads
-from retrievers.label_answers import describe_answer, label_answer, label_phrasings
+from retrievers.label_answers import choice_answer, describe_answer, label_answer, label_phrasings
 from retrievers.vqa_library import (
     QAItem,
+    choice_question,
     describe_question,
     folds_by_image,
     image_labels,
@@ -260,6 +261,44 @@ def test_the_header_gives_a_section_s_plane_and_a_film_s_view() -> None:
     named = label_answer("What plane is this film?", film, heads, "e", {},
                          header_labels({"modality": "DX", "view_position": "LATERAL"}))
     assert named is not None and named.label == "lateral"
+
+
+@pytest.mark.parametrize(("question", "asked"), [
+    ("Is this a CT or an MRI?", ("modality", ["ct", "mr"])),
+    ("Was this taken with MRI or CT?", ("modality", ["ct", "mr"])),
+    ("Is this image a CT scan, an MRI or an X-ray?", ("modality", ["ct", "mr", "xray"])),
+    ("Is this an axial or a frontal image?", ("plane", ["axial", "frontal"])),
+    ("Is this an axial or coronal section?", ("plane", ["axial", "coronal"])),
+    ("Is this a CT?", None),  # no choice offered
+    ("Was oral or IV contrast used?", None),  # contrast, not the modality
+    ("Is this a contrast or non contrast CT?", None),
+    ("Is this an AP or PA film?", None),  # the heads cannot tell AP from PA
+    ("Is the lesion in the frontal or parietal lobe?", None),  # one plane word: a lobe
+    ("Is this an axial CT or an MRI?", None),  # two tasks at once
+])
+def test_which_questions_offer_a_choice_of_classes(question, asked) -> None:
+    assert choice_question(question) == asked
+
+
+def test_a_choice_is_answered_with_the_class_the_heads_read_likelier() -> None:
+    heads = _image_heads()
+    head_ct, film = np.array([1.0, 0.0]), np.array([-1.0, 0.0])
+    got = choice_answer("Is this a CT or an X-ray?", head_ct, heads, "e")
+    read = dict(predict_heads(heads, head_ct, "e")["modality"])
+    assert got is not None and (got.answer, got.task, got.label) == ("CT", "choice", "ct")
+    assert got.score == pytest.approx(read["ct"]) and "classifier gives ct" in got.summary
+    got = choice_answer("Is this an axial or a frontal image?", film, heads, "e")
+    assert got is not None and got.answer == "Frontal" and "knows axial and frontal only" in (
+        got.summary)
+    # neither offered class: the class read, at one minus what the offered ones hold
+    got = choice_answer("Is this an MRI or an ultrasound?", head_ct, heads, "e")
+    assert got is None  # the modality head (ct, xray) never saw either: it cannot weigh them
+    got = choice_answer("Is this an MRI or an X-ray?", head_ct, heads, "e", {"modality": "ct"})
+    assert got is not None and (got.answer, got.label, got.score) == ("CT", "ct", 1.0)
+    assert "(neither of MRI and X-ray)" in got.summary and got.from_header
+    # a class the head never saw, and no header: no answer
+    assert choice_answer("Is this an axial or coronal section?", head_ct, heads, "e") is None
+    assert choice_answer("Is this a CT?", head_ct, heads, "e") is None
 
 
 def test_other_questions_and_no_heads_get_no_description() -> None:

@@ -125,6 +125,10 @@ def test_answer_checks_feed_the_confidence():
     assert answer_form_score(q, "It is 9.8 mm.") == 0.8
     assert answer_form_score("Is the lesion on the patient's left or right side?", "Left.") == 0.8
     assert answer_form_score("Describe the image.", "A CT.") is None
+    assert answer_form_score("Is there a pneumothorax?", "A CT.") == 0.15
+    # a choice is answered by what it offers, not by a yes or no (the shared question form)
+    assert answer_form_score("Is this a CT or an MRI?", "CT") is None
+    assert answer_form_score("Can you name the organ captured by this image?", "Brain") is None
     assert combine_confidence(0.8, [0.95, 0.15]) < combine_confidence(0.8, [0.95, 0.85])
 
 
