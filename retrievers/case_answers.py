@@ -47,6 +47,7 @@ from retrievers.heads import PROJECTIONS, Head, load_heads, read_labels
 from retrievers.label_answers import (
     CHOICE,
     DESCRIBE,
+    LabelAnswer,
     choice_answer,
     class_words,
     describe_answer,
@@ -300,6 +301,8 @@ class YesNo:
     p_yes: float
     method: str
     summary: str
+    from_header: bool = False
+    """Read off the image's DICOM header, not a model."""
 
 
 def _unknown_class(task: str, value: str, vec: np.ndarray, embedder: str,
@@ -362,7 +365,7 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
             if task == "plane" and task not in header:  # what it would call an unknown plane
                 source += (f" (it knows {' and '.join(heads[task].classes)} only: a section or "
                            "view of another plane would be read as one of those)")
-            return YesNo(yes, p, f"head:{task}", f"Answer: {yes}. {source}.")
+            return YesNo(yes, p, f"head:{task}", f"Answer: {yes}. {source}.", task in header)
     if model is None:
         return None
     p = model.p_yes(qvec, vec)
@@ -394,20 +397,22 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
         header = header_labels(img.meta)
         yn = (yesno_from_library(question, qvec, vec, lib.image_embedder.name, heads,
                                  load_answer_model(lib.root), header) if closed else None)
-        named = (None if closed else
-                 label_answer(question, vec, heads, lib.image_embedder.name, bank.phrasings(),
-                              header)
-                 or describe_answer(question, vec, heads, lib.image_embedder.name, header)
-                 or choice_answer(question, vec, heads, lib.image_embedder.name, header))
+        typ = library_typicality(lib, vec)
+        unlike = typ is not None and not typ.inside
+
+        def label(with_heads: dict[str, Head]) -> LabelAnswer | None:
+            emb = lib.image_embedder.name
+            return (label_answer(question, vec, with_heads, emb, bank.phrasings(), header)
+                    or describe_answer(question, vec, with_heads, emb, header)
+                    or choice_answer(question, vec, with_heads, emb, header))
+
+        named = None if closed else label(heads)
+        if unlike and named is not None and not named.from_header and header:
+            # the heads extrapolate on an image unlike the library's: its header still speaks
+            named = label({})
         # the question asked, beside the answer (None: the cases have none for it)
         data: dict[str, object] = {"library": str(lib.root), "k": args.k, "answer": None,
-                                   "question": question}
-        if res is not None:
-            data |= {"answer": res.answer, "agreement": round(res.agreement, 4),
-                     "shares": [[a, round(s, 4)] for a, s in res.shares],
-                     "votes": [{"case_id": v.case_id, "image_sim": round(v.image_sim, 4),
-                                "question": v.question, "question_sim": round(v.question_sim, 4),
-                                "answer": v.answer} for v in res.votes]}
+                                   "question": question} | _vote_data(res)
         summary = _summary(res, args.k)
         score = res.score if res is not None else 0.0
         if yn is not None and not yn.answer:  # the heads cannot tell: no answer, said why
@@ -425,28 +430,58 @@ def _case_answer(store: ImageStore, get_lib: Callable[[], Any],
                      "question": question}
             summary = named.summary
             score = named.score
-        typ = library_typicality(lib, vec)
-        # a label the DICOM header gives is not the cases' answer: the table does not judge it
-        weak = None if named is not None and named.from_header else unreliable_kind(
+        # what the DICOM header gives is neither the cases' answer nor a model's extrapolation:
+        # neither the per-kind table nor the image's unlikeness to the library judges it
+        from_header = ((named is not None and named.from_header)
+                       or (yn is not None and yn.from_header))
+        weak = None if from_header else unreliable_kind(
             load_reliability(lib.root), bank, qvec, closed, question, str(data.get("method") or ""))
-        if typ is not None and not typ.inside and data.get("answer"):
-            # its cases and models extrapolate here: nothing they say is stated
-            data = _withheld(data, question)
-            summary = ("No answer: the case library's cases and models say nothing about an "
-                       "image unlike all of theirs; no offline tool checked it.")
-            score = 0.0
-        elif weak is not None and data.get("answer"):
-            data = _withheld(data, question) | {"kind": weak.kind, "kind_score": {
-                "answered": weak.answered, "right": weak.expert, "majority": weak.majority,
-                "majority_answer": weak.majority_answer}}
-            summary = (f"No answer: similar cases cannot answer this kind of question "
-                       f"reliably ({weak.describe()}); no offline tool checked it.")
-            score = 0.0
+        data, summary, score = _judged(data, summary, score, question, from_header, unlike, weak)
         ev = Evidence(tool="case_answer", image_id=args.image_id, summary=summary,
                       score=score, data=data, elapsed_s=time.perf_counter() - t0)
-        return flag_if_unlike(ev, typ, LIBRARY_IMAGES)
+        return flag_if_unlike(ev, typ, LIBRARY_IMAGES, flag=not from_header)
 
     return case_answer
+
+
+def _vote_data(res: CaseAnswer | None) -> dict[str, object]:
+    """The neighbours' vote, as ``case_answer``'s data holds it (empty: no vote)."""
+    if res is None:
+        return {}
+    return {"answer": res.answer, "agreement": round(res.agreement, 4),
+            "shares": [[a, round(s, 4)] for a, s in res.shares],
+            "votes": [{"case_id": v.case_id, "image_sim": round(v.image_sim, 4),
+                       "question": v.question, "question_sim": round(v.question_sim, 4),
+                       "answer": v.answer} for v in res.votes]}
+
+
+def _judged(data: dict[str, object], summary: str, score: float, question: str,
+            from_header: bool, unlike: bool, weak: KindScore | None
+            ) -> tuple[dict[str, object], str, float]:
+    """``case_answer``'s data, summary and score once its answer is judged.
+
+    Withheld when the image is unlike the library's (its cases and models extrapolate) or
+    the per-kind table says the cases cannot answer this kind (``weak``). What the DICOM
+    header gives is neither the cases' answer nor a model's extrapolation: it stands, and
+    says so when the library's classifiers were not read.
+    """
+    if from_header:
+        data = data | {"from_header": True}
+        if unlike:
+            summary += (" The library's classifiers were not read: the image is unlike every "
+                        "image of its case library.")
+        return data, summary, score
+    if unlike and data.get("answer"):
+        return (_withheld(data, question),
+                "No answer: the case library's cases and models say nothing about an image "
+                "unlike all of theirs; no offline tool checked it.", 0.0)
+    if weak is not None and data.get("answer"):
+        return (_withheld(data, question) | {"kind": weak.kind, "kind_score": {
+                    "answered": weak.answered, "right": weak.expert, "majority": weak.majority,
+                    "majority_answer": weak.majority_answer}},
+                f"No answer: similar cases cannot answer this kind of question reliably "
+                f"({weak.describe()}); no offline tool checked it.", 0.0)
+    return data, summary, score
 
 
 def _withheld(data: dict[str, object], question: str) -> dict[str, object]:

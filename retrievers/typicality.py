@@ -145,15 +145,17 @@ def library_typicality(library: Any, image_vector: np.ndarray) -> Typicality | N
     return typicality(floor, image_vector) if floor is not None else None
 
 
-def flag_if_unlike(ev: Evidence, typ: Typicality | None, validated_on: str) -> Evidence:
+def flag_if_unlike(ev: Evidence, typ: Typicality | None, validated_on: str,
+                   flag: bool = True) -> Evidence:
     """``ev`` flagged as outside its tool's domain when ``typ`` says the image is unlike.
 
     The typicality goes into ``ev.data["typicality"]`` either way (when the library sets a
-    floor), so a reader sees how close the call was.
+    floor), so a reader sees how close the call was. ``flag=False`` records it only: for an
+    answer the library did not make (what a DICOM header says).
     """
     if typ is None:
         return ev
     ev = ev.model_copy(update={"data": {**ev.data, "typicality": {
         "nearest": round(typ.nearest, 4), "floor": round(typ.floor.cosine, 4),
         "inside": typ.inside}}})
-    return ev if typ.inside else flag_evidence(ev, typ.note(), validated_on)
+    return ev if typ.inside or not flag else flag_evidence(ev, typ.note(), validated_on)

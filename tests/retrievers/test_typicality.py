@@ -80,6 +80,7 @@ def test_the_shipped_librarys_experts_keep_off_pictures_unlike_its_images(medloo
     from retrievers.shipped_library import SOURCE
     from retrievers.vqa_library import library_image_vectors, open_case_library
     from tools.errors import OutsideDomain
+    from tools.image import LoadedImage
     from tools.ingest.loader import load_image
     from tools.store import ImageStore
 
@@ -96,6 +97,20 @@ def test_the_shipped_librarys_experts_keep_off_pictures_unlike_its_images(medloo
     assert ev.summary.startswith("Outside what this tool was validated for")
     heads = tools["classify"].invoke({"image_id": store.put(load_image(page)).id})
     assert heads.data["out_of_domain"] and heads.data["method"] == "trained-heads"
+    # what a DICOM header says is not the library's extrapolation: it stands, and says that
+    # the classifiers were not read (the page, flipped to be another image, with a CT's header)
+    scan = load_image(page)
+    flipped = np.ascontiguousarray(scan.display[:, ::-1])
+    ref = store.put(LoadedImage(pixels=flipped, display=flipped, source_format="dicom", meta={
+        "modality": "CT", "orientation": [1, 0, 0, 0, 1, 0]}))
+    ev = tools["case_answer"].invoke({"image_id": ref.id, "question": "Describe this image"})
+    assert ev.data["answer"] == "Axial CT" and ev.data["from_header"] and ev.score == 1.0
+    assert not ev.data.get("out_of_domain") and not ev.data["typicality"]["inside"]
+    assert "classifiers were not read: the image is unlike every image" in ev.summary
+    ev = tools["case_answer"].invoke({"image_id": ref.id, "question": "Is this a CT scan?"})
+    assert ev.data["answer"] == "yes" and ev.data["from_header"]
+    ev = tools["case_answer"].invoke({"image_id": ref.id, "question": "Is there a mass?"})
+    assert ev.data["out_of_domain"] and ev.data["answer"] is None  # the models' answers: not
 
     photo = medloop_home / "astronaut.png"  # a colour photograph: refused before it runs
     iio.imwrite(photo, skimage.data.astronaut())
