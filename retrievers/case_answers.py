@@ -51,6 +51,7 @@ from retrievers.label_answers import (
     choice_answer,
     class_words,
     describe_answer,
+    knows_only,
     label_answer,
     label_phrasings,
 )
@@ -362,9 +363,7 @@ def yesno_from_library(question: str, qvec: np.ndarray, vec: np.ndarray, embedde
             yes = "yes" if p >= 0.5 else "no"
             source = (f"The image's DICOM header gives {task} {header[task]}" if task in header
                       else f"The library's {task} classifier gives {value} {p:.2f}")
-            if task == "plane" and task not in header:  # what it would call an unknown plane
-                source += (f" (it knows {' and '.join(heads[task].classes)} only: a section or "
-                           "view of another plane would be read as one of those)")
+            source += knows_only(heads, task, header)  # what it calls a plane it never saw
             return YesNo(yes, p, f"head:{task}", f"Answer: {yes}. {source}.", task in header)
     if model is None:
         return None

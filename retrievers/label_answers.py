@@ -39,7 +39,7 @@ from retrievers.vqa_library import (
 )
 
 __all__ = ["CHOICE", "DESCRIBE", "LabelAnswer", "choice_answer", "class_words",
-           "describe_answer", "label_answer", "label_phrasings"]
+           "describe_answer", "knows_only", "label_answer", "label_phrasings"]
 
 _CLASS_WORDS = {"ct": "CT", "mr": "MRI", "xray": "X-ray", "us": "ultrasound", "abd": "abdomen",
                 "frontal": "frontal (PA or AP)", "nm": "nuclear medicine", "pt": "PET",
@@ -128,12 +128,12 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
     score = p * (n + 1) / (total + 2)
     source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
               f"The library's {task} classifier gives {label} {p:.2f}")
-    source += _knows_only(heads, task, dict(header or {}))
+    source += knows_only(heads, task, dict(header or {}))
     return LabelAnswer(words, task, label, p, n, total, score,
                        f"Answer: {words}. {source}; {how}.", task in (header or {}))
 
 
-def _knows_only(heads: dict[str, Head], task: str, header: Mapping[str, str]) -> str:
+def knows_only(heads: dict[str, Head], task: str, header: Mapping[str, str]) -> str:
     """The caveat for a plane the head read: it calls a plane it never saw one it knows."""
     if task != "plane" or task in header:
         return ""
@@ -169,7 +169,7 @@ def choice_answer(question: str, vector: np.ndarray, heads: dict[str, Head], emb
     top = ranked[0][0]
     source = (f"The image's DICOM header gives {task} {header[task]}" if task in header else
               f"The library's {task} classifier gives "
-              + ", ".join(f"{c} {p:.2f}" for c, p in ranked) + _knows_only(heads, task, header))
+              + ", ".join(f"{c} {p:.2f}" for c, p in ranked) + knows_only(heads, task, header))
     def words(c: str) -> str:  # plain words, as in a description
         return c if task == "plane" else class_words(c)
 
