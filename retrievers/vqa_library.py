@@ -47,6 +47,7 @@ __all__ = [
     "folds_by_image",
     "image_labels",
     "is_vqa_items",
+    "label_mentions",
     "label_question",
     "library_image_vectors",
     "load_display",
@@ -87,6 +88,11 @@ _PLANE_WORDS = {
     "sagittal": r"sagg?itt?al",
     "frontal": r"\bpa\b|\bap\b|posteroanterior|anteroposterior|anterior posterior",
     "lateral": r"\blateral (film|view|radiograph|image)\b|\bis this a lateral\b",
+}
+_ORGAN_WORDS = {
+    "head": r"\bhead\b|brain|skull|cran|cerebr|\bcns\b|central nervous",
+    "chest": r"chest|lung|thora|cardio|pulmon|respirat|\bheart\b",
+    "abd": r"abdom|\babd\b|liver|kidney|renal|gastro|bowel|pelvi|pancrea|splee|hepat",
 }
 _NEGATING = re.compile(r"\bnot\b|\bnon[- ]|\bwithout\b")
 
@@ -170,6 +176,24 @@ def normalise_answer(text: str) -> str:
 def _mentions(text: str, table: dict[str, str]) -> set[str]:
     low = text.lower()
     return {label for label, pattern in table.items() if re.search(pattern, low)}
+
+
+def label_mentions(text: str) -> dict[str, set[str]]:
+    """The classes of each whole-image task that an answer names.
+
+    "Axial CT of the head" -> ``{"modality": {"ct"}, "organ": {"head"}, "plane": {"axial"}}``;
+    "PA" -> ``{"plane": {"frontal"}}``. For reading what an answer says the image is against
+    what a trained head said (``agent.trust.agreement``); tasks it names nothing of are left
+    out.
+    """
+    low = text.lower()
+    planes = _mentions(low, _PLANE_WORDS) | ({"frontal"} if re.search(r"\bfrontal\b", low)
+                                              else set())
+    said = {"modality": _mentions(low, _MODALITY_WORDS) - (
+                {"xray"} if planes == {"frontal"} and not re.search(r"x-? ?ray|xray|radiograph|"
+                                                                     r"film", low) else set()),
+            "organ": _mentions(low, _ORGAN_WORDS), "plane": planes}
+    return {task: classes for task, classes in said.items() if classes}
 
 
 def _evidence_texts(item: QAItem) -> list[str]:

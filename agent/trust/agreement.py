@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from retrievers.vqa_library import label_mentions
 from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, opens_with_auxiliary
 
@@ -619,6 +620,35 @@ def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
     return out
 
 
+def _label_conflicts(text: str, evidence: Iterable[Evidence], question: str,
+                     who: str) -> list[str]:
+    """An answer naming another modality, organ or plane than a trained head gave.
+
+    Such evidence (``case_answer``'s heads, ``retrievers.label_answers``) keeps the class it
+    read in ``data["label"]`` ("ct", "frontal", "ct/head/axial" for a description) with the
+    question it answered; an answer that names classes of the same task, none of them that
+    one ("MRI" where the head gave CT), contradicts it. The embedded planner is bound to open
+    with the head's words (``evidence_lead``); a planner that is not, is held to them here.
+    """
+    if not question.strip():
+        return []
+    said = label_mentions(text)
+    out = []
+    for ev in evidence:
+        label = ev.data.get("label")
+        if (ev.status != "ok" or ev.data.get("out_of_domain") or not label
+                or not ev.data.get("label_answer")
+                or not same_question(str(ev.data.get("question", "")), question)):
+            continue
+        gave = label_mentions(" ".join(str(label).split("/")))
+        for task, classes in said.items():
+            if gave.get(task) and not classes & gave[task]:
+                out.append(f"{who} names {task} {', '.join(sorted(classes))}, but {ev.id} "
+                           f"({ev.tool}) gives {task} {', '.join(sorted(gave[task]))} for this "
+                           "question")
+    return out
+
+
 def conflicts_with(text: str, evidence: Iterable[Evidence], *, question: str = "",
                    who: str = "the answer", as_answer: bool = True) -> list[str]:
     """Why ``text`` contradicts itself or the assertions of ``evidence`` (empty: it agrees).
@@ -632,6 +662,7 @@ def conflicts_with(text: str, evidence: Iterable[Evidence], *, question: str = "
     out = [f"{who} contradicts itself: {st.self_conflict}"] if st.self_conflict else []
     if as_answer:
         out += _yes_no_conflicts(text, evidence, question, who)
+        out += _label_conflicts(text, evidence, question, who)
     pairs = [(ev, a) for ev in evidence for a in _reliable(ev)]
     for ev, a in pairs:
         out.extend(_finding_conflicts(st, ev, a, who))

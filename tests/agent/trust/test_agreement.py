@@ -350,6 +350,41 @@ def test_an_open_label_question_opens_with_the_words_the_heads_answer_gave() -> 
     assert evidence_lead(q, [voted]) is None  # the neighbours' vote binds nothing
 
 
+def test_an_answer_naming_another_class_than_the_head_gave_contradicts_it() -> None:
+    from agent.trust.agreement import conflicts_with
+
+    def head(label: str, words: str, question: str, **data) -> Evidence:
+        return Evidence(id="E1", tool="case_answer", summary=f"Answer: {words}.", score=0.9,
+                        data={"answer": words, "label_answer": words, "label": label,
+                              "question": question, **data})
+
+    q = "Is this a CT or an MRI?"
+    ct = head("ct", "CT", q)
+    found = conflicts_with("No, this is an MRI.", [ct], question=q)
+    assert found and "names modality mr, but E1 (case_answer) gives modality ct" in found[0]
+    assert conflicts_with("CT.", [ct], question=q) == []
+    assert conflicts_with("It is a CT, not an MRI.", [ct], question=q) == []  # names CT too
+    # a description's classes, each against its own task
+    d = "Describe this image"
+    described = head("ct/head/axial", "Axial CT of the head", d)
+    assert conflicts_with("Axial CT of the head.", [described], question=d) == []
+    assert conflicts_with("A CT of the brain.", [described], question=d) == []
+    found = conflicts_with("An axial CT of the abdomen.", [described], question=d)
+    assert len(found) == 1 and "names organ abd" in found[0]
+    # the library's words for a class: "PA" is frontal, "Lungs" the chest
+    p = "What plane is this film?"
+    assert conflicts_with("PA", [head("frontal", "PA", p)], question=p) == []
+    assert conflicts_with("Axial.", [head("frontal", "PA", p)], question=p)
+    o = "What organ system is shown?"
+    assert conflicts_with("Cardiopulmonary.", [head("chest", "Lungs", o)], question=o) == []
+    # another question's answer, one flagged outside its domain, or the vote: not held to
+    assert conflicts_with("MRI.", [head("ct", "CT", "What modality is this?")], question=q) == []
+    assert conflicts_with("MRI.", [head("ct", "CT", q, out_of_domain=True)], question=q) == []
+    vote = Evidence(id="E2", tool="case_answer", summary="Similar cases answer 'CT'",
+                    data={"answer": "CT", "question": q})
+    assert conflicts_with("MRI.", [vote], question=q) == []
+
+
 def test_report_sentences_speak_only_to_questions_about_reports():
     """Other patients' report sentences are not evidence about this image."""
     from agent.trust.agreement import speaks_to, unrelated_only
