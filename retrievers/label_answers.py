@@ -34,6 +34,7 @@ from retrievers.vqa_library import (
     choice_question,
     describe_question,
     image_labels,
+    label_mentions,
     normalise_answer,
     open_label_question,
 )
@@ -99,6 +100,23 @@ def label_phrasings(items: list[QAItem]) -> dict[tuple[str, str], Counter[str]]:
     return out
 
 
+def _fitting(said: Counter[str], heads: dict[str, Head], vector: np.ndarray, embedder: str,
+             header: Mapping[str, str] | None) -> Counter[str]:
+    """The phrasings that name no other modality, organ or plane than this image reads as.
+
+    The library's clinicians answered its X-rays "Chest x-ray" (all its films are chest
+    films): said of an abdominal film, that names the wrong organ. A phrasing is kept when
+    each class it names (``label_mentions``) is the one the heads (or the header) read first
+    for that task, at one half or more, or the task is not read.
+    """
+    tasks = [t for t in ("modality", "organ", "plane") if t in heads or t in (header or {})]
+    read = {t: r[0][0] for t, r in read_labels(heads, vector, embedder, tasks, header).items()
+            if r and r[0][1] >= 0.5}
+    return Counter({w: n for w, n in said.items()
+                    if all(t not in read or read[t] in named
+                           for t, named in label_mentions(w).items())})
+
+
 def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embedder: str,
                  phrasings: dict[tuple[str, str], Counter[str]],
                  header: Mapping[str, str] | None = None) -> LabelAnswer | None:
@@ -117,14 +135,17 @@ def label_answer(question: str, vector: np.ndarray, heads: dict[str, Head], embe
         return None
     label, p = ranked[0]
     said = phrasings.get((task, label), Counter())
+    total = sum(said.values())
+    said = _fitting(said, heads, vector, embedder, header)
     if said:
         words, n = said.most_common(1)[0]
-        total = sum(said.values())
         how = (f"the library's {label} images were answered '{words}' {n} of {total} times "
                "to this kind of question")
     else:
+        how = (f"the library's {total} answers to this kind of question about a {label} image "
+               "name another modality, organ or plane than this image reads as" if total else
+               f"the library holds no answer to this kind of question about a {label} image")
         words, n, total = class_words(label), 0, 0
-        how = f"the library holds no answer to this kind of question about a {label} image"
     score = p * (n + 1) / (total + 2)
     source = (f"The image's DICOM header gives {label}" if task in (header or {}) else
               f"The library's {task} classifier gives {label} {p:.2f}")

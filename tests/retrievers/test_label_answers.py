@@ -98,6 +98,26 @@ def test_without_the_library_s_words_the_class_is_said_at_half_the_probability()
     assert got.score == pytest.approx(got.p_label / 2)
 
 
+def test_a_phrasing_naming_another_organ_than_the_image_reads_as_is_not_said() -> None:
+    """The library's films are chest films, answered "Chest x-ray": not a skull film's."""
+    heads = _image_heads()  # +x a head CT, -x a chest film
+    said = {("modality", "xray"): Counter({"Chest x-ray": 3, "Xray": 2}),
+            ("modality", "ct"): Counter({"CT of the head": 2, "CT": 1})}
+    film = np.array([-1.0, 0.0])
+    got = label_answer("What imaging modality was used?", film, heads, "e", said)
+    assert got is not None and got.answer == "Chest x-ray" and (got.said, got.of) == (3, 5)
+    # the header says head (a skull film): the chest words go, the next fitting ones are said
+    got = label_answer("What imaging modality was used?", film, heads, "e", said,
+                       {"organ": "head"})
+    assert got is not None and got.answer == "Xray" and (got.said, got.of) == (2, 5)
+    assert got.score == pytest.approx(got.p_label * 3 / 7)
+    # a CT the heads read as a head CT keeps "CT of the head"; with no fitting words, the class
+    got = label_answer("What imaging modality was used?", np.array([1.0, 0.0]), heads, "e",
+                       {("modality", "ct"): Counter({"CT of the chest": 2})})
+    assert got is not None and got.answer == "CT" and got.score == pytest.approx(got.p_label / 2)
+    assert "2 answers to this kind of question about a ct image name another" in got.summary
+
+
 def test_other_questions_and_missing_heads_get_no_label_answer() -> None:
     heads, axial, _ = _plane_head()
     said = label_phrasings(_items())
