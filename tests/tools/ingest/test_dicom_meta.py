@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-import pytest
 
 from tests.tools.ingest.helpers import ALLOWED_META, modified, sample
 from tools.image import LoadedImage
