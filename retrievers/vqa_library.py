@@ -222,17 +222,32 @@ _NOT_A_LABEL = re.compile(r"contrast|enhanc|weighted|\bt[12]\b|flair|artifact|ex
                           re.IGNORECASE)
 
 
+_REGIONS = {"head": ("head", "brain", "skull"), "chest": ("chest", "thorax"),
+            "abd": ("abdomen", "abdominal region")}
+_REGION_QUESTION = re.compile(
+    r"^(?:is|was)\s+(?:this|it|the\s+(?:image|scan|study|film|picture))\s+"
+    r"(?:(?:an?\s+)?(?:image|picture|scan|view|study|film|section)\s+of\s+)?(?:the\s+)?"
+    r"(head|brain|skull|chest|thorax|abdomen|abdominal region)\s*\??$", re.IGNORECASE)
+"""A question whether the image shows a body region, and nothing else: "Is this the brain?",
+"Is this an image of the chest?" (not "Is this the brain stem?", nor "Is this a chest CT?")."""
+
+
 def label_question(question: str) -> tuple[str, str] | None:
     """The ``(task, value)`` a yes/no question asks about the whole image, or None.
 
     "Is this an MRI?" -> ``("modality", "mr")``; "Is the image in the axial plane?" ->
-    ``("plane", "axial")``. Only questions about what the image IS (opening "is this ...",
-    "is the image ...") that name exactly one modality or one plane (axial, coronal, sagittal,
-    lateral) and nothing that qualifies it (contrast, weighting, a kind of film, AP/PA, "or",
-    "not"): "Is this CT enhanced by IV contrast?" asks about contrast, not about CT.
+    ``("plane", "axial")``; "Is this the brain?" -> ``("organ", "head")`` (a body region and
+    nothing else, ``_REGION_QUESTION``). Only questions about what the image IS (opening "is
+    this ...", "is the image ...") that name exactly one modality or one plane (axial,
+    coronal, sagittal, lateral) and nothing that qualifies it (contrast, weighting, a kind of
+    film, AP/PA, "or", "not"): "Is this CT enhanced by IV contrast?" asks about contrast, not
+    about CT.
     """
     if not _LABEL_QUESTION.match(question) or _NOT_A_LABEL.search(question):
         return None
+    region = _REGION_QUESTION.match(" ".join(question.split()))
+    if region:
+        return "organ", next(o for o, words in _REGIONS.items() if region[1].lower() in words)
     modalities = _mentions(question, _MODALITY_WORDS)
     planes = _mentions(question, _PLANE_WORDS) - {"frontal"}
     if planes == {"lateral"} and modalities == {"xray"}:  # "a lateral film": the film's plane

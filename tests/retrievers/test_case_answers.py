@@ -177,6 +177,11 @@ def test_the_tool_answers_from_a_built_library(tmp_path: Path, store, mini_embed
     ("Is this a lateral film?", ("plane", "lateral")),  # a film's plane: the film is implied
     ("Is this a lateral CT?", None),  # names a plane and a modality
     ("Is this image of a saggital plane?", ("plane", "sagittal")),
+    ("Is this the brain?", ("organ", "head")),  # a body region and nothing else
+    ("Is this an image of the chest?", ("organ", "chest")),
+    ("Is this the brain stem?", None),  # a structure, not the region
+    ("Is this the liver?", None),
+    ("Is this a chest radiograph?", ("modality", "xray")),  # the region is context
 ])
 def test_which_yes_no_questions_a_label_answers(question, asked) -> None:
     assert label_question(question) == asked
