@@ -62,6 +62,20 @@ def test_calibration_tempers_an_overconfident_fit() -> None:
     assert cal.temperature > 1.0
 
 
+def test_no_head_is_surer_than_its_fitting_cases_allow() -> None:
+    # far-apart clusters: every out-of-fold prediction right, the sharpest temperature tried
+    x, y = _blobs(40)
+    x = x * 50
+    head = fit_head(x, y)
+    assert head.temperature == pytest.approx(0.05)
+    p = head.predict_proba(x * 10)  # further out still: the softmax alone says 1.0
+    assert p.sum(axis=1) == pytest.approx(np.ones(40))
+    assert head.doubt == pytest.approx(1 / 42)
+    assert p.max() == pytest.approx(head.ceiling) and head.ceiling == pytest.approx(1 - 2 / 126)
+    assert p.min() == pytest.approx(head.doubt / 3)
+    assert (p.argmax(axis=1) == [head.classes.index(v) for v in y]).all()  # order kept
+
+
 def test_two_classes_and_one_class() -> None:
     x, y = _blobs(60)
     two = [("ct" if v == "ct" else "other") for v in y]
