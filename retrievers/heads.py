@@ -83,7 +83,7 @@ class Head:
         return np.asarray(x, np.float64) @ self.weights.T + self.bias
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities ``(N, K)``, rows summing to 1, none above ``ceiling``.
+        """Calibrated probabilities ``(N, K)``, rows summing to 1, none above 1 - doubt (K-1)/K.
 
         The tempered softmax mixed with the uniform by ``doubt``: where the out-of-fold
         predictions were all right, the temperature that fits them best is the sharpest one
@@ -102,12 +102,6 @@ class Head:
         shipped organ head (111 images), 0.043 for its plane head (21).
         """
         return 1.0 / (sum(self.fitted_on.values()) + 2)
-
-    @property
-    def ceiling(self) -> float:
-        """The highest probability the head gives: ``1 - doubt x (K - 1) / K``."""
-        k = len(self.classes)
-        return 1.0 - self.doubt * (k - 1) / k
 
     def as_json(self) -> dict[str, Any]:
         """The ``heads.json`` entry."""
