@@ -196,6 +196,13 @@ def _human(report: dict[str, Any]) -> str:
                          f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}")
     for c in (report.get("calibration_by_domain") or {}).values():
         lines += _calibration(c)
+    stated = report.get("by_category_at_threshold") or {}
+    if stated:
+        lines.append("stated without 'Uncertain' at the cross-fitted threshold, vs the majority "
+                     "answer on the same items (verdict):")
+        for value, c in stated.items():
+            lines.append(f"  {value:<10} n={c['n']:<4} stated {c['answered']:<4} "
+                         f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}")
     return "\n".join(lines)
 
 

@@ -124,6 +124,10 @@ def evaluate(
         "baselines": {k: v for k, v in summary.items() if k != "full"},
         "by_split": split_table([*records, *extra]),
         "by_category_answered": answered_table([*records, *extra]),
+        # the same, counting as answered only what the cross-fitted map lets through
+        "by_category_at_threshold": (
+            answered_table([*records, *extra], passed=held["crossfit_passed_ids"])
+            if held and "crossfit_passed_ids" in held else {}),
         "calibration": _public(held) if held else None,
         "calibration_by_domain": {d: _public(h) for d, (_, h) in fitted.items()},
         "elapsed_s": round(time.perf_counter() - t0, 2),
@@ -139,8 +143,9 @@ def evaluate(
 
 
 def _public(held: dict[str, Any]) -> dict[str, Any]:
-    """The held-out figures without the reliability bins (those go to the plot)."""
-    return {k: v for k, v in held.items() if not k.startswith("reliability")}
+    """The held-out figures without the reliability bins (those go to the plot) or item ids."""
+    return {k: v for k, v in held.items()
+            if not k.startswith("reliability") and k != "crossfit_passed_ids"}
 
 
 def _canonical(llm: str) -> str:

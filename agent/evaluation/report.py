@@ -342,6 +342,9 @@ def _crossfit(full: Sequence[Record], k: int, seed: int, method: str,
                 cal_x[i] = float(v)
                 answered[i] = thr is not None and cal_x[i] >= thr
         kept = [y[i] for i in range(len(full)) if answered[i]]
+        if not suffix:  # which items a calibrated agent would state, for the category table
+            out["crossfit_passed_ids"] = sorted({full[i].item_id for i in range(len(full))
+                                                 if answered[i] and full[i].repeat == 0})
         out[f"crossfit_ece_before{suffix}"] = _r(ece(x, y))
         out[f"crossfit_ece_after{suffix}"] = _r(ece(cal_x, y))
         out[f"crossfit_ece_after{suffix}_ci95"] = [_r(v) for v in bootstrap_ci(ece, cal_x, y)]

@@ -14,7 +14,7 @@ overall metrics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,22 +117,28 @@ def split_table(records: Sequence[Record]) -> dict[str, dict[str, dict[str, dict
 
 
 def answered_table(records: Sequence[Record], variant: str = "full",
-                   baseline: str = "majority") -> dict[str, dict[str, Any]]:
+                   baseline: str = "majority",
+                   passed: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
     """Per category, whether ``variant`` is right more often than ``baseline`` where it answered.
 
     ``{category: {n, answered, accuracy, baseline_accuracy, verdict}}``: ``accuracy`` and
     ``baseline_accuracy`` are over the same answered items (first repeat), ``verdict`` is
-    ``above``, ``not above`` or ``abstains`` (nothing answered). This is the measure of "every
-    category above its majority baseline or abstaining": an agent that abstains where it
-    cannot see the answer should read ``abstains`` there, not ``not above``. Empty without
-    baseline records or categories.
+    ``above``, ``level`` (as often right), ``below`` or ``abstains`` (nothing answered). This is
+    the measure of "every category above its majority baseline or abstaining": an agent that
+    abstains where it cannot see the answer should read ``abstains`` there, not ``below``.
+
+    ``passed`` is the ids of the items whose calibrated confidence clears the abstention
+    threshold. Given, only those count as answered: what a calibrated agent states without
+    "Uncertain" (an evaluation with ``--raw`` withholds only what no tool could answer). Empty
+    without baseline records or categories.
     """
     base = {r.item_id: r for r in records if r.variant == baseline and r.repeat == 0}
     mine = [r for r in records if r.variant == variant and r.repeat == 0 and r.item_id in base]
     out: dict[str, dict[str, Any]] = {}
     for value in sorted({split_value(r, "category") for r in mine} - {""}):
         rows = [r for r in mine if split_value(r, "category") == value]
-        answered = [r for r in rows if not r.abstained and r.answer.strip()]
+        answered = [r for r in rows if not r.abstained and r.answer.strip()
+                    and (passed is None or r.item_id in passed)]
         right = sum(r.correct for r in answered)
         prior = sum(base[r.item_id].correct for r in answered)
         out[value] = {
@@ -140,6 +146,6 @@ def answered_table(records: Sequence[Record], variant: str = "full",
             "accuracy": _r(right / len(answered)) if answered else None,
             "baseline_accuracy": _r(prior / len(answered)) if answered else None,
             "verdict": ("abstains" if not answered else "above" if right > prior
-                        else "not above"),
+                        else "level" if right == prior else "below"),
         }
     return out

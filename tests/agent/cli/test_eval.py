@@ -258,6 +258,11 @@ def test_medloop_eval_on_real_vqa_rad_items_reports_splits_baselines_and_domain(
     assert rep["by_split"]["category"]["PRES"]["majority"]["n"] > 0
     assert rep["calibration"]["domain"] == "clinical"
     assert list(rep["calibration_by_domain"]) == ["clinical"]
+    # per category, what the cross-fitted map lets through is no more than what was answered
+    stated, answered = rep["by_category_at_threshold"], rep["by_category_answered"]
+    assert set(stated) == set(answered) and "crossfit_passed_ids" not in rep["calibration"]
+    assert all(stated[c]["answered"] <= answered[c]["answered"] for c in stated)
+    assert "stated without 'Uncertain' at the cross-fitted threshold" in text
     # saved under the name the answer node looks up for clinical images only
     saved = json.loads((medloop_home / "calibration" / "embedded-smollm2-135m.clinical.json").read_text())
     assert saved["domain"] == "clinical" and saved["n_fit"] == 24

@@ -30,6 +30,19 @@ def test_cross_fitted_calibration_scores_every_item_out_of_sample():
     assert "crossfit_ece_after_with_agreement" not in held  # no repeats: no agreement
 
 
+def test_the_items_a_calibrated_agent_would_state_are_named_out_of_sample():
+    from agent.evaluation.report import calibrate_split
+
+    rng = np.random.default_rng(1)
+    # Half say 0.95 and are always right; half say 0.6 and are right a coin's worth.
+    conf = [0.95 if i % 2 == 0 else 0.6 for i in range(200)]
+    right = [i % 2 == 0 or bool(rng.random() < 0.5) for i in range(200)]
+    _, held = calibrate_split(_records(conf, right), fit_fraction=0.5, seed=0)
+    passed = set(held["crossfit_passed_ids"])
+    assert passed == {f"q{i}" for i in range(0, 200, 2)}  # the sure half, and only it
+    assert held["crossfit_coverage"] == 0.5 and held["crossfit_selective_accuracy"] == 1.0
+
+
 def test_self_consistency_is_calibrated_when_items_repeat():
     from agent.evaluation.report import agreement, calibrate_split
 

@@ -85,8 +85,21 @@ def test_answered_items_are_held_to_the_majority_on_the_same_items(records):
     assert pres["answered"] == pres["n"] == len(answered)
     assert pres["baseline_accuracy"] == round(sum(r.correct for r in answered) / len(answered), 4)
     assert pres["verdict"] == ("above" if pres["accuracy"] > pres["baseline_accuracy"]
-                               else "not above")
+                               else "level" if pres["accuracy"] == pres["baseline_accuracy"]
+                               else "below")
     assert table["POS"] == {"n": table["POS"]["n"], "answered": 0, "accuracy": None,
                             "baseline_accuracy": None, "verdict": "abstains"}
-    assert table["MODALITY"]["accuracy"] == 0.0 and table["MODALITY"]["verdict"] == "not above"
+    # wrong on every MODALITY item, where the majority is right on some
+    assert table["MODALITY"]["accuracy"] == 0.0 < table["MODALITY"]["baseline_accuracy"]
+    assert table["MODALITY"]["verdict"] == "below"
     assert answered_table(full) == {}  # no baseline records: nothing to hold it to
+
+    # Counting only what clears the calibrated threshold: PRES items left out of ``passed``
+    # are not answered, and a category with none passing abstains.
+    closed_pres = [r for r in answered if r.answer_type == "yesno"]
+    kept = {r.item_id for r in closed_pres[: len(closed_pres) // 2]}
+    assert kept
+    stated = answered_table([*full, *majority], passed=kept)
+    assert stated["PRES"]["answered"] == len(kept) and stated["PRES"]["n"] == pres["n"]
+    assert stated["PRES"]["accuracy"] == 1.0
+    assert stated["MODALITY"]["verdict"] == "abstains"
