@@ -224,6 +224,13 @@ def test_train_heads_on_a_library_and_classify(tmp_path: Path, store, mini_embed
         assert ev.data["probabilities"]["modality"] == [["ct", 1.0]]
         assert "modality: ct (DICOM header)" in ev.summary and ev.data["from_header"] == [
             "modality"]
+        # a shoulder MR with no BodyPartExamined: its study description names the shoulder,
+        # which the organ head (abd, chest, head) knows nothing of (it read "head 0.99")
+        _, shoulder = ingest_path(store, get_testdata_file("MR2_UNCR.dcm"))
+        ev = tool.invoke({"image_id": shoulder[0].id, "task": "organ"})
+        assert ev.data["probabilities"]["organ"] == [["shoulder", 1.0]]
+        assert ev.data["from_header"] == ["organ"]
+        assert "the classifiers know nothing of organ shoulder" in ev.summary
         # an ultrasound: no head knows one, so none reads its organ
         _, us = ingest_path(store, get_testdata_file("examples_palette.dcm"))
         with pytest.raises(ToolInputError, match=r"modality us.*know nothing of such an image"):

@@ -2,7 +2,9 @@
 
 This is the de-identification boundary of the loader. ``dicom_meta`` copies a whitelist of
 technical attributes by keyword; names, ids, dates, UIDs, institution and every free-text
-field are never read, because free text can hold PHI. Value Representations are checked too:
+field are never copied, because free text can hold PHI (an empty BodyPartExamined is filled
+from the descriptions' words, but only with a term of a closed vocabulary:
+``tools.ingest.described_part``). Value Representations are checked too:
 a CS value that breaks the CS rules is dropped, since a hostile or sloppy writer can put
 anything, including a name, into any element. ``dicom_spacing`` reads the pixel spacing and
 says where it came from; it is never guessed.
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tools.ingest.described_part import described_body_part
 from tools.ingest.values import (
     as_float,
     as_floats,
@@ -127,7 +130,9 @@ def dicom_meta(ds: Any, tsuid: Any) -> dict[str, Any]:
     """The whitelisted technical attributes, as lower-case snake_case keys.
 
     ``tsuid`` is the file meta's TransferSyntaxUID; its registered name (never a private UID)
-    is kept as ``transfer_syntax``. Multi-valued numbers (two windows) stay lists.
+    is kept as ``transfer_syntax``. Multi-valued numbers (two windows) stay lists. Without a
+    BodyPartExamined, ``body_part`` is the region the descriptions name, and
+    ``body_part_from`` the attribute it was read in.
     """
     meta: dict[str, Any] = {}
     for keyword, key in _META_CODE.items():
@@ -148,6 +153,10 @@ def dicom_meta(ds: Any, tsuid: Any) -> dict[str, Any]:
         cosines = as_floats(plane.get("ImageOrientationPatient")) if plane is not None else []
         if len(cosines) == 6:
             meta["orientation"] = cosines
+    if "body_part" not in meta:  # many scanners leave it empty and name it in a description
+        described = described_body_part(ds)
+        if described is not None:
+            meta["body_part"], meta["body_part_from"] = described
     if tsuid.is_transfer_syntax and tsuid.name != str(tsuid):  # a registered, public name
         meta["transfer_syntax"] = tsuid.name
     return meta

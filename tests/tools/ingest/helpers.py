@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 # Every key the loader may put in meta: a whitelist, so a new key has to be added on purpose.
 ALLOWED_META = {
-    "modality", "body_part", "view_position", "laterality", "patient_orientation",
+    "modality", "body_part", "body_part_from", "view_position", "laterality", "patient_orientation",
     "photometric", "rows", "columns", "frames", "samples_per_pixel", "bits_allocated",
     "bits_stored", "pixel_representation", "pixel_spacing", "imager_pixel_spacing",
     "slice_thickness", "window_center", "window_width", "rescale_slope", "rescale_intercept",

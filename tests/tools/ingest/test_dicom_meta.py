@@ -81,9 +81,75 @@ def test_meta_holds_no_identifiers(tmp_path: Path) -> None:
     text = json.dumps(img.meta) + json.dumps(img.notes) + make_ref("img-0", img).model_dump_json()
     for needle in [*PHI.values(), *uids, "Doe", "Jane", "555-0199", "Elsewhere"]:
         assert needle not in text, needle
-    assert "body_part" not in img.meta
+    # the invalid BodyPartExamined is dropped; "Jane chest" gives a term of the closed
+    # vocabulary, never its text
+    assert (img.meta["body_part"], img.meta["body_part_from"]) == ("CHEST", "SeriesDescription")
     assert set(img.meta) <= ALLOWED_META
     assert img.meta["modality"] == "CT"  # the technical fields are still there
+
+
+# ---------------------------------------------------------------------------------------------
+# The body part a description names, when BodyPartExamined is empty
+# ---------------------------------------------------------------------------------------------
+def test_a_shoulder_mr_without_body_part_is_read_off_its_study_description() -> None:
+    # pydicom's MR2 is a shoulder MR whose BodyPartExamined is empty: the organ head, which
+    # knows head, chest and abdomen, read it as "head 0.99"
+    ds = pydicom.dcmread(sample("MR2_UNCR.dcm"), stop_before_pixels=True)
+    assert not ds.get("BodyPartExamined") and ds.StudyDescription == "SHOULDER"
+    meta = load_image(sample("MR2_UNCR.dcm")).meta
+    assert (meta["body_part"], meta["body_part_from"]) == ("SHOULDER", "StudyDescription")
+    # a head CT whose only description is "5/5mm Plain" names nothing
+    assert "body_part" not in load_image(sample("693_UNCR.dcm")).meta
+
+
+@pytest.mark.parametrize(("descriptions", "expected"), [
+    ({"StudyDescription": "CT HEAD W/O CONTRAST"}, ("HEAD", "StudyDescription")),
+    ({"SeriesDescription": "Ax T2 brain", "ProtocolName": "t2_tse_tra"},
+     ("HEAD", "SeriesDescription")),
+    ({"StudyDescription": "abdomen^liver"}, ("ABDOMEN", "StudyDescription")),
+    ({"StudyDescription": "CT ABD/PELVIS"}, ("ABDOMENPELVIS", "StudyDescription")),
+    ({"StudyDescription": "CT CHEST ABDOMEN PELVIS"}, None),  # three regions: none of them
+    ({"StudyDescription": "MR KNEE", "SeriesDescription": "sag PD shoulder"}, None),
+    ({"StudyDescription": "Non-ossifying fibroma of distal tibia"}, None),  # a bone: no region
+    ({"StudyDescription": "Headache"}, None),  # whole words only
+    ({}, None),
+])
+def test_descriptions_give_one_region_or_none(descriptions, expected) -> None:
+    from tools.ingest.described_part import described_body_part
+
+    ds = Dataset()
+    for keyword, value in descriptions.items():
+        setattr(ds, keyword, value)
+    assert described_body_part(ds) == expected
+
+
+def test_body_part_examined_goes_before_a_description(tmp_path: Path) -> None:
+    path = modified("RG1_UNCI.dcm", tmp_path, StudyDescription="KNEE")
+    meta = load_image(path).meta
+    assert meta["body_part"] == "CHEST" and "body_part_from" not in meta
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_where_both_are_given_in_pydicoms_files_the_description_agrees() -> None:
+    """On the real files that carry both, the described region is the header's organ."""
+    from pydicom.data import get_testdata_files
+
+    from retrievers.header_labels import header_labels
+    from tools.ingest.described_part import described_body_part
+
+    checked = 0
+    for path in get_testdata_files("*.dcm"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # pydicom ships deliberately broken files too
+            continue
+        part = str(ds.get("BodyPartExamined", "") or "").strip()
+        described = described_body_part(ds)
+        if part and described is not None:
+            assert (header_labels({"body_part": described[0]})
+                    == header_labels({"body_part": part})), path
+            checked += 1
+    assert checked >= 6  # the chest films, the abdominal MRs, the pancreas CT
 
 
 # ---------------------------------------------------------------------------------------------
