@@ -497,12 +497,16 @@ def declines(ev: Evidence) -> bool:
                                              and bool(ev.data.get("question")))
 
 
+_PICTURE = r"(this|the|these|an?) (image|picture|scan|film|radiograph|study|file|x-?ray|ct|mri?)s?"
 _ABOUT_PICTURE = re.compile(
     r"\b(pixels?|px|spacing|(image|picture) (size|width|height|dimensions?|resolution)|"
     r"(size|width|height|dimensions?|resolution) of (the|this) (image|picture|file)|text|"
     r"written|writing|letters?|says?|read|date|window(ing|ed)?|histogram|pixel values?|"
-    r"intensity values?|mean intensity|gr[ae]y ?levels?|describe|description|summari[sz]e|"
-    r"overview)\b|^\s*(show|display|open|zoom)\b")
+    r"intensity values?|mean intensity|gr[ae]y ?levels?|"
+    # a request to describe the picture itself, not a finding in it ("Describe the appendix")
+    rf"(describe|summari[sz]e|overview of|description of) {_PICTURE}|"
+    r"describe what (you|is) (see|seen|shown|visible)|describe\W*$)\b|"
+    r"^\s*(show|display|open|zoom)\b")
 
 
 def bears_on(ev: Evidence, question: str) -> bool:

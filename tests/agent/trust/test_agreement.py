@@ -322,6 +322,13 @@ def test_a_reading_of_the_pixels_bears_only_on_questions_about_the_picture():
         assert bears_on(jpeg, about_picture) and pixels_only(about_picture, [jpeg]) == ""
     # "show" only as a request, not inside a clinical question
     assert pixels_only("Does this image show a fracture?", [jpeg])
+    # "describe" only of the picture: "Describe the appendix" asks for a finding (on a blank
+    # picture the planner answered it from describe_image's intensities at raw 0.89)
+    for about_finding in ("Describe the appendix", "Describe the borders of the lesion."):
+        assert not bears_on(jpeg, about_finding) and pixels_only(about_finding, [jpeg])
+    for about_picture in ("Can you describe the scan?", "Describe what you see",
+                          "Summarize this MRI"):
+        assert bears_on(jpeg, about_picture)
     # a DICOM's recorded acquisition is a fact about the image
     dicom = jpeg.model_copy(update={"data": {"observes": PIXELS, "modality": "CR"}})
     assert bears_on(dicom, q)
