@@ -505,7 +505,7 @@ _ABOUT_PICTURE = re.compile(
     r"intensity values?|mean intensity|gr[ae]y ?levels?|"
     # a request to describe the picture itself, not a finding in it ("Describe the appendix")
     rf"(describe|summari[sz]e|overview of|description of) {_PICTURE}|"
-    r"describe what (you|is) (see|seen|shown|visible)|describe\W*$)\b|"
+    r"describe what (you|is) (see|seen|shown|visible))\b|\bdescribe\W*$|"
     r"^\s*(show|display|open|zoom)\b")
 
 

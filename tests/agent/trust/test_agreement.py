@@ -327,7 +327,7 @@ def test_a_reading_of_the_pixels_bears_only_on_questions_about_the_picture():
     for about_finding in ("Describe the appendix", "Describe the borders of the lesion."):
         assert not bears_on(jpeg, about_finding) and pixels_only(about_finding, [jpeg])
     for about_picture in ("Can you describe the scan?", "Describe what you see",
-                          "Summarize this MRI"):
+                          "Summarize this MRI", "Can you describe?"):
         assert bears_on(jpeg, about_picture)
     # a DICOM's recorded acquisition is a fact about the image
     dicom = jpeg.model_copy(update={"data": {"observes": PIXELS, "modality": "CR"}})
