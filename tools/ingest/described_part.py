@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tools.ingest.values import as_list
+
 __all__ = ["DESCRIPTIONS", "described_body_part"]
 
 DESCRIPTIONS = ("StudyDescription", "SeriesDescription", "ProtocolName",
@@ -53,12 +55,9 @@ def described_body_part(ds: Any) -> tuple[str, str] | None:
     """
     found: dict[str, str] = {}
     for keyword in DESCRIPTIONS:
-        value = ds.get(keyword)
-        text = value.value if hasattr(value, "value") else value
-        for word in _WORD.findall(str(text or "").upper()):
-            region = _WORD_REGION.get(word)
-            if region is not None:
-                found.setdefault(region, keyword)
+        words = _WORD.findall(" ".join(str(v) for v in as_list(ds.get(keyword))).upper())
+        for region in filter(None, map(_WORD_REGION.get, words)):
+            found.setdefault(region, keyword)
     if set(found) == {"ABDOMEN", "PELVIS"}:
         return "ABDOMENPELVIS", found["ABDOMEN"]
     if len(found) != 1:
