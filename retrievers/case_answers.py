@@ -527,7 +527,7 @@ def unreliable_kind(rel: Reliability | None, bank: CaseBank, qvec: np.ndarray,
     task = None if closed else open_label_question(question)
     kind = kind_key(task.upper(), False) if task else predict_kind(
         [it.category for it in bank.items], [it.answer_type == "yesno" for it in bank.items],
-        bank.question_vectors, qvec, closed)
+        bank.question_vectors, qvec, closed, question=question)
     score = rel.kinds.get(kind) if kind is not None else None
     return score if score is not None and not score.reliable else None
 

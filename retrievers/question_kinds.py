@@ -19,7 +19,12 @@ and left the kinds that come out level with the majority (COLOR, ORGAN) as they 
 their questions are mostly read as other kinds (``bench/README.md``, "How sure the table is").
 
 A kind is the question's category (VQA-RAD's PRES, POS, ABN, MODALITY, ...; any label a site
-gives) and whether it is closed (yes/no) or open: ``ABN/closed``.
+gives) and whether it is closed (yes/no) or open: ``ABN/closed``. One reading overrides both
+the label and the neighbours: a yes/no question that asks whether something is normal
+(``tools.question_form.asks_normality``: "Is the heart size normal?", labelled SIZE; "Is
+there gallbladder pathology?", labelled PRES) is ``ABN/closed``, in the table and at answer
+time (``read_kind``). Its answer turns on a finding, whatever else it names; counted under
+their labels, such questions had ridden on the verdicts of kinds the cases answer well.
 """
 
 from __future__ import annotations
@@ -35,20 +40,24 @@ from typing import Any
 import numpy as np
 
 from retrievers.embedders import l2_normalise
+from tools.question_form import asks_normality
 
-__all__ = ["ALPHA", "K_KIND", "MIN_ANSWERED", "RELIABILITY_FILE", "TABLE_VERSION", "KindScore",
-           "Reliability", "kind_key", "load_reliability", "predict_kind", "save_reliability",
-           "sign_test", "table_is_current"]
+__all__ = ["ALPHA", "K_KIND", "MIN_ANSWERED", "NORMALITY", "RELIABILITY_FILE", "TABLE_VERSION",
+           "KindScore", "Reliability", "kind_key", "load_reliability", "predict_kind", "read_kind",
+           "save_reliability", "sign_test", "table_is_current"]
 
 RELIABILITY_FILE = "reliability.json"
-TABLE_VERSION = 6
+TABLE_VERSION = 7
 """Bumped when the kinds or the answers they score change meaning (2: multi-category labels
 count as their first category, ATRIB as ATTRIB; 3: open questions about the image's modality,
 organ or plane are answered by the heads, ``retrievers.label_answers``; 4: yes/no plane
 questions read the plane jointly with the modality, ``retrievers.heads.joint_plane``; 5:
 yes/no questions a head answers are left out of their kind, ``case_answers.never_withheld``;
-6: the questions the cases and the commonest answer disagree on are counted, ``sign_test``),
-so a stale table is measured again (``table_is_current``)."""
+6: the questions the cases and the commonest answer disagree on are counted, ``sign_test``;
+7: a yes/no question asking whether something is normal counts as ``NORMALITY``,
+``read_kind``), so a stale table is measured again (``table_is_current``)."""
+NORMALITY = "ABN"
+"""The category a yes/no question about normality is counted under (VQA-RAD's name for it)."""
 K_KIND = 7
 """Library questions that vote on a new question's kind (MiniLM cosine, same closed/open)."""
 MIN_ANSWERED = 5
@@ -89,6 +98,18 @@ def kind_key(category: str | None, closed: bool) -> str | None:
     if not primary:
         return None
     return f"{_SPELLINGS.get(primary, primary)}/{'closed' if closed else 'open'}"
+
+
+def read_kind(category: str | None, closed: bool, question: str) -> str | None:
+    """The kind a labelled pair is counted under; None without a label.
+
+    ``ABN/closed`` for a yes/no question about normality (``asks_normality``), else its
+    label's (``kind_key``).
+    """
+    key = kind_key(category, closed)
+    if key is not None and closed and asks_normality(question):
+        return kind_key(NORMALITY, True)
+    return key
 
 
 @dataclass(frozen=True)
@@ -195,17 +216,20 @@ def table_is_current(root: str | Path) -> bool:
 
 def predict_kind(categories: Sequence[str | None], closed: Sequence[bool],
                  question_vectors: np.ndarray, question_vector: np.ndarray, is_closed: bool,
-                 k: int = K_KIND) -> str | None:
+                 k: int = K_KIND, question: str = "") -> str | None:
     """The kind of a question: the weighted vote of its ``k`` nearest library questions.
 
     Only library questions of the same closed/open type vote, weighted by cosine;
     ``categories[i]``, ``closed[i]`` and row ``i`` of ``question_vectors`` describe library
-    question ``i``. None when none has a category.
+    question ``i``. None when none has a category. A yes/no ``question`` about normality is
+    ``ABN/closed`` whatever its neighbours are (``read_kind``), as the table counts it.
     """
     rows = [i for i, (c, cl) in enumerate(zip(categories, closed, strict=True))
             if c and cl == is_closed]
     if not rows:
         return None
+    if is_closed and asks_normality(question):
+        return kind_key(NORMALITY, True)
     sims = np.asarray(question_vectors)[rows] @ l2_normalise(
         np.asarray(question_vector, np.float64).reshape(1, -1))[0]
     votes: dict[str, float] = {}

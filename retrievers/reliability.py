@@ -30,7 +30,13 @@ from retrievers.case_answers import (
 )
 from retrievers.heads import Head, fit_head, library_labels
 from retrievers.label_answers import choice_answer, describe_answer, label_answer
-from retrievers.question_kinds import KindScore, Reliability, kind_key, save_reliability
+from retrievers.question_kinds import (
+    KindScore,
+    Reliability,
+    kind_key,
+    read_kind,
+    save_reliability,
+)
 from retrievers.vqa_library import (
     QAItem,
     folds_by_image,
@@ -116,12 +122,12 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
             model = None
         prior: dict[str, Counter[str]] = defaultdict(Counter)
         for i in fit:
-            key = kind_key(items[i].category, items[i].answer_type == "yesno")
+            key = read_kind(items[i].category, items[i].answer_type == "yesno", items[i].question)
             if key:
                 prior[key][normalise_answer(items[i].answer)] += 1
         for i in scored:
             it = items[i]
-            key = kind_key(it.category, it.answer_type == "yesno")
+            key = read_kind(it.category, it.answer_type == "yesno", it.question)
             if key is None:
                 continue
             answer, _, method = expert_answer(bank, heads, model, image_embedder, it.question,

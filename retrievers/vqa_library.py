@@ -34,6 +34,7 @@ import numpy as np
 from retrievers.embedders import Embedder, image_embedder_by_name, shared_minilm
 from retrievers.library import CaseLibrary, NewCase
 from tools.errors import ToolInputError
+from tools.question_form import asks_normality
 
 __all__ = [
     "DEFAULT_IMAGE_EMBEDDER",
@@ -220,6 +221,8 @@ _LABEL_QUESTION = re.compile(
 _NOT_A_LABEL = re.compile(r"contrast|enhanc|weighted|\bt[12]\b|flair|artifact|expos|phase|"
                           r"kind|type|kub|\bap\b|\bpa\b|anterior|posterior|\bor\b|\bnot\b",
                           re.IGNORECASE)
+"""Words that qualify what a question names, so that it asks something else; a question about
+normality (``asks_normality``: "Is this a normal CT?") is not one about the modality either."""
 
 
 _REGIONS = {"head": ("head", "brain", "skull"), "chest": ("chest", "thorax"),
@@ -240,10 +243,11 @@ def label_question(question: str) -> tuple[str, str] | None:
     nothing else, ``_REGION_QUESTION``). Only questions about what the image IS (opening "is
     this ...", "is the image ...") that name exactly one modality or one plane (axial,
     coronal, sagittal, lateral) and nothing that qualifies it (contrast, weighting, a kind of
-    film, AP/PA, "or", "not"): "Is this CT enhanced by IV contrast?" asks about contrast, not
-    about CT.
+    film, AP/PA, "or", "not", normality): "Is this CT enhanced by IV contrast?" asks about
+    contrast, not about CT, and "Is this a normal CT?" about the findings.
     """
-    if not _LABEL_QUESTION.match(question) or _NOT_A_LABEL.search(question):
+    if (not _LABEL_QUESTION.match(question) or _NOT_A_LABEL.search(question)
+            or asks_normality(question)):
         return None
     region = _REGION_QUESTION.match(" ".join(question.split()))
     if region:

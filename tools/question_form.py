@@ -6,6 +6,12 @@ organ captured by this image?", answered "Brain", not "yes"), or unless it offer
 alternatives ("... on the left or the right?"), when it is *either-or* and a leading yes/no
 answers nothing. A question about a place "in the image" ("which quadrant of the image") is
 in the image's frame: its left and right are places in the picture, not the patient's sides.
+A question may also ask for a *judgement of normality* ("Is the heart size normal?", "Is there
+gallbladder pathology?", "Is anything wrong in the image?"): whether what is shown is normal,
+which only a reading of the findings settles, whatever else (a size, an organ, a modality) it
+names. The case library reads such a question as one about abnormality whatever its
+neighbouring questions were labelled (``retrievers.question_kinds.read_kind``), and never as a
+question about what the image is ("Is this a normal CT?" is not "Is this a CT?").
 The case library (which questions its yes/no model answers), calibration (which map applies)
 and the meaning check (how an answer is read) all ask these questions; they used to keep
 three regular expressions that had drifted apart.
@@ -16,7 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["QuestionForm", "is_either_or", "is_yesno_question", "opens_with_auxiliary"]
+__all__ = ["QuestionForm", "asks_normality", "is_either_or", "is_yesno_question",
+           "opens_with_auxiliary"]
 
 _AUXILIARY_START = re.compile(
     r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
@@ -30,6 +37,8 @@ _OPEN_REQUEST = re.compile(
     r"(describe|explain|summari[sz]e)\b(?![^?]*\bas\b))", re.IGNORECASE)
 _EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
 _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
+_NORMALITY = re.compile(
+    r"\b(ab)?normal(ly|ity|ities)?\b|\bpatholog\w*|\bunremarkable\b|\bwrong\b", re.IGNORECASE)
 
 
 def opens_with_auxiliary(question: str) -> bool:
@@ -47,6 +56,20 @@ def opens_with_auxiliary(question: str) -> bool:
 def is_either_or(question: str) -> bool:
     """True when the question offers alternatives ("... left or right?")."""
     return bool(_EITHER_OR.search(question or ""))
+
+
+def asks_normality(question: str) -> bool:
+    """True when the question asks whether something is normal, abnormal or pathological.
+
+    "Is the heart size abnormal?", "Are the ventricles smaller than normal?", "Is there
+    gallbladder pathology?", "Is anything wrong in the image?". The VQA-RAD dev set has 83
+    such yes/no questions, labelled with seven categories (62 ABN, 12 SIZE, 5 PRES, one each
+    ATTRIB, COLOR, OTHER, POS). The case library's yes/no model sees the wording and the
+    image's overall appearance but no finding: in the agent's run over all 988 items
+    (fold libraries, 4f5b487) it answered 58 of them and was right on 27, where the
+    commonest answer of each one's category would have been right on 39.
+    """
+    return bool(_NORMALITY.search(question or ""))
 
 
 def is_yesno_question(question: str) -> bool:

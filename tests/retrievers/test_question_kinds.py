@@ -18,6 +18,7 @@ from retrievers.question_kinds import (
     kind_key,
     load_reliability,
     predict_kind,
+    read_kind,
     save_reliability,
     sign_test,
     table_is_current,
@@ -121,6 +122,46 @@ def test_a_question_takes_the_kind_of_its_nearest_library_questions():
     assert kind("Is the image normal?") == "ABN/closed"
     assert kind("Where is the mass?", is_closed=False) == "POS/open"
     assert predict_kind([None] * 5, closed, qv, qv[0], True) is None
+
+
+def test_a_yes_no_question_about_normality_is_an_abnormality_question_whatever_its_label():
+    """On the dev set "Is the heart size abnormal?" is labelled SIZE and "Is there gallbladder
+    pathology?" PRES; the case library's yes/no model cannot see what settles them, yet they
+    took the verdicts of SIZE and PRES, which it answers well."""
+    assert read_kind("SIZE", True, "Is the heart size abnormal?") == "ABN/closed"
+    assert read_kind("PRES", True, "Is there gallbladder pathology?") == "ABN/closed"
+    assert read_kind("SIZE", True, "Is the heart enlarged?") == "SIZE/closed"
+    assert read_kind("POS", False, "Where is the abnormality?") == "POS/open"  # open: its label
+    assert read_kind(None, True, "Is this normal?") is None  # unlabelled pairs stay out
+    text = HashText()
+    questions = ["Is the heart size normal?", "Is the heart enlarged?"]
+    qv = text.embed_texts(questions)
+    near = text.embed_texts(["Is the heart size normal?"])[0]
+    # its nearest library question is labelled SIZE, and still it is read as ABN
+    assert predict_kind(["SIZE", "SIZE"], [True, True], qv, near, True, k=1,
+                        question="Is the heart size normal?") == "ABN/closed"
+    assert predict_kind(["SIZE", "SIZE"], [True, True], qv, near, True, k=1) == "SIZE/closed"
+
+
+def test_the_table_counts_normality_questions_under_abnormality():
+    """A SIZE-labelled "Is the liver normal in size?" on every case is scored under ABN/closed:
+    the SIZE kind's verdict is measured on the questions it names."""
+    items, _, vectors = _suite()
+    items += [QAItem(f"n{c}", f"case{c}", "Is the liver normal in size?",
+                     "yes" if c % 2 else "no", "yesno", category="SIZE") for c in range(40)]
+    qv = HashText().embed_texts([it.question for it in items])
+    rel = measure_reliability(items, qv, vectors, {}, "toy", "hash-words", folds=5, seed=0)
+    assert rel.kinds["ABN/closed"].n == 40 and "SIZE/closed" not in rel.kinds
+    assert rel.kinds["PRES/closed"].n == 40
+    # and case_answer withholds by that verdict, though its neighbours are labelled SIZE
+    cases = sorted(vectors)
+    bank = CaseBank.from_arrays(cases, np.stack([vectors[c] for c in cases]), items, qv)
+    table = Reliability({"ABN/closed": KindScore("ABN/closed", 40, 40, 15, 25, "no", 5, 15),
+                         "SIZE/closed": KindScore("SIZE/closed", 40, 40, 35, 20, "yes", 16, 1)},
+                        5, 0)
+    q = "Is the liver normal in size?"
+    weak = unreliable_kind(table, bank, qv[-1], True, q, "answer-model")
+    assert weak is not None and weak.kind == "ABN/closed"
 
 
 def _suite(n_cases=40, seed=0):

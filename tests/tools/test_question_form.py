@@ -6,7 +6,13 @@ import pytest
 
 from agent.trust.calibration import CLOSED, OPEN, question_form
 from retrievers.case_answers import is_yesno_question as library_reads_yes_no
-from tools.question_form import QuestionForm, is_either_or, is_yesno_question, opens_with_auxiliary
+from tools.question_form import (
+    QuestionForm,
+    asks_normality,
+    is_either_or,
+    is_yesno_question,
+    opens_with_auxiliary,
+)
 
 
 @pytest.mark.parametrize("question, closed, either_or, frame", [
@@ -41,3 +47,22 @@ def test_the_form_of_a_question(question, closed, either_or, frame):
     # calibration's strata and the library's yes/no questions read the same form
     assert question_form(question) == (CLOSED if closed else OPEN)
     assert library_reads_yes_no(question) == form.yes_no
+
+
+@pytest.mark.parametrize("question, normality", [
+    ("Is the heart size abnormal?", True),  # dev: labelled SIZE
+    ("Are the ventricles smaller than normal?", True),
+    ("Is there gallbladder pathology?", True),  # dev: labelled ABN and PRES alike
+    ("Is the opacity near the left lung apex pathologic?", True),
+    ("Is anything wrong in the image?", True),
+    ("Is this a normal chest x-ray?", True),
+    ("Are there abnormalities in the kidneys?", True),
+    ("Is the mediastinum unremarkable?", True),
+    ("Is there a mass in the liver?", False),
+    ("Is the heart enlarged?", False),  # a finding named: the kind its neighbours give
+    ("Is this an MRI?", False),
+    ("Is the abnormally dense region in the left lobe?", True),
+    ("Paranormal?", False),  # a whole word only
+])
+def test_a_question_about_normality_is_read_as_one(question, normality):
+    assert asks_normality(question) is normality
