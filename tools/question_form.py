@@ -37,8 +37,15 @@ _OPEN_REQUEST = re.compile(
     r"(describe|explain|summari[sz]e)\b(?![^?]*\bas\b))", re.IGNORECASE)
 _EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
 _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
+_THE = r"(?<!\bthe )(?<!\bits )(?<!'s )"
+_KNOWN = _THE + r"(?<!\bthis )(?<!\bthat )(?<!\bthese )(?<!\bthose )(?<!\bother )"
 _NORMALITY = re.compile(
-    r"\b(ab)?normal(ly|ity|ities)?\b|\bpatholog\w*|\bunremarkable\b|\bwrong\b", re.IGNORECASE)
+    r"\bunremarkable\b|\bwrong\b|\bpatholog(ic|ical|ically)\b|"
+    # not where a finding already known is named ("the abnormality", "other abnormalities",
+    # "the abnormal mass"): "Is the abnormality hyperintense?" asks about its signal; "Is
+    # this normal?" still asks for a judgement
+    + _THE + r"\b(ab)?normal(ly)?\b|" + _KNOWN + r"\b(abnormalit(y|ies)|patholog(y|ies))\b",
+    re.IGNORECASE)
 
 
 def opens_with_auxiliary(question: str) -> bool:
@@ -62,12 +69,13 @@ def asks_normality(question: str) -> bool:
     """True when the question asks whether something is normal, abnormal or pathological.
 
     "Is the heart size abnormal?", "Are the ventricles smaller than normal?", "Is there
-    gallbladder pathology?", "Is anything wrong in the image?". The VQA-RAD dev set has 83
-    such yes/no questions, labelled with seven categories (62 ABN, 12 SIZE, 5 PRES, one each
-    ATTRIB, COLOR, OTHER, POS). The case library's yes/no model sees the wording and the
-    image's overall appearance but no finding: in the agent's run over all 988 items
-    (fold libraries, 4f5b487) it answered 58 of them and was right on 27, where the
-    commonest answer of each one's category would have been right on 39.
+    gallbladder pathology?", "Is anything wrong in the image?"; not a question about a finding
+    it names ("Is the abnormality hyperintense?", "Are there other abnormalities besides the
+    mass?"). The VQA-RAD dev set has 81 such yes/no questions, labelled with five categories
+    (62 ABN, 12 SIZE, 5 PRES, one each ATTRIB and POS). The case library's yes/no model sees
+    the wording and the image's overall appearance but no finding: in the agent's run over
+    all 988 items (fold libraries, 4f5b487) it answered 57 of them and was right on 26, where
+    the commonest answer of each one's category in the fitting folds was right on 36.
     """
     return bool(_NORMALITY.search(question or ""))
 

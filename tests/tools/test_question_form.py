@@ -61,8 +61,17 @@ def test_the_form_of_a_question(question, closed, either_or, frame):
     ("Is there a mass in the liver?", False),
     ("Is the heart enlarged?", False),  # a finding named: the kind its neighbours give
     ("Is this an MRI?", False),
-    ("Is the abnormally dense region in the left lobe?", True),
+    ("Is the abnormally dense region in the left lobe?", False),  # where: a known finding
     ("Paranormal?", False),  # a whole word only
+    # a finding already named: its signal, its place, what else there is
+    ("Is the abnormality hyper intense?", False),  # dev: labelled COLOR
+    ("Are there other abnormalities besides the mass in the temporal horn?", False),
+    ("Is the pathology on the left?", False),
+    ("Is this abnormality benign?", False),
+    ("Is this normal?", True),  # "this" a pronoun: the judgement itself
+    ("Is this normal gallbladder finding?", True),  # dev: labelled ABN
+    ("Is there pathology of the gallbladder?", True),
+    ("Are there any abnormalities seen in the spleen?", True),
 ])
 def test_a_question_about_normality_is_read_as_one(question, normality):
     assert asks_normality(question) is normality
