@@ -40,7 +40,7 @@ _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORE
 _THE = r"(?<!\bthe )(?<!\bits )(?<!'s )"
 _KNOWN = _THE + r"(?<!\bthis )(?<!\bthat )(?<!\bthese )(?<!\bthose )(?<!\bother )"
 _NORMALITY = re.compile(
-    r"\bunremarkable\b|\bwrong\b|\bpatholog(ic|ical|ically)\b|"
+    r"\bunremarkable\b|\bwrong\b|\bpatholog(ic|ical|ically)\b|\bhealthy\b|\bdiseased\b|"
     # not where a finding already known is named ("the abnormality", "other abnormalities",
     # "the abnormal mass"): "Is the abnormality hyperintense?" asks about its signal; "Is
     # this normal?" still asks for a judgement
@@ -77,7 +77,8 @@ def asks_normality(question: str) -> bool:
     all 988 items (fold libraries, 4f5b487) it answered 57 of them and was right on 26, where
     the commonest answer of each one's category in the fitting folds was right on 36.
     """
-    return bool(_NORMALITY.search(question or ""))
+    q = " ".join((question or "").replace("\u2019", "'").split())  # as typed: spaces, quotes
+    return bool(_NORMALITY.search(q))
 
 
 def is_yesno_question(question: str) -> bool:

@@ -48,6 +48,10 @@ _NORMAL = re.compile(r"\b(normal|unremarkable|healthy|within normal limits|no ab
                      r"nothing abnormal)\b")
 _ABNORMAL = re.compile(r"\b(abnormal|abnormality|abnormalities|patholog\w*|diseased)\b")
 _NOT_NORMAL = re.compile(r"\b(not|isn't|is not|are not|aren't)\s+(\w+\s+)?normal\b")
+# "larger than normal" is not normal: a comparison with normal names a departure from it
+_THAN_NORMAL = re.compile(r"\b(\w+er|more \w+|less \w+)\s+than\s+(normal|usual)\b")
+_NOT_THAN_NORMAL = re.compile(r"\b(not|no|isn't|aren't|never)\s+(\w+\s+)?(\w+er|more \w+|"
+                              r"less \w+)\s+than\s+(normal|usual)\b")
 # A bare yes/no: the word alone or followed by punctuation ("No nodules" is not a "No").
 _YES = re.compile(r"^\s*(yes|yeah|correct|true|present|positive)\s*([,.;:!—-]|$)")
 _NO = re.compile(r"^\s*(no|none|false|absent|negative)\s*([,.;:!—-]|$)")
@@ -127,6 +131,8 @@ def _count_of(low: str, findings: set[str]) -> int | None:
 
 
 def _normality(low: str) -> bool | None:
+    if _THAN_NORMAL.search(low):
+        return _NOT_THAN_NORMAL.search(low) is not None
     if _NOT_NORMAL.search(low):
         return False
     if _NORMAL.search(low):
@@ -240,8 +246,9 @@ def stance_of(text: str, question: str = "", *, as_answer: bool = True) -> Stanc
     conflict = ""
     if yes is not None and question.strip() and as_answer:
         q = question.lower()
-        q_normal = re.search(r"\b(normal|unremarkable)\b", q) is not None
-        q_abnormal = _ABNORMAL.search(q) is not None
+        compared = _THAN_NORMAL.search(q) is not None  # "smaller than normal?": abnormal?
+        q_normal = not compared and re.search(r"\b(normal|unremarkable)\b", q) is not None
+        q_abnormal = compared or _ABNORMAL.search(q) is not None
         q_findings = _families_in(q)
         if q_normal or q_abnormal:
             said = yes if q_normal else not yes

@@ -184,6 +184,7 @@ def test_the_tool_answers_from_a_built_library(tmp_path: Path, store, mini_embed
     ("Is this a chest radiograph?", ("modality", "xray")),  # the region is context
     ("Is this a normal CT?", None),  # asks about the findings: the modality head said "yes"
     ("Is this an abnormal chest x-ray?", None),
+    ("Is this a healthy MRI?", None),
 ])
 def test_which_yes_no_questions_a_label_answers(question, asked) -> None:
     assert label_question(question) == asked

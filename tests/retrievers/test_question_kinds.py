@@ -148,11 +148,14 @@ def test_the_table_counts_normality_questions_under_abnormality():
     the SIZE kind's verdict is measured on the questions it names."""
     items, _, vectors = _suite()
     items += [QAItem(f"n{c}", f"case{c}", "Is the liver normal in size?",
-                     "yes" if c % 2 else "no", "yesno", category="SIZE") for c in range(40)]
+                     "no" if c % 4 == 0 else "yes", "yesno", category="SIZE") for c in range(40)]
     qv = HashText().embed_texts([it.question for it in items])
     rel = measure_reliability(items, qv, vectors, {}, "toy", "hash-words", folds=5, seed=0)
-    assert rel.kinds["ABN/closed"].n == 40 and "SIZE/closed" not in rel.kinds
+    normality = rel.kinds["ABN/closed"]
+    assert normality.n == 40 and "SIZE/closed" not in rel.kinds
     assert rel.kinds["PRES/closed"].n == 40
+    # its commonest answer is taken from the fitting folds' normality questions too
+    assert normality.majority_answer == "yes" and normality.majority == 30
     # and case_answer withholds by that verdict, though its neighbours are labelled SIZE
     cases = sorted(vectors)
     bank = CaseBank.from_arrays(cases, np.stack([vectors[c] for c in cases]), items, qv)

@@ -70,6 +70,10 @@ def test_the_form_of_a_question(question, closed, either_or, frame):
     ("Is this abnormality benign?", False),
     ("Is this normal?", True),  # "this" a pronoun: the judgement itself
     ("Is this normal gallbladder finding?", True),  # dev: labelled ABN
+    ("Is the kidney diseased?", True),
+    ("Does the liver look healthy?", True),
+    ("Is the  abnormality  hyperintense?", False),  # as typed: doubled spaces
+    ("Is the lesion\u2019s pathology benign?", False),  # and a typographic apostrophe
     ("Is there pathology of the gallbladder?", True),
     ("Are there any abnormalities seen in the spleen?", True),
 ])

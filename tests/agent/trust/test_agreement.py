@@ -33,6 +33,12 @@ def test_finding_family(finding, family):
     ("Yes", "Is there an abnormality?", None, False, set(), None),
     ("The study is unremarkable.", "", None, True, set(), None),
     ("The heart is not normal.", "", None, False, set(), None),
+    # a comparison with normal is a departure from it (dev: "Are the ventricles smaller than
+    # normal?", "Is/Are the heart larger than normal?"): a yes is not "normal"
+    ("Yes.", "Are the ventricles smaller than normal?", None, False, set(), None),
+    ("No.", "Is the heart larger than normal?", None, True, set(), None),
+    ("The heart is larger than normal.", "", None, False, set(), None),
+    ("The heart is not larger than normal.", "", None, True, set(), None),
     ("Yes.", "", None, None, set(), None),  # a bare yes/no needs its question
     # a place in the image is not the patient's side; the patient's side named wins
     ("1 focal lesion found: L1 in the lower right of the image (patient's left side).", "",
