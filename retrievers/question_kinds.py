@@ -56,8 +56,8 @@ yes/no questions a head answers are left out of their kind, ``case_answers.never
 6: the questions the cases and the commonest answer disagree on are counted, ``sign_test``;
 7: a yes/no question asking whether something is normal counts as ``NORMALITY``,
 ``read_kind``; 8: not one about a finding it names, "Is the abnormality hyperintense?"; 9:
-"healthy" and "diseased" ask about normality too), so a stale table is measured again
-(``table_is_current``)."""
+"healthy" and "diseased" ask about normality too, "the left renal abnormality" names a
+finding), so a stale table is measured again (``table_is_current``)."""
 NORMALITY = "ABN"
 """The category a yes/no question about normality is counted under (VQA-RAD's name for it)."""
 K_KIND = 7

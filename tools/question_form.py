@@ -46,6 +46,14 @@ _NORMALITY = re.compile(
     # this normal?" still asks for a judgement
     + _THE + r"\b(ab)?normal(ly)?\b|" + _KNOWN + r"\b(abnormalit(y|ies)|patholog(y|ies))\b",
     re.IGNORECASE)
+_NAMED_FINDING = re.compile(
+    # the same with one or two words between ("the left renal abnormality", "the liver
+    # pathology"), words that are not a verb or a preposition ("Does the image show pathology?"
+    # still asks)
+    r"\b(the|this|that|these|those|other|its|\w+'s)\s+((?!(show|shows|showing|have|has|had|"
+    r"demonstrate|demonstrates|reveal|reveals|contain|contains|display|displays|suggest|"
+    r"suggests|depict|depicts|is|are|was|were|be|been|there|any|no|of|in|on|at|for|with|"
+    r"within|without)\b)[\w-]+\s+){1,2}(abnormalit(y|ies)|patholog(y|ies))\b", re.IGNORECASE)
 
 
 def opens_with_auxiliary(question: str) -> bool:
@@ -78,7 +86,7 @@ def asks_normality(question: str) -> bool:
     the commonest answer of each one's category in the fitting folds was right on 36.
     """
     q = " ".join((question or "").replace("\u2019", "'").split())  # as typed: spaces, quotes
-    return bool(_NORMALITY.search(q))
+    return bool(_NORMALITY.search(_NAMED_FINDING.sub(" ", q)))
 
 
 def is_yesno_question(question: str) -> bool:

@@ -70,6 +70,9 @@ def test_the_form_of_a_question(question, closed, either_or, frame):
     ("Is this abnormality benign?", False),
     ("Is this normal?", True),  # "this" a pronoun: the judgement itself
     ("Is this normal gallbladder finding?", True),  # dev: labelled ABN
+    ("Is the left renal abnormality a cyst?", False),  # named, with words between
+    ("Is the liver pathology benign?", False),
+    ("Does the image show pathology?", True),  # a verb between: still asked
     ("Is the kidney diseased?", True),
     ("Does the liver look healthy?", True),
     ("Is the  abnormality  hyperintense?", False),  # as typed: doubled spaces
