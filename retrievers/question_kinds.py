@@ -109,9 +109,15 @@ def read_kind(category: str | None, closed: bool, question: str) -> str | None:
     label's (``kind_key``).
     """
     key = kind_key(category, closed)
-    if key is not None and closed and asks_normality(question):
-        return kind_key(NORMALITY, True)
-    return key
+    return key if key is None else _normality_kind(closed, question) or key
+
+
+def _normality_kind(closed: bool, question: str) -> str | None:
+    """``ABN/closed`` for a yes/no question about normality, else None.
+
+    The one place the table (``read_kind``) and answer time (``predict_kind``) take it from.
+    """
+    return kind_key(NORMALITY, True) if closed and asks_normality(question) else None
 
 
 @dataclass(frozen=True)
@@ -230,8 +236,8 @@ def predict_kind(categories: Sequence[str | None], closed: Sequence[bool],
             if c and cl == is_closed]
     if not rows:
         return None
-    if is_closed and asks_normality(question):
-        return kind_key(NORMALITY, True)
+    if (normality := _normality_kind(is_closed, question)) is not None:
+        return normality
     sims = np.asarray(question_vectors)[rows] @ l2_normalise(
         np.asarray(question_vector, np.float64).reshape(1, -1))[0]
     votes: dict[str, float] = {}

@@ -38,22 +38,20 @@ _OPEN_REQUEST = re.compile(
 _EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
 _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
 _THE = r"(?<!\bthe )(?<!\bits )(?<!'s )"
-_KNOWN = _THE + r"(?<!\bthis )(?<!\bthat )(?<!\bthese )(?<!\bthose )(?<!\bother )"
 _NORMALITY = re.compile(
     r"\bunremarkable\b|\bwrong\b|\bpatholog(ic|ical|ically)\b|\bhealthy\b|\bdiseased\b|"
-    # not where a finding already known is named ("the abnormality", "other abnormalities",
-    # "the abnormal mass"): "Is the abnormality hyperintense?" asks about its signal; "Is
-    # this normal?" still asks for a judgement
-    + _THE + r"\b(ab)?normal(ly)?\b|" + _KNOWN + r"\b(abnormalit(y|ies)|patholog(y|ies))\b",
-    re.IGNORECASE)
+    r"\b(abnormalit(y|ies)|patholog(y|ies))\b|"
+    # not an adjective inside a finding already named ("the abnormal mass"); "Is this
+    # normal?" still asks for a judgement
+    + _THE + r"\b(ab)?normal(ly)?\b", re.IGNORECASE)
 _NAMED_FINDING = re.compile(
-    # the same with one or two words between ("the left renal abnormality", "the liver
-    # pathology"), words that are not a verb or a preposition ("Does the image show pathology?"
-    # still asks)
+    # a finding already named ("the abnormality", "other abnormalities", "the left renal
+    # abnormality"): "Is the abnormality hyperintense?" asks about its signal. The words
+    # between are not a verb or a preposition ("Does the image show pathology?" still asks).
     r"\b(the|this|that|these|those|other|its|\w+'s)\s+((?!(show|shows|showing|have|has|had|"
     r"demonstrate|demonstrates|reveal|reveals|contain|contains|display|displays|suggest|"
     r"suggests|depict|depicts|is|are|was|were|be|been|there|any|no|of|in|on|at|for|with|"
-    r"within|without)\b)[\w-]+\s+){1,2}(abnormalit(y|ies)|patholog(y|ies))\b", re.IGNORECASE)
+    r"within|without)\b)[\w-]+\s+){0,2}(abnormalit(y|ies)|patholog(y|ies))\b", re.IGNORECASE)
 
 
 def opens_with_auxiliary(question: str) -> bool:
