@@ -122,17 +122,22 @@ def measure_reliability(items: Sequence[QAItem], question_vectors: np.ndarray,
             model = None
         prior: dict[str, Counter[str]] = defaultdict(Counter)
         for i in fit:
-            key = read_kind(items[i].category, items[i].answer_type == "yesno", items[i].question)
+            key = read_kind(items[i].category, is_yesno_question(items[i].question),
+                            items[i].question)
             if key:
                 prior[key][normalise_answer(items[i].answer)] += 1
         for i in scored:
             it = items[i]
-            key = read_kind(it.category, it.answer_type == "yesno", it.question)
+            # closed as answer time reads it (the question's form, ``unreliable_kind``), not
+            # as labelled: "Is the brain atrophied or shrunk?" (labelled yes/no) is answered
+            # as an either-or question, so it is measured among the open ones
+            closed = is_yesno_question(it.question)
+            key = read_kind(it.category, closed, it.question)
             if key is None:
                 continue
             answer, _, method = expert_answer(bank, heads, model, image_embedder, it.question,
                                               qv[i], vectors[it.image])
-            if never_withheld(it.answer_type == "yesno", method):
+            if never_withheld(closed, method):
                 continue  # answered by a head whatever its kind's verdict: not part of it
             c = counts[key]
             c[0] += 1

@@ -1,7 +1,7 @@
 """What a question's wording says about the answer it expects, read the same way everywhere.
 
-A question that opens with an auxiliary verb ("Is there...", "Does the...") is *closed*: it
-is answered yes or no, unless it is a polite request for an open answer ("Can you name the
+A question that opens with an auxiliary verb ("Is there...", "Does the..."), or with one
+left out ("Any evidence of hematoma?"), is *closed*: it is answered yes or no, unless it is a polite request for an open answer ("Can you name the
 organ captured by this image?", answered "Brain", not "yes"), or unless it offers
 alternatives ("... on the left or the right?"), when it is *either-or* and a leading yes/no
 answers nothing. A question about a place "in the image" ("which quadrant of the image") is
@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["QuestionForm", "asks_normality", "is_either_or", "is_yesno_question",
-           "opens_with_auxiliary"]
+__all__ = ["QuestionForm", "asks_normality", "is_closed_question", "is_either_or",
+           "is_yesno_question"]
 
 _AUXILIARY_START = re.compile(
     r"^\s*(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|"
@@ -35,6 +35,17 @@ _OPEN_REQUEST = re.compile(
     r"name|list|specify|state|tell\s+(me|us)\b(?!\s+(if|whether)\b)|"
     r"(identify|say|explain|show\s+(me|us)|point\s+(out|to))\s+(what|which|where|how|why|who)\b|"
     r"(describe|explain|summari[sz]e)\b(?![^?]*\bas\b))", re.IGNORECASE)
+# a yes/no question with its auxiliary left out, as clinicians type them: "Any evidence of
+# hematoma?", "Anything abnormal in this image?", "Notice any abnormality in the kidneys?"
+_ELLIPTIC_START = re.compile(
+    r"^\s*(any|anything|(notice|noticed|see|seen)\s+any(thing)?|(any\s+)?(evidence|signs?)\s+of)"
+    r"\b", re.IGNORECASE)
+# a clause set before the question ("Besides the mass in the temporal horn, are there other
+# enhancements?", "In this image, is there a fracture?"); not one that asks itself ("Where is
+# the mass, in the liver?")
+_LEADING_CLAUSE = re.compile(
+    r"^\s*(?!(what|which|where|when|who|whom|whose|why|how)\b)[^,?]{1,80},\s*(?=\S)",
+    re.IGNORECASE)
 _EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
 _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
 _THE = r"(?<!\bthe )(?<!\bits )(?<!'s )"
@@ -54,15 +65,30 @@ _NAMED_FINDING = re.compile(
     r"within|without)\b)[\w-]+\s+){0,2}(abnormalit(y|ies)|patholog(y|ies))\b", re.IGNORECASE)
 
 
-def opens_with_auxiliary(question: str) -> bool:
-    """True when the question opens with an auxiliary verb: a closed question.
+def is_closed_question(question: str) -> bool:
+    """True for a closed question: answered yes or no, or by one of the alternatives it offers.
 
-    Not a polite request for an open answer ("Can you name the organ?", "Could you tell me
-    where the mass is?", "Can you describe the lesion?"): the auxiliary there asks for the
-    answer itself. On the dev set, "Can you name the organ captured by this image?" (answer
-    "Brain") had been answered "no" by the yes/no model.
+    It opens with an auxiliary verb ("Is there...", "Does the..."), or with one left out as
+    clinicians type them ("Any evidence of hematoma?", "Anything abnormal in this image?",
+    "Notice any abnormality in the kidneys?"), possibly after a clause set before it
+    ("Besides the mass in the temporal horn, are there other enhancements?"). Not a polite
+    request for an open answer ("Can you name the organ?", "Could you tell me where the mass
+    is?", "Can you describe the lesion?"): the auxiliary there asks for the answer itself. On
+    the dev set, "Can you name the organ captured by this image?" (answer "Brain") had been
+    answered "no" by the yes/no model, and the five yes/no questions of the elliptic and
+    leading-clause forms had been read as open.
     """
     q = " ".join((question or "").split())
+    if _opens_closed(q):
+        return True
+    lead = _LEADING_CLAUSE.match(q)
+    return bool(lead) and _opens_closed(q[lead.end():])
+
+
+def _opens_closed(q: str) -> bool:
+    """The closed opening of ``is_closed_question``, at the start of ``q`` (spaces folded)."""
+    if _ELLIPTIC_START.match(q):
+        return True
     return bool(_AUXILIARY_START.match(q)) and not _OPEN_REQUEST.match(q)
 
 
@@ -89,7 +115,7 @@ def asks_normality(question: str) -> bool:
 
 def is_yesno_question(question: str) -> bool:
     """True for a closed question that offers no alternatives: its answer is yes or no."""
-    return opens_with_auxiliary(question) and not is_either_or(question)
+    return is_closed_question(question) and not is_either_or(question)
 
 
 @dataclass(frozen=True)
@@ -97,7 +123,8 @@ class QuestionForm:
     """The form of a question, apart from what it asks about.
 
     Attributes:
-        closed: it opens with an auxiliary verb (yes/no or either-or).
+        closed: it is answered yes or no, or by an alternative it offers
+            (``is_closed_question``).
         either_or: it offers alternatives; a leading yes/no in its answer answers nothing.
         image_frame: it asks for a place in the image; left/right are the image's, not the
             patient's.
@@ -111,7 +138,7 @@ class QuestionForm:
     def of(cls, question: str) -> QuestionForm:
         """Read the form off the question's words."""
         q = question or ""
-        return cls(opens_with_auxiliary(q), is_either_or(q), bool(_IMAGE_FRAME.search(q)))
+        return cls(is_closed_question(q), is_either_or(q), bool(_IMAGE_FRAME.search(q)))
 
     @property
     def yes_no(self) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from retrievers.vqa_library import label_mentions
 from tools.evidence import PIXELS, Assertion, Evidence
-from tools.question_form import QuestionForm, opens_with_auxiliary
+from tools.question_form import QuestionForm, is_closed_question
 
 __all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "could_carry", "declines",
            "evidence_lead", "evidence_yes_no", "finding_family", "holds_a_result",
@@ -346,7 +346,7 @@ def evidence_yes_no(question: str, evidence: Iterable[Evidence]) -> str | None:
     planner's ``final_answer`` is bound to start with this word (``agent.planner.offer``): a
     small planner wrote "No." under evidence reading "Answer: yes" on real items.
     """
-    if not question.strip() or not opens_with_auxiliary(question):
+    if not question.strip() or not is_closed_question(question):
         return None
     said = {a for ev in evidence if (a := _answers_yes_no(ev, question))}
     return said.pop() if len(said) == 1 else None
@@ -616,7 +616,7 @@ def _yes_no_conflicts(text: str, evidence: Iterable[Evidence], question: str,
         return []
     low = text.lower()
     said = _yes_no(low)
-    if said is None and opens_with_auxiliary(question) and not _UNDECIDED.search(low):
+    if said is None and is_closed_question(question) and not _UNDECIDED.search(low):
         # "There is a midline shift." answers "Is there a midline shift?" with a yes; a
         # sentence that negates anything ("no", "not", "without") with a no
         said = not _NEGATION.search(low)

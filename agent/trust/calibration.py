@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tools.question_form import opens_with_auxiliary
+from tools.question_form import is_closed_question
 
 __all__ = [
     "CLINICAL",
@@ -81,12 +81,12 @@ is too noisy to reject it: on 320 real agent items, per-form maps chosen by ``au
 for the 65 open items) gave a cross-fitted ECE of 0.056-0.066 over three fold seeds, Platt
 maps 0.024-0.044."""
 def question_form(question: str) -> str:
-    """``closed`` for a question opening with an auxiliary verb (yes/no, either-or); or ``open``.
+    """``closed`` for a closed question (yes/no, either-or: ``is_closed_question``); or ``open``.
 
     Read off the question alone, so that the evaluation fits its maps on exactly the strata
     the answer node applies them to.
     """
-    return CLOSED if opens_with_auxiliary(question) else OPEN
+    return CLOSED if is_closed_question(question) else OPEN
 
 
 Method = Literal["identity", "temperature", "platt", "isotonic"]

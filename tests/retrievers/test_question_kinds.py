@@ -167,6 +167,21 @@ def test_the_table_counts_normality_questions_under_abnormality():
     assert weak is not None and weak.kind == "ABN/closed"
 
 
+def test_the_table_reads_a_question_closed_or_open_by_its_form_as_answer_time_does():
+    """Counted by its label, "Is the brain atrophied or shrunk?" (labelled yes/no) would sit
+    among the closed questions while ``case_answer`` reads it as an either-or one; and "Any
+    mass?" (an auxiliary left out) among the open ones while it is answered yes or no."""
+    items, _, vectors = _suite()
+    items += [QAItem(f"e{c}", f"case{c}", "Is the brain atrophied or shrunk?", "no", "yesno",
+                     category="SIZE") for c in range(40)]
+    items += [QAItem(f"a{c}", f"case{c}", "Any mass in the liver?", "no", "open",
+                     category="PRES") for c in range(40)]
+    qv = HashText().embed_texts([it.question for it in items])
+    rel = measure_reliability(items, qv, vectors, {}, "toy", "hash-words", folds=5, seed=0)
+    assert rel.kinds["SIZE/open"].n == 40 and "SIZE/closed" not in rel.kinds
+    assert rel.kinds["PRES/closed"].n == 80 and "PRES/open" not in rel.kinds
+
+
 def _suite(n_cases=40, seed=0):
     """Two kinds: the modality (open), which the image shows, and a yes/no 'mass' question
     whose answer (mostly no) has nothing to do with the image."""

@@ -11,7 +11,7 @@ from tools.question_form import (
     asks_normality,
     is_either_or,
     is_yesno_question,
-    opens_with_auxiliary,
+    is_closed_question,
 )
 
 
@@ -37,12 +37,25 @@ from tools.question_form import (
     ("Would you describe the mass as cystic?", True, False, False),
     ("Can you see all of the ribs on the left side?", True, False, False),
     ("Can you identify the appendix?", True, False, False),
+    # the auxiliary left out, as clinicians type (dev: all four answered yes or no)
+    ("Anything abnormal in this image?", True, False, False),
+    ("Notice any abnormality in the kidneys?", True, False, False),
+    ("Any tracheal deviation present?", True, False, False),
+    ("Evidence of a pneumothorax?", True, False, False),
+    ("Any mass on the left or the right?", True, True, False),
+    ("Anyway, what is shown?", False, False, False),  # "any" only as a whole word
+    # a clause set before the question
+    ("Besides the mass in the temporal horn, are there other enhancements?", True, False,
+     False),
+    ("In this image, can you name the organ?", False, False, False),
+    ("Where is the mass, is it in the liver?", False, False, False),  # the clause asks
+    ("Given the history of trauma, what is the finding?", False, False, False),
     ("", False, False, False),
 ])
 def test_the_form_of_a_question(question, closed, either_or, frame):
     form = QuestionForm.of(question)
     assert (form.closed, form.either_or, form.image_frame) == (closed, either_or, frame)
-    assert opens_with_auxiliary(question) == closed and is_either_or(question) == either_or
+    assert is_closed_question(question) == closed and is_either_or(question) == either_or
     assert form.yes_no == (closed and not either_or) == is_yesno_question(question)
     # calibration's strata and the library's yes/no questions read the same form
     assert question_form(question) == (CLOSED if closed else OPEN)
