@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from retrievers.embedders import l2_normalise
+from retrievers.embedders import centre, l2_normalise
 from retrievers.heads import Head, fit_head
 from retrievers.vqa_library import QABank, load_qa, normalise_answer
 from tools.errors import ToolInputError
@@ -61,7 +61,7 @@ class AnswerModel:
     def features(self, question_vector: np.ndarray, image_vector: np.ndarray) -> np.ndarray:
         """The ``(1, Dq + Di)`` row the head reads."""
         q = l2_normalise(np.asarray(question_vector, np.float64).reshape(1, -1))
-        v = np.asarray(image_vector, np.float64).reshape(1, -1) - self.image_mean
+        v = centre(np.asarray(image_vector, np.float64).reshape(1, -1), self.image_mean)
         return np.hstack([q, l2_normalise(v)])
 
     def p_yes(self, question_vector: np.ndarray, image_vector: np.ndarray) -> float:
@@ -94,7 +94,7 @@ def fit_answer_model(question_vectors: np.ndarray, image_vectors: np.ndarray,
     images = np.asarray(image_vectors, np.float64)
     mean = images.mean(axis=0) if image_mean is None else np.asarray(image_mean, np.float64)
     x = np.hstack([l2_normalise(np.asarray(question_vectors, np.float64)),
-                   l2_normalise(images - mean)])
+                   l2_normalise(centre(images, mean))])
     head = fit_head(x, y, task="answer:yesno", embedder=f"{text_embedder}+{image_embedder}",
                     c=C, standardise=False)
     return AnswerModel(head, mean, text_embedder, image_embedder)

@@ -41,7 +41,7 @@ from langchain_core.tools import BaseTool
 from pydantic import Field
 
 from retrievers.answer_model import AnswerModel, load_answer_model
-from retrievers.embedders import Embedder, l2_normalise, shared_minilm
+from retrievers.embedders import Embedder, centre, l2_normalise, shared_minilm
 from retrievers.header_labels import header_labels
 from retrievers.heads import PROJECTIONS, Head, load_heads, read_labels
 from retrievers.label_answers import (
@@ -183,7 +183,7 @@ class CaseBank:
         keep = [i for i, it in enumerate(items) if it.image in row]
         x = np.asarray(image_vectors, np.float32)
         mean = x.mean(axis=0) if centred and len(x) > 1 else None
-        bank = cls(list(case_ids), l2_normalise(x - mean) if mean is not None else l2_normalise(x),
+        bank = cls(list(case_ids), l2_normalise(centre(x, mean) if mean is not None else x),
                    [items[i] for i in keep], l2_normalise(np.asarray(question_vectors)[keep]),
                    np.array([row[items[i].image] for i in keep], int), mean)
         bank.items_of_case = [[] for _ in case_ids]
@@ -204,7 +204,7 @@ class CaseBank:
     def query(self, image_vector: np.ndarray) -> np.ndarray:
         """A query image vector ``(D,)`` in the bank's space (centred like the rows)."""
         v = np.asarray(image_vector, np.float32).reshape(-1)
-        return l2_normalise(v - self.mean if self.mean is not None else v)[0]
+        return l2_normalise(centre(v, self.mean) if self.mean is not None else v)[0]
 
 
 def answer_from_cases(bank: CaseBank, image_vector: np.ndarray, question_vector: np.ndarray,

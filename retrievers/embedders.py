@@ -55,11 +55,32 @@ __all__ = [
     "OpenClipEmbedder",
     "ThumbnailEmbedder",
     "efficientnet_lite0_weights",
+    "centre",
     "image_embedder_by_name",
     "l2_normalise",
     "minilm_model_dir",
     "pool_feature_map",
 ]
+
+
+CENTRE_TOLERANCE = 1e-5
+"""A centred row shorter than this fraction of the mean's length is the mean itself."""
+
+
+def centre(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``x - mean`` row by row, a row within rounding of the mean set to exactly zero.
+
+    Vectors are centred before they are normalised (``l2_normalise``); a vector at the mean
+    has no direction, and normalising its rounding residual (~1e-7) made an arbitrary unit
+    vector of it. The expert's blank-image baseline, which is the library's mean, was answered
+    by that direction: 249 and 276 of the same 456 dev questions right, on two builds of the
+    same fold libraries. Zero stays zero through ``l2_normalise``: no image evidence.
+    """
+    m = np.asarray(mean, np.float64).reshape(-1)
+    d = np.asarray(x, np.float64) - m
+    flat = d.reshape(-1, m.size)
+    flat[np.linalg.norm(flat, axis=1) <= CENTRE_TOLERANCE * float(np.linalg.norm(m))] = 0.0
+    return d
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

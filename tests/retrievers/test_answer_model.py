@@ -53,3 +53,25 @@ def test_refuses_too_few_pairs_or_open_answers() -> None:
         fit_answer_model(q, img, ["yes"] * 298 + ["no"] * 2)
     with pytest.raises(ToolInputError, match="yes/no"):
         fit_answer_model(q[:3], img[:3], ["yes", "no", "left"])
+
+
+def test_an_image_at_the_librarys_mean_adds_no_image_evidence(tmp_path: Path) -> None:
+    """The blank-image baseline is the library's mean image vector. Centred, it is zero up to
+    rounding; normalised, that residual had become an arbitrary unit direction, and the answer
+    followed the rounding (the saved mean is rounded to 7 decimals)."""
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(300, 8))
+    img = rng.normal(size=(300, 4))
+    # the image decides the answer here, so an arbitrary image direction would move P(yes)
+    y = ["yes" if v > 0 else "no" for v in img[:, 0]]
+    model = fit_answer_model(q, img, y, "words", "pixels")
+    again = load_answer_model(save_answer_model(tmp_path, model).parent)
+    assert again is not None
+    mean = img.mean(axis=0)
+    question_only = float(model.head.predict_proba(
+        np.hstack([model.features(q[0], mean)[:, :8], np.zeros((1, 4))]))[0][1])
+    for m in (model, again):
+        for jitter in (0.0, 1e-7, -3e-7):
+            assert m.p_yes(q[0], mean + jitter) == pytest.approx(question_only, abs=1e-6)
+    # a real image is still read (a row far from the mean keeps its direction)
+    assert abs(model.p_yes(q[0], img[0]) - question_only) > 0.05
