@@ -1,8 +1,9 @@
 """What a question's wording says about the answer it expects, read the same way everywhere.
 
 A question that opens with an auxiliary verb ("Is there...", "Does the..."), or with one
-left out ("Any evidence of hematoma?"), is *closed*: it is answered yes or no, unless it is a polite request for an open answer ("Can you name the
-organ captured by this image?", answered "Brain", not "yes"), or unless it offers
+left out ("Any evidence of hematoma?"), is *closed*: it is answered yes or no, unless it is
+a polite request for an open answer ("Can you name the organ captured by this image?",
+answered "Brain", not "yes"), or unless it offers
 alternatives ("... on the left or the right?"), when it is *either-or* and a leading yes/no
 answers nothing. A question about a place "in the image" ("which quadrant of the image") is
 in the image's frame: its left and right are places in the picture, not the patient's sides.
@@ -82,7 +83,7 @@ def is_closed_question(question: str) -> bool:
     if _opens_closed(q):
         return True
     lead = _LEADING_CLAUSE.match(q)
-    return bool(lead) and _opens_closed(q[lead.end():])
+    return lead is not None and _opens_closed(q[lead.end():])
 
 
 def _opens_closed(q: str) -> bool:

@@ -9,9 +9,9 @@ from retrievers.case_answers import is_yesno_question as library_reads_yes_no
 from tools.question_form import (
     QuestionForm,
     asks_normality,
+    is_closed_question,
     is_either_or,
     is_yesno_question,
-    is_closed_question,
 )
 
 

@@ -187,6 +187,10 @@ def test_the_evidence_yes_no_is_given_only_when_it_answered_this_question_one_wa
     assert evidence_yes_no(q, [yes.model_copy(
         update={"data": {**yes.data, "out_of_domain": True}})]) is None
     assert evidence_yes_no(q, [no.model_copy(update={"status": "error"})]) is None
+    # a yes/no question with its auxiliary left out is bound to the evidence's word too
+    terse = "Any tracheal deviation present?"
+    assert evidence_yes_no(terse, [no.model_copy(
+        update={"data": {"yes_no": "no", "question": terse}})]) == "no"
 
 
 def test_a_declined_question_is_unanswerable_unless_cited_evidence_bears_on_it():
