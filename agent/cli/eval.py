@@ -125,6 +125,16 @@ def _cell(c: dict[str, Any] | None) -> str:
     return f"{c['accuracy']} [{lo}, {hi}]{open_}"
 
 
+def _paired(c: dict[str, Any]) -> str:
+    """``  (won 3, lost 4, p 1.0)``: the items only one side got right, and McNemar's p.
+
+    Empty for a category that answered nothing, or a report written before these were kept.
+    """
+    if not c.get("answered") or c.get("p_value") is None:
+        return ""
+    return f"  (won {c['won']}, lost {c['lost']}, p {c['p_value']:.2g})"
+
+
 def _splits(report: dict[str, Any]) -> list[str]:
     """Accuracy per split, the agent beside each baseline (``[95% CI]``, open: em / tr)."""
     variants = ["full", *report["baselines"]]
@@ -193,7 +203,8 @@ def _human(report: dict[str, Any]) -> str:
         lines.append("answered items vs the majority answer on the same items (verdict):")
         for value, c in answered.items():
             lines.append(f"  {value:<10} n={c['n']:<4} answered {c['answered']:<4} "
-                         f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}")
+                         f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}"
+                         f"{_paired(c)}")
     for c in (report.get("calibration_by_domain") or {}).values():
         lines += _calibration(c)
     stated = report.get("by_category_at_threshold") or {}
@@ -202,7 +213,8 @@ def _human(report: dict[str, Any]) -> str:
                      "answer on the same items (verdict):")
         for value, c in stated.items():
             lines.append(f"  {value:<10} n={c['n']:<4} stated {c['answered']:<4} "
-                         f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}")
+                         f"{c['accuracy']} vs {c['baseline_accuracy']}  {c['verdict']}"
+                         f"{_paired(c)}")
     return "\n".join(lines)
 
 

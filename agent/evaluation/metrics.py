@@ -20,6 +20,7 @@ __all__ = [
     "ece",
     "ece_noise_floor",
     "grounding_iou",
+    "paired_sign_test",
     "percentile",
     "reliability_bins",
     "selective",
@@ -124,6 +125,24 @@ def wilson_ci(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (phat + z * z / (2 * n)) / denom
     half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_sign_test(won: int, lost: int) -> float:
+    """Two-sided exact p-value that two answerers on the same items are equally often right.
+
+    McNemar's exact test: only the items where one is right and the other wrong count (``won``
+    by the first, ``lost`` to it); under the null each such item goes either way with
+    probability 1/2. A category "below its majority" by one question of 37 reads p = 1.0 here,
+    which is what the per-category verdicts need beside them: a difference in counts is not a
+    difference in skill until the discordant items say so.
+    """
+    if won < 0 or lost < 0:
+        raise ValueError(f"won and lost are counts, got {won} and {lost}")
+    n = won + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(won, lost) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
 
 
 def bootstrap_ci(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.evaluation.metrics import wilson_ci
+from agent.evaluation.metrics import paired_sign_test, wilson_ci
 from agent.evaluation.runner import Record
 from agent.evaluation.scoring import open_scores
 
@@ -121,11 +121,15 @@ def answered_table(records: Sequence[Record], variant: str = "full",
                    passed: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
     """Per category, whether ``variant`` is right more often than ``baseline`` where it answered.
 
-    ``{category: {n, answered, accuracy, baseline_accuracy, verdict}}``: ``accuracy`` and
-    ``baseline_accuracy`` are over the same answered items (first repeat), ``verdict`` is
-    ``above``, ``level`` (as often right), ``below`` or ``abstains`` (nothing answered). This is
-    the measure of "every category above its majority baseline or abstaining": an agent that
-    abstains where it cannot see the answer should read ``abstains`` there, not ``below``.
+    ``{category: {n, answered, accuracy, baseline_accuracy, verdict, won, lost, p_value}}``:
+    ``accuracy`` and ``baseline_accuracy`` are over the same answered items (first repeat),
+    ``verdict`` is ``above``, ``level`` (as often right), ``below`` or ``abstains`` (nothing
+    answered). This is the measure of "every category above its majority baseline or
+    abstaining": an agent that abstains where it cannot see the answer should read
+    ``abstains`` there, not ``below``. ``won`` and ``lost`` count the answered items where only
+    the agent, or only the baseline, is right, and ``p_value`` is McNemar's exact two-sided
+    test on them: the verdict goes by the counts, the p-value says whether they differ beyond
+    chance (on a few dozen items they seldom do).
 
     ``passed`` is the ids of the items whose calibrated confidence clears the abstention
     threshold. Given, only those count as answered: what a calibrated agent states without
@@ -141,11 +145,14 @@ def answered_table(records: Sequence[Record], variant: str = "full",
                     and (passed is None or r.item_id in passed)]
         right = sum(r.correct for r in answered)
         prior = sum(base[r.item_id].correct for r in answered)
+        won = sum(1 for r in answered if r.correct and not base[r.item_id].correct)
+        lost = sum(1 for r in answered if base[r.item_id].correct and not r.correct)
         out[value] = {
             "n": len(rows), "answered": len(answered),
             "accuracy": _r(right / len(answered)) if answered else None,
             "baseline_accuracy": _r(prior / len(answered)) if answered else None,
             "verdict": ("abstains" if not answered else "above" if right > prior
                         else "level" if right == prior else "below"),
+            "won": won, "lost": lost, "p_value": _r(paired_sign_test(won, lost)),
         }
     return out

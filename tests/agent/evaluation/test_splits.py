@@ -88,7 +88,11 @@ def test_answered_items_are_held_to_the_majority_on_the_same_items(records):
                                else "level" if pres["accuracy"] == pres["baseline_accuracy"]
                                else "below")
     assert table["POS"] == {"n": table["POS"]["n"], "answered": 0, "accuracy": None,
-                            "baseline_accuracy": None, "verdict": "abstains"}
+                            "baseline_accuracy": None, "verdict": "abstains",
+                            "won": 0, "lost": 0, "p_value": 1.0}
+    # won and lost are the answered items only one side got right
+    assert pres["won"] == sum(not r.correct for r in answered if r.answer_type == "yesno")
+    assert pres["lost"] == sum(r.correct for r in answered if r.answer_type != "yesno")
     # wrong on every MODALITY item, where the majority is right on some
     assert table["MODALITY"]["accuracy"] == 0.0 < table["MODALITY"]["baseline_accuracy"]
     assert table["MODALITY"]["verdict"] == "below"
@@ -103,3 +107,17 @@ def test_answered_items_are_held_to_the_majority_on_the_same_items(records):
     assert stated["PRES"]["answered"] == len(kept) and stated["PRES"]["n"] == pres["n"]
     assert stated["PRES"]["accuracy"] == 1.0
     assert stated["MODALITY"]["verdict"] == "abstains"
+
+
+def test_the_paired_sign_test_is_mcnemars_exact_test():
+    from agent.evaluation.metrics import paired_sign_test
+
+    assert paired_sign_test(0, 0) == 1.0
+    assert paired_sign_test(3, 4) == 1.0  # "below by one question": no evidence either way
+    assert paired_sign_test(4, 3) == paired_sign_test(3, 4)
+    # 10 of 10 discordant items one way: 2 * 0.5**10
+    assert paired_sign_test(10, 0) == pytest.approx(2 / 1024)
+    # 14 won, 5 lost: 2 * P(X <= 5), X ~ Bin(19, 1/2) = 0.0636
+    assert paired_sign_test(14, 5) == pytest.approx(0.06357, abs=1e-4)
+    with pytest.raises(ValueError, match="counts"):
+        paired_sign_test(-1, 2)
