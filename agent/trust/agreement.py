@@ -22,10 +22,11 @@ from retrievers.vqa_library import label_mentions
 from tools.evidence import PIXELS, Assertion, Evidence
 from tools.question_form import QuestionForm, is_closed_question
 
-__all__ = ["Stance", "answer_conflicts", "bears_on", "conflicts_with", "could_carry", "declines",
-           "evidence_lead", "evidence_yes_no", "finding_family", "holds_a_result",
-           "leading_yes_no", "outside_only", "pixels_only", "same_question", "speaks_to",
-           "stance_of", "unanswerable", "unrelated_only"]
+__all__ = ["Stance", "answer_conflicts", "answered_lead", "bears_on", "conflicts_with",
+           "could_carry", "declines", "evidence_lead", "evidence_yes_no",
+           "finding_family", "holds_a_result", "keep_within", "leading_yes_no",
+           "outside_only", "pixels_only", "same_question", "speaks_to", "stance_of",
+           "unanswerable", "unrelated_only"]
 
 # Findings that name the same thing in different words (lower case, singular).
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -372,6 +373,78 @@ def _names(finding: str, question: str) -> bool:
         is not None
 
 
+def answered_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
+    """What evidence that answered this very question gave as its answer, when unanimous.
+
+    ``Yes``/``No`` (``evidence_yes_no``), or the words a trained head's class is said in
+    (``data["label_answer"]``) for an open question about the image's modality, organ or plane.
+    Such evidence says nothing but that answer: no finding described, no place, no size. None
+    when no evidence answered the question, or when it answered it more than one way.
+    """
+    evidence = list(evidence)
+    said = evidence_yes_no(question, evidence)
+    if said is not None:
+        return said.capitalize()
+    named = {str(ev.data["label_answer"]) for ev in evidence
+             if ev.status == "ok" and not ev.data.get("out_of_domain")
+             and ev.data.get("label_answer")
+             and same_question(str(ev.data.get("question", "")), question)}
+    return named.pop() if len(named) == 1 else None
+
+
+# Words an answer may add to its question and evidence without adding a fact: pronouns,
+# connectives, negations, and the ways of saying "there is evidence of" and "seen".
+_PLAIN = _FILLER | frozenset((
+    "yes", "yeah", "no", "not", "none", "nor", "neither", "without", "nothing", "anything",
+    "something", "they", "them", "their", "he", "she", "his", "her", "we", "you", "your",
+    "i", "my", "our", "which", "who", "what", "where", "when", "how", "why", "but", "or",
+    "so", "also", "than", "then", "about", "into", "within", "both", "all", "each",
+    "evidence", "evident", "support", "supports", "suggest", "suggests", "suggestive",
+    "sign", "signs", "indicate", "indicates", "indication", "finding", "findings", "feature",
+    "features", "noted", "note", "identified", "identify", "found", "appear", "appears",
+    "appearance", "image", "images", "picture", "scan", "patient", "patients", "case",
+    "claim", "answer", "question", "demonstrate", "demonstrates", "demonstrated", "showing",
+    "observed", "detected", "contain", "contains", "seem", "seems"))
+
+
+def _stem(word: str) -> str:
+    """A word's first six letters, singular: "calcified" and "calcifies" are one stem."""
+    return _singular(word)[:6]
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def keep_within(answer: str, lead: str, question: str,
+                evidence: Sequence[Evidence]) -> tuple[str, list[str]]:
+    """``answer`` cut before its first sentence saying more than question and evidence hold.
+
+    Returns the answer so cut, and the words that went beyond them. Under evidence that only
+    answered the question (``answered_lead``: the neighbours' "no", a head's "Axial"), a
+    sentence may restate the question with that answer, and nothing more: on the 988 dev items
+    the small planner added "The lung is only slightly inflated." under "No, both lungs are not
+    abnormally inflated.", and wrote "Yes, there is a link to the temporal lobes." for "Is there
+    involvement of the temporal lobes?": findings no tool reported. The sentences before the
+    first such one are kept; when it is the first, the ``lead`` alone is ("Yes."). Words are
+    compared by ``_stem`` (six letters, singular), so "calcifies" restates "calcified"; a word
+    whose stem the question, the lead or the evidence has, or one of the plain words
+    (``_PLAIN``: "evidence", "seen", pronouns, negations), adds nothing. Returns the answer
+    unchanged and ``[]`` when nothing went beyond.
+    """
+    known = {_stem(w) for text in (question, lead, *(e.summary for e in evidence))
+             for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2}
+    kept: list[str] = []
+    for sentence in _sentences(answer):
+        beyond = [w for w in re.findall(r"[a-z]+", sentence.lower())
+                  if len(w) > 2 and w not in _PLAIN and _stem(w) not in known]
+        if beyond:
+            text = " ".join(kept) if kept else f"{lead.rstrip('.')}."
+            return text, list(dict.fromkeys(beyond))
+        kept.append(sentence)
+    return answer, []
+
+
 def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     """The words this question's answer must open with, when in-domain evidence gave them.
 
@@ -394,15 +467,12 @@ def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     found one.
     """
     evidence = list(evidence)
-    said = evidence_yes_no(question, evidence)
-    if said is not None:
-        return said.capitalize()
-    named = {str(ev.data["label_answer"]) for ev in evidence
-             if ev.status == "ok" and not ev.data.get("out_of_domain")
-             and ev.data.get("label_answer")
-             and same_question(str(ev.data.get("question", "")), question)}
-    if named:
-        return named.pop() if len(named) == 1 else None
+    answered = answered_lead(question, evidence)
+    if answered is not None:
+        return answered
+    if any(ev.status == "ok" and not ev.data.get("out_of_domain") and ev.data.get("label_answer")
+           and same_question(str(ev.data.get("question", "")), question) for ev in evidence):
+        return None  # heads that answered this question disagree
     asserted = [a for ev in evidence if ev.status == "ok" and not ev.data.get("out_of_domain")
                 for a in ev.assertions if _names(a.finding, question)]
     if not asserted:

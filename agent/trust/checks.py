@@ -8,15 +8,17 @@ planner that invents "12 mm" is caught here, not by trusting it. The answer and 
 also mean what the cited evidence asserts (``agent.trust.agreement``: present/absent, normal,
 side, count); a conflict sends the planner back with the conflict named, and an answer that
 still conflicts when the budget is spent abstains. So does an answer no reader can use: on
-clinical images, one that rests only on readings of the pixels. Four faults of a small
-planner's sentences are mended rather than sent back, because what it says is still the
-evidence's: a loop ("No, no, no, ...") is given once; a sentence whose leading yes/no is the one
-the evidence gave but whose rest says the opposite ("No, this patient has a skull fracture.") is
-given as that yes/no alone; and under an answer that opens with what the evidence gives (its
-yes/no, count or side), a claim saying the opposite of its own evidence is restated in the
-evidence's words, and so is a claim whose only unsupported numbers are the yes/no question's
-own ("Yes, there are 5 lymph nodes." for "Are there >5 lymph nodes?"). Each mend is noted
-(``ReviewResult.mended``).
+clinical images, one that rests only on readings of the pixels. Five faults of a small planner's
+sentences are mended rather than sent back, because what it says is still the evidence's: a loop
+("No, no, no, ...") is given once; a sentence whose leading yes/no is the one the evidence gave
+but whose rest says the opposite ("No, this patient has a skull fracture.") is given as that
+yes/no alone; a sentence saying more than evidence that only answered the question (its yes/no,
+a head's class) holds is cut, with those after it ("No, both lungs are not abnormally inflated.
+The lung is only slightly inflated." keeps its first sentence); and under an answer that opens
+with what the evidence gives (its yes/no, count or side), a claim saying the opposite of its own
+evidence is restated in the evidence's words, and so is a claim whose only unsupported numbers
+are the yes/no question's own ("Yes, there are 5 lymph nodes." for "Are there >5 lymph nodes?").
+Each mend is noted (``ReviewResult.mended``).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from dataclasses import dataclass, field
 from agent.answer import Claim, FinalAnswerArgs, ProposedClaim
 from agent.trust.agreement import (
     answer_conflicts,
+    answered_lead,
     conflicts_with,
     evidence_lead,
     evidence_yes_no,
+    keep_within,
     leading_yes_no,
     outside_only,
     pixels_only,
@@ -252,6 +256,14 @@ def _mend(answer: str, question: str, cited: Sequence[Evidence]) -> tuple[str, l
         answer = f"{bound.capitalize()}."  # type: ignore[union-attr]
         mended.append(f"the answer contradicted itself ({conflict}); its {bound!r}, which the "
                       f"evidence gives, is kept alone")
+    given = answered_lead(question, cited) if question.strip() else None
+    if given is not None and _opens_with(answer, given):
+        kept, beyond = keep_within(answer, given, question, cited)
+        if beyond:
+            mended.append(f"the answer said more than its evidence ({', '.join(beyond)}: "
+                          f"neither the question nor the evidence holds it); given as "
+                          f"{kept!r}")
+            answer = kept
     return answer, mended
 
 

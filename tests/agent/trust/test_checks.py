@@ -350,3 +350,65 @@ def test_the_question_s_own_number_stated_as_a_finding_is_restated_in_the_eviden
     other = ev(1, "Answer: yes", tool="case_answer", data={"yes_no": "yes",
                                                           "question": "Is the liver enlarged?"})
     assert review(said, [other], q, "clinical").dropped
+
+
+@pytest.mark.parametrize("question,said,given", [
+    # the small planner's sentences on real dev items, under the neighbours' yes/no
+    ("Are both lungs abnormally inflated?",
+     "No, both lungs are not abnormally inflated. The lung is only slightly inflated.",
+     "No, both lungs are not abnormally inflated."),
+    ("Is there involvement of the temporal lobes?",
+     "Yes, there is a link to the temporal lobes.", "Yes."),
+    ("Is/Are there portal venous congestion?", "Yes, portal venous congestion is a concern.",
+     "Yes."),
+    # restating the question, in its words or their forms, adds nothing
+    ("Is the pancreas calcified?", "Yes, the pancreas calcifies.",
+     "Yes, the pancreas calcifies."),
+    ("Is/Are there cardiomegaly?", "No, there is no evidence to support cardiomegaly.",
+     "No, there is no evidence to support cardiomegaly."),
+    ("Can you see both kidneys in this image?", "Yes, both kidneys are visible.",
+     "Yes, both kidneys are visible."),
+])
+def test_a_sentence_saying_more_than_evidence_that_only_answered_the_question_is_cut(
+        question, said, given):
+    expert = ev(1, "Answer: yes/no from 7 similar cases", tool="case_answer", score=0.7,
+                data={"yes_no": leading(said), "question": question})
+    proposal = FinalAnswerArgs(answer=said, claims=[
+        ProposedClaim(statement="the similar cases answer so", evidence_ids=["E1"])],
+        confidence=0.7)
+    result = review(proposal, [expert], question, "clinical")
+    assert result.ok and result.answer == given and not result.conflicts
+    assert (said == given) == (not any("said more than its evidence" in m
+                                       for m in result.mended))
+
+
+def leading(text):
+    return "yes" if text.lower().startswith("yes") else "no"
+
+
+def test_words_in_the_evidence_may_be_said_and_other_evidence_is_left_alone():
+    from agent.trust.agreement import keep_within
+
+    q = "Is the heart enlarged?"
+    cited = [ev(1, "Answer: yes; the cardiothoracic ratio is 0.61", tool="case_answer")]
+    text, beyond = keep_within("Yes, the cardiothoracic ratio is 0.61.", "Yes", q, cited)
+    assert beyond == [] and text == "Yes, the cardiothoracic ratio is 0.61."
+    text, beyond = keep_within("Yes. It is enlarged. There is a small effusion.", "Yes", q,
+                               cited)
+    assert text == "Yes. It is enlarged." and beyond == ["small", "effusion"]
+    # a head's class answering an open question: "PA." and nothing the head did not say
+    plane = "What is the name of this image's plane?"
+    head = ev(1, "Plane: PA (p = 0.93)", tool="case_answer",
+              data={"label_answer": "PA", "question": plane})
+    proposal = FinalAnswerArgs(answer="PA. The plane's plane is the one you're looking at.",
+                               claims=[ProposedClaim(statement="the plane is PA",
+                                                     evidence_ids=["E1"])], confidence=0.9)
+    assert review(proposal, [head], plane, "clinical").answer == "PA."
+    # evidence that did not answer this very question binds nothing: the detector's own
+    # words are checked by the meaning and number checks, not cut here
+    found = ev(1, "1 focal lesion, 12 mm across", tool="detect_lesions",
+               assertions=[Assertion(finding="lesion", present=True, count=1)])
+    proposal = FinalAnswerArgs(answer="Yes, one lesion of 12 mm, round and well defined.",
+                               claims=[ProposedClaim(statement="one lesion, 12 mm",
+                                                     evidence_ids=["E1"])], confidence=0.8)
+    assert review(proposal, [found], "Is there a lesion?", "phantom").answer == proposal.answer
