@@ -47,7 +47,7 @@ __all__ = ["ALPHA", "K_KIND", "MIN_ANSWERED", "NORMALITY", "RELIABILITY_FILE", "
            "save_reliability", "sign_test", "table_is_current"]
 
 RELIABILITY_FILE = "reliability.json"
-TABLE_VERSION = 10
+TABLE_VERSION = 11
 """Bumped when the kinds or the answers they score change meaning (2: multi-category labels
 count as their first category, ATRIB as ATTRIB; 3: open questions about the image's modality,
 organ or plane are answered by the heads, ``retrievers.label_answers``; 4: yes/no plane
@@ -58,8 +58,9 @@ yes/no questions a head answers are left out of their kind, ``case_answers.never
 ``read_kind``; 8: not one about a finding it names, "Is the abnormality hyperintense?"; 9:
 "healthy" and "diseased" ask about normality too, "the left renal abnormality" names a
 finding; 10: a question counts as closed by its form, as answer time reads it, not by its
-label, and "Any evidence of...?" is one, ``tools.question_form.is_closed_question``), so a
-stale table is measured again (``table_is_current``)."""
+label, and "Any evidence of...?" is one, ``tools.question_form.is_closed_question``; 11:
+"Is there epidural or subdural hematoma?" asks yes or no, ``is_either_or``), so a stale
+table is measured again (``table_is_current``)."""
 NORMALITY = "ABN"
 """The category a yes/no question about normality is counted under (VQA-RAD's name for it)."""
 K_KIND = 7

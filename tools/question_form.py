@@ -48,6 +48,22 @@ _LEADING_CLAUSE = re.compile(
     r"^\s*(?!(what|which|where|when|who|whom|whose|why|how)\b)[^,?]{1,80},\s*(?=\S)",
     re.IGNORECASE)
 _EITHER_OR = re.compile(r"\bor\b", re.IGNORECASE)
+# Alternatives named right after a presence opening are what might be present, and the
+# question asks whether any is: "Is/Are there epidural or subdural hematoma?", "Any evidence
+# of epidural or subdural hematoma?" (the dev set answers all three such questions "no"). An
+# "or" further on offers a choice about a finding already named: "Is there a lesion on the
+# left or right?", "Any mass on the left or the right?".
+_PRESENCE_OR = re.compile(
+    r"^\s*((is|are)(/(is|are))?\s+there|(any\s+)?(evidence|signs?)\s+of|any|(do|can)\s+(you|we)\s+see"
+    r"(\s+any)?)\s+((an?|any)\s+)?([\w-]+\s+){1,2}or\b", re.IGNORECASE)
+# ... but not when the second alternative is set against the first: "Are there multiple masses
+# or just a single big one?", "Is there appendix normal or abnormal in appearance?" (the dev
+# set answers "Just one" and "Normal")
+_SET_AGAINST = re.compile(
+    r"\b([\w-]+)\s+or\s+(?:(?:just|only|rather|instead|a|an|the|single|one|two|multiple|several)"
+    r"\b|(?:ab|non-?|un|in|a)\1\b)", re.IGNORECASE)
+# "..., or not?": the alternative is the question's own negation
+_OR_NOT = re.compile(r"\bor\s+not\s*[?.!]*\s*$", re.IGNORECASE)
 _IMAGE_FRAME = re.compile(r"\b(quadrant|of the image|in the image)\b", re.IGNORECASE)
 _THE = r"(?<!\bthe )(?<!\bits )(?<!'s )"
 _NORMALITY = re.compile(
@@ -94,8 +110,16 @@ def _opens_closed(q: str) -> bool:
 
 
 def is_either_or(question: str) -> bool:
-    """True when the question offers alternatives ("... left or right?")."""
-    return bool(_EITHER_OR.search(question or ""))
+    """True when the question offers alternatives to choose from ("... left or right?").
+
+    Not when its "or" names what might be present right after a presence opening ("Is there
+    epidural or subdural hematoma?": yes or no, whether any is), nor when the alternative is
+    the question's own negation ("Is there a fracture or not?").
+    """
+    q = " ".join((question or "").split())
+    ors = len(_EITHER_OR.findall(q))
+    ors -= bool(_PRESENCE_OR.match(q) and not _SET_AGAINST.search(q)) + bool(_OR_NOT.search(q))
+    return ors > 0
 
 
 def asks_normality(question: str) -> bool:

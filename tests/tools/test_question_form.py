@@ -43,6 +43,18 @@ from tools.question_form import (
     ("Any tracheal deviation present?", True, False, False),
     ("Evidence of a pneumothorax?", True, False, False),
     ("Any mass on the left or the right?", True, True, False),
+    # alternatives right after a presence opening: whether any is present (dev: all "no")
+    ("Is/Are there epidural or subdural hematoma?", True, False, False),
+    ("Any evidence of epidural or subdural hematoma?", True, False, False),
+    ("Are there epidural or subdural bleeds as well?", True, False, False),
+    ("Do you see any hemorrhage or edema?", True, False, False),
+    ("Is there a fracture or not?", True, False, False),
+    # ... but a choice when the "or" is past the finding, or sets one against the other
+    ("Is there a lesion on the left or right?", True, True, False),
+    ("Is there epidural or subdural hematoma on the left or right?", True, True, False),
+    ("Are there multiple masses or just a single big one?", True, True, False),
+    ("Is there appendix normal or abnormal in appearance?", True, True, False),
+    ("Is this a CT or an MRI?", True, True, False),
     ("Anyway, what is shown?", False, False, False),  # "any" only as a whole word
     # a clause set before the question
     ("Besides the mass in the temporal horn, are there other enhancements?", True, False,
