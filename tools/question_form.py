@@ -37,10 +37,12 @@ _OPEN_REQUEST = re.compile(
     r"(identify|say|explain|show\s+(me|us)|point\s+(out|to))\s+(what|which|where|how|why|who)\b|"
     r"(describe|explain|summari[sz]e)\b(?![^?]*\bas\b))", re.IGNORECASE)
 # a yes/no question with its auxiliary left out, as clinicians type them: "Any evidence of
-# hematoma?", "Anything abnormal in this image?", "Notice any abnormality in the kidneys?"
+# hematoma?", "Anything abnormal in this image?", "Notice any abnormality in the kidneys?";
+# not a request for an opinion ("Any idea what this lesion is?", "Any guesses as to the cause?")
 _ELLIPTIC_START = re.compile(
-    r"^\s*(any|anything|(notice|noticed|see|seen)\s+any(thing)?|(any\s+)?(evidence|signs?)\s+of)"
-    r"\b", re.IGNORECASE)
+    r"^\s*(any(?!\s+(idea|ideas|clue|clues|guess|guesses|thoughts?)\b)|anything|"
+    r"(notice|noticed|see|seen)\s+any(thing)?|(any\s+)?(evidence|signs?)\s+of)\b",
+    re.IGNORECASE)
 # a clause set before the question ("Besides the mass in the temporal horn, are there other
 # enhancements?", "In this image, is there a fracture?"); not one that asks itself ("Where is
 # the mass, in the liver?")

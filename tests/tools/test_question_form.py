@@ -56,6 +56,9 @@ from tools.question_form import (
     ("Is there appendix normal or abnormal in appearance?", True, True, False),
     ("Is this a CT or an MRI?", True, True, False),
     ("Anyway, what is shown?", False, False, False),  # "any" only as a whole word
+    # a request for an opinion, not a yes/no question
+    ("Any idea what this lesion is?", False, False, False),
+    ("Any guesses as to the cause?", False, False, False),
     # a clause set before the question
     ("Besides the mass in the temporal horn, are there other enhancements?", True, False,
      False),
