@@ -23,6 +23,7 @@ the keys of the item's own images (for folds by image) and their domain (phantom
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
@@ -222,14 +223,16 @@ def run_item(
     )
 
 
-def read_records(path: str) -> list[Record]:
-    """Records saved one JSON object a line (``records.jsonl``).
+def read_records(path: str | Path) -> list[Record]:
+    """Records saved one JSON object a line (``records.jsonl``, or gzipped: ``.jsonl.gz``).
 
     A record of a reply that gave no answer (``states_answer``) is read as not right, whatever
     an older scorer made of it.
     """
-    records = [Record(**json.loads(line)) for line in Path(path).read_text(
-        encoding="utf-8").splitlines() if line.strip()]
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    records = [Record(**json.loads(line)) for line in raw.decode("utf-8").splitlines()
+               if line.strip()]
     for r in records:
         if r.error is None and not states_answer(r.answer, r.abstained):
             r.correct, r.parsed = False, None

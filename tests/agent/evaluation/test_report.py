@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 
 def _records(conf: list[float], correct: list[bool], repeats: int = 1,
@@ -99,3 +102,39 @@ def test_calibration_is_fitted_per_domain_and_split_by_image():
     assert fit_images and test_images and not fit_images & test_images
     # a single image cannot be split into fit and test
     assert calibrate_split(_imaged(9, "clinical", 9, 2, 0.9, 0.5)) is None
+
+
+def test_the_shipped_clinical_map_is_the_one_its_committed_records_refit():
+    """``bench/results/``'s records of the 988-item dev run refit to the map that ships.
+
+    The records (gzipped JSON lines, read as ``--records`` reads them) keep each answer's raw
+    confidence: refitting them must give the shipped map's method, points and threshold, so
+    the map can be checked and refitted without an hour of planner calls, and a change to the
+    fitting code that would move the shipped map shows here.
+    """
+    from agent.evaluation.report import calibrate_by_domain
+    from agent.evaluation.runner import read_records
+    from agent.trust.calibration import load_calibration
+
+    root = Path(__file__).resolve().parents[3]
+    records = read_records(root / "bench" / "results" / "agent-vqa-rad-dev-988.records.jsonl.gz")
+    assert len({r.item_id for r in records}) == 988
+    shipped = load_calibration(root / "agent" / "calibration"
+                               / "embedded-smollm2-135m.clinical.json")
+    refit, held = calibrate_by_domain(records, fit_fraction=0.5, seed=0, target_accuracy=0.9,
+                                      folds=5)["clinical"]
+    assert shipped is not None and refit.method == shipped.method
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(
+            np.allclose(np.asarray(a[k], float), np.asarray(b[k], float)) for k in a)
+
+    assert same(refit.params, shipped.params)
+    assert refit.abstain_below == pytest.approx(shipped.abstain_below)
+    assert shipped.by_form.keys() == refit.by_form.keys() == {"closed", "open"}
+    for form, m in shipped.by_form.items():
+        assert refit.by_form[form].method == m.method and same(refit.by_form[form].params,
+                                                                m.params)
+    # and the figures the README states of it
+    assert held["crossfit_ece_after"] == pytest.approx(0.033, abs=5e-4)
+    assert held["crossfit_selective_accuracy"] == pytest.approx(46 / 53, abs=1e-3)
