@@ -215,9 +215,13 @@ def compose_answer(
     if refusals:  # what could not be checked at all, and why
         reason += " Outside what these tools were built for: " + "; ".join(
             f"{tool} ({why})" for tool, why in refusals.items()) + "."
+    # the evidence the reason quotes is not listed again beneath it
+    others = [e for e in ok if declined is None or e.id != declined.id]
+    listed = "\n".join(f"- {e.for_prompt()}" for e in others)
     text = (
         load_prompt("abstain")
-        .render(reason=reason, evidence="\n".join(f"- {e.for_prompt()}" for e in ok) or "- nothing")
+        .render(reason=reason, evidence=listed or ("- nothing beyond the above" if ok
+                                                   else "- nothing"))
         .strip()
     )
     findings = [Claim(statement=e.summary, evidence_ids=[e.id]) for e in ok]

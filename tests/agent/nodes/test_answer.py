@@ -42,6 +42,9 @@ def test_an_answer_to_a_declined_question_is_not_given(store, medloop_home):
     assert answer.abstained and "No offline tool can answer this question" in answer.text
     assert "E1 (case)" in answer.text and not answer.text.startswith("No.")
     assert any("declined this question" in n for n in answer.notes)
+    # the decline is quoted once, as the reason, not listed again beneath it
+    assert answer.text.count("similar cases cannot answer this kind") == 1
+    assert answer.text.endswith("What the tools found:\n- nothing beyond the above")
 
 
 def test_an_answer_under_a_tool_that_had_none_is_not_given(store, medloop_home):
