@@ -136,13 +136,11 @@ def paired_sign_test(won: int, lost: int) -> float:
     which is what the per-category verdicts need beside them: a difference in counts is not a
     difference in skill until the discordant items say so.
     """
+    from retrievers.question_kinds import sign_test  # the library's one-sided test, exact
+
     if won < 0 or lost < 0:
         raise ValueError(f"won and lost are counts, got {won} and {lost}")
-    n = won + lost
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(won, lost) + 1)) / 2.0 ** n
-    return min(1.0, 2.0 * tail)
+    return min(1.0, 2.0 * sign_test(max(won, lost), min(won, lost)))
 
 
 def bootstrap_ci(

@@ -385,11 +385,16 @@ def answered_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     said = evidence_yes_no(question, evidence)
     if said is not None:
         return said.capitalize()
-    named = {str(ev.data["label_answer"]) for ev in evidence
-             if ev.status == "ok" and not ev.data.get("out_of_domain")
-             and ev.data.get("label_answer")
-             and same_question(str(ev.data.get("question", "")), question)}
+    named = _head_labels(question, evidence)
     return named.pop() if len(named) == 1 else None
+
+
+def _head_labels(question: str, evidence: Iterable[Evidence]) -> set[str]:
+    """The classes good, in-domain evidence that answered this very question said it in."""
+    return {str(ev.data["label_answer"]) for ev in evidence
+            if ev.status == "ok" and not ev.data.get("out_of_domain")
+            and ev.data.get("label_answer")
+            and same_question(str(ev.data.get("question", "")), question)}
 
 
 # Words an answer may add to its question and evidence without adding a fact: pronouns,
@@ -470,8 +475,7 @@ def evidence_lead(question: str, evidence: Iterable[Evidence]) -> str | None:
     answered = answered_lead(question, evidence)
     if answered is not None:
         return answered
-    if any(ev.status == "ok" and not ev.data.get("out_of_domain") and ev.data.get("label_answer")
-           and same_question(str(ev.data.get("question", "")), question) for ev in evidence):
+    if _head_labels(question, evidence):
         return None  # heads that answered this question disagree
     asserted = [a for ev in evidence if ev.status == "ok" and not ev.data.get("out_of_domain")
                 for a in ev.assertions if _names(a.finding, question)]

@@ -119,5 +119,7 @@ def test_the_paired_sign_test_is_mcnemars_exact_test():
     assert paired_sign_test(10, 0) == pytest.approx(2 / 1024)
     # 14 won, 5 lost: 2 * P(X <= 5), X ~ Bin(19, 1/2) = 0.0636
     assert paired_sign_test(14, 5) == pytest.approx(0.06357, abs=1e-4)
+    # thousands of discordant items (a big library's table) stay exact, not a float overflow
+    assert 0.0 < paired_sign_test(1200, 1100) < 0.05
     with pytest.raises(ValueError, match="counts"):
         paired_sign_test(-1, 2)
